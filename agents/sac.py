@@ -1,0 +1,205 @@
+"""Soft actor-critic with twin critics held as one batched ensemble module."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.buffer import Batch
+from lipschitz import Certificate, certify, lipschitz_mlp, robust_loss
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy on actions scaled to [-1, 1]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 2 * act_dim)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Reparameterised action in [-1, 1] and its log-probability."""
+        mean, log_std = self(obs)
+        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        log_prob = (-0.5 * ((pre_tanh - mean) / log_std.exp()).pow(2) - log_std
+                    - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
+        log_prob = log_prob - (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
+        return torch.tanh(pre_tanh), log_prob
+
+    def deterministic(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self(obs)[0])
+
+
+class TwinCritic(nn.Module):
+    """E Q-networks in one batched MLP; each may be held to a spectral Lipschitz bound."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], ensemble_size: int = 2,
+                 bound: float | None = None, mode: str = "normalize"):
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        self.net = lipschitz_mlp(obs_dim + act_dim, 1, hidden, bound=bound, mode=mode,
+                                 ensemble_size=ensemble_size)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        """Q-values of shape [E, B]."""
+        x = torch.cat([obs, action], dim=-1)
+        return self.net(x.expand(self.ensemble_size, *x.shape)).squeeze(-1)
+
+
+class SAC:
+    """SAC learner with automatic entropy tuning and optional Lipschitz critic regularisers.
+
+    Critic options: `critic_bound` holds every critic to a certified global Lipschitz bound by
+    spectral normalisation of each layer; `robust_weight > 0` adds the adversarial robust loss,
+    penalising the change of Q under a PGD perturbation of the state within `robust_eps`.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        device: torch.device | str = "cpu",
+        hidden: Sequence[int] = (256, 256),
+        actor_lr: float = 3e-4,
+        critic_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        init_alpha: float = 1.0,
+        target_entropy: float | None = None,
+        critic_bound: float | None = None,
+        critic_mode: str = "normalize",
+        robust_weight: float = 0.0,
+        robust_eps: float = 0.0,
+        robust_norm: str = "l2",
+        robust_steps: int = 1,
+        certificate_tier: str = "eclipse",
+    ):
+        self.device = torch.device(device)
+        self.gamma, self.tau = gamma, tau
+        self.robust = dict(eps=robust_eps, norm=robust_norm, steps=robust_steps)
+        self.robust_weight = robust_weight
+        self.certificate_tier = certificate_tier
+        self.target_entropy = -float(act_dim) if target_entropy is None else target_entropy
+        self.actor = Actor(obs_dim, act_dim, hidden).to(self.device)
+        self.critic = TwinCritic(obs_dim, act_dim, hidden, bound=critic_bound,
+                                 mode=critic_mode).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(init_alpha), device=self.device, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr)
+        self._online = list(self.critic.parameters())
+        self._target = list(self.critic_target.parameters())
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Action in [-1, 1] for one observation."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+        action = self.actor.deterministic(x) if deterministic else self.actor.sample(x)[0]
+        return action.squeeze(0).cpu().numpy()
+
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One gradient step on critics, actor and temperature; returns detached metrics."""
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(batch.next_obs)
+            next_q = self.critic_target(batch.next_obs, next_action).min(0).values
+            target = batch.reward + self.gamma * (1.0 - batch.done) * (next_q - alpha * next_log_prob)
+        q = self.critic(batch.obs, batch.action)
+        critic_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
+        metrics = {}
+        if self.robust_weight > 0:
+            penalty = robust_loss(lambda s: self.critic(s, batch.action), batch.obs, **self.robust)
+            critic_loss = critic_loss + self.robust_weight * penalty
+            metrics["robust_loss"] = penalty.detach()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        action, log_prob = self.actor.sample(batch.obs)
+        q_pi = self.critic(batch.obs, action).min(0).values
+        actor_loss = (alpha * log_prob - q_pi).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target, self._online, self.tau)
+        metrics.update(critic_loss=critic_loss.detach(), actor_loss=actor_loss.detach(),
+                       alpha=alpha, q_mean=q.detach().mean(), entropy=-log_prob.detach().mean())
+        return metrics
+
+    def critic_certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]:
+        """Certified upper (and sampled lower, given critic inputs) bound of each critic."""
+        return {
+            f"critic{i}": certify(self.critic.net, inputs, tier=self.certificate_tier, member=i)
+            for i in range(self.critic.ensemble_size)
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().cpu(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+
+    def controller(self, action_low: np.ndarray, action_high: np.ndarray,
+                   deterministic: bool = True) -> PolicyController:
+        """This policy as a closed-loop controller acting in the env's action units."""
+        return PolicyController(self, action_low, action_high, deterministic)
+
+
+class PolicyController:
+    """Adapter from a learned policy to control's `act(observation) -> action` protocol."""
+
+    def __init__(self, agent: SAC, action_low: np.ndarray, action_high: np.ndarray,
+                 deterministic: bool = True):
+        self.agent = agent
+        self.deterministic = deterministic
+        self.center = (action_high + action_low) / 2
+        self.half_range = (action_high - action_low) / 2
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        unit = self.agent.act(observation, deterministic=self.deterministic)
+        return (self.center + self.half_range * unit).astype(np.float32)
+
+    def reset(self) -> None:
+        pass

@@ -1,0 +1,192 @@
+"""The shared off-policy actor-critic loop: env interaction, updates, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from agents.buffer import Batch, ReplayBuffer
+from agents.checkpoint import save_checkpoint
+from agents.sources import BatchSource, EnvironmentReward, ReplaySource, RewardSource
+from control import Controller, returns, run
+from envs import env_spaces
+from lipschitz import Certificate
+
+
+class Learner(Protocol):
+    """An off-policy learner the loop can drive (SAC is the reference one)."""
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
+
+    def update(self, batch: Batch) -> dict[str, Tensor]: ...
+
+    def controller(self, action_low: np.ndarray, action_high: np.ndarray,
+                   deterministic: bool = True) -> Controller: ...
+
+    def critic_certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class MetricsLogger(Protocol):
+    """Where the loop sends its numbers (lipctl's logger facade implements it)."""
+
+    def log(self, group: str, step: int, metrics: Mapping[str, float | Tensor]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Schedule of the off-policy loop, in env steps."""
+
+    total_steps: int
+    warmup_steps: int = 1000
+    batch_size: int = 256
+    updates_per_step: int = 1
+    eval_every: int = 1000
+    eval_episodes: int = 5
+    checkpoint_every: int = 5000
+    log_every: int = 250
+    seed: int = 0
+
+
+class OffPolicyTrainer:
+    """Runs an off-policy learner against an env through the batch and reward seams."""
+
+    def __init__(
+        self,
+        agent: Learner,
+        env: gym.Env,
+        eval_env: gym.Env,
+        buffer: ReplayBuffer,
+        settings: LoopSettings,
+        logger: MetricsLogger,
+        checkpoint_path: str | Path | None = None,
+        run_config: dict | None = None,
+        batch_source: BatchSource | None = None,
+        reward_source: RewardSource | None = None,
+        extra_state: dict | None = None,
+        progress: bool = True,
+    ):
+        self.agent, self.env, self.eval_env, self.buffer = agent, env, eval_env, buffer
+        self.settings, self.logger = settings, logger
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.run_config = run_config or {}
+        self.extra_state = extra_state or {}
+        self.batch_source = batch_source or ReplaySource(buffer)
+        self.reward_source = reward_source or EnvironmentReward()
+        self.progress = progress
+        _, self.act_dim, self.action_low, self.action_high = env_spaces(env)
+        self.rng = np.random.default_rng(settings.seed)
+        self.step = 0
+        self.episodes = 0
+        self.last_eval: float | None = None
+        self.certificates: dict[str, dict] = {}
+
+    def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
+        center = (self.action_high + self.action_low) / 2
+        return (center + (self.action_high - self.action_low) / 2 * unit_action).astype(np.float32)
+
+    def _reset_env(self) -> np.ndarray:
+        obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
+        return obs
+
+    def train(self) -> float | None:
+        """Run until `total_steps` env steps; returns the last mean evaluation return."""
+        s = self.settings
+        obs, episode_return, metrics = self._reset_env(), 0.0, {}
+        bar = tqdm(total=s.total_steps, initial=self.step, disable=not self.progress,
+                   unit="step", dynamic_ncols=True)
+        clock, clock_step = time.perf_counter(), self.step
+        while self.step < s.total_steps:
+            if self.step < s.warmup_steps:
+                unit_action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+            else:
+                unit_action = self.agent.act(obs)
+            next_obs, reward, terminated, truncated, _ = self.env.step(
+                self._to_env_action(unit_action))
+            self.buffer.add(obs, unit_action, reward, next_obs, terminated)
+            obs, episode_return, self.step = next_obs, episode_return + float(reward), self.step + 1
+            if terminated or truncated:
+                self.episodes += 1
+                self.logger.log("episode", self.step, {"return": episode_return,
+                                                       "episodes": self.episodes})
+                obs, episode_return = self._reset_env(), 0.0
+            metrics = {**metrics, **self.batch_source.on_env_step(self.step),
+                       **self.reward_source.on_env_step(self.step)}
+            if self.step >= s.warmup_steps:
+                for _ in range(s.updates_per_step):
+                    batch = self.reward_source.relabel(self.batch_source.sample(s.batch_size))
+                    metrics.update(self.agent.update(batch))
+            if self.step % s.log_every == 0:
+                now = time.perf_counter()
+                metrics["steps_per_s"] = (self.step - clock_step) / (now - clock)
+                clock, clock_step = now, self.step
+                self.logger.log("train", self.step, metrics)
+                metrics = {}
+            if self.step % s.eval_every == 0 or self.step == s.total_steps:
+                self.evaluate()
+                bar.set_postfix(eval_return=f"{self.last_eval:.1f}", refresh=False)
+            if self.checkpoint_path and (self.step % s.checkpoint_every == 0
+                                         or self.step == s.total_steps):
+                self.save(self.checkpoint_path)
+            bar.update(1)
+        bar.close()
+        return self.last_eval
+
+    def evaluate(self) -> float:
+        """Deterministic episodes through the closed-loop runner; logs returns and certificates."""
+        controller = self.agent.controller(self.action_low, self.action_high, deterministic=True)
+        episode_returns = returns(run(controller, self.eval_env, self.settings.eval_episodes,
+                                      seed=self.settings.seed + 10_000))
+        self.last_eval = float(episode_returns.mean())
+        batch = self.buffer.sample(min(256, len(self.buffer)))
+        inputs = torch.cat([batch.obs, batch.action], dim=-1)
+        certificates = self.agent.critic_certificates(inputs)
+        self.certificates = {name: c.to_dict() for name, c in certificates.items()}
+        lipschitz = {}
+        for name, c in certificates.items():
+            lipschitz[f"{name}_upper"] = c.upper
+            lipschitz[f"{name}_lower"] = c.lower
+        self.logger.log("eval", self.step, {"return_mean": self.last_eval,
+                                            "return_std": float(episode_returns.std()),
+                                            **lipschitz})
+        return self.last_eval
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "episodes": self.episodes,
+            "last_eval": self.last_eval,
+            "agent": self.agent.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "batch_source": self.batch_source.state_dict(),
+            "reward_source": self.reward_source.state_dict(),
+            "certificates": self.certificates,
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "config": self.run_config,
+            "extra": self.extra_state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.episodes, self.last_eval = state["step"], state["episodes"], state["last_eval"]
+        self.agent.load_state_dict(state["agent"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.batch_source.load_state_dict(state["batch_source"])
+        self.reward_source.load_state_dict(state["reward_source"])
+        self.certificates = state["certificates"]
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.state_dict())

@@ -1,0 +1,3 @@
+from lipctl.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""`lipctl <command> [hydra overrides]`: one entry point for every command."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from lipctl.config import USAGE_EXIT_CODE, check_overrides, user_errors
+
+COMMANDS = {
+    "train": ("train", "train an agent (default: SAC on Pendulum-v1)"),
+    "eval": ("eval", "run episodes of a checkpoint's policy: eval checkpoint=PATH"),
+}
+HYDRA_FLAGS_WITHOUT_CHECK = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion",
+                             "-sc"}
+HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp",
+                          "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def usage() -> str:
+    lines = ["usage: lipctl <command> [hydra overrides] [--help] [--cfg job] [-m]", "", "commands:"]
+    lines += [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Each command is a Hydra app: `lipctl <command> --help` shows its config groups."]
+    return "\n".join(lines)
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The key=value overrides among a command's arguments (Hydra's own flags left out)."""
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if args else USAGE_EXIT_CODE)
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"lipctl: error: unknown command '{command}'; choose from {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)
+    module = importlib.import_module(f"lipctl.commands.{COMMANDS[command][0]}")
+    if not HYDRA_FLAGS_WITHOUT_CHECK.intersection(rest):
+        with user_errors(f"lipctl {command}"):
+            check_overrides(command, _overrides(rest), module.validate)
+    sys.argv = [f"lipctl {command}", *rest]
+    module.main()

@@ -1,0 +1,1 @@
+"""One module per CLI command; each exposes `validate(cfg)` and a Hydra `main`."""

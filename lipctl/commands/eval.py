@@ -1,0 +1,55 @@
+"""lipctl eval: deterministic episodes of a trained policy, built from its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from agents.checkpoint import CheckpointError, load_checkpoint
+from control import returns, run
+from envs import env_spaces, make_env
+from lipctl.config import require_number, user_errors
+from lipctl.runtime import resolve_device
+
+
+def validate(cfg: DictConfig) -> None:
+    if not Path(cfg.checkpoint).is_file():
+        raise CheckpointError(f"checkpoint not found: {cfg.checkpoint}")
+    require_number(cfg, "episodes", 1, integer=True)
+    require_number(cfg, "seed", 0, integer=True)
+    require_number(cfg, "torch_threads", 1, integer=True)
+    if cfg.device != "auto":
+        resolve_device(cfg.device)
+
+
+def evaluate(cfg: DictConfig) -> tuple[float, float]:
+    """Mean and standard deviation of the episode return; prints them with the certificates."""
+    torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    state = load_checkpoint(cfg.checkpoint, map_location=device)
+    run_cfg = OmegaConf.create(state["config"])
+    env = make_env(run_cfg.env.id)
+    obs_dim, act_dim, low, high = env_spaces(env)
+    agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device=device)
+    agent.load_state_dict(state["agent"])
+    episode_returns = returns(run(agent.controller(low, high), env, cfg.episodes, seed=cfg.seed))
+    env.close()
+    mean, std = float(episode_returns.mean()), float(episode_returns.std())
+    print(f"{run_cfg.env.id} | step {state['step']} | {cfg.episodes} episodes | "
+          f"return {mean:.1f} +- {std:.1f}")
+    for name, certificate in state["certificates"].items():
+        lower = certificate["lower"]
+        print(f"{name}: Lipschitz upper {certificate['upper']:.4g} ({certificate['method']})"
+              + ("" if lower is None else f", sampled lower {lower:.4g}"))
+    return mean, std
+
+
+@hydra.main(config_path="pkg://conf", config_name="eval", version_base=None)
+def main(cfg: DictConfig) -> tuple[float, float]:
+    with user_errors("lipctl eval"):
+        validate(cfg)
+        return evaluate(cfg)

@@ -1,0 +1,103 @@
+"""lipctl train: an off-policy agent through the shared actor-critic loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gymnasium as gym
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from agents.buffer import ReplayBuffer
+from agents.checkpoint import load_checkpoint
+from agents.trainer import LoopSettings, OffPolicyTrainer
+from envs import env_spaces, make_env
+from lipctl.config import ConfigError, require_choice, require_number, user_errors
+from lipctl.logger import BACKENDS, Logger
+from lipctl.runtime import resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for any impossible value, before anything is built."""
+    if cfg.env.id not in gym.registry:
+        make_env(cfg.env.id)  # raises UnknownEnvError with suggestions
+    require_number(cfg, "seed", 0, integer=True)
+    require_number(cfg, "torch_threads", 1, integer=True)
+    for key in ("total_steps", "batch_size", "updates_per_step", "eval_every", "eval_episodes",
+                "checkpoint_every", "log_every"):
+        require_number(cfg, f"loop.{key}", 1, integer=True)
+    require_number(cfg, "loop.warmup_steps", 0, integer=True)
+    require_number(cfg, "agent.buffer_size", 1, integer=True)
+    require_number(cfg, "lipschitz.L", 0, allow_none=True, exclusive=True)
+    require_choice(cfg, "lipschitz.mode", ("normalize", "cap"))
+    require_number(cfg, "lipschitz.robust_weight", 0)
+    require_number(cfg, "lipschitz.robust_eps", 0)
+    require_number(cfg, "lipschitz.robust_steps", 1, integer=True)
+    require_choice(cfg, "lipschitz.robust_norm", ("l2", "linf"))
+    require_choice(cfg, "lipschitz.certificate_tier", ("product", "eclipse", "lipsdp"))
+    unknown = set(cfg.logger.backends) - set(BACKENDS)
+    if unknown:
+        raise ConfigError("logger.backends", f"unknown {sorted(unknown)}; choose from {BACKENDS}")
+    if cfg.device != "auto":
+        resolve_device(cfg.device)
+
+
+def _previous_state(run_dir: Path, resume: bool) -> dict | None:
+    path = run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        if resume:
+            log.warning("resume=true but %s holds no checkpoint: starting a new run", run_dir)
+        return None
+    if not resume:
+        raise ConfigError("resume", f"{run_dir} already holds a run; pass resume=true to "
+                                    "continue it or set hydra.run.dir to start another")
+    return load_checkpoint(path)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float | None:
+    """Build env, agent, buffer and logger from `cfg` and run the loop in `run_dir`."""
+    state = _previous_state(run_dir, cfg.resume)
+    torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    env, eval_env = make_env(cfg.env.id, seed=cfg.seed), make_env(cfg.env.id)
+    obs_dim, act_dim, _, _ = env_spaces(env)
+    agent = instantiate(cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device=device)
+    settings = LoopSettings(**OmegaConf.to_container(cfg.loop, resolve=True))
+    capacity = min(cfg.agent.buffer_size, settings.total_steps)
+    buffer = ReplayBuffer(capacity, obs_dim, act_dim, device, seed=cfg.seed)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = Logger(run_dir, cfg.logger.backends, resume_step=state and state["step"],
+                    config=resolved, run_name=run_dir.name,
+                    wandb_project=cfg.logger.wandb_project, wandb_mode=cfg.logger.wandb_mode,
+                    wandb_id=state and state["extra"].get("wandb_id"))
+    trainer = OffPolicyTrainer(agent, env, eval_env, buffer, settings, logger,
+                               checkpoint_path=run_dir / CHECKPOINT_NAME, run_config=resolved,
+                               extra_state={"wandb_id": logger.wandb_id}, progress=cfg.progress)
+    if state is not None:
+        trainer.load_state_dict(state)
+        log.info("resumed from step %d (%d transitions in the buffer)", trainer.step, len(buffer))
+    log.info("%s on %s | device %s, %d torch thread(s) | replay buffer %.1f MB | run dir %s",
+             cfg.agent.name, cfg.env.id, device, torch.get_num_threads(), buffer.megabytes, run_dir)
+    try:
+        final = trainer.train()
+    finally:
+        logger.close()
+        env.close()
+        eval_env.close()
+    log.info("finished at step %d: eval return %.1f", trainer.step, final)
+    return final
+
+
+@hydra.main(config_path="pkg://conf", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> float | None:
+    with user_errors("lipctl train"):
+        validate(cfg)
+        return train(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -1,0 +1,118 @@
+"""Checking a command's configuration before any work starts: one clear line per mistake."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from agents.checkpoint import CheckpointError
+from envs import UnknownEnvError
+
+USAGE_EXIT_CODE = 2
+
+
+class ConfigError(ValueError):
+    """An impossible configuration value, reported with the key it belongs to."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError)
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Turn a user's mistake into one line on stderr and exit code 2, never a traceback."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)
+
+
+def _one_line(message: str) -> str:
+    """Condense Hydra's multi-line composition errors into one readable line."""
+    match = re.search(r"Could not override '([^']+)'.*?(Key '[^']+' is not in struct)", message, re.S)
+    if match:
+        key = match.group(1)
+        return f"unknown key '{key}' (to add a new key use +{key}=...)"
+    lines = [ln.strip() for ln in message.splitlines()
+             if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+    options = re.search(r"Available options in '([^']+)':(.*)", message, re.S)
+    if options:
+        head = next(ln for ln in lines if ln.startswith(("In ", "Could not")))
+        names = ", ".join(options.group(2).split())
+        return f"{head.split(': ', 1)[-1]}; available options in '{options.group(1)}': {names}"
+    return "; ".join(lines)
+
+
+def _override_variants(overrides: list[str]) -> list[list[str]]:
+    """The override lists to check: each sweep value once, the other sweeps at their first."""
+    base: list[str] = []
+    sweeps: list[tuple[int, list[str]]] = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            base.append(override.input_line)
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # glob and other sweeps that Hydra expands itself
+            continue
+        sweeps.append((len(base), [f"{override.get_key_element()}={v}" for v in values]))
+        base.append(sweeps[-1][1][0])
+    variants = [base]
+    for position, options in sweeps:
+        for option in options[1:]:
+            variants.append(base[:position] + [option] + base[position + 1:])
+    return variants
+
+
+def check_overrides(config_name: str, overrides: list[str],
+                    validate: Callable[[DictConfig], None]) -> None:
+    """Compose the config for every sweep value and validate it; raise ConfigError on a mistake."""
+    try:
+        variants = _override_variants(overrides)
+    except Exception as error:  # Hydra's OverrideParseException
+        raise ConfigError("overrides", _one_line(str(error))) from None
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base=None):
+        for variant in variants:
+            try:
+                cfg = compose(config_name, overrides=variant)
+            except Exception as error:  # ConfigCompositionException, MissingConfigException, ...
+                raise ConfigError("overrides", _one_line(str(error))) from None
+            validate(cfg)
+    GlobalHydra.instance().clear()
+
+
+def require_number(cfg: DictConfig, key: str, minimum: float | None = None,
+                   integer: bool = False, allow_none: bool = False,
+                   exclusive: bool = False) -> None:
+    """Check that cfg[key] is a finite (integer) number at or above `minimum`."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value is None and allow_none:
+        return
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ConfigError(key, f"must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(key, f"must be finite, got {value!r}")
+    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+        relation = ">" if exclusive else ">="
+        raise ConfigError(key, f"must be {relation} {minimum}, got {value!r}")
+
+
+def require_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}")

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def test_round_trip_of_data_only_state(tmp_path):
+    rng = np.random.default_rng(0)
+    state = {"step": 7, "weights": torch.arange(3.0), "rng": rng.bit_generator.state,
+             "torch_rng": torch.get_rng_state(), "config": {"env": {"id": "Pendulum-v1"}}}
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint(path, state)
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 7 and loaded["config"] == state["config"]
+    torch.testing.assert_close(loaded["weights"], state["weights"])
+    restored = np.random.default_rng()
+    restored.bit_generator.state = loaded["rng"]
+    assert restored.integers(10**9) == rng.integers(10**9)
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"step": 2, "bad": lambda: None})  # not picklable
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+class Payload:
+    pass
+
+
+def test_code_in_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "payload": Payload()}, path)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(path)
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a lipctl checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")

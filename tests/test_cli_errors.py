@@ -1,0 +1,54 @@
+"""Every user mistake is one clear stderr line and exit code 2, before any work starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import lipctl
+
+BAD_INPUTS = [
+    (["train", "env.id=NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),
+    (["train", "env=nosuch"], "env/nosuch"),
+    (["train", "lipschitz.L=-1"], "lipschitz.L: must be > 0"),
+    (["train", "lipschitz=spectral", "lipschitz.L=0"], "lipschitz.L: must be > 0"),
+    (["train", "no_such_key=1"], "unknown key 'no_such_key'"),
+    (["train", "loop.total_steps=0"], "loop.total_steps: must be >= 1"),
+    (["train", "loop.batch_size=abc"], "loop.batch_size: must be an integer"),
+    (["train", "lipschitz.robust_norm=l3"], "lipschitz.robust_norm: must be one of"),
+    (["train", "logger.backends=[csv,nope]"], "logger.backends: unknown"),
+    (["train", "-m", "lipschitz.L=1,-2"], "lipschitz.L: must be > 0"),
+    (["train", "seed=="], "overrides"),
+    (["eval", "checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
+    (["eval", "checkpoint=garbage.pt"], "cannot read checkpoint garbage.pt"),
+    (["eval", "checkpoint=garbage.pt", "episodes=0"], "episodes: must be >= 1"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["train", "device=cuda"], "CUDA is not available"))
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INPUTS, ids=lambda a: " ".join(a)
+                         if isinstance(a, list) else None)
+def test_bad_input_is_one_line_and_exit_code_2(workdir, args, expected):
+    (workdir / "garbage.pt").write_bytes(b"not a checkpoint")
+    result = lipctl(*args, cwd=workdir, timeout=120)
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert "Traceback" not in message
+    assert expected in message
+    assert not (workdir / "runs").exists(), "work started before the config was checked"
+
+
+def test_help_lists_commands(workdir):
+    result = lipctl("--help", cwd=workdir, check=True)
+    assert "train" in result.stdout and "eval" in result.stdout
+
+
+def test_train_cfg_job_prints_resolved_groups(workdir):
+    result = lipctl("train", "--cfg", "job", "env=hopper", "lipschitz=spectral_adversarial",
+                    cwd=workdir, check=True)
+    assert "id: Hopper-v5" in result.stdout
+    assert "name: spectral+adversarial" in result.stdout
+    assert "critic_bound: ${lipschitz.L}" in result.stdout
