@@ -42,13 +42,13 @@ def user_errors(prog: str) -> Iterator[None]:
 
 def _one_line(message: str) -> str:
     """Condense Hydra's multi-line composition errors into one readable line."""
-    match = re.search(r"Could not override '([^']+)'.*?(Key '[^']+' is not in struct)", message, re.S)
+    match = re.search(r"Could not override '([^']+)'.*?To append to your config use", message, re.S)
     if match:
         key = match.group(1)
         return f"unknown key '{key}' (to add a new key use +{key}=...)"
     lines = [ln.strip() for ln in message.splitlines()
-             if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
-    options = re.search(r"Available options in '([^']+)':(.*)", message, re.S)
+             if ln.strip() and not ln.startswith(("Set the environment variable", "See https"))]
+    options = re.search(r"Available options in '([^']+)':\n((?:\t.*\n?)*)", message)
     if options:
         head = next(ln for ln in lines if ln.startswith(("In ", "Could not")))
         names = ", ".join(options.group(2).split())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import lipctl
+from tests.helpers import lipctl
 
 BAD_INPUTS = [
     (["train", "env.id=NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),

@@ -1,0 +1,25 @@
+"""Running the `lipctl` CLI in a subprocess, and the tiny run settings tests share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# A tiny SAC run: small nets and budgets so learning code paths run in seconds.
+TINY_TRAIN = [
+    "agent.learner.hidden=[32,32]", "agent.warmup_steps=50", "agent.batch_size=32",
+    "loop.total_steps=300", "loop.eval_every=150", "loop.eval_episodes=1",
+    "loop.checkpoint_every=100", "loop.log_every=50", "progress=false",
+]
+
+def lipctl(*args: str, cwd: Path, timeout: float = 300, check: bool = False
+           ) -> subprocess.CompletedProcess:
+    """Run `python -m lipctl ARGS` in `cwd` and capture its output."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run([sys.executable, "-m", "lipctl", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lipctl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
