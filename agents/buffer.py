@@ -22,7 +22,8 @@ class Batch(NamedTuple):
 class ReplayBuffer:
     """Ring buffer of transitions stored on `device`, sampled uniformly with its own generator."""
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0):
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str,
+                 seed: int = 0):
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -64,7 +65,8 @@ class ReplayBuffer:
         """Uniform sample with replacement from the stored transitions."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        index = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
+        index = torch.randint(self.size, (batch_size,), device=self.device,
+                              generator=self.generator)
         return Batch(**{name: t[index] for name, t in self._fields.items()})
 
     def state_dict(self) -> dict:

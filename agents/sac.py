@@ -104,9 +104,9 @@ class SAC:
                                  mode=critic_mode).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(init_alpha), device=self.device, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, fused=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr, fused=True)
         self._online = list(self.critic.parameters())
         self._target = list(self.critic_target.parameters())
 
@@ -123,7 +123,8 @@ class SAC:
         with torch.no_grad():
             next_action, next_log_prob = self.actor.sample(batch.next_obs)
             next_q = self.critic_target(batch.next_obs, next_action).min(0).values
-            target = batch.reward + self.gamma * (1.0 - batch.done) * (next_q - alpha * next_log_prob)
+            soft_next = next_q - alpha * next_log_prob
+            target = batch.reward + self.gamma * (1.0 - batch.done) * soft_next
         q = self.critic(batch.obs, batch.action)
         critic_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
         metrics = {}
@@ -136,7 +137,9 @@ class SAC:
         self.critic_opt.step()
 
         action, log_prob = self.actor.sample(batch.obs)
+        self.critic.requires_grad_(False)  # the actor loss needs no critic weight gradients
         q_pi = self.critic(batch.obs, action).min(0).values
+        self.critic.requires_grad_(True)
         actor_loss = (alpha * log_prob - q_pi).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()

@@ -179,7 +179,8 @@ class OffPolicyTrainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.episodes, self.last_eval = state["step"], state["episodes"], state["last_eval"]
+        self.step, self.episodes = state["step"], state["episodes"]
+        self.last_eval = state["last_eval"]
         self.agent.load_state_dict(state["agent"])
         self.buffer.load_state_dict(state["buffer"])
         self.batch_source.load_state_dict(state["batch_source"])

@@ -19,7 +19,7 @@ def _to_floats(metrics: Mapping[str, float | Tensor | None]) -> dict[str, float]
     values = {k: float(v) for k, v in metrics.items() if v is not None and k not in tensors}
     if tensors:
         stacked = torch.stack([t.detach().float().reshape(()) for t in tensors.values()])
-        values.update(zip(tensors, stacked.cpu().tolist()))
+        values.update(zip(tensors, stacked.cpu().tolist(), strict=True))
     return values
 
 

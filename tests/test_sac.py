@@ -40,8 +40,9 @@ def test_update_changes_every_network_and_returns_tensor_metrics():
     metrics = agent.update(random_batch().sample(32))
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in metrics.values())
     assert all(not torch.equal(before[n], p) for n, p in agent.critic.named_parameters())
-    assert all(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters()))
-    assert all(not torch.equal(a, b) for a, b in zip(target_before, agent.critic_target.parameters()))
+    for before_list, module in ((actor_before, agent.actor), (target_before, agent.critic_target)):
+        assert all(not torch.equal(a, b)
+                   for a, b in zip(before_list, module.parameters(), strict=True))
     assert float(metrics["alpha"]) == pytest.approx(1.0)
     assert float(agent.log_alpha.detach().exp()) != pytest.approx(1.0)
 
