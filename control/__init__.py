@@ -1,5 +1,17 @@
 """Controllers, process models, MPC and the one closed-loop runner."""
 
+from control.cstr_metrics import CSTRMetrics, cstr_metrics, reached_step
 from control.loop import Controller, Trajectory, returns, run
+from control.mpc import MPC, SolveStats
 
-__all__ = ["Controller", "Trajectory", "returns", "run"]
+__all__ = [
+    "MPC",
+    "CSTRMetrics",
+    "Controller",
+    "SolveStats",
+    "Trajectory",
+    "cstr_metrics",
+    "reached_step",
+    "returns",
+    "run",
+]

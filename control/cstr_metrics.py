@@ -1,0 +1,63 @@
+"""Closed-loop metrics of a CSTR episode: reaching the target, cost, bounds and solver figures.
+
+Reaching is judged on the states given, by default the trajectory's recorded observations. With
+measurement noise those are noisy (a noisy reading can leave the ellipse while the true state
+stays in it); pass the true states (the plant's info["state"]) when you have them. The cost comes
+from the rewards, which the plant computes on its true state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from control.loop import Trajectory
+from control.mpc import SolveStats
+from envs.cstr import ACTION_HIGH, ACTION_LOW, SAMPLING_PERIOD, in_target
+
+
+@dataclass(frozen=True)
+class CSTRMetrics:
+    """reached_step: steps until the state enters the target ellipse and stays in it to the end
+    (None if it ends outside); integrated_cost: sampling period x summed stage cost;
+    bound_violations: steps whose commanded input left the bounds; solve_ms_*: MPC solve time
+    per step (NaN without stats); status_counts: solver return statuses; fallbacks: steps that
+    applied a fallback input."""
+
+    reached_step: int | None
+    integrated_cost: float
+    bound_violations: int
+    solve_ms_median: float
+    solve_ms_p95: float
+    status_counts: dict[str, int]
+    fallbacks: int
+
+
+def reached_step(states: np.ndarray) -> int | None:
+    """First index k with states[k:] [.., 2] all inside the target ellipse, None if none."""
+    outside = np.flatnonzero(~in_target(states))
+    if outside.size == 0:
+        return 0
+    last = int(outside[-1])
+    return None if last == len(states) - 1 else last + 1
+
+
+def cstr_metrics(trajectory: Trajectory, stats: Sequence[SolveStats] = (),
+                 states: np.ndarray | None = None) -> CSTRMetrics:
+    """Metrics of one episode; `stats` are the controller's per-step solver stats (MPC.stats)."""
+    actions = trajectory.actions
+    outside = np.any((actions < ACTION_LOW) | (actions > ACTION_HIGH), axis=-1)
+    times_ms = 1e3 * np.array([s.solve_time for s in stats])
+    median, p95 = np.percentile(times_ms, [50, 95]) if times_ms.size else (np.nan, np.nan)
+    return CSTRMetrics(
+        reached_step=reached_step(trajectory.observations if states is None else states),
+        integrated_cost=-SAMPLING_PERIOD * float(trajectory.rewards.sum()),
+        bound_violations=int(outside.sum()),
+        solve_ms_median=float(median),
+        solve_ms_p95=float(p95),
+        status_counts=dict(Counter(s.status for s in stats)),
+        fallbacks=sum(s.fallback for s in stats),
+    )

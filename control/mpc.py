@@ -1,0 +1,140 @@
+"""Lyapunov-based MPC (LMPC) on any discrete-time CasADi model, built once, solved by IPOPT.
+
+Problem, for the measured state x and horizon N (single shooting, inputs as decision variables):
+
+    min  sum_{j=1..N} x_j' Qx x_j + u_{j-1}' Ru u_{j-1}
+    s.t. x_0 = x,  x_j = model(x_{j-1}, u_{j-1}),  low <= u_j <= high,
+         V(x_j) <= max(V(x), rho_min)  for j = 1..N            (if contraction is on)
+
+The contraction constraint is the usual two-mode LMPC in one expression: outside the level set
+{V <= rho_min} the Lyapunov function may not increase along the plan; inside it the plan stays
+in it. rho_min defaults to the largest level set inside the CSTR's target ellipse, so the
+constraint is feasible at (and near) the steady state, where V(x) -> 0 would ask the impossible.
+Inputs are optimised scaled to [-1, 1] (Q spans 1e6 kJ/h, CA0 7 kmol/m3) and the constraint is
+normalised to V(x_j) / bound <= 1, so IPOPT sees numbers of order one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import casadi as ca
+import numpy as np
+
+from envs.cstr import (
+    ACTION_HIGH,
+    ACTION_LOW,
+    INPUT_WEIGHTS,
+    STATE_WEIGHTS,
+    lyapunov,
+    stage_cost,
+    target_lyapunov_level,
+)
+
+Model = Callable[[Any, Any], Any]
+"""model(x, u) -> x_next on CasADi columns: the state one sampling period later."""
+
+DEFAULT_IPOPT = {"max_iter": 100, "tol": 1e-6, "acceptable_tol": 1e-4}
+
+
+@dataclass(frozen=True)
+class SolveStats:
+    """One MPC step: solver wall time (s), IPOPT's return status, whether a fallback was applied."""
+
+    solve_time: float
+    status: str
+    fallback: bool
+
+
+class MPC:
+    """Lyapunov MPC implementing the Controller protocol; see the module docstring.
+
+    `model` is called once per horizon step on CasADi SX columns while the problem is built
+    (the plant's `rk4_step` is the first-principles model); `level_min` is rho_min and
+    `ipopt_options` override DEFAULT_IPOPT. Each solve starts IPOPT from the previous plan
+    shifted by one step (its last input held). A failed solve (IPOPT reports no success, or
+    the observation is not finite) never raises from `act`: the controller applies that shifted
+    plan, or zero input when there is none since `reset`, and records a fallback in `stats`.
+    `stats` and `plan` hold the current episode and are cleared by `reset`.
+    """
+
+    def __init__(self, model: Model, horizon: int = 2,
+                 state_weights: Sequence[float] = STATE_WEIGHTS,
+                 input_weights: Sequence[float] = INPUT_WEIGHTS,
+                 action_low: Sequence[float] = ACTION_LOW,
+                 action_high: Sequence[float] = ACTION_HIGH,
+                 contraction: bool = True,
+                 lyapunov_fn: Callable[[Any], Any] = lyapunov,
+                 level_min: float | None = None,
+                 ipopt_options: dict[str, Any] | None = None) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        low, high = np.asarray(action_low, float), np.asarray(action_high, float)
+        if low.shape != high.shape or low.ndim != 1 or not np.all(low < high):
+            raise ValueError(f"action bounds must be 1-D with low < high, got {low} and {high}")
+        self.horizon, self.contraction = horizon, contraction
+        self.action_low, self.action_high = low, high
+        self.level_min = target_lyapunov_level() if level_min is None else float(level_min)
+        if contraction and self.level_min <= 0:
+            raise ValueError(f"level_min must be > 0, got {self.level_min}")
+        self._lyapunov = lyapunov_fn
+        self._center, self._scale = (high + low) / 2, (high - low) / 2
+        self._rest = np.clip(np.zeros(len(low)), low, high)  # zero input, inside the bounds
+        self._nx, self._nu = len(state_weights), len(low)
+        self._solver = self._build(model, state_weights, input_weights, ipopt_options or {})
+        self.plan: np.ndarray | None = None  # [horizon, nu] inputs, the next one first
+        self.stats: list[SolveStats] = []
+
+    def _build(self, model: Model, state_weights: Sequence[float],
+               input_weights: Sequence[float], ipopt_options: dict[str, Any]) -> ca.Function:
+        scaled = ca.SX.sym("v", self._nu, self.horizon)
+        x0, bound = ca.SX.sym("x0", self._nx), ca.SX.sym("bound")
+        x, cost, constraints = x0, 0, []
+        for j in range(self.horizon):
+            u = self._center + self._scale * scaled[:, j]
+            x = model(x, u)
+            if x.shape != (self._nx, 1):
+                raise ValueError(f"model must return a state of size {self._nx}, got {x.shape}")
+            cost += stage_cost(x, u, state_weights, input_weights)
+            if self.contraction:
+                constraints.append(self._lyapunov(x) / bound)
+        nlp = {"x": ca.vec(scaled), "p": ca.vertcat(x0, bound), "f": cost,
+               "g": ca.vertcat(*constraints)}
+        options = {"print_time": False, "error_on_fail": False,
+                   "ipopt": {"print_level": 0, "sb": "yes", **DEFAULT_IPOPT, **ipopt_options}}
+        return ca.nlpsol("lmpc", "ipopt", nlp, options)
+
+    def reset(self) -> None:
+        self.plan = None
+        self.stats = []
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        x = np.asarray(observation, dtype=np.float64).reshape(self._nx)
+        shifted = None if self.plan is None else np.vstack([self.plan[1:], self.plan[-1:]])
+        start = time.perf_counter()
+        if np.all(np.isfinite(x)):
+            status, scaled = self._solve(x, shifted)
+        else:
+            status, scaled = "Non_Finite_Observation", None
+        solve_time = time.perf_counter() - start
+        self.plan = shifted if scaled is None else self._center + self._scale * scaled
+        self.stats.append(SolveStats(solve_time, status, fallback=scaled is None))
+        return self._rest.copy() if self.plan is None else self.plan[0].copy()
+
+    def _solve(self, x: np.ndarray, guess: np.ndarray | None) -> tuple[str, np.ndarray | None]:
+        """Solve from the initial point `guess` (inputs [horizon, nu], default zero input):
+        IPOPT's status and the scaled plan, None unless it succeeded."""
+        if guess is None:
+            guess = np.tile(self._rest, (self.horizon, 1))
+        start = ((guess - self._center) / self._scale).ravel()
+        bound = max(float(self._lyapunov(x)), self.level_min)
+        solution = self._solver(x0=start, p=np.append(x, bound), lbx=-1.0, ubx=1.0, ubg=1.0)
+        stats = self._solver.stats()
+        if not stats["success"]:
+            return str(stats["return_status"]), None
+        # IPOPT may relax bounds by ~1e-8; project back so applied inputs are never out of bounds.
+        scaled = np.clip(np.asarray(solution["x"]).reshape(self.horizon, self._nu), -1.0, 1.0)
+        return str(stats["return_status"]), scaled

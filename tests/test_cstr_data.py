@@ -1,0 +1,150 @@
+"""CSTR open-loop data: generation, the seeded split, train-only scalers and the .npz record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from control.cstr_data import (
+    INPUT_HIGH,
+    INPUT_LOW,
+    PLANT_ID,
+    STABILITY_LEVEL,
+    SUBSTEPS,
+    Scaler,
+    generate,
+    grid_samples,
+    load_dataset,
+    lyapunov,
+    make_dataset,
+    random_samples,
+    sane_rows,
+    save_dataset,
+    state_grid,
+)
+from envs.cstr import rk4_step
+
+SMALL = dict(states_per_axis=10, inputs_per_axis=4, chains=16, periods=10)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return generate(rk4_step, **SMALL, seed=0)
+
+
+def test_grid_samples_start_inside_the_region_and_span_the_inputs():
+    x0, u, targets = grid_samples(rk4_step, states_per_axis=10, inputs_per_axis=4)
+    states = len(state_grid(10))
+    assert states > 10
+    assert x0.shape == u.shape == (states * 16, 2)
+    assert targets.shape == (states * 16, SUBSTEPS, 2)
+    assert (lyapunov(x0) <= STABILITY_LEVEL).all()
+    np.testing.assert_array_equal(u.min(axis=0), INPUT_LOW)
+    np.testing.assert_array_equal(u.max(axis=0), INPUT_HIGH)
+    np.testing.assert_allclose(targets[:, 0], rk4_step(x0, u, 0.005 / SUBSTEPS))
+
+
+def test_random_chains_go_on_from_the_reached_state_and_restart_inside_the_region():
+    chains, periods = 8, 5
+    x0, u, targets = random_samples(rk4_step, chains=chains, periods=periods, seed=1)
+    assert x0.shape == (chains * periods, 2) and targets.shape == (chains * periods, SUBSTEPS, 2)
+    assert (lyapunov(x0) <= STABILITY_LEVEL).all()
+    assert ((u >= INPUT_LOW) & (u <= INPUT_HIGH)).all()
+    previous_end, next_start = targets[:-chains, -1], x0[chains:]
+    inside = lyapunov(previous_end) <= STABILITY_LEVEL
+    assert inside.any()
+    np.testing.assert_array_equal(next_start[inside], previous_end[inside])
+
+
+def test_generation_drops_non_finite_and_insane_rows():
+    def flaky_step(x: np.ndarray, u: np.ndarray, dt: float) -> np.ndarray:
+        out = rk4_step(x, u, dt)
+        out[u[:, 0] > 3] = np.nan  # the top CA0 row of the input grid blows up
+        out[u[:, 1] < -4.9e5, 1] += 1e4  # the bottom Q row leaves the sane range
+        return out
+
+    clean, flaky = generate(rk4_step, **SMALL), generate(flaky_step, **SMALL)
+    assert len(flaky.x0) < len(clean.x0)
+    assert np.isfinite(flaky.targets).all()
+    assert sane_rows(flaky.x0, flaky.targets).all()
+    assert not sane_rows(np.zeros((1, 2)), np.full((1, SUBSTEPS, 2), np.nan)).any()
+
+
+def test_split_is_fixed_by_the_seed(dataset):
+    x0, u, targets = dataset.x0, dataset.u, dataset.targets
+    again = make_dataset(x0, u, targets, seed=0)
+    other = make_dataset(x0, u, targets, seed=1)
+    np.testing.assert_array_equal(again.split, dataset.split)
+    assert (other.split != dataset.split).any()
+    counts = np.bincount(dataset.split, minlength=3) / len(x0)
+    np.testing.assert_allclose(counts, [0.7, 0.15, 0.15], atol=0.01)
+
+
+def test_scalers_are_fitted_on_train_rows_only(dataset):
+    train = dataset.rows("train")
+    states = np.concatenate([dataset.x0[train][:, None], dataset.targets[train]], axis=1)
+    expected = Scaler.fit(states)
+    np.testing.assert_allclose(dataset.state_scaler.mean, expected.mean)
+    np.testing.assert_allclose(dataset.state_scaler.std, expected.std)
+    np.testing.assert_allclose(dataset.input_scaler.mean, dataset.u[train].mean(axis=0))
+    everything = Scaler.fit(np.concatenate([dataset.x0[:, None], dataset.targets], axis=1))
+    assert not np.allclose(dataset.state_scaler.mean, everything.mean, rtol=0, atol=1e-9)
+    assert not np.allclose(dataset.input_scaler.mean, dataset.u.mean(axis=0), rtol=0, atol=1e-9)
+
+
+def test_sequences_repeat_the_scaled_state_and_input(dataset):
+    z, y = dataset.sequences("val")
+    rows = dataset.rows("val")
+    assert z.shape == (len(rows), SUBSTEPS, 4) and y.shape == (len(rows), SUBSTEPS, 2)
+    assert (z == z[:, :1]).all()
+    np.testing.assert_allclose(z[:, 0, :2], dataset.state_scaler.transform(dataset.x0[rows]),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dataset.state_scaler.inverse(y), dataset.targets[rows],
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_save_load_round_trip(dataset, tmp_path: Path):
+    path = tmp_path / "cstr.npz"
+    save_dataset(dataset, path)
+    loaded = load_dataset(path)
+    for name in ("x0", "u", "targets", "split"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(dataset, name))
+    np.testing.assert_array_equal(loaded.state_scaler.std, dataset.state_scaler.std)
+    assert (loaded.plant_id, loaded.substeps, loaded.sampling_period) == (PLANT_ID, 10, 0.005)
+
+
+def _tampered(dataset, tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "cstr.npz"
+    save_dataset(dataset, path)
+    with np.load(path) as record:
+        fields = {**dict(record), **changes}
+    np.savez(path, **fields)
+    return path
+
+
+def test_non_finite_rows_are_a_clear_error(dataset, tmp_path: Path):
+    targets = dataset.targets.copy()
+    targets[[0, 5, 9], 3, 1] = np.nan
+    targets[5, 0, 0] = np.inf
+    n = len(targets)
+    with pytest.raises(ValueError, match=f"3 of {n} data rows hold non-finite"):
+        load_dataset(_tampered(dataset, tmp_path, targets=targets))
+    with pytest.raises(ValueError, match=f"3 of {n} data rows hold non-finite"):
+        make_dataset(dataset.x0, dataset.u, targets)
+
+
+def test_wrong_plant_schema_or_shape_is_refused(dataset, tmp_path: Path):
+    path = _tampered(dataset, tmp_path)
+    with pytest.raises(ValueError, match="expected 'lipctl/Other-v0'"):
+        load_dataset(path, plant_id="lipctl/Other-v0")
+    with pytest.raises(ValueError, match="holds data of plant 'gym/Pendulum-v1'"):
+        load_dataset(_tampered(dataset, tmp_path, plant_id=np.array("gym/Pendulum-v1")))
+    with pytest.raises(ValueError, match="schema version 99"):
+        load_dataset(_tampered(dataset, tmp_path, schema_version=np.array(99)))
+    with pytest.raises(ValueError, match="targets must be"):
+        load_dataset(_tampered(dataset, tmp_path, targets=dataset.targets[:, :5]))
+    with pytest.raises(ValueError, match="is not a CSTR dataset record"):
+        np.savez(path, x0=dataset.x0)
+        load_dataset(path)

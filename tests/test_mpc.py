@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from control import MPC, SolveStats, Trajectory, cstr_metrics, reached_step, run
+from envs import make_env
+from envs.cstr import ACTION_HIGH, ACTION_LOW, ENV_ID, lyapunov, rk4_step, target_lyapunov_level
+
+STARTS = [[1.5, -70.0], [-1.5, 70.0], [-1.25, 50.0], [1.25, -50.0]]  # published, deviation form
+
+
+@pytest.fixture(scope="module")
+def lmpc() -> MPC:
+    """First-principles LMPC, horizon 2, built once for the module (run() resets it)."""
+    return MPC(rk4_step)
+
+
+def _episode(controller: MPC, start: list[float], steps: int = 30) -> Trajectory:
+    (trajectory,) = run(controller, make_env(ENV_ID, x0=start, max_episode_steps=steps), seed=0)
+    return trajectory
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_first_principles_lmpc_reaches_and_keeps_the_target(lmpc, start):
+    trajectory = _episode(lmpc, start)
+    metrics = cstr_metrics(trajectory, lmpc.stats)
+    assert metrics.reached_step is not None and metrics.reached_step <= 20
+    assert metrics.fallbacks == 0 and metrics.bound_violations == 0
+    assert len(lmpc.stats) == len(trajectory) == 30
+    # Noise-free plant = model, so the contraction constraint holds on the closed loop.
+    v = lyapunov(trajectory.observations)
+    bound = np.maximum(v[:-1], target_lyapunov_level())
+    assert np.all(v[1:] <= bound * (1 + 1e-4))
+
+
+def test_mpc_without_contraction_also_reaches_the_target():
+    mpc = MPC(rk4_step, contraction=False)
+    trajectory = _episode(mpc, STARTS[0])
+    assert reached_step(trajectory.observations) is not None
+    assert cstr_metrics(trajectory, mpc.stats).fallbacks == 0
+
+
+@pytest.mark.parametrize("horizon", [2, 10])
+def test_solve_time_by_horizon(horizon):
+    mpc = MPC(rk4_step, horizon=horizon)
+    metrics = cstr_metrics(_episode(mpc, STARTS[0], steps=20), mpc.stats)
+    print(f"\nLMPC horizon {horizon}: solve median {metrics.solve_ms_median:.1f} ms, "
+          f"p95 {metrics.solve_ms_p95:.1f} ms, reached step {metrics.reached_step}")
+    assert metrics.fallbacks == 0 and metrics.reached_step is not None
+
+
+def test_failed_solves_fall_back_without_crashing_the_loop():
+    mpc = MPC(rk4_step, ipopt_options={"max_iter": 1})
+    trajectory = _episode(mpc, STARTS[0], steps=5)
+    metrics = cstr_metrics(trajectory, mpc.stats)
+    assert len(trajectory) == 5 and metrics.fallbacks == 5
+    assert metrics.status_counts == {"Maximum_Iterations_Exceeded": 5}
+    np.testing.assert_array_equal(trajectory.actions, 0.0)  # no plan yet: zero input
+    assert metrics.bound_violations == 0
+
+
+def test_fallback_applies_the_shifted_previous_plan(lmpc):
+    lmpc.reset()
+    first = lmpc.act(np.array([0.05, 2.0]))
+    plan = lmpc.plan.copy()
+    np.testing.assert_array_equal(first, plan[0])
+    assert not np.allclose(plan[0], plan[1])
+    for _ in range(2):  # the plan shifts, then its last input is held
+        np.testing.assert_array_equal(lmpc.act(np.array([np.nan, 0.0])), plan[1])
+    assert [s.fallback for s in lmpc.stats] == [False, True, True]
+    assert lmpc.stats[-1].status == "Non_Finite_Observation"
+    lmpc.reset()
+    assert lmpc.plan is None and lmpc.stats == []
+    np.testing.assert_array_equal(lmpc.act(np.array([np.inf, 0.0])), [0.0, 0.0])
+
+
+def test_bad_mpc_settings_are_value_errors():
+    with pytest.raises(ValueError, match="horizon"):
+        MPC(rk4_step, horizon=0)
+    with pytest.raises(ValueError, match="model must return a state of size 2"):
+        MPC(lambda x, u: x[0])
+    with pytest.raises(ValueError, match="low < high"):
+        MPC(rk4_step, action_low=ACTION_HIGH, action_high=ACTION_LOW)
+
+
+def test_reached_step_needs_the_state_to_stay():
+    inside, outside = [0.0, 0.0], [1.0, 0.0]
+    assert reached_step(np.array([outside, inside, inside])) == 1
+    assert reached_step(np.array([outside, inside, outside, inside])) == 3
+    assert reached_step(np.array([inside, inside])) == 0
+    assert reached_step(np.array([inside, outside])) is None
+
+
+def test_metrics_count_bound_violations_cost_and_solver_figures():
+    trajectory = Trajectory(
+        observations=np.zeros((4, 2)),
+        actions=np.array([[0.0, 0.0], [4.0, 0.0], [0.0, -6e5]]),
+        rewards=np.array([-1.0, -2.0, -3.0]),
+        terminated=False, truncated=True,
+    )
+    stats = [SolveStats(0.001 * k, "Solve_Succeeded", False) for k in (1, 2)]
+    stats.append(SolveStats(0.010, "Maximum_Iterations_Exceeded", True))
+    metrics = cstr_metrics(trajectory, stats)
+    assert metrics.bound_violations == 2 and metrics.fallbacks == 1
+    assert metrics.integrated_cost == pytest.approx(0.005 * 6.0)
+    assert metrics.solve_ms_median == pytest.approx(2.0)
+    assert metrics.solve_ms_p95 == pytest.approx(9.2)
+    assert metrics.status_counts == {"Solve_Succeeded": 2, "Maximum_Iterations_Exceeded": 1}
+    assert np.isnan(cstr_metrics(trajectory).solve_ms_median)

@@ -1,0 +1,196 @@
+"""Process models: input-convexity, weight constraints, certificates, training and save/load."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from control.cstr_data import generate
+from control.models import (
+    ICLRNN,
+    MODELS,
+    build_model,
+    certify_model,
+    fit,
+    load_model,
+    save_model,
+    sequence_gain,
+    sequence_lower_bound,
+    sequence_upper_bound,
+)
+from envs.cstr import rk4_step
+
+HIDDEN = 32
+EPOCHS = 60
+MSE_THRESHOLD = 0.05
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(rk4_step, states_per_axis=12, inputs_per_axis=5, chains=32, periods=20,
+                    seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """Every registered model fitted once on the small dataset: name -> (model, FitResult)."""
+    models = {}
+    for name in MODELS:
+        torch.manual_seed(0)
+        model = build_model(name, 2, 2, hidden=HIDDEN)
+        models[name] = model, fit(model, data, epochs=EPOCHS, batch_size=64, seed=0)
+    return models
+
+
+@pytest.fixture(scope="module")
+def test_inputs(data) -> torch.Tensor:
+    return torch.from_numpy(data.sequences("test")[0])
+
+
+def _random_pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Free (not repeated) float64 input sequences over the scaled data range."""
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(2 * torch.randn(n, 10, 4, generator=generator, dtype=torch.float64)
+                 for _ in range(2))
+
+
+def _midpoint_gap(model: torch.nn.Module) -> torch.Tensor:
+    """max over random pairs, time steps and outputs of f((z1+z2)/2) - (f(z1)+f(z2))/2."""
+    net = copy.deepcopy(model).double().eval()
+    z1, z2 = _random_pairs(2000)
+    with torch.no_grad():
+        return (net((z1 + z2) / 2) - (net(z1) + net(z2)) / 2).max()
+
+
+@pytest.mark.parametrize("name", ["iclrnn", "icrnn"])
+def test_input_convex_models_are_midpoint_convex_in_every_output(trained, name):
+    assert _midpoint_gap(trained[name][0]) <= 1e-5
+
+
+def test_plain_rnn_violates_midpoint_convexity(trained):
+    assert _midpoint_gap(trained["rnn"][0]) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["iclrnn", "icrnn"])
+def test_constrained_weights_are_non_negative_after_training(trained, name):
+    model = trained[name][0]
+    for weight in model.constrained():
+        assert (weight >= 0).all()
+
+
+def test_iclrnn_spectral_norms_stay_under_the_cap(trained):
+    for weight in trained["iclrnn"][0].constrained():
+        assert torch.linalg.matrix_norm(weight.double(), ord=2) <= 1.0
+    assert any(torch.linalg.matrix_norm(w.double(), ord=2) > 1.0
+               for w in trained["icrnn"][0].constrained())  # so the cap did something
+
+
+def test_projection_enforces_a_configured_cap():
+    model = ICLRNN(2, 2, hidden=16, spectral_cap=0.5)
+    with torch.no_grad():
+        for weight in model.constrained():
+            weight.normal_(0, 3)
+    model.project_()
+    for weight in model.constrained():
+        assert (weight >= 0).all()
+        sigma = torch.linalg.matrix_norm(weight.double(), ord=2)
+        assert 0.5 * (1 - 1e-5) <= sigma <= 0.5
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_learns_the_plant(trained, data, name):
+    result = trained[name][1]
+    _, y_train = data.sequences("train")
+    _, y_test = data.sequences("test")
+    mean_mse = float(((y_test - y_train.mean(axis=0)) ** 2).mean())
+    assert result.test_mse < MSE_THRESHOLD
+    assert result.test_mse < 0.05 * mean_mse
+    assert result.history[-1]["train_mse"] < result.history[0]["train_mse"]
+
+
+def test_target_noise_is_applied_and_the_clean_fit_survives_it(data):
+    torch.manual_seed(0)
+    model = build_model("iclrnn", 2, 2, hidden=HIDDEN)
+    result = fit(model, data, epochs=30, batch_size=64, target_noise_sigma=0.5, seed=0)
+    assert result.history[-1]["train_mse"] > 0.2  # noise of variance 0.25 cannot be fitted
+    assert result.test_mse < 0.1
+
+
+def test_sequence_gain_matches_hand_computed_norms():
+    assert sequence_gain(torch.zeros(3, 3), 5) == pytest.approx(1.0)
+    assert sequence_gain(torch.eye(3), 2) == pytest.approx((1 + 5**0.5) / 2)  # [[1,0],[1,1]]
+
+
+@pytest.mark.parametrize("name", ["iclrnn", "icrnn", "rnn"])
+def test_certified_bound_holds_on_sampled_pairs(trained, test_inputs, name):
+    model = trained[name][0]
+    certificate = certify_model(model, test_inputs[:128], pairs=64, steps=50)
+    z1, z2 = _random_pairs(4000, seed=1)
+    z2 = z1 + torch.where(torch.arange(4000)[:, None, None] % 2 == 0, 1e-2, 1.0) * (z2 - z1)
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        ratios = (torch.linalg.vector_norm(net(z1) - net(z2), dim=(1, 2))
+                  / torch.linalg.vector_norm(z1 - z2, dim=(1, 2)))
+    assert 0 < certificate.lower <= certificate.upper
+    assert ratios.max() <= certificate.upper
+    if name == "iclrnn":
+        assert certificate.upper <= 2**0.5 * sequence_gain(torch.eye(1), 10)
+
+
+def test_lstm_has_a_sampled_lower_bound_but_no_weight_bound(trained, test_inputs):
+    model = trained["lstm"][0]
+    assert sequence_upper_bound(model, 10) == float("inf")
+    assert sequence_lower_bound(model, test_inputs[:64], pairs=16, steps=10) > 0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_save_load_round_trip_gives_identical_outputs(trained, data, test_inputs, name,
+                                                      tmp_path: Path):
+    model = trained[name][0].eval()
+    save_model(tmp_path / "model.pt", model, data)
+    loaded = load_model(tmp_path / "model.pt", data)
+    assert type(loaded.model) is type(model)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(test_inputs), model(test_inputs))
+    rows = data.rows("test")[:5]
+    predicted = loaded.predict(data.x0[rows], data.u[rows])
+    assert predicted.shape == (5, 10, 2)
+    assert (np.abs(predicted - data.targets[rows]) < 0.25 * data.state_scaler.std).all()
+
+
+def test_a_model_for_another_plant_or_sizes_is_refused(trained, data, tmp_path: Path):
+    path = tmp_path / "model.pt"
+    save_model(path, trained["iclrnn"][0], data)
+    with pytest.raises(ValueError, match="expected 'lipctl/Other-v0'"):
+        load_model(path, plant_id="lipctl/Other-v0")
+    other = generate(rk4_step, states_per_axis=8, inputs_per_axis=3, chains=8, periods=5,
+                     seed=3)
+    with pytest.raises(ValueError, match="other state scalers"):
+        load_model(path, other)
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "state_size": 3}, path)
+    with pytest.raises(ValueError, match="maps 3 states and 2 inputs"):
+        load_model(path)
+    torch.save({**state, "model": "transformer"}, path)
+    with pytest.raises(ValueError, match="unknown model 'transformer'"):
+        load_model(path)
+    torch.save({**state, "hparams": {"hidden": 8, "spectral_cap": 1.0}}, path)
+    with pytest.raises(ValueError, match="weights do not fit"):
+        load_model(path)
+    with pytest.raises(ValueError, match="model maps 3 states"):
+        save_model(path, build_model("rnn", 3, 2, hidden=4), data)
+
+
+def test_bad_model_names_and_hyper_parameters_are_refused():
+    with pytest.raises(ValueError, match="unknown model 'gru'; choose from iclrnn"):
+        build_model("gru", 2, 2)
+    with pytest.raises(ValueError, match="hidden sizes must be positive"):
+        build_model("lstm", 2, 2, hidden=0)
+    with pytest.raises(ValueError, match="bad hyper-parameters for model 'icrnn'"):
+        build_model("icrnn", 2, 2, spectral_cap=1.0)
+    with pytest.raises(ValueError, match="spectral_cap must be a positive number"):
+        build_model("iclrnn", 2, 2, spectral_cap=0.0)
