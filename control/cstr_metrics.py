@@ -1,8 +1,7 @@
 """Closed-loop metrics of a CSTR episode: reaching the target, cost, bounds and solver figures.
 
-Reaching is judged on the states given, by default the trajectory's recorded observations. With
-measurement noise those are noisy (a noisy reading can leave the ellipse while the true state
-stays in it); pass the true states (the plant's info["state"]) when you have them. The cost comes
+Reaching is judged on the true states the plant reports in info["state"] (recorded by the
+closed-loop runner), not on observations, which are noisy under measurement noise. The cost comes
 from the rewards, which the plant computes on its true state.
 """
 
@@ -47,7 +46,13 @@ def reached_step(states: np.ndarray) -> int | None:
 
 def cstr_metrics(trajectory: Trajectory, stats: Sequence[SolveStats] = (),
                  states: np.ndarray | None = None) -> CSTRMetrics:
-    """Metrics of one episode; `stats` are the controller's per-step solver stats (MPC.stats)."""
+    """Metrics of one episode; `stats` are the controller's per-step solver stats (MPC.stats).
+
+    Reaching the target is judged on `states`, else on the true states the plant reports in
+    info["state"], else on the (possibly noisy) observations.
+    """
+    if states is None and all("state" in info for info in trajectory.infos):
+        states = np.array([info["state"] for info in trajectory.infos])
     actions = trajectory.actions
     outside = np.any((actions < ACTION_LOW) | (actions > ACTION_HIGH), axis=-1)
     times_ms = 1e3 * np.array([s.solve_time for s in stats])

@@ -20,13 +20,15 @@ class Controller(Protocol):
 
 @dataclass
 class Trajectory:
-    """One closed-loop episode: observations has one row more than actions."""
+    """One closed-loop episode: observations and infos have one entry more than actions
+    (the reset's first)."""
 
     observations: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
     terminated: bool
     truncated: bool
+    infos: list[dict]
 
     @property
     def episode_return(self) -> float:
@@ -53,13 +55,14 @@ def run(
     trajectories = []
     for episode in range(episodes):
         controller.reset()
-        observation, _ = plant.reset(seed=None if seed is None else seed + episode)
-        observations, actions, rewards = [observation], [], []
+        observation, info = plant.reset(seed=None if seed is None else seed + episode)
+        observations, actions, rewards, infos = [observation], [], [], [info]
         terminated = truncated = False
         while not (terminated or truncated):
             action = controller.act(observation)
-            observation, reward, terminated, truncated, _ = plant.step(action)
+            observation, reward, terminated, truncated, info = plant.step(action)
             observations.append(observation)
+            infos.append(info)
             actions.append(action)
             rewards.append(reward)
             if max_steps is not None and len(actions) >= max_steps:
@@ -71,6 +74,7 @@ def run(
                 rewards=np.asarray(rewards, dtype=np.float64),
                 terminated=bool(terminated),
                 truncated=bool(truncated),
+                infos=infos,
             )
         )
     return trajectories

@@ -97,7 +97,7 @@ def test_metrics_count_bound_violations_cost_and_solver_figures():
         observations=np.zeros((4, 2)),
         actions=np.array([[0.0, 0.0], [4.0, 0.0], [0.0, -6e5]]),
         rewards=np.array([-1.0, -2.0, -3.0]),
-        terminated=False, truncated=True,
+        terminated=False, truncated=True, infos=[{}] * 4,
     )
     stats = [SolveStats(0.001 * k, "Solve_Succeeded", False) for k in (1, 2)]
     stats.append(SolveStats(0.010, "Maximum_Iterations_Exceeded", True))
