@@ -10,6 +10,10 @@ from lipctl.config import USAGE_EXIT_CODE, check_overrides, user_errors
 COMMANDS = {
     "train": ("train", "train an agent (default: SAC on Pendulum-v1)"),
     "eval": ("eval", "run episodes of a checkpoint's policy: eval checkpoint=PATH"),
+    "data": ("data", "generate process-model training data: data env=cstr"),
+    "fit": ("fit", "train a process model: fit model=iclrnn|icrnn|rnn|lstm"),
+    "bench": ("bench", "run a benchmark into results/: bench experiment=cstr_mpc"),
+    "mpc": ("mpc", "closed-loop Lyapunov MPC of the CSTR: mpc model=first_principles|iclrnn|..."),
 }
 HYDRA_FLAGS_WITHOUT_CHECK = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion",
                              "-sc"}

@@ -3,6 +3,7 @@ recurrent baselines, one trainer, Lipschitz certificates and save/load as data."
 
 from control.models.base import ProcessModel, RecurrentWeights
 from control.models.baselines import LSTM, RNN
+from control.models.casadi_model import casadi_model
 from control.models.certify import (
     certify_model,
     sequence_gain,
@@ -26,6 +27,7 @@ __all__ = [
     "RecurrentWeights",
     "TrainedModel",
     "build_model",
+    "casadi_model",
     "certify_model",
     "fit",
     "load_model",

@@ -1,0 +1,33 @@
+"""Lyapunov MPC of the CSTR on a first-principles or a fitted process model, run in closed loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from control.cstr_metrics import CSTRMetrics, cstr_metrics
+from control.loop import Trajectory, run
+from control.models import TrainedModel, casadi_model
+from control.mpc import MPC
+from envs import make_env
+from envs.cstr import ENV_ID, rk4_step
+
+PUBLISHED_STARTS = ((1.5, -70.0), (-1.5, 70.0), (-1.25, 50.0), (1.25, -50.0))
+
+
+def cstr_mpc(trained: TrainedModel | None = None, horizon: int = 2,
+             contraction: bool = True) -> MPC:
+    """LMPC on the plant's own ODE (`trained=None`) or on a fitted process model."""
+    model = rk4_step if trained is None else casadi_model(trained)
+    return MPC(model, horizon=horizon, contraction=contraction)
+
+
+def cstr_closed_loop(controller: MPC, start: Sequence[float], steps: int = 30,
+                     obs_noise_std: Sequence[float] = (0.0, 0.0),
+                     disturbance_std: Sequence[float] = (0.0, 0.0),
+                     seed: int = 0) -> tuple[Trajectory, CSTRMetrics]:
+    """One episode of `steps` sampling periods from deviation state `start`, with its metrics."""
+    plant = make_env(ENV_ID, x0=list(start), obs_noise_std=list(obs_noise_std),
+                     disturbance_std=list(disturbance_std), max_episode_steps=steps)
+    (trajectory,) = run(controller, plant, seed=seed)
+    plant.close()
+    return trajectory, cstr_metrics(trajectory, controller.stats)

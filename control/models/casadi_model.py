@@ -1,0 +1,171 @@
+"""Trained process models as CasADi expressions, rebuilt from their weights.
+
+`casadi_model(trained)` returns a `casadi.Function` x_next = f(x, u) on the plant's deviation
+units that does what `TrainedModel.predict` does for the last sub-step: scale x and u with the
+saved scalers, feed the scaled [x, u] at each of the `substeps` sub-steps, run the recurrence
+and unscale the final state. The function is plain SX arithmetic on float64 copies of the
+weights (no callbacks), so CasADi differentiates it exactly; called on SX or MX symbols it gives
+expressions, called on numbers it evaluates, which makes it a drop-in `MPC(model=...)` like the
+first-principles `rk4_step`.
+
+Supported models (by registry name): "iclrnn" and "icrnn" (relu cell on [z, -z], affine
+non-negative read-out), "rnn" (torch nn.RNN, tanh or relu) and "lstm" (torch nn.LSTM, gates
+i, f, g, o). The input sequence repeats one vector, so its projection is computed once and
+reused at every sub-step; this is the same arithmetic as projecting each copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import casadi as ca
+import numpy as np
+
+from control.cstr_data import INPUT_NAMES, STATE_NAMES
+from control.models.io import TrainedModel, load_model
+
+Weights = Mapping[str, ca.DM]
+Recurrence = Callable[[Weights, ca.SX, int], ca.SX]
+"""sequence(weights, z, steps) -> the scaled output after `steps` sub-steps with input z."""
+
+PLANT_SIZES = (len(STATE_NAMES), len(INPUT_NAMES))
+
+
+def _relu(v: ca.SX) -> ca.SX:
+    return ca.fmax(0, v)
+
+
+def _sigmoid(v: ca.SX) -> ca.SX:
+    return 1 / (1 + ca.exp(-v))
+
+
+def _affine(weight: ca.DM, v: ca.SX, bias: ca.DM) -> ca.SX:
+    return ca.mtimes(weight, v) + bias
+
+
+def _convex_sequence(p: Weights, z: ca.SX, steps: int) -> ca.SX:
+    """h_t = relu(W [z, -z] + U h_{t-1} + b) from h_0 = 0; output V h_T + c."""
+    drive = _affine(p["W"], ca.vertcat(z, -z), p["b"])
+    h = _relu(drive)
+    for _ in range(steps - 1):
+        h = _relu(drive + ca.mtimes(p["U"], h))
+    return _affine(p["V"], h, p["c"])
+
+
+def _rnn_sequence(activation: Callable[[ca.SX], ca.SX]) -> Recurrence:
+    """torch nn.RNN: h_t = act(W_ih z + b_ih + W_hh h_{t-1} + b_hh) from h_0 = 0; linear head."""
+
+    def run(p: Weights, z: ca.SX, steps: int) -> ca.SX:
+        drive = _affine(p["rnn.weight_ih_l0"], z, p["rnn.bias_ih_l0"] + p["rnn.bias_hh_l0"])
+        h = activation(drive)
+        for _ in range(steps - 1):
+            h = activation(drive + ca.mtimes(p["rnn.weight_hh_l0"], h))
+        return _affine(p["head.weight"], h, p["head.bias"])
+
+    return run
+
+
+def _lstm_sequence(p: Weights, z: ca.SX, steps: int) -> ca.SX:
+    """torch nn.LSTM (gates i, f, g, o stacked in that order) from h_0 = c_0 = 0; linear head."""
+    hidden = p["lstm.weight_hh_l0"].shape[1]
+    drive = _affine(p["lstm.weight_ih_l0"], z, p["lstm.bias_ih_l0"] + p["lstm.bias_hh_l0"])
+    h, cell = ca.SX(hidden, 1), ca.SX(hidden, 1)  # structural zeros
+    for _ in range(steps):
+        gates = drive + ca.mtimes(p["lstm.weight_hh_l0"], h)
+        i, f, g, o = (gates[k * hidden:(k + 1) * hidden] for k in range(4))
+        cell = _sigmoid(f) * cell + _sigmoid(i) * ca.tanh(g)
+        h = _sigmoid(o) * ca.tanh(cell)
+    return _affine(p["head.weight"], h, p["head.bias"])
+
+
+def _convex_shapes(s: int, n: int, h: int) -> dict[str, tuple[int, ...]]:
+    return {"W": (h, 2 * (s + n)), "U": (h, h), "V": (s, h), "b": (h,), "c": (s,)}
+
+
+def _recurrent_shapes(prefix: str, gates: int) -> Callable[[int, int, int], dict]:
+    def shapes(s: int, n: int, h: int) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}.weight_ih_l0": (gates * h, s + n),
+                f"{prefix}.weight_hh_l0": (gates * h, h),
+                f"{prefix}.bias_ih_l0": (gates * h,), f"{prefix}.bias_hh_l0": (gates * h,),
+                "head.weight": (s, h), "head.bias": (s,)}
+
+    return shapes
+
+
+SHAPES: dict[str, Callable[[int, int, int], dict[str, tuple[int, ...]]]] = {
+    "iclrnn": _convex_shapes, "icrnn": _convex_shapes,
+    "rnn": _recurrent_shapes("rnn", 1), "lstm": _recurrent_shapes("lstm", 4),
+}
+"""Per model name: (state_size, input_size, hidden) -> the expected shape of every weight."""
+
+
+def _sequence_for(name: str, hparams: Mapping) -> Recurrence:
+    """The CasADi recurrence of the model registered as `name`."""
+    if name in ("iclrnn", "icrnn"):
+        return _convex_sequence
+    if name == "lstm":
+        return _lstm_sequence
+    nonlinearity = hparams.get("nonlinearity", "tanh")
+    activations = {"tanh": ca.tanh, "relu": _relu}
+    if nonlinearity not in activations:
+        raise ValueError(f"rnn nonlinearity must be one of {tuple(activations)}, "
+                         f"got {nonlinearity!r}")
+    return _rnn_sequence(activations[nonlinearity])
+
+
+def _check_sizes(trained: TrainedModel, sizes: tuple[int, int]) -> None:
+    """ValueError unless model, scalers and the plant agree on the state and input sizes."""
+    model = trained.model
+    found = {"model": (model.state_size, model.input_size),
+             "scalers": (trained.state_scaler.mean.shape[0], trained.input_scaler.mean.shape[0]),
+             "plant": sizes}
+    if len(set(found.values())) > 1:
+        described = ", ".join(f"{who} {s} states/{n} inputs" for who, (s, n) in found.items())
+        raise ValueError(f"process model sizes do not match: {described}")
+    if trained.substeps < 1:
+        raise ValueError(f"process model has {trained.substeps} sub-steps, needs at least 1")
+
+
+def _weights(trained: TrainedModel, name: str) -> dict[str, ca.DM]:
+    """float64 weights from the state_dict, each checked against the shape its sizes imply."""
+    model = trained.model
+    state = {k: v.detach().cpu().double().numpy() for k, v in model.state_dict().items()}
+    expected = SHAPES[name](model.state_size, model.input_size, int(model.hparams["hidden"]))
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"{name} model lacks weights {', '.join(missing)}")
+    for key, shape in expected.items():
+        if state[key].shape != shape:
+            raise ValueError(f"{name} weight {key!r} has shape {state[key].shape}, "
+                             f"expected {shape}")
+        if not np.all(np.isfinite(state[key])):
+            raise ValueError(f"{name} weight {key!r} holds non-finite values")
+    # Drop exact zeros (many in the clamped non-negative weights): smaller expressions.
+    return {key: ca.sparsify(ca.DM(state[key])) for key in expected}
+
+
+def casadi_model(trained: TrainedModel | str | Path,
+                 sizes: tuple[int, int] = PLANT_SIZES) -> ca.Function:
+    """The CasADi function x_next = f(x [ns], u [nu]) of a trained process model (or of the
+    model file at that path), in deviation units; see the module docstring.
+
+    A model whose state/input sizes disagree with its scalers or with `sizes` (the plant's),
+    weights of the wrong shape, or a model kind without a translation is a ValueError.
+    """
+    if not isinstance(trained, TrainedModel):
+        trained = load_model(trained)
+    name = trained.model.name
+    if name not in SHAPES:
+        raise ValueError(f"no CasADi translation for process model {name!r}; "
+                         f"supported: {', '.join(SHAPES)}")
+    _check_sizes(trained, sizes)
+    sequence = _sequence_for(name, trained.model.hparams)
+    weights = _weights(trained, name)
+    (s_mean, s_std), (u_mean, u_std) = (
+        (ca.DM(scaler.mean), ca.DM(scaler.std))
+        for scaler in (trained.state_scaler, trained.input_scaler))
+    x, u = ca.SX.sym("x", sizes[0]), ca.SX.sym("u", sizes[1])
+    z = ca.vertcat((x - s_mean) / s_std, (u - u_mean) / u_std)
+    x_next = sequence(weights, z, trained.substeps) * s_std + s_mean
+    return ca.Function(f"{name}_model", [x, u], [x_next], ["x", "u"], ["x_next"])
