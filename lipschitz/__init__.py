@@ -1,0 +1,52 @@
+"""Lipschitz toolkit: constrained layers, soft regularisers and certificates."""
+
+from lipschitz.certificates import (
+    TIERS,
+    Certificate,
+    certify,
+    eclipse_fast_bound,
+    lipsdp_bound,
+    lower_bound,
+    mlp_layers,
+    upper_bound,
+)
+from lipschitz.layers import GroupSort, MaxMin, SpectralLinear, lipschitz_mlp
+from lipschitz.lipsdp import (
+    certified_rho,
+    check_lmi,
+    eclipse_fast_multipliers,
+    lipsdp_matrix,
+    lipsdp_multipliers,
+)
+from lipschitz.regularizers import (
+    adversarial_perturbation,
+    gradient_penalty,
+    input_gradient_norm,
+    interpolate,
+    robust_loss,
+)
+
+__all__ = [
+    "TIERS",
+    "Certificate",
+    "GroupSort",
+    "MaxMin",
+    "SpectralLinear",
+    "adversarial_perturbation",
+    "certified_rho",
+    "certify",
+    "check_lmi",
+    "eclipse_fast_bound",
+    "eclipse_fast_multipliers",
+    "gradient_penalty",
+    "input_gradient_norm",
+    "interpolate",
+    "lipschitz_mlp",
+    "lipsdp_bound",
+    "lipsdp_matrix",
+    "lipsdp_multipliers",
+    "lower_bound",
+    "mlp_layers",
+    "robust_loss",
+    "upper_bound",
+]

@@ -121,8 +121,8 @@ def _check_sizes(trained: TrainedModel, sizes: tuple[int, int]) -> None:
              "scalers": (trained.state_scaler.mean.shape[0], trained.input_scaler.mean.shape[0]),
              "plant": sizes}
     if len(set(found.values())) > 1:
-        described = ", ".join(f"{who} {s} states/{n} inputs" for who, (s, n) in found.items())
-        raise ValueError(f"process model sizes do not match: {described}")
+        described = ", ".join(f"{who} {pair}" for who, pair in found.items())
+        raise ValueError(f"process model sizes do not match: {described} (states, inputs)")
     if trained.substeps < 1:
         raise ValueError(f"process model has {trained.substeps} sub-steps, needs at least 1")
 

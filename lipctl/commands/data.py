@@ -7,15 +7,16 @@ import numpy as np
 from omegaconf import DictConfig
 
 from control.cstr_data import SPLITS, generate, save_dataset
-from envs.cstr import rk4_step
+from envs.cstr import ENV_ID, rk4_step
 from lipctl.config import ConfigError, require_number, user_errors
 
-PLANTS = {"cstr": rk4_step}
+PLANTS = {ENV_ID: rk4_step}
 
 
 def validate(cfg: DictConfig) -> None:
-    if cfg.env not in PLANTS:
-        raise ConfigError("env", f"no data generator for '{cfg.env}'; choose from {list(PLANTS)}")
+    if cfg.env.id not in PLANTS:
+        raise ConfigError("env", f"no data generator for '{cfg.env.id}'; "
+                                 f"choose from {', '.join(PLANTS)}")
     require_number(cfg, "seed", 0, integer=True)
     for key in ("states_per_axis", "inputs_per_axis"):
         require_number(cfg, key, 2, integer=True)
@@ -24,7 +25,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def make_data(cfg: DictConfig) -> None:
-    data = generate(PLANTS[cfg.env], states_per_axis=cfg.states_per_axis,
+    data = generate(PLANTS[cfg.env.id], states_per_axis=cfg.states_per_axis,
                     inputs_per_axis=cfg.inputs_per_axis, chains=cfg.chains, periods=cfg.periods,
                     seed=cfg.seed)
     save_dataset(data, cfg.out)

@@ -16,10 +16,10 @@ FIRST_PRINCIPLES = "first_principles"
 
 
 def validate(cfg: DictConfig) -> None:
-    if cfg.model != FIRST_PRINCIPLES and cfg.model not in MODELS:
-        raise ConfigError("model", f"unknown model '{cfg.model}'; choose from "
+    if cfg.model.name != FIRST_PRINCIPLES and cfg.model.name not in MODELS:
+        raise ConfigError("model.name", f"unknown model '{cfg.model.name}'; choose from "
                                    f"{', '.join([FIRST_PRINCIPLES, *MODELS])}")
-    if cfg.model != FIRST_PRINCIPLES and not Path(cfg.model_file).is_file():
+    if cfg.model.name != FIRST_PRINCIPLES and not Path(cfg.model_file).is_file():
         raise ConfigError("model_file", f"model file not found: {cfg.model_file} "
                                         "(fit one with lipctl fit)")
     require_number(cfg, "horizon", 1, integer=True)
@@ -42,12 +42,12 @@ def read_model(path: str) -> TrainedModel:
 
 def closed_loop(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
-    trained = None if cfg.model == FIRST_PRINCIPLES else read_model(cfg.model_file)
+    trained = None if cfg.model.name == FIRST_PRINCIPLES else read_model(cfg.model_file)
     controller = cstr_mpc(trained, cfg.horizon, cfg.contraction)
     _, metrics = cstr_closed_loop(controller, cfg.start, cfg.steps, cfg.obs_noise_std,
                                   cfg.disturbance_std, cfg.seed)
     reached = "never" if metrics.reached_step is None else f"at step {metrics.reached_step}"
-    print(f"{cfg.model} MPC, horizon {cfg.horizon}, start {list(cfg.start)}: target reached "
+    print(f"{cfg.model.name} MPC, horizon {cfg.horizon}, start {list(cfg.start)}: target reached "
           f"{reached}; cost {metrics.integrated_cost:.4g}; solve {metrics.solve_ms_median:.1f} ms "
           f"median, {metrics.solve_ms_p95:.1f} ms p95; fallbacks {metrics.fallbacks}; "
           f"input-bound violations {metrics.bound_violations}")

@@ -1,0 +1,201 @@
+"""Spectrally constrained linear layers, 1-Lipschitz activations and MLPs built from them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MODES = ("normalize", "cap")
+GROUPSORT_SIZE = 4  # group size `lipschitz_mlp` uses for activation="groupsort"
+SIGMA_MARGIN = 1e-6  # eval mode divides by sigma * (1 + margin) to absorb float rounding
+
+
+def check_bound(bound: float | None) -> None:
+    """Raise ValueError unless `bound` is None or a positive finite number."""
+    if bound is not None and not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"bound must be a positive number or None, got {bound}")
+
+
+class SpectralLinear(nn.Module):
+    """Linear layer (or batched ensemble of them) whose spectral norm is held to `bound`.
+
+    mode "normalize" uses W * bound / sigma, mode "cap" uses W * min(1, bound / sigma), where
+    sigma is the largest singular value of each member's weight. In training mode sigma comes
+    from power iteration on persistent vectors (differentiable, as torch's spectral_norm); it
+    underestimates sigma slightly. In eval mode sigma is the exact float64 spectral norm, cached
+    until the weight changes, inflated by a relative 1e-6 so that the effective weight's spectral
+    norm is at most `bound` after rounding. `bound=None` gives a plain linear layer.
+
+    With `ensemble_size=E` the weight is [E, out, in] and the layer maps [E, B, in] to [E, B, out]:
+    E independent layers in one batched matmul.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bound: float | None = 1.0,
+        mode: str = "normalize",
+        ensemble_size: int | None = None,
+        power_iterations: int = 1,
+        bias: bool = True,
+    ):
+        super().__init__()
+        check_bound(bound)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if ensemble_size is not None and ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be positive or None, got {ensemble_size}")
+        if power_iterations < 1:
+            raise ValueError(f"power_iterations must be at least 1, got {power_iterations}")
+        self.in_features, self.out_features = in_features, out_features
+        self.bound, self.mode = bound, mode
+        self.ensemble_size, self.power_iterations = ensemble_size, power_iterations
+        lead = () if ensemble_size is None else (ensemble_size,)
+        self.weight = nn.Parameter(torch.empty(*lead, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(*lead, out_features)) if bias else None
+        if bound is not None:
+            self.register_buffer("u", F.normalize(torch.randn(*lead, out_features), dim=-1))
+            self.register_buffer("v", F.normalize(torch.randn(*lead, in_features), dim=-1))
+        self._exact_sigma: tuple[tuple, Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation, applied to each ensemble member separately."""
+        members = self.weight.view(-1, self.out_features, self.in_features)
+        for w in members:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        if self.bias is not None:
+            limit = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -limit, limit)
+
+    def _power_sigma(self) -> Tensor:
+        """Differentiable sigma = u^T W v after `power_iterations` updates of the stored u, v."""
+        w = self.weight
+        with torch.no_grad():
+            u, v = self.u, self.v
+            for _ in range(self.power_iterations):
+                v = F.normalize(torch.einsum("...oi,...o->...i", w, u), dim=-1)
+                u = F.normalize(torch.einsum("...oi,...i->...o", w, v), dim=-1)
+            self.u.copy_(u)
+            self.v.copy_(v)
+        # u, v are fresh tensors (not the buffers), so later in-place updates leave this graph valid
+        return torch.einsum("...o,...oi,...i->...", u, w, v)
+
+    def _cached_exact_sigma(self) -> Tensor:
+        """Exact float64 spectral norm per member, recomputed only when the weight changes."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self._exact_sigma is None or self._exact_sigma[0] != key:
+            sigma = torch.linalg.matrix_norm(w.detach().double(), ord=2)
+            self._exact_sigma = (key, sigma * (1 + SIGMA_MARGIN))
+        return self._exact_sigma[1]
+
+    def effective_weight(self) -> Tensor:
+        """The weight forward uses in the current mode (training: power iteration, eval: exact)."""
+        if self.bound is None:
+            return self.weight
+        sigma = self._power_sigma() if self.training else self._cached_exact_sigma()
+        scale = self.bound / sigma.clamp_min(1e-12)
+        if self.mode == "cap":
+            scale = scale.clamp(max=1.0)
+        return self.weight * scale.to(self.weight.dtype)[..., None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.effective_weight()
+        if self.ensemble_size is None:
+            return F.linear(x, weight, self.bias)
+        if x.dim() != 3 or x.shape[0] != self.ensemble_size:
+            raise ValueError(
+                f"ensemble layer expects input [{self.ensemble_size}, batch, {self.in_features}],"
+                f" got {list(x.shape)}"
+            )
+        if self.bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        text = f"in_features={self.in_features}, out_features={self.out_features}"
+        if self.ensemble_size is not None:
+            text += f", ensemble_size={self.ensemble_size}"
+        if self.bound is not None:
+            text += f", bound={self.bound:g}, mode={self.mode}"
+        return text + f", bias={self.bias is not None}"
+
+
+class GroupSort(nn.Module):
+    """Sorts consecutive groups of `group_size` features (descending); 1-Lipschitz and
+    norm-preserving, since it only permutes each input's coordinates."""
+
+    def __init__(self, group_size: int):
+        super().__init__()
+        if group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {group_size}")
+        self.group_size = group_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % self.group_size:
+            raise ValueError(
+                f"{type(self).__name__} needs a last dimension divisible by {self.group_size},"
+                f" got {x.shape[-1]}"
+            )
+        groups = x.unflatten(-1, (-1, self.group_size))
+        return groups.sort(dim=-1, descending=True).values.flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}"
+
+
+class MaxMin(GroupSort):
+    """GroupSort with groups of two: each pair (a, b) becomes (max(a, b), min(a, b))."""
+
+    def __init__(self):
+        super().__init__(2)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "maxmin": MaxMin,
+    "groupsort": lambda: GroupSort(GROUPSORT_SIZE),
+}
+
+
+def lipschitz_mlp(
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int],
+    bound: float | None,
+    activation: str = "relu",
+    mode: str = "normalize",
+    ensemble_size: int | None = None,
+) -> nn.Sequential:
+    """MLP of SpectralLinear layers with a global Lipschitz bound split evenly over the layers.
+
+    Each of the n layers gets bound**(1/n) and every activation is 1-Lipschitz, so the network's
+    Lipschitz constant (l2, in eval mode) is at most `bound`. `bound=None` gives the same structure
+    unconstrained. "groupsort" uses groups of GROUPSORT_SIZE, so hidden widths must divide by it.
+    """
+    check_bound(bound)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+    group = getattr(_ACTIVATIONS[activation](), "group_size", 1)
+    if any(width % group for width in hidden):
+        raise ValueError(f"activation {activation!r} needs hidden widths divisible by {group}")
+    sizes = [in_features, *hidden, out_features]
+    n_layers = len(sizes) - 1
+    layer_bound = None if bound is None else bound ** (1 / n_layers)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        if i:
+            layers.append(_ACTIVATIONS[activation]())
+        layers.append(SpectralLinear(n_in, n_out, bound=layer_bound, mode=mode,
+                                     ensemble_size=ensemble_size))
+    return nn.Sequential(*layers)
