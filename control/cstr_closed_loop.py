@@ -11,6 +11,7 @@ from control.mpc import MPC
 from envs import make_env
 from envs.cstr import ENV_ID, rk4_step
 
+FIRST_PRINCIPLES = "first_principles"  # MPC on the plant's own ODE
 PUBLISHED_STARTS = ((1.5, -70.0), (-1.5, 70.0), (-1.25, 50.0), (1.25, -50.0))
 
 

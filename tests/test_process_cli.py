@@ -62,3 +62,17 @@ def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
         assert result.returncode == 2, (args, result.stdout, message)
         assert "\n" not in message and "Traceback" not in message, (args, message)
         assert expected in message, (args, message)
+
+
+def test_bench_cstr_mpc_writes_its_results(workdir):
+    lipctl("bench", "experiment=cstr_mpc", "out=results", "work=work",
+           "experiment.data.states_per_axis=4", "experiment.data.inputs_per_axis=3",
+           "experiment.data.chains=4", "experiment.data.periods=4", "experiment.models=[iclrnn]",
+           "experiment.noise=[0.0,0.5]", "experiment.hidden=8", "experiment.epochs=2",
+           "experiment.horizons=[2]", "experiment.steps=3", cwd=workdir, check=True)
+    models = (workdir / "results" / "models.csv").read_text().splitlines()
+    assert models[0].startswith("model,noise_sigma,test_mse,lipschitz_upper")
+    assert len(models) == 3
+    closed_loop = (workdir / "results" / "closed_loop.csv").read_text().splitlines()
+    assert len(closed_loop) == 1 + 2 * 2 * 4  # 2 controllers x noise on/off x 4 starts
+    assert (workdir / "results" / "closed_loop.png").stat().st_size > 0

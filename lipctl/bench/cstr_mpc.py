@@ -12,20 +12,20 @@ import platform
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from control.cstr_closed_loop import PUBLISHED_STARTS, cstr_closed_loop, cstr_mpc  # noqa: E402
-from control.cstr_data import generate, save_dataset  # noqa: E402
-from control.models import build_model, certify_model, fit, load_model, save_model  # noqa: E402
-from envs.cstr import LYAPUNOV_P, STABILITY_LEVEL, TARGET_HALF_WIDTHS, rk4_step  # noqa: E402
-
-FIRST_PRINCIPLES = "first_principles"
+from control.cstr_closed_loop import (
+    FIRST_PRINCIPLES,
+    PUBLISHED_STARTS,
+    cstr_closed_loop,
+    cstr_mpc,
+)
+from control.cstr_data import generate, save_dataset
+from control.models import build_model, certify_model, fit, load_model, save_model
+from envs.cstr import LYAPUNOV_P, STABILITY_LEVEL, TARGET_HALF_WIDTHS, rk4_step
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -8,11 +8,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from control.cstr_closed_loop import cstr_closed_loop, cstr_mpc
+from control.cstr_closed_loop import FIRST_PRINCIPLES, cstr_closed_loop, cstr_mpc
 from control.models import MODELS, TrainedModel, load_model
 from lipctl.config import ConfigError, require_number, user_errors
-
-FIRST_PRINCIPLES = "first_principles"
 
 
 def validate(cfg: DictConfig) -> None:
