@@ -40,7 +40,20 @@ class RewardSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class ReplaySource:
+class Stateless:
+    """A source that neither learns between env steps nor holds state to checkpoint."""
+
+    def on_env_step(self, step: int) -> Mapping[str, Tensor]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ReplaySource(Stateless):
     """Batches drawn uniformly from the real replay buffer (plain SAC)."""
 
     def __init__(self, buffer: ReplayBuffer):
@@ -49,27 +62,9 @@ class ReplaySource:
     def sample(self, batch_size: int) -> Batch:
         return self.buffer.sample(batch_size)
 
-    def on_env_step(self, step: int) -> Mapping[str, Tensor]:
-        return {}
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class EnvironmentReward:
+class EnvironmentReward(Stateless):
     """Keeps the rewards the environment gave."""
 
     def relabel(self, batch: Batch) -> Batch:
         return batch
-
-    def on_env_step(self, step: int) -> Mapping[str, Tensor]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

@@ -17,15 +17,13 @@ Record schema (.npz, SCHEMA_VERSION 1; loads with allow_pickle=False):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from control.files import atomic_write
 from envs.cstr import ACTION_HIGH as INPUT_HIGH
 from envs.cstr import ACTION_LOW as INPUT_LOW
 from envs.cstr import ENV_ID as PLANT_ID
@@ -224,22 +222,6 @@ def generate(step: Step, states_per_axis: int = 25, inputs_per_axis: int = 8,
     x0, u, targets = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     keep = sane_rows(x0, targets)
     return make_dataset(x0[keep], u[keep], targets[keep], seed=seed)
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call write(file) on a temp file next to `path`, fsync it, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_dataset(dataset: CSTRDataset, path: str | Path) -> None:

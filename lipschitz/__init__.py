@@ -8,6 +8,7 @@ from lipschitz.certificates import (
     lipsdp_bound,
     lower_bound,
     mlp_layers,
+    pair_ratio_ascent,
     upper_bound,
 )
 from lipschitz.layers import GroupSort, MaxMin, SpectralLinear, lipschitz_mlp
@@ -47,6 +48,7 @@ __all__ = [
     "lipsdp_multipliers",
     "lower_bound",
     "mlp_layers",
+    "pair_ratio_ascent",
     "robust_loss",
     "upper_bound",
 ]

@@ -15,9 +15,9 @@ from control.cstr_data import (
     STATE_NAMES,
     CSTRDataset,
     Scaler,
-    atomic_write,
     encode,
 )
+from control.files import atomic_write
 from control.models.base import ProcessModel
 from control.models.registry import build_model
 
