@@ -23,3 +23,11 @@ def lipctl(*args: str, cwd: Path, timeout: float = 300, check: bool = False
     if check and result.returncode != 0:
         raise AssertionError(f"lipctl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def assert_user_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    """A user's mistake: exit code 2 and one stderr line holding `expected`, no traceback."""
+    message = result.stderr.strip()
+    assert result.returncode == 2, (result.args, result.stdout, message)
+    assert "\n" not in message and "Traceback" not in message, message
+    assert expected in message, message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import lipctl
+from tests.helpers import assert_user_error, lipctl
 
 BAD_INPUTS = [
     (["train", "env.id=NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),
@@ -32,12 +32,7 @@ if not torch.cuda.is_available():
                          if isinstance(a, list) else None)
 def test_bad_input_is_one_line_and_exit_code_2(workdir, args, expected):
     (workdir / "garbage.pt").write_bytes(b"not a checkpoint")
-    result = lipctl(*args, cwd=workdir, timeout=120)
-    assert result.returncode == 2, result.stderr
-    message = result.stderr.strip()
-    assert "\n" not in message, message
-    assert "Traceback" not in message
-    assert expected in message
+    assert_user_error(lipctl(*args, cwd=workdir, timeout=120), expected)
     assert not (workdir / "runs").exists(), "work started before the config was checked"
 
 
