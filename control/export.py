@@ -1,0 +1,100 @@
+"""Export a torch module with a fixed input shape to TorchScript or ONNX, and check parity.
+
+Learned policies (an actor's deterministic map, exposed through `MethodAsForward`) and process
+models (a ProcessModel's forward on [B, T, features]) are exported the same way: traced once on
+an example input, so the file computes the module for inputs of exactly that shape. Files are
+written atomically. The ONNX file has one input named "input" and one output named "output".
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from control.files import atomic_write
+
+FORMATS = ("torchscript", "onnx")
+
+
+class MethodAsForward(nn.Module):
+    """`module.<method>` as the forward of a module, e.g. an actor's `deterministic` map."""
+
+    def __init__(self, module: nn.Module, method: str):
+        super().__init__()
+        if not callable(getattr(module, method, None)):
+            raise ValueError(f"{type(module).__name__} has no method {method!r}")
+        self.module, self.method = module, method
+        self.train(module.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.module, self.method)(x)
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+
+
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """torch.jit (TorchScript) warns that it is deprecated on every call; say it once here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit", category=DeprecationWarning)
+        yield
+
+
+def export_module(module: nn.Module, example_input: Tensor, path: str | Path,
+                  format: str) -> Path:
+    """Trace `module` on `example_input` and write it to `path` as `format` (see FORMATS).
+
+    The module is exported as it is: put it in eval mode first."""
+    _check_format(format)
+    path = Path(path)
+    with torch.no_grad():
+        if format == "torchscript":
+            with _quiet_jit():
+                traced = torch.jit.trace(module, (example_input,))
+                buffer = io.BytesIO()
+                torch.jit.save(traced, buffer)
+            data = buffer.getvalue()
+        else:
+            program = torch.onnx.export(module, (example_input,), None, input_names=["input"],
+                                        output_names=["output"], dynamo=True, verbose=False)
+            data = program.model_proto.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def _exported_outputs(path: Path, format: str, inputs: Sequence[Tensor]) -> list[np.ndarray]:
+    if format == "torchscript":
+        with _quiet_jit():
+            loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            return [loaded(x).numpy() for x in inputs]
+    import onnxruntime  # heavy; only needed here
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [session.run(["output"], {"input": x.numpy()})[0] for x in inputs]
+
+
+def export_parity(module: nn.Module, path: str | Path, format: str,
+                  inputs: Sequence[Tensor]) -> float:
+    """Largest absolute difference between `module` and its export at `path` over `inputs`
+    (each of the exported input shape); TorchScript runs in torch, ONNX in onnxruntime."""
+    _check_format(format)
+    if not inputs:
+        raise ValueError("export_parity needs at least one input")
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"exported file not found: {path}")
+    with torch.no_grad():
+        expected = [module(x).numpy() for x in inputs]
+    exported = _exported_outputs(path, format, inputs)
+    return max(float(np.max(np.abs(e - x))) for e, x in zip(expected, exported, strict=True))

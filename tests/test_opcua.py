@@ -1,0 +1,169 @@
+"""The CSTR served over OPC UA on localhost: host guard, client I/O, and a closed loop that
+survives a restart of the plant server process."""
+
+from __future__ import annotations
+
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from asyncua import ua
+
+from control.cstr_closed_loop import cstr_mpc
+from control.opcua_plant import OpcUaPlant, PlantServer, PlantUnavailable, is_loopback
+from control.runtime import Runtime
+from envs.cstr import CSTREnv, in_target, rk4_step
+
+X0 = np.array([1.5, -70.0])
+PUSH = np.array([3.5, 5e5])  # the largest feed and heat inputs
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.com"])
+def test_server_refuses_non_loopback_host(host: str):
+    with pytest.raises(ValueError, match="non-loopback"):
+        PlantServer(CSTREnv(), host=host)
+    PlantServer(CSTREnv(), host=host, allow_remote=True)  # explicit opt-in; not started
+
+
+def test_loopback_hosts_are_recognised():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.5", "::1", "localhost"))
+
+
+def test_command_line_refuses_non_loopback_host():
+    result = subprocess.run([sys.executable, "-m", "control.opcua_plant", "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "non-loopback" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_client_without_server_raises_plant_unavailable_in_bounded_time():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with OpcUaPlant(f"opc.tcp://127.0.0.1:{port}", timeout_s=0.5, reconnect_attempts=2,
+                    reconnect_delay_s=0.05) as plant:
+        start = time.monotonic()
+        with pytest.raises(PlantUnavailable, match="3 tries"):
+            plant.read()
+        with pytest.raises(PlantUnavailable):
+            plant.write(np.zeros(2))
+        assert time.monotonic() - start < 5.0
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[PlantServer]:
+    """An in-process server stepping slowly enough to reason about single steps."""
+    with PlantServer(CSTREnv(), port=0, step_period_s=0.25, x0=X0) as server:
+        yield server
+
+
+def _next_measurement(plant: OpcUaPlant, after: float) -> tuple[np.ndarray, float]:
+    """Poll until the plant's timestamp moves past `after` (bounded)."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        measurement, timestamp = plant.read()
+        if timestamp > after:
+            return measurement, timestamp
+        time.sleep(0.01)
+    raise AssertionError("the plant server did not step within 5 s")
+
+
+def test_client_reads_initial_state_and_written_input_changes_evolution(served: PlantServer):
+    with OpcUaPlant(served.url, timeout_s=2.0) as plant:
+        plant.reset()
+        measurement, start = plant.read()
+        np.testing.assert_allclose(measurement, X0)
+        plant.write(PUSH)
+        measurement, stamp = _next_measurement(plant, start)
+    steps = max(1, round((stamp - start) / served.step_period_s))
+    pushed, idle = X0, X0
+    for _ in range(steps):
+        pushed, idle = rk4_step(pushed, PUSH), rk4_step(idle, np.zeros(2))
+    np.testing.assert_allclose(measurement, pushed, rtol=1e-9)
+    assert abs(measurement[1] - idle[1]) > 10.0  # the heat input moved T by many kelvin
+
+
+def test_measured_states_are_read_only(served: PlantServer):
+    with OpcUaPlant(served.url, timeout_s=2.0, input_names=("CA", "T")) as plant:
+        with pytest.raises(ua.UaStatusCodeError):
+            plant.write(np.zeros(2))
+
+
+class ServerProcess:
+    """`python -m control.opcua_plant` in a subprocess: started, stopped and restarted."""
+
+    def __init__(self, log: Path, period: float) -> None:
+        self.log, self.period, self.port = log, period, 0
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, x0: np.ndarray, timeout: float = 30.0) -> str:
+        """Start serving from state x0 (on the previous port, if any) and return the url."""
+        command = [sys.executable, "-m", "control.opcua_plant", "--port", str(self.port),
+                   "--period", str(self.period), "--x0", *(repr(float(v)) for v in x0)]
+        with open(self.log, "a") as err:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        line = self._line(timeout)
+        assert line.startswith("serving "), line
+        url = line.split()[1]
+        self.port = int(url.rsplit(":", 1)[1].split("/")[0])
+        return url
+
+    def _line(self, timeout: float) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"no output from the plant server within {timeout} s"
+        return self.proc.stdout.readline().strip()
+
+    def stop(self, timeout: float = 10.0) -> np.ndarray:
+        """Stop the server and return the last state it reported."""
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=timeout)
+        words = out.split()
+        assert words[:2] == ["stopped", "at"], out
+        return np.array(words[2:4], dtype=np.float64)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
+    period, restart_at = 0.1, 4
+    server = ServerProcess(tmp_path / "server.log", period)
+    restart: dict[str, np.ndarray] = {}
+    try:
+        url = server.start(X0)
+        plant = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0)
+        runtime = Runtime(cstr_mpc(None), plant, period_s=period, max_steps=100,
+                          log_path=tmp_path / "steps.jsonl", initial_action=np.zeros(2),
+                          stale_after_s=2.5 * period, realtime=True)
+
+        def restart_server() -> None:
+            deadline = time.monotonic() + 20.0
+            while len(runtime.records) < restart_at and time.monotonic() < deadline:
+                time.sleep(0.01)
+            restart["state"] = server.stop()
+            server.start(restart["state"])
+
+        restarter = threading.Thread(target=restart_server, daemon=True)
+        restarter.start()
+        summary = runtime.run()
+        restarter.join(timeout=30)
+        plant.close()
+    finally:
+        server.kill()
+    assert not restarter.is_alive()
+    assert not in_target(restart["state"])  # restarted mid-way, before reaching the target
+    causes = summary["fallbacks_by_cause"]
+    assert causes.get("read_error", 0) >= 1  # the outage was seen ...
+    assert plant.reconnects == 1  # ... and the client came back to the new server
+    last = np.array(runtime.records[-1]["measurement"])
+    assert in_target(last), (last, summary)
+    assert summary["steps"] == 100 and causes.get("deadline_miss", 0) == 0
