@@ -2,12 +2,13 @@
 
 from control.cstr_metrics import CSTRMetrics, cstr_metrics, reached_step
 from control.loop import Controller, Trajectory, returns, run
-from control.mpc import MPC, SolveStats
+from control.mpc import MPC, SolveFailed, SolveStats
 
 __all__ = [
     "MPC",
     "CSTRMetrics",
     "Controller",
+    "SolveFailed",
     "SolveStats",
     "Trajectory",
     "cstr_metrics",

@@ -16,10 +16,11 @@ PUBLISHED_STARTS = ((1.5, -70.0), (-1.5, 70.0), (-1.25, 50.0), (1.25, -50.0))
 
 
 def cstr_mpc(trained: TrainedModel | None = None, horizon: int = 2,
-             contraction: bool = True) -> MPC:
-    """LMPC on the plant's own ODE (`trained=None`) or on a fitted process model."""
+             contraction: bool = True, strict: bool = False) -> MPC:
+    """LMPC on the plant's own ODE (`trained=None`) or on a fitted process model; a strict one
+    raises SolveFailed when IPOPT finds no solution."""
     model = rk4_step if trained is None else casadi_model(trained)
-    return MPC(model, horizon=horizon, contraction=contraction)
+    return MPC(model, horizon=horizon, contraction=contraction, strict=strict)
 
 
 def cstr_closed_loop(controller: MPC, start: Sequence[float], steps: int = 30,

@@ -9,6 +9,7 @@ from collections.abc import Container
 import numpy as np
 
 from control.loop import Controller
+from control.mpc import SolveFailed
 from control.runtime import Plant
 
 NONE: frozenset[int] = frozenset()
@@ -73,13 +74,10 @@ class FaultyPlant:
         self.plant.close()
 
 
-class InjectedFailure(RuntimeError):
-    """The failure FaultyController raises on a chosen step."""
-
-
 class FaultyController:
-    """Wraps a Controller; its act call number k (since reset) raises InjectedFailure when k is
-    in fail_steps, and sleeps `slow_s` before answering when k is in slow_steps."""
+    """Wraps a Controller; its act call number k (since reset) raises SolveFailed (a solver
+    failure) when k is in fail_steps, and sleeps `slow_s` before answering when k is in
+    slow_steps."""
 
     def __init__(self, controller: Controller, fail_steps: Container[int] = NONE,
                  slow_steps: Container[int] = NONE, slow_s: float = 0.0):
@@ -91,7 +89,7 @@ class FaultyController:
         k = self.calls
         self.calls += 1
         if k in self.fail_steps:
-            raise InjectedFailure(f"injected controller failure at call {k}")
+            raise SolveFailed(f"injected solver failure at call {k}")
         if k in self.slow_steps:
             time.sleep(self.slow_s)
         return self.controller.act(observation)

@@ -40,6 +40,10 @@ Model = Callable[[Any, Any], Any]
 DEFAULT_IPOPT = {"max_iter": 100, "tol": 1e-6, "acceptable_tol": 1e-4}
 
 
+class SolveFailed(RuntimeError):
+    """IPOPT found no solution (raised by a strict MPC instead of applying its shifted plan)."""
+
+
 @dataclass(frozen=True)
 class SolveStats:
     """One MPC step: solver wall time (s), IPOPT's return status, whether a fallback was applied."""
@@ -58,6 +62,8 @@ class MPC:
     shifted by one step (its last input held). A failed solve (IPOPT reports no success, or
     the observation is not finite) never raises from `act`: the controller applies that shifted
     plan, or zero input when there is none since `reset`, and records a fallback in `stats`.
+    `strict=True` raises SolveFailed instead (after shifting the plan, so the next solve still
+    starts from it), for a runtime that applies its own fallback and logs the failure.
     `stats` and `plan` hold the current episode and are cleared by `reset`.
     """
 
@@ -69,13 +75,14 @@ class MPC:
                  contraction: bool = True,
                  lyapunov_fn: Callable[[Any], Any] = lyapunov,
                  level_min: float | None = None,
-                 ipopt_options: dict[str, Any] | None = None) -> None:
+                 ipopt_options: dict[str, Any] | None = None,
+                 strict: bool = False) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         low, high = np.asarray(action_low, float), np.asarray(action_high, float)
         if low.shape != high.shape or low.ndim != 1 or not np.all(low < high):
             raise ValueError(f"action bounds must be 1-D with low < high, got {low} and {high}")
-        self.horizon, self.contraction = horizon, contraction
+        self.horizon, self.contraction, self.strict = horizon, contraction, strict
         self.action_low, self.action_high = low, high
         self.level_min = target_lyapunov_level() if level_min is None else float(level_min)
         if contraction and self.level_min <= 0:
@@ -122,6 +129,8 @@ class MPC:
         solve_time = time.perf_counter() - start
         self.plan = shifted if scaled is None else self._center + self._scale * scaled
         self.stats.append(SolveStats(solve_time, status, fallback=scaled is None))
+        if self.strict and scaled is None:
+            raise SolveFailed(status)
         return self._rest.copy() if self.plan is None else self.plan[0].copy()
 
     def _solve(self, x: np.ndarray, guess: np.ndarray | None) -> tuple[str, np.ndarray | None]:

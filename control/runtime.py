@@ -3,8 +3,9 @@ Lipschitz gate, measurement checks, a compute deadline, fallbacks and a crash-sa
 
 Each step reads the plant, checks the measurement, calls the controller (timed), checks its
 answer and writes one action. When anything fails (the plant read raises, the measurement is
-stale, non-finite or out of range, the controller raises, overruns its deadline or answers a
-non-finite action) the step applies the fallback instead and logs an event naming the cause:
+stale, non-finite or out of range, the solver fails (SolveFailed), the controller raises
+anything else, overruns its deadline or answers a non-finite action) the step applies the
+fallback instead and logs an event naming the cause:
 - "hold": the last applied action again (`initial_action` before the first one);
 - a backup Controller: its action on the last valid measurement (hold when it cannot act).
 """
@@ -24,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from control.loop import Controller
+from control.mpc import SolveFailed
 from lipschitz.certificates import Certificate
 
 HOLD = "hold"
@@ -121,7 +123,8 @@ class Runtime:
       this many seconds of runtime clock (None: stale when not advanced since the last step).
     fallback: "hold" or a backup Controller (see the module docstring).
     deadline_s: longest controller call whose answer is used (None: the period).
-    realtime: sleep to each period boundary; otherwise run as fast as possible, with the
+    realtime: start each step on the period's schedule (a step that starts late shifts the
+      schedule: no burst of catch-up steps); otherwise run as fast as possible, with the
       runtime clock (log "time") advancing by `period_s` per step.
     The log at `log_path` gets one JSON line per step, appended, flushed and fsync'd.
     """
@@ -186,6 +189,8 @@ class Runtime:
         start = time.perf_counter()
         try:
             action = np.asarray(self.controller.act(measurement), dtype=np.float64)
+        except SolveFailed as error:
+            return None, time.perf_counter() - start, f"solver_failure: {error}"
         except Exception as error:  # any controller failure must fall back, not stop the loop
             return None, time.perf_counter() - start, f"controller_error: {error!r}"
         solve_time = time.perf_counter() - start
@@ -242,11 +247,16 @@ class Runtime:
         self.plant.reset()
         self._clear()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        start = time.monotonic()
+        start = next_tick = time.monotonic()
         with open(self.log_path, "a", encoding="utf-8") as log:
             for step in range(self.max_steps):
                 if self.realtime:
-                    time.sleep(max(0.0, start + step * self.period_s - time.monotonic()))
+                    wait = next_tick - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    else:  # late: shift the schedule
+                        next_tick -= wait
+                    next_tick += self.period_s
                 self._step_starts.append(time.perf_counter())
                 now = time.monotonic() - start if self.realtime else step * self.period_s
                 record = self._step(step, now)

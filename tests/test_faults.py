@@ -55,7 +55,7 @@ FAULTS = {  # name: (plant faults, controller faults, expected cause)
     "nan": ({"nan_steps": {FAULT}}, {}, "non_finite_measurement"),
     "spike": ({"spike_steps": {FAULT}}, {}, "out_of_range"),
     "disconnect": ({"disconnect_steps": {FAULT}}, {}, "read_error"),
-    "solver_failure": ({}, {"fail_steps": {FAULT}}, "controller_error"),
+    "solver_failure": ({}, {"fail_steps": {FAULT}}, "solver_failure"),
     "slow_solve": ({}, {"slow_steps": {FAULT}, "slow_s": 0.05}, "deadline_miss"),
 }
 
@@ -85,7 +85,7 @@ def test_each_fault_gives_its_fallback_and_event(tmp_path, fault, fallback):
     else:
         assert faulty["action"] == BACKUP_ACTION.tolist()
         # the backup acts on the last valid measurement: this step's only if it was valid
-        valid = FAULT if cause in ("controller_error", "deadline_miss") else FAULT - 1
+        valid = FAULT if cause in ("solver_failure", "deadline_miss") else FAULT - 1
         np.testing.assert_array_equal(backup.seen[-1], records[valid]["measurement"])
     # the step after the fault is the controller's again
     assert records[FAULT + 1]["action"] != faulty["action"]
@@ -135,3 +135,18 @@ def test_fault_before_any_action_holds_the_initial_action(tmp_path):
 def test_drop_and_delay_need_an_earlier_reading():
     with pytest.raises(ValueError, match="read 0"):
         _plant(drop_steps={0})
+
+
+def test_any_controller_exception_is_a_controller_error(tmp_path):
+    class Dividing(Counting):
+        def act(self, observation: np.ndarray) -> np.ndarray:
+            action = super().act(observation)
+            return action / 0 if self.calls == 2 else action
+
+    with np.errstate(divide="raise"):
+        runtime = Runtime(Dividing(), _plant(), PERIOD, 3, tmp_path / "steps.jsonl",
+                          initial_action=[0.0, 0.0])
+        summary = runtime.run()
+    assert summary["fallbacks_by_cause"] == {"controller_error": 1}
+    assert "FloatingPointError" in runtime.records[1]["events"][0]
+

@@ -16,9 +16,11 @@ import pytest
 
 from control import reached_step
 from control.cstr_closed_loop import PUBLISHED_STARTS, cstr_mpc
+from control.faults import FaultyController
+from control.mpc import MPC
 from control.runtime import DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
 from envs import make_env
-from envs.cstr import ENV_ID, SAMPLING_PERIOD
+from envs.cstr import ENV_ID, SAMPLING_PERIOD, rk4_step
 from lipschitz.certificates import Certificate
 
 PERIOD = SAMPLING_PERIOD * 3600  # seconds
@@ -105,6 +107,27 @@ def test_realtime_pacing_holds_the_period(tmp_path):
     assert summary["period"]["p50"] == pytest.approx(period, abs=0.01)
     times = [r["time"] for r in runtime.records]
     assert np.all(np.diff(times) > 0.5 * period)
+
+
+def test_failed_solves_of_a_strict_mpc_are_solver_failures(tmp_path):
+    mpc = MPC(rk4_step, ipopt_options={"max_iter": 0}, strict=True)  # IPOPT never succeeds
+    runtime = Runtime(mpc, _cstr(), PERIOD, 3, tmp_path / "steps.jsonl",
+                      initial_action=[0.5, 0.0])
+    assert runtime.run()["fallbacks_by_cause"] == {"solver_failure": 3}
+    assert runtime.records[0]["events"] == ["solver_failure: Maximum_Iterations_Exceeded"]
+    assert all(r["action"] == [0.5, 0.0] for r in runtime.records)
+
+
+def test_a_late_step_shifts_the_schedule_without_catch_up_steps(tmp_path):
+    period = 0.05
+    slow = FaultyController(Zero(), slow_steps={1}, slow_s=3 * period)
+    runtime = Runtime(slow, _cstr(), period, 5, tmp_path / "steps.jsonl",
+                      initial_action=[0.0, 0.0], realtime=True)
+    summary = runtime.run()
+    assert summary["deadline_misses"] == 1
+    gaps = np.diff([r["time"] for r in runtime.records])
+    assert gaps[1] >= 2.5 * period  # the slow step ...
+    assert np.all(gaps[2:] > 0.5 * period)  # ... is followed by paced steps, not a burst
 
 
 def test_log_is_appended_across_runs(tmp_path):
