@@ -1,9 +1,10 @@
 """Export a torch module with a fixed input shape to TorchScript or ONNX, and check parity.
 
-Learned policies (an actor's deterministic map, exposed through `MethodAsForward`) and process
-models (a ProcessModel's forward on [B, T, features]) are exported the same way: traced once on
-an example input, so the file computes the module for inputs of exactly that shape. Files are
-written atomically. The ONNX file has one input named "input" and one output named "output".
+Learned policies (a `control.policy.ScaledPolicy`: observations to actions in the plant's units)
+and process models (a ProcessModel's forward on [B, T, features]) are exported the same way:
+traced once on an example input, so the file computes the module for inputs of exactly that
+shape. Files are written atomically. The ONNX file has one input named "input" and one output
+named "output".
 """
 
 from __future__ import annotations
@@ -21,20 +22,6 @@ from torch import Tensor, nn
 from control.files import atomic_write
 
 FORMATS = ("torchscript", "onnx")
-
-
-class MethodAsForward(nn.Module):
-    """`module.<method>` as the forward of a module, e.g. an actor's `deterministic` map."""
-
-    def __init__(self, module: nn.Module, method: str):
-        super().__init__()
-        if not callable(getattr(module, method, None)):
-            raise ValueError(f"{type(module).__name__} has no method {method!r}")
-        self.module, self.method = module, method
-        self.train(module.training)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return getattr(self.module, self.method)(x)
 
 
 def _check_format(format: str) -> None:

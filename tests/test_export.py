@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from agents.sac import Actor
-from control.export import FORMATS, MethodAsForward, export_module, export_parity
+from control.export import FORMATS, export_module, export_parity
 from control.models import build_model
+from control.policy import ModuleController, ScaledPolicy, policy_certificate
 
 TOLERANCE = 1e-5
 
 
 def _policy() -> tuple[torch.nn.Module, torch.Tensor]:
-    """A small SAC actor's deterministic map on a batch of 4 observations of size 3."""
+    """A small SAC actor's deterministic map in action units, on 4 observations of size 3."""
     torch.manual_seed(0)
-    return MethodAsForward(Actor(3, 2, [16, 16]).eval(), "deterministic"), torch.randn(4, 3)
+    policy = ScaledPolicy(Actor(3, 2, [16, 16]).eval(), [-2.0, 0.0], [2.0, 5.0])
+    return policy, torch.randn(4, 3)
 
 
 def _process_model() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -38,11 +41,38 @@ def test_export_parity(tmp_path, make, format):
     assert export_parity(module, path, format, inputs) > TOLERANCE
 
 
-def test_unknown_format_and_method_are_errors(tmp_path):
+def test_unknown_format_and_missing_file_are_errors(tmp_path):
     module, example = _policy()
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_module(module, example, tmp_path / "net", "tflite")
-    with pytest.raises(ValueError, match="no method 'greedy'"):
-        MethodAsForward(module, "greedy")
     with pytest.raises(ValueError, match="not found"):
         export_parity(module, tmp_path / "missing.onnx", "onnx", [example])
+
+
+def test_scaled_policy_acts_in_action_units_and_is_certified():
+    policy, observations = _policy()
+    actions = policy(10 * torch.randn(256, 3))
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 5.0])
+    assert torch.all((actions >= low) & (actions <= high))
+    assert float(actions.std(0).min()) > 0.1  # not stuck at a bound
+    actor = policy.module
+    certificate = policy_certificate(torch.nn.Sequential(actor.trunk, actor.head), policy,
+                                     observations)
+    assert 0 < certificate.lower <= certificate.upper
+    # the upper bound holds on random pairs; it scales with the action range
+    x1, x2 = torch.randn(512, 3), torch.randn(512, 3)
+    ratios = (policy(x1) - policy(x2)).norm(dim=1) / (x1 - x2).norm(dim=1)
+    assert float(ratios.max()) <= certificate.upper
+    wide = ScaledPolicy(actor, [-20.0, 0.0], [20.0, 5.0])
+    assert policy_certificate(torch.nn.Sequential(actor.trunk, actor.head), wide,
+                              observations).upper == pytest.approx(8 * certificate.upper)
+    with pytest.raises(ValueError, match="no method 'greedy'"):
+        ScaledPolicy(actor, [-1.0], [1.0], method="greedy")
+
+
+def test_module_controller_answers_one_action_in_float64():
+    policy, observations = _policy()
+    action = ModuleController(policy).act(observations[0].double().numpy())
+    assert action.dtype == np.float64 and action.shape == (2,)
+    torch.testing.assert_close(torch.from_numpy(action).float(), policy(observations[:1])[0])
+

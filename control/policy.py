@@ -1,0 +1,80 @@
+"""A learned policy's deterministic map as a torch module in the plant's action units, its
+Lipschitz certificate, and any such module as a Controller."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lipschitz.certificates import Certificate, certify, pair_ratio_ascent
+
+
+class ScaledPolicy(nn.Module):
+    """obs [B, n] -> action [B, m] = center + half_range * module.<method>(obs), where the
+    method answers in [-1, 1] (e.g. an actor's tanh-squashed `deterministic` map) and
+    center, half_range come from the action bounds."""
+
+    def __init__(self, module: nn.Module, action_low: Sequence[float] | np.ndarray,
+                 action_high: Sequence[float] | np.ndarray, method: str = "deterministic"):
+        super().__init__()
+        if not callable(getattr(module, method, None)):
+            raise ValueError(f"{type(module).__name__} has no method {method!r}")
+        low = torch.as_tensor(np.asarray(action_low, dtype=np.float64))
+        high = torch.as_tensor(np.asarray(action_high, dtype=np.float64))
+        if low.shape != high.shape or low.ndim != 1 or not torch.all(low < high):
+            raise ValueError(f"action bounds must be 1-D with low < high, got {low} and {high}")
+        self.module, self.method = module, method
+        self.register_buffer("center", ((high + low) / 2).float())
+        self.register_buffer("half_range", ((high - low) / 2).float())
+        self.train(module.training)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.center + self.half_range * getattr(self.module, self.method)(obs)
+
+
+def policy_certificate(mlp: nn.Module, policy: ScaledPolicy, observations: Tensor,
+                       tier: str = "eclipse", steps: int = 100, pairs: int = 128,
+                       seed: int = 0) -> Certificate:
+    """Certificate of `policy`, whose [-1, 1] answer is tanh of a slice of `mlp`'s output.
+
+    Upper: the largest half range times the MLP's certified bound (taking a slice of the output
+    and tanh are 1-Lipschitz). Lower: pair-ratio ascent on a float64 copy of the policy, started
+    from pairs of `observations` [N, n] and nearby points."""
+    start = time.perf_counter()
+    upper = certify(mlp, tier=tier)
+    scale = float(policy.half_range.abs().max())
+    net = copy.deepcopy(policy).double().eval().requires_grad_(False)
+    points = observations.detach().to("cpu", torch.float64).reshape(len(observations), -1)
+    generator = torch.Generator().manual_seed(seed)
+    x1 = points[torch.randint(len(points), (pairs,), generator=generator)]
+    x2 = points[torch.randint(len(points), (pairs,), generator=generator)]
+    spread = float(points.std()) if points.numel() > 1 else 0.0
+    spread = spread if spread > 0 else 1.0
+    nearby = x1 + 0.1 * spread * torch.randn(x1.shape, generator=generator, dtype=x1.dtype)
+    x2 = torch.where(torch.arange(pairs)[:, None] % 2 == 0, nearby, x2)
+    lower = pair_ratio_ascent(net, x1, x2, steps=steps, lr=3e-2 * spread,
+                              min_gap=1e-3 * spread, generator=generator)
+    return Certificate(scale * upper.upper, lower, f"{upper.method} x action range",
+                       time.perf_counter() - start)
+
+
+class ModuleController:
+    """A torch module mapping observations [1, n] to actions [1, m], as a Controller: float32
+    in, float64 out, no gradients."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module.eval()
+        self._dtype = next(module.parameters()).dtype
+
+    @torch.no_grad()
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(observation), dtype=self._dtype).reshape(1, -1)
+        return self.module(x)[0].double().numpy()
+
+    def reset(self) -> None:
+        pass
