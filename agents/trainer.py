@@ -92,6 +92,7 @@ class OffPolicyTrainer:
         self.episodes = 0
         self.last_eval: float | None = None
         self.certificates: dict[str, dict] = {}
+        self.seconds = {"wall": 0.0, "sac_update": 0.0}  # cumulative, kept across resumes
 
     def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
         center = (self.action_high + self.action_low) / 2
@@ -108,6 +109,8 @@ class OffPolicyTrainer:
         bar = tqdm(total=s.total_steps, initial=self.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True)
         clock, clock_step = time.perf_counter(), self.step
+        run_start = clock
+        wall_before = self.seconds["wall"]
         while self.step < s.total_steps:
             if self.step < s.warmup_steps:
                 unit_action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
@@ -125,12 +128,17 @@ class OffPolicyTrainer:
             metrics = {**metrics, **self.batch_source.on_env_step(self.step),
                        **self.reward_source.on_env_step(self.step)}
             if self.step >= s.warmup_steps:
+                update_start = time.perf_counter()
                 for _ in range(s.updates_per_step):
                     batch = self.reward_source.relabel(self.batch_source.sample(s.batch_size))
                     metrics.update(self.agent.update(batch))
+                self.seconds["sac_update"] += time.perf_counter() - update_start
             if self.step % s.log_every == 0:
                 now = time.perf_counter()
+                self.seconds["wall"] = wall_before + now - run_start
                 metrics["steps_per_s"] = (self.step - clock_step) / (now - clock)
+                metrics.update({f"{name}_seconds_total": value
+                                for name, value in self.seconds.items()})
                 clock, clock_step = now, self.step
                 self.logger.log("train", self.step, metrics)
                 metrics = {}
@@ -139,8 +147,10 @@ class OffPolicyTrainer:
                 bar.set_postfix(eval_return=f"{self.last_eval:.1f}", refresh=False)
             if self.checkpoint_path and (self.step % s.checkpoint_every == 0
                                          or self.step == s.total_steps):
+                self.seconds["wall"] = wall_before + time.perf_counter() - run_start
                 self.save(self.checkpoint_path)
             bar.update(1)
+        self.seconds["wall"] = wall_before + time.perf_counter() - run_start
         bar.close()
         return self.last_eval
 
@@ -173,6 +183,7 @@ class OffPolicyTrainer:
             "batch_source": self.batch_source.state_dict(),
             "reward_source": self.reward_source.state_dict(),
             "certificates": self.certificates,
+            "seconds": self.seconds,
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
             "config": self.run_config,
             "extra": self.extra_state,
@@ -186,6 +197,7 @@ class OffPolicyTrainer:
         self.batch_source.load_state_dict(state["batch_source"])
         self.reward_source.load_state_dict(state["reward_source"])
         self.certificates = state["certificates"]
+        self.seconds = dict(state["seconds"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
 

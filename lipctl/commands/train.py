@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,11 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.buffer import ReplayBuffer
 from agents.checkpoint import load_checkpoint
-from agents.trainer import LoopSettings, OffPolicyTrainer
+from agents.mbpo import MBPOSettings, MBPOSource
+from agents.sources import BatchSource
+from agents.termination import TERMINATIONS, termination_fn
+from agents.trainer import Learner, LoopSettings, OffPolicyTrainer
+from control.files import atomic_write
 from envs import env_spaces, make_env
 from lipctl.config import ConfigError, require_choice, require_number, user_errors
 from lipctl.logger import BACKENDS, Logger
-from lipctl.runtime import resolve_device, seed_everything
+from lipctl.runtime import peak_rss_mb, reset_peak_rss, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -47,6 +52,51 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("logger.backends", f"unknown {sorted(unknown)}; choose from {BACKENDS}")
     if cfg.device != "auto":
         resolve_device(cfg.device)
+    if "dynamics" in cfg.agent:
+        validate_model_based(cfg)
+
+
+def validate_model_based(cfg: DictConfig) -> None:
+    """The dynamics model and MBPO schedule of a model-based agent."""
+    if cfg.env.id not in TERMINATIONS:
+        raise ConfigError("env.id", f"model-based agents need a termination rule; '{cfg.env.id}' "
+                                    f"has none (known: {', '.join(TERMINATIONS)})")
+    require_number(cfg, "agent.dynamics.ensemble_size", 1, integer=True)
+    require_number(cfg, "agent.dynamics.elites", 1, integer=True)
+    if cfg.agent.dynamics.elites > cfg.agent.dynamics.ensemble_size:
+        raise ConfigError("agent.dynamics.elites", "must be <= agent.dynamics.ensemble_size, got "
+                          f"{cfg.agent.dynamics.elites} > {cfg.agent.dynamics.ensemble_size}")
+    try:
+        mbpo_settings(cfg)
+    except ValueError as error:  # MBPOSettings names the parameter first
+        name, _, message = str(error).partition(" ")
+        raise ConfigError(f"agent.mbpo.{name}", message) from None
+
+
+def mbpo_settings(cfg: DictConfig) -> MBPOSettings:
+    settings = OmegaConf.to_container(cfg.agent.mbpo, resolve=True)
+    settings.pop("_target_")
+    return MBPOSettings(**settings)
+
+
+def batch_source(cfg: DictConfig, agent: Learner, buffer: ReplayBuffer, obs_dim: int,
+                 act_dim: int) -> BatchSource | None:
+    """MBPO's model-rollout source for model-based agents; None (real replay) otherwise."""
+    if "dynamics" not in cfg.agent:
+        return None
+    model = instantiate(cfg.agent.dynamics, obs_dim=obs_dim, act_dim=act_dim)
+    return MBPOSource(buffer, model, termination_fn(cfg.env.id), agent, mbpo_settings(cfg),
+                      seed=cfg.seed)
+
+
+def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
+    """The run's end state in one JSON file: return, time breakdown, memory, certificates."""
+    seconds = {f"{name}_seconds": value for name, value in trainer.seconds.items()}
+    seconds.update({f"{name}_seconds": value for name, value
+                    in getattr(trainer.batch_source, "seconds", {}).items()})
+    summary = {"env_steps": trainer.step, "eval_return": trainer.last_eval,
+               **seconds, "peak_rss_mb": peak_rss_mb(), "certificates": trainer.certificates}
+    atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
 
 
 def _previous_state(run_dir: Path, resume: bool) -> dict | None:
@@ -64,6 +114,7 @@ def _previous_state(run_dir: Path, resume: bool) -> dict | None:
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
     """Build env, agent, buffer and logger from `cfg` and run the loop in `run_dir`."""
     state = _previous_state(run_dir, cfg.resume)
+    reset_peak_rss()
     torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -80,6 +131,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
                     wandb_id=state and state["extra"].get("wandb_id"))
     trainer = OffPolicyTrainer(agent, env, eval_env, buffer, settings, logger,
                                checkpoint_path=run_dir / CHECKPOINT_NAME, run_config=resolved,
+                               batch_source=batch_source(cfg, agent, buffer, obs_dim, act_dim),
                                extra_state={"wandb_id": logger.wandb_id}, progress=cfg.progress)
     if state is not None:
         trainer.load_state_dict(state)
@@ -92,6 +144,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         logger.close()
         env.close()
         eval_env.close()
+    write_summary(run_dir / "summary.json", trainer)
     log.info("finished at step %d: eval return %.1f", trainer.step, final)
     return final
 
