@@ -3,12 +3,13 @@
 Server (`PlantServer`): an asyncua server running in a background thread with its own event
 loop, so synchronous code starts and stops it. Under the object `Plant` (namespace
 NAMESPACE_URI) it exposes the measured states as read-only Double variables (CA, T for the CSTR),
-`Step` (steps since the last reset) and `Timestamp` (Unix seconds at which the measurement was
-produced), and the inputs as writable Double variables (CA0, Q). Its own clock steps the env
-every `step_period_s` seconds of wall time with the inputs last written, whether or not a
-client keeps up. A method `Reset` restarts the episode and zeroes the inputs. It binds to
-loopback only unless `allow_remote=True`; it offers no security (no encryption, anonymous users
-only, no remote admin), which is the reason for that rule.
+`Step` (steps since the last reset), `Timestamp` (Unix seconds at which the measurement was
+produced) and `Period` (wall seconds per plant step), and the inputs as writable Double
+variables (CA0, Q). Its own clock steps the env every `step_period_s` seconds of wall time with
+the inputs last written, whether or not a client keeps up. A method `Reset` restarts the
+episode and zeroes the inputs. It binds to loopback only unless `allow_remote=True`; it offers
+no security (no encryption, anonymous users only, no remote admin), which is the reason for
+that rule.
 
 Client (`OpcUaPlant`): the Plant protocol (`read`, `write`, `reset`, `close`) over asyncua's
 async client, driven from a private event-loop thread. A request that fails for lack of a
@@ -17,19 +18,15 @@ raises `PlantUnavailable` rather than returning a stale measurement (the caller,
 runtime's fallback, decides what to apply). The next call tries afresh, so the client recovers
 by itself once the server is back.
 
-Command line: `python -m control.opcua_plant --port P --x0 CA T --period 0.05` serves the CSTR
-until SIGINT/SIGTERM, printing `serving <url>` once it accepts connections and, on the way out,
-`stopped at CA T` (its last measurement, for a restart to start from).
+`lipctl plant serve env=cstr` serves the CSTR with a PlantServer until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -41,13 +38,11 @@ import gymnasium as gym
 import numpy as np
 from asyncua import Client, Node, Server, ua
 
-from envs.cstr import CSTREnv
-
 NAMESPACE_URI = "urn:lipctl:plant"
 OBJECT_NAME = "Plant"
 CSTR_STATES = ("CA", "T")
 CSTR_INPUTS = ("CA0", "Q")
-STEP, TIMESTAMP, RESET = "Step", "Timestamp", "Reset"
+STEP, TIMESTAMP, PERIOD, RESET = "Step", "Timestamp", "Period", "Reset"
 DEFAULT_PORT = 4840
 
 T = TypeVar("T")
@@ -187,6 +182,8 @@ class PlantServer:
             node = await plant.add_variable(_node_id(name, self._namespace), name, initial)
             server.set_attribute_value_callback(node.nodeid,
                                                 self._reader(name, initial.VariantType))
+        await plant.add_variable(_node_id(PERIOD, self._namespace), PERIOD,
+                                 ua.Variant(self.step_period_s, double))
         for name in self.input_names:
             node = await plant.add_variable(_node_id(name, self._namespace), name, 0.0)
             await node.set_writable()
@@ -311,6 +308,10 @@ class OpcUaPlant:
         self._request(lambda c: c.write_values([self._nodes[n] for n in self.input_names],
                                                [float(a) for a in action]))
 
+    def period_s(self) -> float:
+        """The server's step period: wall seconds between two plant steps."""
+        return float(self._request(lambda c: self._nodes[PERIOD].read_value()))
+
     def reset(self) -> None:
         """Restart the plant's episode on the server (its initial state, zero inputs)."""
         self._request(lambda c: c.nodes.objects.call_method(self._nodes[RESET]))
@@ -359,7 +360,7 @@ class OpcUaPlant:
         except BaseException:
             await client.disconnect()
             raise
-        names = (*self.state_names, TIMESTAMP, *self.input_names, RESET)
+        names = (*self.state_names, TIMESTAMP, PERIOD, *self.input_names, RESET)
         self._nodes = {n: client.get_node(_node_id(n, namespace)) for n in names}
         self._client = client
         self.reconnects += self._connected_before
@@ -377,35 +378,6 @@ class OpcUaPlant:
                 await asyncio.wait_for(client.disconnect(), self.timeout_s)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Serve the CSTR on localhost until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(description="Serve the simulated CSTR as an OPC UA plant.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
-    parser.add_argument("--x0", type=float, nargs=2, metavar=("CA", "T"),
-                        help="initial deviation state (default: drawn in the stability region)")
-    parser.add_argument("--period", type=float, default=0.05, help="wall seconds per step")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="allow a non-loopback host (the server has no security)")
-    args = parser.parse_args(argv)
+def quiet_asyncua() -> None:
+    """asyncua logs every dropped connection as a warning; the runtime logs outages itself."""
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    env = CSTREnv()
-    try:
-        server = PlantServer(env, args.host, args.port, args.period, args.x0,
-                             allow_remote=args.allow_remote, seed=args.seed)
-    except ValueError as error:
-        parser.exit(2, f"error: {error}\n")
-    with server:
-        print(f"serving {server.url}", flush=True)
-        while not stop.wait(0.2):
-            pass
-    print("stopped at", *(f"{v:.17g}" for v in server.snapshot.measurement), flush=True)
-    env.close()
-
-
-if __name__ == "__main__":
-    main()

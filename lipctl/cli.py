@@ -14,7 +14,15 @@ COMMANDS = {
     "fit": ("fit", "train a process model: fit model=iclrnn|icrnn|rnn|lstm"),
     "bench": ("bench", "run a benchmark into results/: bench experiment=cstr_mpc"),
     "mpc": ("mpc", "closed-loop Lyapunov MPC of the CSTR: mpc model=first_principles|iclrnn|..."),
+    "export": ("export", "write a policy or process model as TorchScript or ONNX: "
+                         "export checkpoint=PATH format=onnx"),
+    "deploy": ("deploy", "run a controller against a plant with fallbacks and a step log: "
+                         "deploy controller=mpc plant=cstr"),
+    "plant": ("plant", "serve a simulated plant over OPC UA on localhost: plant serve env=cstr"),
 }
+# Commands whose first argument is an action word: `lipctl plant serve ...` runs the module and
+# config `plant_serve`.
+ACTIONS = {"plant": ("serve",)}
 HYDRA_FLAGS_WITHOUT_CHECK = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion",
                              "-sc"}
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp",
@@ -51,9 +59,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lipctl: error: unknown command '{command}'; choose from {', '.join(COMMANDS)}",
               file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)
-    module = importlib.import_module(f"lipctl.commands.{COMMANDS[command][0]}")
+    name = COMMANDS[command][0]
+    if command in ACTIONS:
+        command, name, rest = _action(command, rest)
+    module = importlib.import_module(f"lipctl.commands.{name}")
     if not HYDRA_FLAGS_WITHOUT_CHECK.intersection(rest):
         with user_errors(f"lipctl {command}"):
-            check_overrides(command, _overrides(rest), module.validate)
+            check_overrides(name, _overrides(rest), module.validate)
     sys.argv = [f"lipctl {command}", *rest]
     module.main()
+
+
+def _action(command: str, rest: list[str]) -> tuple[str, str, list[str]]:
+    """`plant serve ARGS` -> ("plant serve", "plant_serve", ARGS); a missing or unknown action
+    word is a usage error."""
+    actions = ACTIONS[command]
+    word = rest[0] if rest else None
+    if word in ("-h", "--help"):
+        print(f"usage: lipctl {command} {{{'|'.join(actions)}}} [hydra overrides]")
+        sys.exit(0)
+    if word not in actions:
+        problem = "missing action" if word is None else f"unknown action '{word}'"
+        print(f"lipctl {command}: error: {problem}; choose from {', '.join(actions)}",
+              file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)
+    return f"{command} {word}", f"{command}_{word}", rest[1:]

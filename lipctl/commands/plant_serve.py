@@ -1,0 +1,74 @@
+"""lipctl plant serve env=cstr: serve the simulated CSTR over OPC UA until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import hydra
+from omegaconf import DictConfig
+
+from control.opcua_plant import PlantServer, quiet_asyncua
+from envs.cstr import ENV_ID, CSTREnv
+from lipctl.config import ConfigError, require_number, user_errors
+
+
+def require_pair(cfg: DictConfig, key: str, minimum: float | None = None,
+                 allow_none: bool = False) -> None:
+    """cfg[key] holds two finite numbers [CA, T] (each >= minimum)."""
+    value = cfg[key]
+    if value is None and allow_none:
+        return
+    if value is None or isinstance(value, (str, int, float)) or len(value) != 2:
+        raise ConfigError(key, f"must hold 2 numbers [CA, T], got {value}")
+    for i in range(2):
+        require_number(cfg, f"{key}.{i}", minimum)
+
+
+def validate(cfg: DictConfig) -> None:
+    if cfg.env.id != ENV_ID:
+        raise ConfigError("env", f"only {ENV_ID} can be served (env=cstr), got '{cfg.env.id}'")
+    require_number(cfg, "port", 0, integer=True)
+    if cfg.port > 65535:
+        raise ConfigError("port", f"must be <= 65535, got {cfg.port}")
+    require_number(cfg, "period_s", 0, exclusive=True)
+    require_number(cfg, "seed", 0, integer=True, allow_none=True)
+    require_pair(cfg, "x0", allow_none=True)
+    require_pair(cfg, "obs_noise_std", 0)
+    require_pair(cfg, "disturbance_std", 0)
+
+
+def serve(cfg: DictConfig) -> None:
+    """Serve until SIGINT/SIGTERM; print `serving <url>` once clients can connect and
+    `stopped at CA T` (the last measurement, to restart from) on the way out."""
+    quiet_asyncua()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    env = CSTREnv(obs_noise_std=list(cfg.obs_noise_std),
+                  disturbance_std=list(cfg.disturbance_std))
+    try:
+        server = PlantServer(env, cfg.host, cfg.port, cfg.period_s,
+                             None if cfg.x0 is None else list(cfg.x0),
+                             allow_remote=cfg.allow_remote, seed=cfg.seed)
+    except ValueError as error:
+        raise ConfigError("host", str(error)) from None
+    try:
+        server.start()
+    except OSError as error:  # the port is taken, or the host is not an address of this machine
+        raise ConfigError("port", f"cannot serve on {cfg.host}:{cfg.port}: {error}") from None
+    try:
+        print(f"serving {server.url}", flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        server.stop()
+        env.close()
+    print("stopped at", *(f"{v:.17g}" for v in server.snapshot.measurement), flush=True)
+
+
+@hydra.main(config_path="pkg://conf", config_name="plant_serve", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with user_errors("lipctl plant serve"):
+        validate(cfg)
+        serve(cfg)
