@@ -10,6 +10,7 @@ named "output".
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,11 +31,19 @@ def _check_format(format: str) -> None:
 
 
 @contextmanager
-def _quiet_jit() -> Iterator[None]:
-    """torch.jit (TorchScript) warns that it is deprecated on every call; say it once here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`torch.jit", category=DeprecationWarning)
-        yield
+def _quiet() -> Iterator[None]:
+    """torch.jit warns that it is deprecated on every call, and the ONNX exporter logs the
+    optional packages it did not find and deprecations of its own; say none of it."""
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`torch.jit", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*treespec", category=FutureWarning)
+            yield
+    finally:
+        onnx_logger.setLevel(level)
 
 
 def export_module(module: nn.Module, example_input: Tensor, path: str | Path,
@@ -44,12 +53,11 @@ def export_module(module: nn.Module, example_input: Tensor, path: str | Path,
     The module is exported as it is: put it in eval mode first."""
     _check_format(format)
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet():
         if format == "torchscript":
-            with _quiet_jit():
-                traced = torch.jit.trace(module, (example_input,))
-                buffer = io.BytesIO()
-                torch.jit.save(traced, buffer)
+            traced = torch.jit.trace(module, (example_input,))
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)
             data = buffer.getvalue()
         else:
             program = torch.onnx.export(module, (example_input,), None, input_names=["input"],
@@ -61,7 +69,7 @@ def export_module(module: nn.Module, example_input: Tensor, path: str | Path,
 
 def _exported_outputs(path: Path, format: str, inputs: Sequence[Tensor]) -> list[np.ndarray]:
     if format == "torchscript":
-        with _quiet_jit():
+        with _quiet():
             loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
             return [loaded(x).numpy() for x in inputs]

@@ -1,0 +1,196 @@
+"""lipctl deploy controller=NAME plant=NAME: a controller against a plant through the runtime
+(Lipschitz gate, measurement checks, deadline, fallback), logging every step to
+<out>/steps.jsonl and the summary to <out>/summary.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agents.checkpoint import CheckpointError
+from control.cstr_closed_loop import cstr_mpc
+from control.files import atomic_write
+from control.loop import Controller
+from control.opcua_plant import CSTR_INPUTS, OpcUaPlant, PlantUnavailable, quiet_asyncua
+from control.policy import ModuleController
+from control.runtime import HOLD, DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
+from envs import UnknownEnvError, env_spaces, make_env
+from envs.cstr import ENV_ID as CSTR_ID
+from envs.cstr import in_target
+from lipctl.config import ConfigError, require_choice, require_number, user_errors
+from lipctl.networks import POLICY, PROCESS_MODEL, Network, read_network
+from lipschitz.certificates import TIERS
+
+NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL}  # controller -> file kind
+CSTR_CONTROLLERS = ("mpc", "model_mpc")
+FALLBACKS = (HOLD, "mpc")
+PLANT_KINDS = ("gym", "opcua")
+
+
+def _plant_is_cstr(cfg: DictConfig) -> bool:
+    return cfg.plant.kind == "opcua" or cfg.plant.id == CSTR_ID
+
+
+def measurement_range(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """plant.measurement_range as (low, high) arrays; a malformed one is a ConfigError."""
+    bounds = cfg.plant.measurement_range
+    if bounds is None:
+        return None
+    key = "plant.measurement_range"
+    shown = OmegaConf.to_container(bounds) if OmegaConf.is_config(bounds) else bounds
+    try:
+        low, high = (np.asarray(b, dtype=np.float64) for b in shown)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be [low, high], two lists of numbers, got {shown}") from None
+    if low.shape != high.shape or low.ndim != 1 or not np.all(low <= high):
+        raise ConfigError(key, f"must be [low, high] of one length with low <= high, got {shown}")
+    return low, high
+
+
+def validate(cfg: DictConfig) -> None:
+    controller = cfg.controller.name
+    if controller in NEEDS_CHECKPOINT:
+        if cfg.checkpoint is None:
+            raise ConfigError("checkpoint", f"controller={controller} needs checkpoint=PATH "
+                                            f"(a {NEEDS_CHECKPOINT[controller]} file)")
+        if not Path(cfg.checkpoint).is_file():
+            raise CheckpointError(f"checkpoint not found: {cfg.checkpoint}")
+    if controller in CSTR_CONTROLLERS:
+        require_number(cfg, "controller.horizon", 1, integer=True)
+    require_number(cfg, "steps", 1, integer=True)
+    require_number(cfg, "deadline_s", 0, exclusive=True, allow_none=True)
+    require_number(cfg, "lipschitz_max", 0, exclusive=True, allow_none=True)
+    require_choice(cfg, "certificate_tier", TIERS)
+    require_choice(cfg, "fallback", FALLBACKS)
+    require_number(cfg, "torch_threads", 1, integer=True)
+    require_choice(cfg, "plant.kind", PLANT_KINDS)
+    if cfg.plant.kind == "gym":
+        if cfg.plant.id not in gym.registry:
+            make_env(cfg.plant.id)  # raises UnknownEnvError with suggestions
+        require_number(cfg, "plant.period_s", 0, exclusive=True)
+        require_number(cfg, "plant.seed", 0, integer=True, allow_none=True)
+    else:
+        if not str(cfg.plant.url).startswith("opc.tcp://"):
+            raise ConfigError("plant.url", f"must start with opc.tcp://, got {cfg.plant.url!r}")
+        require_number(cfg, "plant.period_s", 0, exclusive=True, allow_none=True)
+        require_number(cfg, "plant.timeout_s", 0, exclusive=True)
+        require_number(cfg, "plant.reconnect_attempts", 0, integer=True)
+        require_number(cfg, "plant.reconnect_delay_s", 0)
+    require_number(cfg, "plant.stale_after_periods", 0)
+    measurement_range(cfg)
+    cstr_only = [f"controller={controller}"] if controller in CSTR_CONTROLLERS else []
+    cstr_only += ["fallback=mpc"] if cfg.fallback == "mpc" else []
+    if cstr_only and not _plant_is_cstr(cfg):
+        raise ConfigError("plant", f"{' and '.join(cstr_only)} control the CSTR only; "
+                                   f"plant.id is {cfg.plant.id!r} (use plant=cstr or plant=opcua)")
+
+
+def build_controller(cfg: DictConfig, network: Network | None) -> Controller:
+    """The controller to deploy; a strict MPC, so a failed solve is the runtime's to handle."""
+    if cfg.controller.name == "policy":
+        return ModuleController(network.module)
+    trained = None if network is None else network.trained
+    return cstr_mpc(trained, cfg.controller.horizon, cfg.controller.contraction, strict=True)
+
+
+def build_plant(cfg: DictConfig) -> tuple[Plant, float, int, str]:
+    """The plant, the control period (s), the action size and the plant's env id."""
+    if cfg.plant.kind == "gym":
+        kwargs = OmegaConf.to_container(cfg.plant.kwargs, resolve=True)
+        try:
+            env = make_env(cfg.plant.id, **kwargs)
+        except UnknownEnvError:
+            raise
+        except (TypeError, ValueError) as error:  # a keyword the env does not take, a bad value
+            raise ConfigError("plant.kwargs", str(error).splitlines()[0]) from None
+        _, act_dim, _, _ = env_spaces(env)
+        plant = GymPlant(env, cfg.plant.period_s, seed=cfg.plant.seed)
+        return plant, cfg.plant.period_s, act_dim, cfg.plant.id
+    plant = OpcUaPlant(cfg.plant.url, cfg.plant.timeout_s, cfg.plant.reconnect_attempts,
+                       cfg.plant.reconnect_delay_s)
+    try:
+        period = cfg.plant.period_s or plant.period_s()
+    except PlantUnavailable as error:
+        plant.close()
+        raise ConfigError("plant.url", f"{error} (start it with lipctl plant serve)") from None
+    return plant, period, len(CSTR_INPUTS), CSTR_ID
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    solve = summary["solve_time"]
+    period = summary["period"]
+    ms = lambda v: "n/a" if v is None else f"{1e3 * v:.1f} ms"  # noqa: E731
+    causes = ", ".join(f"{k} {v}" for k, v in sorted(summary["fallbacks_by_cause"].items()))
+    line = (f"{summary['steps']} steps of {summary['period_s']:g} s; deadline misses "
+            f"{summary['deadline_misses']}; fallbacks {summary['fallbacks']}"
+            + (f" ({causes})" if causes else "")
+            + f"; solve p50 {ms(solve['p50'])}, p95 {ms(solve['p95'])}, max {ms(solve['max'])}"
+            + f"; measured period p50 {ms(period['p50'])}, max {ms(period['max'])}")
+    if "final_in_target" in summary:
+        line += f"; final measurement in the target region: {summary['final_in_target']}"
+    return line
+
+
+def deploy(cfg: DictConfig) -> dict[str, Any]:
+    """Gate, build, run and summarise; the summary is also written to <out>/summary.json."""
+    torch.set_num_threads(cfg.torch_threads)
+    quiet_asyncua()
+    expected = NEEDS_CHECKPOINT.get(cfg.controller.name)
+    network = None if expected is None else read_network(cfg.checkpoint, cfg.certificate_tier)
+    if network is not None and network.kind != expected:
+        raise ConfigError("checkpoint", f"controller={cfg.controller.name} needs a {expected} "
+                                        f"file, {cfg.checkpoint} holds a {network.kind}")
+    certificate = None if network is None else network.certificate
+    if cfg.lipschitz_max is not None:
+        try:
+            lipschitz_gate(certificate, cfg.lipschitz_max)
+        except DeploymentRefused as refused:
+            raise ConfigError("lipschitz_max", str(refused)) from None
+    controller = build_controller(cfg, network)
+    plant, period, act_dim, plant_env = build_plant(cfg)
+    if network is not None and network.env_id != plant_env:
+        plant.close()
+        raise ConfigError("plant", f"the {network.kind} was made for {network.env_id}, "
+                                   f"the plant is {plant_env}")
+    backup = cstr_mpc(None, cfg.controller.get("horizon", 2)) if cfg.fallback == "mpc" else HOLD
+    out = Path(cfg.out)
+    runtime = Runtime(
+        controller, plant, period, cfg.steps, out / "steps.jsonl",
+        initial_action=np.zeros(act_dim), lipschitz_max=cfg.lipschitz_max,
+        certificate=certificate,
+        measurement_range=measurement_range(cfg),
+        stale_after_s=cfg.plant.stale_after_periods * period, fallback=backup,
+        deadline_s=cfg.deadline_s, realtime=cfg.plant.realtime)
+    print(f"deploying {cfg.controller.name} on {plant_env} ({cfg.plant.kind}), period "
+          f"{period:g} s, {cfg.steps} steps; step log {out / 'steps.jsonl'}", flush=True)
+    try:
+        summary = runtime.run()
+        interrupted = False
+    except KeyboardInterrupt:  # stop by Ctrl-C: the steps so far are logged; summarise them
+        summary, interrupted = runtime.summary(), True
+    finally:
+        plant.close()
+    summary |= {"controller": cfg.controller.name, "plant": cfg.plant.name, "env_id": plant_env,
+                "interrupted": interrupted,
+                "certificate": None if certificate is None else certificate.to_dict()}
+    valid = [r["measurement"] for r in runtime.records if r["fallback"] is None]
+    if plant_env == CSTR_ID and valid:
+        summary["final_in_target"] = bool(in_target(np.asarray(valid[-1])))
+    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
+    print(_summary_line(summary))
+    return summary
+
+
+@hydra.main(config_path="pkg://conf", config_name="deploy", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with user_errors("lipctl deploy"):
+        validate(cfg)
+        deploy(cfg)

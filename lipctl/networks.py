@@ -1,0 +1,115 @@
+"""Networks read from a checkpoint file for export and deployment: a trained agent's policy
+(rebuilt from the checkpoint's own config) or a fitted process model, each with its Lipschitz
+certificate computed from the weights in the file."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
+from agents.checkpoint import CheckpointError
+from control.models import TrainedModel, load_model, sequence_lower_bound, sequence_upper_bound
+from control.models.io import FORMAT as MODEL_FORMAT
+from control.policy import ScaledPolicy, policy_certificate
+from envs import env_spaces, make_env
+from lipschitz.certificates import Certificate
+
+POLICY, PROCESS_MODEL = "policy", "process model"
+PROBE_SAMPLES = 64  # inputs the sampled lower bound starts from
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network ready to export or deploy.
+
+    kind: POLICY (module: observations [1, n] -> actions [1, m] in the env's units) or
+    PROCESS_MODEL (module: scaled sequences [1, T, n + m] -> scaled states [1, T, n]; `trained`
+    holds the scalers). `example` is an input of the exported shape; `probes` are inputs of
+    that shape to check an export with; `env_id` is the env or plant it was made for.
+    """
+
+    kind: str
+    module: nn.Module
+    example: Tensor
+    probes: list[Tensor]
+    certificate: Certificate
+    env_id: str
+    trained: TrainedModel | None = None
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}".splitlines()[0]) from None
+    if not isinstance(state, dict) or state.get("format") not in (AGENT_FORMAT, MODEL_FORMAT):
+        raise CheckpointError(f"{path} is neither a lipctl agent checkpoint nor a process model")
+    return state
+
+
+def _policy(state: dict, path: Path, tier: str) -> Network:
+    """The deterministic policy of the agent in `state`, rebuilt from its own config."""
+    try:
+        run_cfg = OmegaConf.create(state["config"])
+        env_id, learner = run_cfg.env.id, run_cfg.agent.learner
+        weights = state["agent"]
+    except Exception:  # missing keys of a config that is not an agent's
+        raise CheckpointError(f"{path} holds no agent config and weights") from None
+    env = make_env(env_id)
+    obs_dim, act_dim, low, high = env_spaces(env)
+    observations = torch.as_tensor(
+        np.stack([env.reset(seed=i)[0] for i in range(PROBE_SAMPLES)]), dtype=torch.float32)
+    env.close()
+    try:
+        agent = instantiate(learner, obs_dim=obs_dim, act_dim=act_dim, device="cpu")
+        agent.load_state_dict(weights)
+        actor = agent.actor
+        mlp = nn.Sequential(actor.trunk, actor.head)
+    except (InstantiationException, RuntimeError, AttributeError, KeyError) as error:
+        message = str(error).splitlines()[0]
+        raise CheckpointError(f"{path}: cannot rebuild its policy: {message}") from None
+    policy = ScaledPolicy(actor.eval(), low, high)
+    certificate = policy_certificate(mlp, policy, observations, tier=tier)
+    probes = [row[None] for row in observations[:8]]
+    return Network(POLICY, policy, observations[:1], probes, certificate, env_id)
+
+
+def _process_model(path: Path) -> Network:
+    try:
+        trained = load_model(path)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    model, steps = trained.model, trained.substeps
+    generator = torch.Generator().manual_seed(0)
+    width = model.state_size + model.input_size
+    sequences = torch.randn(PROBE_SAMPLES, steps, width, generator=generator)  # scaled units
+    start = time.perf_counter()
+    upper = sequence_upper_bound(model, steps)
+    lower = sequence_lower_bound(model, sequences)
+    certificate = Certificate(upper, lower, "recurrent spectral product",
+                              time.perf_counter() - start)
+    probes = [row[None] for row in sequences[:8]]
+    return Network(PROCESS_MODEL, model, sequences[:1], probes, certificate, trained.plant_id,
+                   trained)
+
+
+def read_network(path: str | Path, tier: str = "eclipse") -> Network:
+    """The policy or process model in the checkpoint at `path` (told apart by its format) with
+    its certificate; `tier` is the policy's certificate tier (see lipschitz.certify).
+    CheckpointError for a missing, unreadable or foreign file."""
+    path = Path(path)
+    state = _read(path)
+    if state["format"] == MODEL_FORMAT:
+        return _process_model(path)
+    return _policy(state, path, tier)
