@@ -1,0 +1,126 @@
+"""lipctl export, deploy and plant serve end to end, and their users' mistakes."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from agents.checkpoint import save_checkpoint
+from agents.sac import SAC
+from control.cstr_data import generate
+from control.models import build_model, save_model
+from envs.cstr import in_target, rk4_step
+from lipctl.networks import read_network
+from tests.helpers import assert_user_error, lipctl
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """An untrained SAC policy checkpoint for Pendulum-v1 and an untrained ICLRNN of the CSTR."""
+    folder = tmp_path_factory.mktemp("deploy")
+    torch.manual_seed(0)
+    agent = SAC(3, 1, hidden=[16, 16])
+    learner = {"_target_": "agents.sac.SAC", "hidden": [16, 16]}
+    save_checkpoint(folder / "policy.pt", {
+        "agent": agent.state_dict(), "step": 0, "certificates": {},
+        "config": {"env": {"id": "Pendulum-v1"}, "agent": {"learner": learner}}})
+    data = generate(rk4_step, states_per_axis=3, inputs_per_axis=2, chains=2, periods=2, seed=0)
+    save_model(folder / "iclrnn.pt", build_model("iclrnn", 2, 2, hidden=8), data)
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_export_policy_to_onnx_and_process_model_to_torchscript(files):
+    result = lipctl("export", "checkpoint=policy.pt", "format=onnx", cwd=files, check=True)
+    assert "policy.onnx: policy for Pendulum-v1" in result.stdout
+    described = json.loads((files / "policy.onnx.json").read_text())
+    assert described["input"]["shape"] == [1, 3] and described["output"]["shape"] == [1, 1]
+    assert described["parity_max_abs_diff"] < 1e-5
+    # the exported file computes the policy in the env's action units
+    network = read_network(files / "policy.pt")
+    assert described["certificate"]["upper"] == pytest.approx(network.certificate.upper)
+    session = onnxruntime.InferenceSession(str(files / "policy.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    observation = np.array([[0.3, -0.9, 4.0]], dtype=np.float32)
+    action = session.run(["output"], {"input": observation})[0]
+    with torch.no_grad():
+        expected = network.module(torch.from_numpy(observation)).numpy()
+    np.testing.assert_allclose(action, expected, atol=1e-6)
+    assert np.all(np.abs(action) <= 2.0)  # Pendulum-v1 torque bounds
+
+    lipctl("export", "checkpoint=iclrnn.pt", "format=torchscript", "out=model.ts", cwd=files,
+           check=True)
+    described = json.loads((files / "model.ts.json").read_text())
+    assert described["kind"] == "process model" and described["input"]["shape"] == [1, 10, 4]
+    loaded = torch.jit.load(str(files / "model.ts"))
+    assert loaded(torch.zeros(1, 10, 4)).shape == (1, 10, 2)
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
+
+
+def test_deploy_first_principles_mpc_on_the_cstr(files):
+    lipctl("deploy", "controller=mpc", "plant=cstr", "steps=20", "out=mpc_run", cwd=files,
+           check=True)
+    summary = json.loads((files / "mpc_run" / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["fallbacks"] == 0 and summary["final_in_target"]
+    records = _records(files / "mpc_run")
+    assert [r["step"] for r in records] == list(range(20))
+    assert records[0]["measurement"] == [1.5, -70.0]
+
+
+def test_deploy_policy_through_the_lipschitz_gate(files):
+    upper = read_network(files / "policy.pt").certificate.upper
+    lipctl("deploy", "controller=policy", "checkpoint=policy.pt", "plant=gym", "steps=5",
+           f"lipschitz_max={1.01 * upper}", "out=policy_run", cwd=files, check=True)
+    summary = json.loads((files / "policy_run" / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["certificate"]["upper"] == pytest.approx(upper)
+    refused = lipctl("deploy", "controller=policy", "checkpoint=policy.pt", "plant=gym",
+                     f"lipschitz_max={0.99 * upper}", "out=refused_run", cwd=files)
+    assert_user_error(refused, "deployment refused: certified Lipschitz upper bound")
+    assert not (files / "refused_run").exists()
+
+
+def test_deploy_over_opcua_against_lipctl_plant_serve(files):
+    command = [sys.executable, "-m", "lipctl", "plant", "serve", "port=0", "period_s=0.1"]
+    server = subprocess.Popen(command, cwd=files, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([server.stdout], [], [], 60)
+        assert ready, "lipctl plant serve printed nothing"
+        line = server.stdout.readline().split()
+        assert line[0] == "serving", line
+        lipctl("deploy", "plant=opcua", f"plant.url={line[1]}", "steps=40", "fallback=mpc",
+               "out=opcua_run", cwd=files, check=True)
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0 and "Traceback" not in err, err
+    summary = json.loads((files / "opcua_run" / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["plant"] == "opcua"
+    assert summary["period_s"] == 0.1  # read from the server
+    assert summary["period"]["p50"] == pytest.approx(0.1, abs=0.02)
+    assert summary["final_in_target"]
+    stopped = out.split()
+    assert stopped[:2] == ["stopped", "at"] and in_target(np.array(stopped[2:4], float))
+
+
+def test_users_mistakes_are_one_line_and_exit_code_2(files):
+    cases = [
+        (["export", "checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
+        (["deploy", "controller=policy", "checkpoint=iclrnn.pt"], "needs a policy file"),
+        (["deploy", "plant=opcua", "plant.url=opc.tcp://127.0.0.1:9/none"], "unavailable"),
+        (["plant"], "missing action; choose from serve"),
+        (["plant", "serve", "host=0.0.0.0"], "non-loopback host"),
+    ]
+    for args, expected in cases:
+        assert_user_error(lipctl(*args, cwd=files, timeout=120), expected)
