@@ -3,10 +3,7 @@ survives a restart of the plant server process."""
 
 from __future__ import annotations
 
-import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +17,7 @@ from control.cstr_closed_loop import cstr_mpc
 from control.opcua_plant import OpcUaPlant, PlantServer, PlantUnavailable, is_loopback
 from control.runtime import Runtime
 from envs.cstr import CSTREnv, in_target, rk4_step
+from lipctl.bench.deploy import PlantProcess
 
 X0 = np.array([1.5, -70.0])
 PUSH = np.array([3.5, 5e5])  # the largest feed and heat inputs
@@ -90,48 +88,9 @@ def test_measured_states_are_read_only(served: PlantServer):
             plant.write(np.zeros(2))
 
 
-class ServerProcess:
-    """`lipctl plant serve` in a subprocess: started, stopped and restarted."""
-
-    def __init__(self, log: Path, period: float) -> None:
-        self.log, self.period, self.port = log, period, 0
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, x0: np.ndarray, timeout: float = 30.0) -> str:
-        """Start serving from state x0 (on the previous port, if any) and return the url."""
-        x0_list = ",".join(repr(float(v)) for v in x0)
-        command = [sys.executable, "-m", "lipctl", "plant", "serve", f"port={self.port}",
-                   f"period_s={self.period}", f"x0=[{x0_list}]"]
-        with open(self.log, "a") as err:
-            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
-        line = self._line(timeout)
-        assert line.startswith("serving "), line
-        url = line.split()[1]
-        self.port = int(url.rsplit(":", 1)[1].split("/")[0])
-        return url
-
-    def _line(self, timeout: float) -> str:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"no output from the plant server within {timeout} s"
-        return self.proc.stdout.readline().strip()
-
-    def stop(self, timeout: float = 10.0) -> np.ndarray:
-        """Stop the server and return the last state it reported."""
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=timeout)
-        words = out.split()
-        assert words[:2] == ["stopped", "at"], out
-        return np.array(words[2:4], dtype=np.float64)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
     period, restart_at = 0.1, 4
-    server = ServerProcess(tmp_path / "server.log", period)
+    server = PlantProcess(period, tmp_path / "server.log")
     restart: dict[str, np.ndarray] = {}
     try:
         url = server.start(X0)
