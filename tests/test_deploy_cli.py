@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +114,22 @@ def test_deploy_over_opcua_against_lipctl_plant_serve(files):
     assert summary["final_in_target"]
     stopped = out.split()
     assert stopped[:2] == ["stopped", "at"] and in_target(np.array(stopped[2:4], float))
+
+
+def test_ctrl_c_stops_deploy_with_a_summary_of_the_logged_steps(files):
+    command = [sys.executable, "-m", "lipctl", "deploy", "steps=100000", "plant.realtime=true",
+               "plant.period_s=0.02", "out=interrupted_run"]
+    run = subprocess.Popen(command, cwd=files, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    ready, _, _ = select.select([run.stdout], [], [], 60)
+    assert ready and run.stdout.readline().startswith("deploying mpc")
+    time.sleep(1.0)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 130 and "interrupted" in out and "Traceback" not in err, err
+    summary = json.loads((files / "interrupted_run" / "summary.json").read_text())
+    records = _records(files / "interrupted_run")
+    assert summary["interrupted"] and 10 <= summary["steps"] == len(records) < 100000
 
 
 def test_users_mistakes_are_one_line_and_exit_code_2(files):

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL}  # controller 
 CSTR_CONTROLLERS = ("mpc", "model_mpc")
 FALLBACKS = (HOLD, "mpc")
 PLANT_KINDS = ("gym", "opcua")
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a run stopped by Ctrl-C
 
 
 def _plant_is_cstr(cfg: DictConfig) -> bool:
@@ -135,7 +137,7 @@ def _summary_line(summary: dict[str, Any]) -> str:
             + f"; measured period p50 {ms(period['p50'])}, max {ms(period['max'])}")
     if "final_in_target" in summary:
         line += f"; final measurement in the target region: {summary['final_in_target']}"
-    return line
+    return line + ("; interrupted" if summary["interrupted"] else "")
 
 
 def deploy(cfg: DictConfig) -> dict[str, Any]:
@@ -173,7 +175,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     try:
         summary = runtime.run()
         interrupted = False
-    except KeyboardInterrupt:  # stop by Ctrl-C: the steps so far are logged; summarise them
+    except KeyboardInterrupt:  # Ctrl-C: the steps so far are logged; summarise them
         summary, interrupted = runtime.summary(), True
     finally:
         plant.close()
@@ -193,4 +195,6 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl deploy"):
         validate(cfg)
-        deploy(cfg)
+        summary = deploy(cfg)
+    if summary["interrupted"]:
+        sys.exit(INTERRUPTED_EXIT_CODE)
