@@ -14,11 +14,9 @@ COMMANDS = {
     "fit": ("fit", "train a process model: fit model=iclrnn|icrnn|rnn|lstm"),
     "bench": ("bench", "run a benchmark into results/: bench experiment=cstr_mpc"),
     "mpc": ("mpc", "closed-loop Lyapunov MPC of the CSTR: mpc model=first_principles|iclrnn|..."),
-    "export": ("export", "write a policy or process model as TorchScript or ONNX: "
-                         "export checkpoint=PATH format=onnx"),
-    "deploy": ("deploy", "run a controller against a plant with fallbacks and a step log: "
-                         "deploy controller=mpc plant=cstr"),
-    "plant": ("plant", "serve a simulated plant over OPC UA on localhost: plant serve env=cstr"),
+    "export": ("export", "policy or process model to ONNX/TorchScript: export checkpoint=PATH"),
+    "deploy": ("deploy", "controller vs plant with fallbacks: deploy controller=mpc plant=opcua"),
+    "plant": ("plant", "the CSTR as an OPC UA server on localhost: plant serve env=cstr"),
 }
 # Commands whose first argument is an action word: `lipctl plant serve ...` runs the module and
 # config `plant_serve`.
