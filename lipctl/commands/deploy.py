@@ -102,8 +102,9 @@ def build_controller(cfg: DictConfig, network: Network | None) -> Controller:
     return cstr_mpc(trained, cfg.controller.horizon, cfg.controller.contraction, strict=True)
 
 
-def build_plant(cfg: DictConfig) -> tuple[Plant, float, int, str]:
-    """The plant, the control period (s), the action size and the plant's env id."""
+def build_plant(cfg: DictConfig) -> tuple[Plant, float, np.ndarray, str]:
+    """The plant, the control period (s), the input held before the first action (zero,
+    clipped into the action bounds) and the plant's env id."""
     if cfg.plant.kind == "gym":
         kwargs = OmegaConf.to_container(cfg.plant.kwargs, resolve=True)
         try:
@@ -112,9 +113,10 @@ def build_plant(cfg: DictConfig) -> tuple[Plant, float, int, str]:
             raise
         except (TypeError, ValueError) as error:  # a keyword the env does not take, a bad value
             raise ConfigError("plant.kwargs", str(error).splitlines()[0]) from None
-        _, act_dim, _, _ = env_spaces(env)
+        _, _, low, high = env_spaces(env)
+        initial = np.clip(np.zeros(low.shape), low, high).astype(np.float64)
         plant = GymPlant(env, cfg.plant.period_s, seed=cfg.plant.seed)
-        return plant, cfg.plant.period_s, act_dim, cfg.plant.id
+        return plant, cfg.plant.period_s, initial, cfg.plant.id
     plant = OpcUaPlant(cfg.plant.url, cfg.plant.timeout_s, cfg.plant.reconnect_attempts,
                        cfg.plant.reconnect_delay_s)
     try:
@@ -122,13 +124,15 @@ def build_plant(cfg: DictConfig) -> tuple[Plant, float, int, str]:
     except PlantUnavailable as error:
         plant.close()
         raise ConfigError("plant.url", f"{error} (start it with lipctl plant serve)") from None
-    return plant, period, len(CSTR_INPUTS), CSTR_ID
+    return plant, period, np.zeros(len(CSTR_INPUTS)), CSTR_ID
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{1e3 * seconds:.1f} ms"
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
-    solve = summary["solve_time"]
-    period = summary["period"]
-    ms = lambda v: "n/a" if v is None else f"{1e3 * v:.1f} ms"  # noqa: E731
+    solve, period, ms = summary["solve_time"], summary["period"], _ms
     causes = ", ".join(f"{k} {v}" for k, v in sorted(summary["fallbacks_by_cause"].items()))
     line = (f"{summary['steps']} steps of {summary['period_s']:g} s; deadline misses "
             f"{summary['deadline_misses']}; fallbacks {summary['fallbacks']}"
@@ -156,7 +160,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         except DeploymentRefused as refused:
             raise ConfigError("lipschitz_max", str(refused)) from None
     controller = build_controller(cfg, network)
-    plant, period, act_dim, plant_env = build_plant(cfg)
+    plant, period, initial_action, plant_env = build_plant(cfg)
     if network is not None and network.env_id != plant_env:
         plant.close()
         raise ConfigError("plant", f"the {network.kind} was made for {network.env_id}, "
@@ -165,8 +169,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     runtime = Runtime(
         controller, plant, period, cfg.steps, out / "steps.jsonl",
-        initial_action=np.zeros(act_dim), lipschitz_max=cfg.lipschitz_max,
-        certificate=certificate,
+        initial_action=initial_action, lipschitz_max=cfg.lipschitz_max, certificate=certificate,
         measurement_range=measurement_range(cfg),
         stale_after_s=cfg.plant.stale_after_periods * period, fallback=backup,
         deadline_s=cfg.deadline_s, realtime=cfg.plant.realtime)
