@@ -122,7 +122,8 @@ class Runtime:
     stale_after_s: a measurement is stale once its timestamp has not advanced for more than
       this many seconds of runtime clock (None: stale when not advanced since the last step).
     fallback: "hold" or a backup Controller (see the module docstring).
-    deadline_s: longest controller call whose answer is used (None: the period).
+    deadline_s: longest controller call whose answer is used (None: the period); a longer
+      call is not interrupted, its answer is discarded and the fallback applied.
     realtime: start each step on the period's schedule (a step that starts late shifts the
       schedule: no burst of catch-up steps); otherwise run as fast as possible, with the
       runtime clock (log "time") advancing by `period_s` per step.
