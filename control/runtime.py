@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -240,8 +241,11 @@ class Runtime:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
-        """Reset controller, backup and plant, run max_steps steps, return `summary()`."""
+    def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Reset controller, backup and plant, run max_steps steps (fewer once `stop` is set,
+        e.g. by a signal handler: the step in progress finishes and is logged), return
+        `summary()`."""
+        stop = stop or threading.Event()
         self.controller.reset()
         if self.backup is not None:
             self.backup.reset()
@@ -254,10 +258,12 @@ class Runtime:
                 if self.realtime:
                     wait = next_tick - time.monotonic()
                     if wait > 0:
-                        time.sleep(wait)
+                        stop.wait(wait)
                     else:  # late: shift the schedule
                         next_tick -= wait
                     next_tick += self.period_s
+                if stop.is_set():
+                    break
                 self._step_starts.append(time.perf_counter())
                 now = time.monotonic() - start if self.realtime else step * self.period_s
                 record = self._step(step, now)

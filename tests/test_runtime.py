@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +129,18 @@ def test_a_late_step_shifts_the_schedule_without_catch_up_steps(tmp_path):
     gaps = np.diff([r["time"] for r in runtime.records])
     assert gaps[1] >= 2.5 * period  # the slow step ...
     assert np.all(gaps[2:] > 0.5 * period)  # ... is followed by paced steps, not a burst
+
+
+def test_a_set_stop_event_ends_the_run_after_the_step_in_progress(tmp_path):
+    runtime = Runtime(Zero(), _cstr(), 0.05, 10**6, tmp_path / "steps.jsonl",
+                      initial_action=[0.0, 0.0], realtime=True)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    start = time.monotonic()
+    summary = runtime.run(stop)
+    assert time.monotonic() - start < 2.0
+    assert 3 <= summary["steps"] <= 10
+    assert len(runtime.log_path.read_text().splitlines()) == summary["steps"]
 
 
 def test_log_is_appended_across_runs(tmp_path):

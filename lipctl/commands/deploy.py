@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL}  # controller 
 CSTR_CONTROLLERS = ("mpc", "model_mpc")
 FALLBACKS = (HOLD, "mpc")
 PLANT_KINDS = ("gym", "opcua")
-INTERRUPTED_EXIT_CODE = 130  # the shell's code for a run stopped by Ctrl-C
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # end the run after the current step
 
 
 def _plant_is_cstr(cfg: DictConfig) -> bool:
@@ -175,15 +177,22 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         deadline_s=cfg.deadline_s, realtime=cfg.plant.realtime)
     print(f"deploying {cfg.controller.name} on {plant_env} ({cfg.plant.kind}), period "
           f"{period:g} s, {cfg.steps} steps; step log {out / 'steps.jsonl'}", flush=True)
+    stop, received = threading.Event(), []
+
+    def request_stop(signum: int, _: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    handlers = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
     try:
-        summary = runtime.run()
-        interrupted = False
-    except KeyboardInterrupt:  # Ctrl-C: the steps so far are logged; summarise them
-        summary, interrupted = runtime.summary(), True
+        summary = runtime.run(stop)
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         plant.close()
     summary |= {"controller": cfg.controller.name, "plant": cfg.plant.name, "env_id": plant_env,
-                "interrupted": interrupted,
+                "interrupted": bool(received),
+                "stopped_by_signal": received[0] if received else None,
                 "certificate": None if certificate is None else certificate.to_dict()}
     valid = [r["measurement"] for r in runtime.records if r["fallback"] is None]
     if plant_env == CSTR_ID and valid:
@@ -200,4 +209,4 @@ def main(cfg: DictConfig) -> None:
         validate(cfg)
         summary = deploy(cfg)
     if summary["interrupted"]:
-        sys.exit(INTERRUPTED_EXIT_CODE)
+        sys.exit(128 + summary["stopped_by_signal"])  # the shell's code for a killed command
