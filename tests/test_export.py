@@ -51,7 +51,8 @@ def test_unknown_format_and_missing_file_are_errors(tmp_path):
 
 def test_scaled_policy_acts_in_action_units_and_is_certified():
     policy, observations = _policy()
-    actions = policy(10 * torch.randn(256, 3))
+    with torch.no_grad():
+        actions = policy(10 * torch.randn(256, 3))
     low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 5.0])
     assert torch.all((actions >= low) & (actions <= high))
     assert float(actions.std(0).min()) > 0.1  # not stuck at a bound
