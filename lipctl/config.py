@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
 from agents.checkpoint import CheckpointError
@@ -84,15 +85,18 @@ def check_overrides(config_name: str, overrides: list[str],
         variants = _override_variants(overrides)
     except Exception as error:  # Hydra's OverrideParseException
         raise ConfigError("overrides", _one_line(str(error))) from None
+    outer = get_gh_backup()  # reentrant: a running Hydra app may check another command's config
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="conf", version_base=None):
-        for variant in variants:
-            try:
-                cfg = compose(config_name, overrides=variant)
-            except Exception as error:  # ConfigCompositionException, MissingConfigException, ...
-                raise ConfigError("overrides", _one_line(str(error))) from None
-            validate(cfg)
-    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="conf", version_base=None):
+            for variant in variants:
+                try:
+                    cfg = compose(config_name, overrides=variant)
+                except Exception as error:  # ConfigCompositionException, MissingConfig...
+                    raise ConfigError("overrides", _one_line(str(error))) from None
+                validate(cfg)
+    finally:
+        restore_gh_from_backup(outer)
 
 
 def require_number(cfg: DictConfig, key: str, minimum: float | None = None,

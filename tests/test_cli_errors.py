@@ -23,6 +23,16 @@ BAD_INPUTS = [
     (["eval", "checkpoint=garbage.pt"], "cannot read checkpoint garbage.pt"),
     (["eval", "checkpoint=garbage.pt", "episodes=0"], "episodes: must be >= 1"),
     (["frobnicate"], "unknown command 'frobnicate'"),
+    (["train", "agent=mbpo", "agent.mbpo.real_ratio=1.5"],
+     "agent.mbpo.real_ratio: must be in [0, 1], got 1.5"),
+    (["train", "agent=mbpo", "agent.mbpo.rollout_schedule=[1,2,3]"],
+     "agent.mbpo.rollout_schedule: must be [start_step, end_step, min_length, max_length]"),
+    (["train", "agent=mbpo", "env=cstr"], "env.id: model-based agents need a termination rule"),
+    (["train", "variant=bogus"], "Could not find 'variant/bogus'"),
+    (["bench", "experiment=mbpo_vs_ensemble", "experiment.variants=[single,bogus]"],
+     "experiment.variants: unknown variant(s) ['bogus']"),
+    (["bench", "experiment=mbpo_vs_ensemble", "experiment.overrides=['env.mbpo.real_ratio=2']"],
+     "agent.mbpo.real_ratio: must be in [0, 1], got 2"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["train", "device=cuda"], "CUDA is not available"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -71,6 +72,23 @@ def test_eval_prints_return_and_certificates(workdir):
     uppers = [float(line.split("upper ")[1].split()[0]) for line in result.stdout.splitlines()
               if line.startswith("critic")]
     assert len(uppers) == 2 and all(u <= 20.0 for u in uppers)
+
+
+def test_mbpo_variant_trains_and_writes_its_time_breakdown(workdir):
+    run_dir = workdir / "run"
+    lipctl("train", "variant=single_spectral_adversarial", *TINY_TRAIN, "lipschitz.L=20",
+           "agent.updates_per_step=1", "env.mbpo.rollouts_per_retrain=100",
+           "agent.dynamics.hidden=[16,16]", f"hydra.run.dir={run_dir}", cwd=workdir, check=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 300
+    for key in ("wall_seconds", "sac_update_seconds", "model_train_seconds", "rollout_seconds"):
+        assert summary[key] > 0, key
+    assert summary["sac_update_seconds"] < summary["wall_seconds"]
+    assert all(c["upper"] <= 20.0 for c in summary["certificates"].values())
+    with (run_dir / "train.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert any(row["model_holdout_mse"] for row in rows)
+    assert any(row["robust_loss"] for row in rows)
 
 
 def test_multirun_with_the_local_parallel_launcher(workdir):

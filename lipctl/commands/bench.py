@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.bench.mbpo_vs_ensemble import run_overrides
+from lipctl.commands import train
+from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
-EXPERIMENTS = ("cstr_mpc",)
+EXPERIMENTS = ("cstr_mpc", "mbpo_vs_ensemble", "mbpo_vs_ensemble_paper")
+
+
+def known_variants() -> list[str]:
+    """The agent + regulariser pairs of conf/variant."""
+    return sorted(path.name.removesuffix(".yaml")
+                  for path in resources.files("conf").joinpath("variant").iterdir()
+                  if path.name.endswith(".yaml"))
+
+
+def validate_mbpo(exp: DictConfig) -> None:
+    """Names, seeds and the composed train config of every run, before any training starts."""
+    require_number(exp, "jobs", 1, integer=True)
+    if not exp.seeds:
+        raise ConfigError("experiment.seeds", "needs at least one seed")
+    for seed in exp.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError("experiment.seeds", f"seeds must be integers >= 0, got {seed!r}")
+    unknown = [v for v in exp.variants if v not in known_variants()]
+    if unknown or not exp.variants:
+        raise ConfigError("experiment.variants", f"unknown variant(s) {unknown}; choose from "
+                                                 f"{', '.join(known_variants())}")
+    if not exp.envs:
+        raise ConfigError("experiment.envs", "needs at least one env")
+    for env in exp.envs:
+        check_overrides("train", [f"env={env}", f"variant={','.join(exp.variants)}",
+                                  *run_overrides(exp, env)], train.validate)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -18,6 +47,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("experiment", f"unknown experiment '{cfg.experiment.name}'; "
                                         f"choose from {', '.join(EXPERIMENTS)}")
     require_number(cfg, "torch_threads", 1, integer=True)
+    if cfg.experiment.name.startswith("mbpo_vs_ensemble"):
+        validate_mbpo(cfg.experiment)
     if cfg.experiment.name == "cstr_mpc":
         for key in ("hidden", "epochs", "steps", "patience", "batch_size"):
             require_number(cfg, f"experiment.{key}", 1, integer=True)
@@ -27,8 +58,10 @@ def validate(cfg: DictConfig) -> None:
 
 def bench(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
-    from lipctl.bench.cstr_mpc import run_benchmark
-
+    if cfg.experiment.name == "cstr_mpc":
+        from lipctl.bench.cstr_mpc import run_benchmark
+    else:
+        from lipctl.bench.mbpo_vs_ensemble import run_benchmark
     run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
     print(f"results written to {cfg.out}/")
 

@@ -33,6 +33,8 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for any impossible value, before anything is built."""
     if cfg.env.id not in gym.registry:
         make_env(cfg.env.id)  # raises UnknownEnvError with suggestions
+    if "dynamics" in cfg.agent:
+        validate_model_based(cfg)
     require_number(cfg, "seed", 0, integer=True)
     require_number(cfg, "torch_threads", 1, integer=True)
     for key in ("total_steps", "batch_size", "updates_per_step", "eval_every", "eval_episodes",
@@ -52,8 +54,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("logger.backends", f"unknown {sorted(unknown)}; choose from {BACKENDS}")
     if cfg.device != "auto":
         resolve_device(cfg.device)
-    if "dynamics" in cfg.agent:
-        validate_model_based(cfg)
 
 
 def validate_model_based(cfg: DictConfig) -> None:
@@ -61,6 +61,9 @@ def validate_model_based(cfg: DictConfig) -> None:
     if cfg.env.id not in TERMINATIONS:
         raise ConfigError("env.id", f"model-based agents need a termination rule; '{cfg.env.id}' "
                                     f"has none (known: {', '.join(TERMINATIONS)})")
+    if "mbpo" not in cfg.env:
+        raise ConfigError("env.mbpo", f"the env config of '{cfg.env.id}' has no mbpo section "
+                                      "(total_steps, warmup_steps, updates_per_step, ...)")
     require_number(cfg, "agent.dynamics.ensemble_size", 1, integer=True)
     require_number(cfg, "agent.dynamics.elites", 1, integer=True)
     if cfg.agent.dynamics.elites > cfg.agent.dynamics.ensemble_size:
@@ -94,8 +97,11 @@ def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
     seconds = {f"{name}_seconds": value for name, value in trainer.seconds.items()}
     seconds.update({f"{name}_seconds": value for name, value
                     in getattr(trainer.batch_source, "seconds", {}).items()})
+    peak = peak_rss_mb()
+    if path.exists():  # a resumed run: the peak may have been reached before the restart
+        peak = max(peak, json.loads(path.read_text()).get("peak_rss_mb", 0.0))
     summary = {"env_steps": trainer.step, "eval_return": trainer.last_eval,
-               **seconds, "peak_rss_mb": peak_rss_mb(), "certificates": trainer.certificates}
+               **seconds, "peak_rss_mb": peak, "certificates": trainer.certificates}
     atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
 
 

@@ -1,0 +1,193 @@
+"""Benchmark `mbpo_vs_ensemble`: MBPO with one dynamics model (and Lipschitz critic regularisers)
+against the probabilistic ensemble, seeds x variants per env through one Hydra multirun each.
+
+Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, train.csv and
+summary.json), summary.csv (one row per env x variant), curves.png and bench.json (settings,
+machine, wall time).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from scipy import stats
+
+RUN_FILES = ("eval.csv", "train.csv", "summary.json")
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def run_overrides(exp: DictConfig, env: str) -> list[str]:
+    """The overrides of every run, then the env's own (which win where both set a key)."""
+    merged = {override.split("=", 1)[0]: override
+              for override in [*exp.overrides, *exp.envs[env]]}
+    return list(merged.values())
+
+
+def sweep_command(env: str, exp: DictConfig, sweep_dir: Path) -> list[str]:
+    """`lipctl train -m` over the experiment's variants x seeds on one env config."""
+    return [
+        sys.executable, "-m", "lipctl", "train", "-m", f"env={env}",
+        f"variant={','.join(exp.variants)}", f"seed={','.join(str(s) for s in exp.seeds)}",
+        "hydra/launcher=local", f"hydra.launcher.n_jobs={exp.jobs}",
+        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${variant}/seed${seed}",
+        "progress=false", "resume=true", *run_overrides(exp, env),
+    ]
+
+
+def run_sweeps(exp: DictConfig, work: Path) -> None:
+    """One multirun per env; finished runs are kept, interrupted ones resume from checkpoints."""
+    for env in exp.envs:
+        command = sweep_command(env, exp, work / env)
+        print(f"[{env}] {len(exp.variants) * len(exp.seeds)} runs: "
+              f"{' '.join(command[3:])}", flush=True)
+        started = time.perf_counter()
+        subprocess.run(command, check=True)
+        print(f"[{env}] done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _last(rows: list[dict[str, str]], column: str) -> float:
+    values = [float(row[column]) for row in rows if row.get(column)]
+    return values[-1] if values else float("nan")
+
+
+def collect(exp: DictConfig, work: Path, out: Path) -> dict[tuple[str, str], list[dict]]:
+    """Copy each run's files under out/runs and read them: (env, variant) -> one dict per seed."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for env in exp.envs:
+        for variant in exp.variants:
+            for seed in exp.seeds:
+                source = work / env / variant / f"seed{seed}"
+                target = out / "runs" / env / variant / f"seed{seed}"
+                target.mkdir(parents=True, exist_ok=True)
+                for name in RUN_FILES:
+                    shutil.copy2(source / name, target / name)
+                evals = _read_csv(source / "eval.csv")
+                summary = json.loads((source / "summary.json").read_text())
+                runs.setdefault((env, variant), []).append({
+                    "seed": seed,
+                    "steps": np.array([int(row["step"]) for row in evals]),
+                    "returns": np.array([float(row["return_mean"]) for row in evals]),
+                    "model_holdout_mse": _last(_read_csv(source / "train.csv"),
+                                               "model_holdout_mse"),
+                    **summary,
+                })
+    return runs
+
+
+def iqm(values: Sequence[float]) -> float:
+    """Interquartile mean: the mean of the middle 50% (trimmed 25% each side)."""
+    return float(stats.trim_mean(values, 0.25))
+
+
+def bootstrap_ci(values: np.ndarray, statistic=np.mean) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of `statistic` over seeds (axis 0)."""
+    if len(values) < 2 or np.allclose(values, values[0]):
+        return float(statistic(values, axis=0)), float(statistic(values, axis=0))
+    result = stats.bootstrap((values,), statistic, confidence_level=CONFIDENCE,
+                             n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                             random_state=np.random.default_rng(0))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def summarize(runs: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    """One row per env x variant; times and memory are medians over seeds."""
+    rows = []
+    for (env, variant), seeds in runs.items():
+        final = np.array([run["returns"][-1] for run in seeds])
+        steps = int(np.median([run["env_steps"] for run in seeds]))
+        low, high = bootstrap_ci(final)
+
+        def median(key: str) -> float:
+            return float(np.median([run[key] for run in seeds]))
+
+        upper = [max(c["upper"] for c in run["certificates"].values()) for run in seeds]
+        rows.append({
+            "env": env, "variant": variant, "seeds": len(seeds), "env_steps": steps,
+            "final_return_mean": round(float(final.mean()), 1),
+            "final_return_iqm": round(iqm(final), 1),
+            "ci_low": round(low, 1), "ci_high": round(high, 1),
+            "seconds_per_1k_steps": round(1000 * median("wall_seconds") / steps, 1),
+            "model_train_seconds": round(median("model_train_seconds"), 1),
+            "rollout_seconds": round(median("rollout_seconds"), 1),
+            "sac_update_seconds": round(median("sac_update_seconds"), 1),
+            "peak_rss_mb": round(median("peak_rss_mb"), 0),
+            "model_holdout_mse": round(median("model_holdout_mse"), 4),
+            "critic_lipschitz_upper": round(float(np.median(upper)), 1),
+        })
+    for row in rows:
+        baseline = next((r for r in rows if r["env"] == row["env"] and r["variant"] == "ensemble"),
+                        None)
+        row["time_vs_ensemble"] = (None if baseline is None else round(
+            row["seconds_per_1k_steps"] / baseline["seconds_per_1k_steps"], 2))
+    return rows
+
+
+def plot_curves(runs: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    """Eval return against env steps: mean over seeds and its 95% bootstrap band, per env."""
+    envs = list(dict.fromkeys(env for env, _ in runs))
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for (run_env, variant), seeds in runs.items():
+            if run_env != env:
+                continue
+            length = min(len(run["returns"]) for run in seeds)
+            returns = np.stack([run["returns"][:length] for run in seeds])
+            steps = seeds[0]["steps"][:length]
+            bands = np.array([bootstrap_ci(returns[:, i]) for i in range(length)])
+            ax.plot(steps, returns.mean(0), label=variant)
+            ax.fill_between(steps, bands[:, 0], bands[:, 1], alpha=0.2)
+        ax.set_title(env, fontsize=9)
+        ax.set_xlabel("env steps")
+    axes[0][0].set_ylabel("eval return (mean, 95% CI)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Train every run (resuming unfinished ones), then aggregate into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    run_sweeps(exp, work)
+    runs = collect(exp, work, out)
+    rows = summarize(runs)
+    write_csv(out / "summary.csv", rows)
+    plot_curves(runs, out / "curves.png")
+    bench = {"settings": OmegaConf.to_container(exp, resolve=True),
+             "machine": {"processor": platform.processor() or platform.machine(),
+                         "cpu_count": os.cpu_count(),
+                         "torch": torch.__version__, "device": "cpu" if not
+                         torch.cuda.is_available() else torch.cuda.get_device_name()},
+             "wall_seconds": round(time.perf_counter() - started, 1)}
+    (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['env']:<18} {row['variant']:<28} return {row['final_return_mean']:>8.1f} "
+              f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]  {row['seconds_per_1k_steps']:.0f} "
+              f"s/1k steps ({row['time_vs_ensemble']}x ensemble)", flush=True)

@@ -1,0 +1,73 @@
+"""`lipctl bench experiment=mbpo_vs_ensemble`: aggregation, and a tiny run end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from lipctl.bench.mbpo_vs_ensemble import bootstrap_ci, iqm, run_overrides, summarize
+from tests.helpers import lipctl
+
+
+def fake_run(seed: int, final: float, wall: float, upper: float) -> dict:
+    return {"seed": seed, "steps": np.array([500, 1000]), "returns": np.array([-900.0, final]),
+            "env_steps": 1000, "wall_seconds": wall, "model_train_seconds": wall / 10,
+            "rollout_seconds": 1.0, "sac_update_seconds": wall / 2, "peak_rss_mb": 300.0,
+            "model_holdout_mse": 0.01, "certificates": {"critic0": {"upper": upper},
+                                                        "critic1": {"upper": upper + 1}}}
+
+
+def test_iqm_drops_the_outer_quartiles_and_ci_brackets_the_mean():
+    assert iqm([0.0, 1.0, 2.0, 100.0]) == 1.5
+    values = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    low, high = bootstrap_ci(values)
+    assert low < values.mean() < high
+    assert bootstrap_ci(np.array([5.0, 5.0, 5.0])) == (5.0, 5.0)
+
+
+def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
+    runs = {("pendulum", "ensemble"): [fake_run(s, -200.0 - s, 40.0, 100.0) for s in range(3)],
+            ("pendulum", "single"): [fake_run(s, -150.0 - s, 20.0, 50.0) for s in range(3)]}
+    rows = {row["variant"]: row for row in summarize(runs)}
+    assert rows["ensemble"]["final_return_mean"] == -201.0
+    assert rows["single"]["final_return_iqm"] == -151.0
+    assert rows["single"]["ci_low"] <= -151.0 <= rows["single"]["ci_high"]
+    assert rows["ensemble"]["seconds_per_1k_steps"] == 40.0
+    assert rows["single"]["time_vs_ensemble"] == 0.5
+    assert rows["single"]["critic_lipschitz_upper"] == 51.0
+    assert rows["single"]["seeds"] == 3 and rows["single"]["env_steps"] == 1000
+
+
+def test_env_overrides_replace_the_common_ones_with_the_same_key():
+    from omegaconf import OmegaConf
+
+    exp = OmegaConf.create({"overrides": ["loop.eval_every=500", "lipschitz.L=10"],
+                            "envs": {"hopper": ["loop.eval_every=100", "env.mbpo.total_steps=9"]}})
+    assert run_overrides(exp, "hopper") == ["loop.eval_every=100", "lipschitz.L=10",
+                                            "env.mbpo.total_steps=9"]
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
+    out = workdir / "out"
+    lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
+           "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_spectral_adversarial]",
+           "~experiment.envs",
+           "+experiment.envs={pendulum:['env.mbpo.total_steps=300','env.mbpo.warmup_steps=200',"
+           "'agent.learner.hidden=[16,16]','env.mbpo.rollouts_per_retrain=200',"
+           "'loop.eval_every=100','loop.eval_episodes=1','loop.log_every=100']}",
+           cwd=workdir, check=True, timeout=600)
+    with (out / "summary.csv").open(newline="") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"ensemble", "single_spectral_adversarial"}
+    for row in rows.values():
+        assert row["env"] == "pendulum" and row["seeds"] == "2" and row["env_steps"] == "300"
+        assert float(row["model_train_seconds"]) > 0 and float(row["sac_update_seconds"]) > 0
+    assert float(rows["single_spectral_adversarial"]["critic_lipschitz_upper"]) <= 1000
+    assert (out / "curves.png").stat().st_size > 0
+    run = out / "runs" / "pendulum" / "ensemble" / "seed1"
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == 300
+    assert (run / "eval.csv").exists() and (run / "train.csv").exists()
