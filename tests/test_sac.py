@@ -118,8 +118,8 @@ def test_sac_learns_pendulum_within_10k_steps(tmp_path):
 
 
 def critic_sensitivity_after_training(robust_weight: float) -> float:
-    """Mean |Q(s + delta) - Q(s)| under an l2 PGD attack (eps 0.1) on held-out states, after
-    300 SAC updates (32x32 nets) on a fixed toy batch whose rewards oscillate fast along the state."""
+    """Mean |Q(s + delta) - Q(s)| under an l2 PGD attack (eps 0.1) on held-out states, after 300
+    SAC updates (32x32 nets) on a fixed toy batch whose rewards oscillate fast along the state."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     obs = torch.randn(256, 3, generator=generator)

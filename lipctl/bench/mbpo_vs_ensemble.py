@@ -28,6 +28,8 @@ from scipy import stats
 RUN_FILES = ("eval.csv", "train.csv", "summary.json")
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
+MEDIANS = ("wall_seconds", "model_train_seconds", "rollout_seconds", "sac_update_seconds",
+           "peak_rss_mb", "model_holdout_mse")  # per-run figures reported as medians over seeds
 
 
 def run_overrides(exp: DictConfig, env: str) -> list[str]:
@@ -115,22 +117,19 @@ def summarize(runs: dict[tuple[str, str], list[dict]]) -> list[dict]:
         final = np.array([run["returns"][-1] for run in seeds])
         steps = int(np.median([run["env_steps"] for run in seeds]))
         low, high = bootstrap_ci(final)
-
-        def median(key: str) -> float:
-            return float(np.median([run[key] for run in seeds]))
-
+        median = {key: float(np.median([run[key] for run in seeds])) for key in MEDIANS}
         upper = [max(c["upper"] for c in run["certificates"].values()) for run in seeds]
         rows.append({
             "env": env, "variant": variant, "seeds": len(seeds), "env_steps": steps,
             "final_return_mean": round(float(final.mean()), 1),
             "final_return_iqm": round(iqm(final), 1),
             "ci_low": round(low, 1), "ci_high": round(high, 1),
-            "seconds_per_1k_steps": round(1000 * median("wall_seconds") / steps, 1),
-            "model_train_seconds": round(median("model_train_seconds"), 1),
-            "rollout_seconds": round(median("rollout_seconds"), 1),
-            "sac_update_seconds": round(median("sac_update_seconds"), 1),
-            "peak_rss_mb": round(median("peak_rss_mb"), 0),
-            "model_holdout_mse": round(median("model_holdout_mse"), 4),
+            "seconds_per_1k_steps": round(1000 * median["wall_seconds"] / steps, 1),
+            "model_train_seconds": round(median["model_train_seconds"], 1),
+            "rollout_seconds": round(median["rollout_seconds"], 1),
+            "sac_update_seconds": round(median["sac_update_seconds"], 1),
+            "peak_rss_mb": round(median["peak_rss_mb"], 0),
+            "model_holdout_mse": round(median["model_holdout_mse"], 4),
             "critic_lipschitz_upper": round(float(np.median(upper)), 1),
         })
     for row in rows:
