@@ -12,7 +12,7 @@ COMMANDS = {
     "eval": ("eval", "run episodes of a checkpoint's policy: eval checkpoint=PATH"),
     "data": ("data", "generate process-model training data: data env=cstr"),
     "fit": ("fit", "train a process model: fit model=iclrnn|icrnn|rnn|lstm"),
-    "bench": ("bench", "run a benchmark into results/: bench experiment=cstr_mpc"),
+    "bench": ("bench", "run a benchmark into results/: bench experiment=cstr_mpc|mbpo_vs_ensemble"),
     "mpc": ("mpc", "closed-loop Lyapunov MPC of the CSTR: mpc model=first_principles|iclrnn|..."),
     "export": ("export", "policy or process model to ONNX/TorchScript: export checkpoint=PATH"),
     "deploy": ("deploy", "controller vs plant with fallbacks: deploy controller=mpc plant=opcua"),
