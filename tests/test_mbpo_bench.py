@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_module
 
 from lipctl.bench.mbpo_vs_ensemble import bootstrap_ci, iqm, run_overrides, summarize
 from tests.helpers import lipctl
@@ -71,3 +72,18 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     run = out / "runs" / "pendulum" / "ensemble" / "seed1"
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 300
     assert (run / "eval.csv").exists() and (run / "train.csv").exists()
+
+
+@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"])
+def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(preset):
+    """Overrides shared by every run must not turn the baselines into regularised critics."""
+    with initialize_config_module(config_module="conf", version_base=None):
+        exp = compose("bench", overrides=[f"experiment={preset}"]).experiment
+        for env in exp.envs:
+            for variant in exp.variants:
+                cfg = compose("train", overrides=[f"env={env}", f"variant={variant}",
+                                                  *run_overrides(exp, env)])
+                spectral, adversarial = "spectral" in variant, "adversarial" in variant
+                assert (cfg.lipschitz.L is not None) == spectral, (env, variant)
+                assert (cfg.lipschitz.robust_weight > 0) == adversarial, (env, variant)
+                assert cfg.agent.dynamics.ensemble_size == (7 if variant == "ensemble" else 1)
