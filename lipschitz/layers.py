@@ -86,8 +86,15 @@ class SpectralLinear(nn.Module):
         # u, v are fresh tensors (not the buffers), so later in-place updates leave this graph valid
         return torch.einsum("...o,...oi,...i->...", u, w, v)
 
+    def train(self, mode: bool = True) -> SpectralLinear:
+        """Switch mode; every switch drops the cached exact sigma, because optimisers (fused or
+        foreach Adam among them) may update the weight without bumping its version counter."""
+        self._exact_sigma = None
+        return super().train(mode)
+
     def _cached_exact_sigma(self) -> Tensor:
-        """Exact float64 spectral norm per member, recomputed only when the weight changes."""
+        """Exact float64 spectral norm per member, recomputed after a mode switch or a change of
+        the weight's version (in-place edits and state-dict loads in eval mode)."""
         w = self.weight
         key = (w._version, w.data_ptr(), w.dtype, w.device)
         if self._exact_sigma is None or self._exact_sigma[0] != key:

@@ -44,6 +44,21 @@ def test_eval_cache_follows_weight_updates():
     assert exact_sigma(layer.effective_weight()).item() == pytest.approx(1.0, rel=1e-5)
 
 
+def test_eval_sigma_is_exact_after_fused_optimiser_steps():
+    """Fused Adam leaves the weight's version counter alone: the cache must not go stale."""
+    torch.manual_seed(0)
+    layer = SpectralLinear(12, 10, bound=1.0, ensemble_size=2)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.5, fused=True)
+    layer.eval()(torch.randn(2, 4, 12))  # fills the cache
+    layer.train()
+    for _ in range(5):
+        optimizer.zero_grad()
+        (-layer(torch.randn(2, 4, 12)).pow(2).sum()).backward()
+        optimizer.step()
+    sigmas = exact_sigma(layer.eval().effective_weight())
+    assert torch.allclose(sigmas, torch.ones(2, dtype=sigmas.dtype), rtol=1e-5)
+
+
 def test_power_iteration_vectors_persist_and_converge():
     layer = SpectralLinear(32, 24, bound=1.0).train()
     assert {"u", "v"} <= set(layer.state_dict())
