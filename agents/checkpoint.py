@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from control.files import atomic_write
+from control.files import atomic_write, load_data
 
 
 class CheckpointError(RuntimeError):
@@ -23,13 +23,5 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by `save_checkpoint`, never executing code from it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}".splitlines()[0]) from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a lipctl checkpoint (format {FORMAT_VERSION})")
-    return state
+    return load_data(path, (FORMAT_VERSION,), CheckpointError, "checkpoint",
+                     f"a lipctl checkpoint (format {FORMAT_VERSION})", map_location)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
 from agents.checkpoint import CheckpointError
+from control.files import load_data
 from control.models import TrainedModel, load_model, sequence_lower_bound, sequence_upper_bound
 from control.models.io import FORMAT as MODEL_FORMAT
 from control.policy import ScaledPolicy, policy_certificate
@@ -47,15 +48,8 @@ class Network:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}".splitlines()[0]) from None
-    if not isinstance(state, dict) or state.get("format") not in (AGENT_FORMAT, MODEL_FORMAT):
-        raise CheckpointError(f"{path} is neither a lipctl agent checkpoint nor a process model")
-    return state
+    return load_data(path, (AGENT_FORMAT, MODEL_FORMAT), CheckpointError, "checkpoint",
+                     "a lipctl agent checkpoint or process model")
 
 
 def _policy(state: dict, path: Path, tier: str) -> Network:

@@ -17,7 +17,7 @@ from control.cstr_data import (
     Scaler,
     encode,
 )
-from control.files import atomic_write
+from control.files import atomic_write, load_data
 from control.models.base import ProcessModel
 from control.models.registry import build_model
 
@@ -65,15 +65,8 @@ def save_model(path: str | Path, model: ProcessModel, data: CSTRDataset) -> None
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"model file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"cannot read model file {path}: {error}".splitlines()[0]) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a lipctl process model ({FORMAT})")
-    return state
+    return load_data(path, (FORMAT,), ValueError, "model file",
+                     f"a lipctl process model ({FORMAT})")
 
 
 def _scaler(saved: dict, size: int, what: str, path: Path) -> Scaler:
