@@ -155,8 +155,7 @@ class MBPOSource:
         metrics = {**self.fit_model(), **self.rollout(s.rollout_length(step))}
         self.seconds["model_train"] += float(metrics["model_train_seconds"])
         self.seconds["rollout"] += float(metrics["rollout_seconds"])
-        return {**metrics, **{f"{name}_seconds_total": torch.tensor(value)
-                              for name, value in self.seconds.items()}}
+        return metrics
 
     def fit_model(self) -> dict[str, Tensor]:
         """Refit the dynamics model on every stored real transition."""

@@ -19,6 +19,8 @@ from agents.buffer import Batch, ReplayBuffer
 class BatchSource(Protocol):
     """Supplies training batches; may train its own models as the loop steps."""
 
+    seconds: Mapping[str, float]  # cumulative time of the source's own work, by name
+
     def sample(self, batch_size: int) -> Batch: ...
 
     def on_env_step(self, step: int) -> Mapping[str, Tensor]: ...
@@ -31,6 +33,8 @@ class BatchSource(Protocol):
 class RewardSource(Protocol):
     """Decides the rewards a training batch carries; may learn from the batches it labels."""
 
+    seconds: Mapping[str, float]  # cumulative time of the source's own work, by name
+
     def relabel(self, batch: Batch) -> Batch: ...
 
     def on_env_step(self, step: int) -> Mapping[str, Tensor]: ...
@@ -42,6 +46,10 @@ class RewardSource(Protocol):
 
 class Stateless:
     """A source that neither learns between env steps nor holds state to checkpoint."""
+
+    @property
+    def seconds(self) -> Mapping[str, float]:
+        return {}
 
     def on_env_step(self, step: int) -> Mapping[str, Tensor]:
         return {}

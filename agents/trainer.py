@@ -138,7 +138,7 @@ class OffPolicyTrainer:
                 self.seconds["wall"] = wall_before + now - run_start
                 metrics["steps_per_s"] = (self.step - clock_step) / (now - clock)
                 metrics.update({f"{name}_seconds_total": value
-                                for name, value in self.seconds.items()})
+                                for name, value in self.time_breakdown().items()})
                 clock, clock_step = now, self.step
                 self.logger.log("train", self.step, metrics)
                 metrics = {}
@@ -153,6 +153,10 @@ class OffPolicyTrainer:
         self.seconds["wall"] = wall_before + time.perf_counter() - run_start
         bar.close()
         return self.last_eval
+
+    def time_breakdown(self) -> dict[str, float]:
+        """Cumulative seconds by kind of work: wall, SAC updates and the sources' own work."""
+        return {**self.seconds, **self.batch_source.seconds, **self.reward_source.seconds}
 
     def evaluate(self) -> float:
         """Deterministic episodes through the closed-loop runner; logs returns and certificates."""

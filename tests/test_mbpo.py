@@ -155,8 +155,9 @@ def test_on_env_step_trains_then_rolls_out_and_state_dict_round_trips():
     assert source.on_env_step(100) == {} and source.on_env_step(250) == {}
     metrics = source.on_env_step(200)
     assert set(metrics) == {"model_holdout_mse", "model_epochs", "model_train_seconds",
-                            "rollout_length", "model_buffer_size", "rollout_seconds",
-                            "model_train_seconds_total", "rollout_seconds_total"}
+                            "rollout_length", "model_buffer_size", "rollout_seconds"}
+    assert source.seconds["model_train"] == float(metrics["model_train_seconds"]) > 0
+    assert source.seconds["rollout"] == float(metrics["rollout_seconds"]) > 0
     assert all(isinstance(v, torch.Tensor) for v in metrics.values())
     assert int(metrics["model_buffer_size"]) == 128 and int(metrics["rollout_length"]) == 2
 

@@ -94,9 +94,7 @@ def batch_source(cfg: DictConfig, agent: Learner, buffer: ReplayBuffer, obs_dim:
 
 def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
     """The run's end state in one JSON file: return, time breakdown, memory, certificates."""
-    seconds = {f"{name}_seconds": value for name, value in trainer.seconds.items()}
-    seconds.update({f"{name}_seconds": value for name, value
-                    in getattr(trainer.batch_source, "seconds", {}).items()})
+    seconds = {f"{name}_seconds": value for name, value in trainer.time_breakdown().items()}
     peak = peak_rss_mb()
     if path.exists():  # a resumed run: the peak may have been reached before the restart
         peak = max(peak, json.loads(path.read_text()).get("peak_rss_mb", 0.0))
