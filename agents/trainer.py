@@ -93,6 +93,7 @@ class OffPolicyTrainer:
         self.last_eval: float | None = None
         self.certificates: dict[str, dict] = {}
         self.seconds = {"wall": 0.0, "sac_update": 0.0}  # cumulative, kept across resumes
+        self._wall_origin = time.perf_counter()
 
     def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
         center = (self.action_high + self.action_low) / 2
@@ -109,8 +110,7 @@ class OffPolicyTrainer:
         bar = tqdm(total=s.total_steps, initial=self.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True)
         clock, clock_step = time.perf_counter(), self.step
-        run_start = clock
-        wall_before = self.seconds["wall"]
+        self._wall_origin = clock - self.seconds["wall"]
         while self.step < s.total_steps:
             if self.step < s.warmup_steps:
                 unit_action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
@@ -135,7 +135,7 @@ class OffPolicyTrainer:
                 self.seconds["sac_update"] += time.perf_counter() - update_start
             if self.step % s.log_every == 0:
                 now = time.perf_counter()
-                self.seconds["wall"] = wall_before + now - run_start
+                self._clock_wall()
                 metrics["steps_per_s"] = (self.step - clock_step) / (now - clock)
                 metrics.update({f"{name}_seconds_total": value
                                 for name, value in self.time_breakdown().items()})
@@ -147,12 +147,16 @@ class OffPolicyTrainer:
                 bar.set_postfix(eval_return=f"{self.last_eval:.1f}", refresh=False)
             if self.checkpoint_path and (self.step % s.checkpoint_every == 0
                                          or self.step == s.total_steps):
-                self.seconds["wall"] = wall_before + time.perf_counter() - run_start
+                self._clock_wall()
                 self.save(self.checkpoint_path)
             bar.update(1)
-        self.seconds["wall"] = wall_before + time.perf_counter() - run_start
+        self._clock_wall()
         bar.close()
         return self.last_eval
+
+    def _clock_wall(self) -> None:
+        """Bring the cumulative wall time (which resumed runs carry on from) up to now."""
+        self.seconds["wall"] = time.perf_counter() - self._wall_origin
 
     def time_breakdown(self) -> dict[str, float]:
         """Cumulative seconds by kind of work: wall, SAC updates and the sources' own work."""

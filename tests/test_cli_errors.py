@@ -28,6 +28,7 @@ BAD_INPUTS = [
     (["train", "agent=mbpo", "agent.mbpo.rollout_schedule=[1,2,3]"],
      "agent.mbpo.rollout_schedule: must be [start_step, end_step, min_length, max_length]"),
     (["train", "agent=mbpo", "env=cstr"], "env.id: model-based agents need a termination rule"),
+    (["train", "agent=mbpo", "agent.mbpo.model_lr=abc"], "agent.mbpo.model_lr: must be a number"),
     (["train", "variant=bogus"], "Could not find 'variant/bogus'"),
     (["bench", "experiment=mbpo_vs_ensemble", "experiment.variants=[single,bogus]"],
      "experiment.variants: unknown variant(s) ['bogus']"),

@@ -10,6 +10,7 @@ import gymnasium as gym
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -69,17 +70,23 @@ def validate_model_based(cfg: DictConfig) -> None:
     if cfg.agent.dynamics.elites > cfg.agent.dynamics.ensemble_size:
         raise ConfigError("agent.dynamics.elites", "must be <= agent.dynamics.ensemble_size, got "
                           f"{cfg.agent.dynamics.elites} > {cfg.agent.dynamics.ensemble_size}")
+    for key in ("model_train_every", "min_real_steps", "rollouts_per_retrain", "retain_epochs",
+                "model_batch_size", "model_patience"):
+        require_number(cfg, f"agent.mbpo.{key}", 1, integer=True)
+    require_number(cfg, "agent.mbpo.model_max_epochs", 1, integer=True, allow_none=True)
+    for key in ("real_ratio", "model_lr", "model_weight_decay", "model_holdout_ratio"):
+        require_number(cfg, f"agent.mbpo.{key}")  # ranges: MBPOSettings
     try:
         mbpo_settings(cfg)
-    except ValueError as error:  # MBPOSettings names the parameter first
-        name, _, message = str(error).partition(" ")
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, ValueError):
+            raise
+        name, _, message = str(error.__cause__).partition(" ")  # the parameter comes first
         raise ConfigError(f"agent.mbpo.{name}", message) from None
 
 
 def mbpo_settings(cfg: DictConfig) -> MBPOSettings:
-    settings = OmegaConf.to_container(cfg.agent.mbpo, resolve=True)
-    settings.pop("_target_")
-    return MBPOSettings(**settings)
+    return instantiate(cfg.agent.mbpo, _convert_="all")
 
 
 def batch_source(cfg: DictConfig, agent: Learner, buffer: ReplayBuffer, obs_dim: int,
