@@ -47,7 +47,7 @@ def trained(data):
 
 
 @pytest.fixture(scope="module")
-def test_inputs(data) -> torch.Tensor:
+def held_out_inputs(data) -> torch.Tensor:
     return torch.from_numpy(data.sequences("test")[0])
 
 
@@ -126,9 +126,9 @@ def test_sequence_gain_matches_hand_computed_norms():
 
 
 @pytest.mark.parametrize("name", ["iclrnn", "icrnn", "rnn"])
-def test_certified_bound_holds_on_sampled_pairs(trained, test_inputs, name):
+def test_certified_bound_holds_on_sampled_pairs(trained, held_out_inputs, name):
     model = trained[name][0]
-    certificate = certify_model(model, test_inputs[:128], pairs=64, steps=50)
+    certificate = certify_model(model, held_out_inputs[:128], pairs=64, steps=50)
     z1, z2 = _random_pairs(4000, seed=1)
     z2 = z1 + torch.where(torch.arange(4000)[:, None, None] % 2 == 0, 1e-2, 1.0) * (z2 - z1)
     net = copy.deepcopy(model).double().eval()
@@ -141,21 +141,21 @@ def test_certified_bound_holds_on_sampled_pairs(trained, test_inputs, name):
         assert certificate.upper <= 2**0.5 * sequence_gain(torch.eye(1), 10)
 
 
-def test_lstm_has_a_sampled_lower_bound_but_no_weight_bound(trained, test_inputs):
+def test_lstm_has_a_sampled_lower_bound_but_no_weight_bound(trained, held_out_inputs):
     model = trained["lstm"][0]
     assert sequence_upper_bound(model, 10) == float("inf")
-    assert sequence_lower_bound(model, test_inputs[:64], pairs=16, steps=10) > 0
+    assert sequence_lower_bound(model, held_out_inputs[:64], pairs=16, steps=10) > 0
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_save_load_round_trip_gives_identical_outputs(trained, data, test_inputs, name,
+def test_save_load_round_trip_gives_identical_outputs(trained, data, held_out_inputs, name,
                                                       tmp_path: Path):
     model = trained[name][0].eval()
     save_model(tmp_path / "model.pt", model, data)
     loaded = load_model(tmp_path / "model.pt", data)
     assert type(loaded.model) is type(model)
     with torch.no_grad():
-        assert torch.equal(loaded.model(test_inputs), model(test_inputs))
+        assert torch.equal(loaded.model(held_out_inputs), model(held_out_inputs))
     rows = data.rows("test")[:5]
     predicted = loaded.predict(data.x0[rows], data.u[rows])
     assert predicted.shape == (5, 10, 2)
