@@ -10,6 +10,7 @@ from lipctl.config import USAGE_EXIT_CODE, check_overrides, user_errors
 COMMANDS = {
     "train": ("train", "train an agent (default: SAC on Pendulum-v1)"),
     "eval": ("eval", "run episodes of a checkpoint's policy: eval checkpoint=PATH"),
+    "demos": ("demos", "record expert demonstrations: demos env=inverted_pendulum expert=lqr"),
     "data": ("data", "generate process-model training data: data env=cstr"),
     "fit": ("fit", "train a process model: fit model=iclrnn|icrnn|rnn|lstm"),
     "bench": ("bench", "run a benchmark into results/: bench experiment=cstr_mpc|mbpo_vs_ensemble"),

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.checkpoint import CheckpointError
 from envs import UnknownEnvError
+from envs.demos import DemosError
 
 USAGE_EXIT_CODE = 2
 
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
         self.key = key
 
 
-USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError)
+USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError, DemosError)
 
 
 @contextmanager
