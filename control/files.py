@@ -1,30 +1,15 @@
-"""Files written so that a crash never leaves a half-written one behind."""
+"""Data files: atomic writes (from envs.files) and data-only loading of torch files."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
+from envs.files import atomic_write
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call write(file) on a temp file next to `path`, fsync it, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["atomic_write", "load_data"]
 
 
 def load_data(path: str | Path, formats: Collection[object], error: type[Exception], noun: str,

@@ -31,8 +31,6 @@ still holds the returns of the whole recorded episodes, and each transition keep
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,8 @@ from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
+
+from envs.files import atomic_write
 
 SCHEMA_VERSION = 1
 FORMAT = "lipctl-demos"
@@ -137,24 +137,6 @@ def from_episodes(episodes: Sequence[Episode], env: gym.Env, expert: str = "") -
     )
 
 
-def _atomic_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write the .npz to a temp file next to `path`, fsync it, then rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_demos(path: str | Path, demos: Demos) -> None:
     """Write `demos` to `path` (.npz, schema in this module's docstring), atomically."""
     _check(demos, str(path))
@@ -168,7 +150,7 @@ def save_demos(path: str | Path, demos: Demos) -> None:
         observation_shape=np.array(demos.observation_shape, dtype=np.int64),
         action_shape=np.array(demos.action_shape, dtype=np.int64),
     )
-    _atomic_write(Path(path), arrays)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_demos(path: str | Path, env: gym.Env | str | None = None, subsample: int = 1,
