@@ -14,6 +14,7 @@ from typing import Protocol
 from torch import Tensor
 
 from agents.buffer import Batch, ReplayBuffer
+from lipschitz import Certificate
 
 
 class BatchSource(Protocol):
@@ -36,6 +37,10 @@ class RewardSource(Protocol):
     seconds: Mapping[str, float]  # cumulative time of the source's own work, by name
 
     def relabel(self, batch: Batch) -> Batch: ...
+
+    def certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]:
+        """Certificates of the networks the rewards come from (given replay inputs [B, n + m])."""
+        ...
 
     def on_env_step(self, step: int) -> Mapping[str, Tensor]: ...
 
@@ -76,3 +81,6 @@ class EnvironmentReward(Stateless):
 
     def relabel(self, batch: Batch) -> Batch:
         return batch
+
+    def certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]:
+        return {}

@@ -170,7 +170,8 @@ class OffPolicyTrainer:
         self.last_eval = float(episode_returns.mean())
         batch = self.buffer.sample(min(256, len(self.buffer)))
         inputs = torch.cat([batch.obs, batch.action], dim=-1)
-        certificates = self.agent.critic_certificates(inputs)
+        certificates = {**self.agent.critic_certificates(inputs),
+                        **self.reward_source.certificates(inputs)}
         self.certificates = {name: c.to_dict() for name, c in certificates.items()}
         lipschitz = {}
         for name, c in certificates.items():

@@ -154,11 +154,13 @@ def save_demos(path: str | Path, demos: Demos) -> None:
 
 
 def load_demos(path: str | Path, env: gym.Env | str | None = None, subsample: int = 1,
-               seed: int | None = None) -> Demos:
-    """Read demonstrations written by `save_demos`, check them, and optionally subsample.
+               seed: int | None = None, episodes: int | None = None) -> Demos:
+    """Read demonstrations written by `save_demos`, check them, and optionally select episodes
+    and subsample.
 
     `env` (an environment or its id) must agree with the file's env id, observation and action
-    shapes and action bounds. `subsample=k` keeps every k-th transition of each episode from an
+    shapes and action bounds. `episodes=n` keeps the first n episodes (the file must hold as
+    many). `subsample=k` keeps every k-th transition of each episode from an
     offset drawn uniformly in [0, min(k, episode length)) with `seed`. Any problem is a DemosError
     naming what disagrees.
     """
@@ -194,6 +196,8 @@ def load_demos(path: str | Path, env: gym.Env | str | None = None, subsample: in
         _check_env(demos, env, str(path))
     if isinstance(subsample, bool) or not isinstance(subsample, (int, np.integer)) or subsample < 1:
         raise DemosError(f"subsample must be an integer >= 1, got {subsample!r}")
+    if episodes is not None:
+        demos = _first_episodes(demos, episodes, str(path))
     if subsample > 1:
         demos = _subsample(demos, int(subsample), np.random.default_rng(seed))
     return demos
@@ -257,6 +261,18 @@ def _check_env(demos: Demos, env: gym.Env | str, where: str) -> None:
         if not np.allclose(stored, getattr(env.action_space, bound)):
             raise DemosError(f"{where}: action {bound} {stored.tolist()} differs from {env_id}'s "
                              f"{np.asarray(getattr(env.action_space, bound)).tolist()}")
+
+
+def _first_episodes(demos: Demos, count: int, where: str) -> Demos:
+    """The first `count` episodes."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise DemosError(f"episodes must be an integer >= 1, got {count!r}")
+    if count > demos.num_episodes:
+        raise DemosError(f"{where} holds {demos.num_episodes} episodes, {count} were asked for")
+    end = len(demos) if count == demos.num_episodes else int(demos.episode_starts[count])
+    kept = {name: getattr(demos, name)[:end] for name in _ARRAYS}
+    return Demos(**{**demos.__dict__, **kept, "episode_starts": demos.episode_starts[:count],
+                    "episode_returns": demos.episode_returns[:count]})
 
 
 def _subsample(demos: Demos, k: int, rng: np.random.Generator) -> Demos:

@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from agents.checkpoint import CheckpointError
@@ -121,3 +123,15 @@ def require_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key, throw_on_missing=False)
     if value not in choices:
         raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def instantiate_settings(cfg: DictConfig, key: str) -> object:
+    """Instantiate the settings object at `key`; a ValueError its constructor raises (its message
+    starting with the parameter's name) becomes a ConfigError naming `key.parameter`."""
+    try:
+        return instantiate(OmegaConf.select(cfg, key), _convert_="all")
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, ValueError):
+            raise
+        name, _, message = str(error.__cause__).partition(" ")
+        raise ConfigError(f"{key}.{name}", message) from None

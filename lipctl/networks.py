@@ -1,6 +1,6 @@
 """Networks read from a checkpoint file for export and deployment: a trained agent's policy
-(rebuilt from the checkpoint's own config) or a fitted process model, each with its Lipschitz
-certificate computed from the weights in the file."""
+(an off-policy learner's or behaviour cloning's, rebuilt from the checkpoint's own config) or a
+fitted process model, each with its Lipschitz certificate computed from the weights in the file."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from agents.absorbing import RealStateActor
+from agents.bc import KIND as BC_KIND
+from agents.bc import BCPolicy
 from agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
 from agents.checkpoint import CheckpointError
 from control.files import load_data
@@ -22,6 +26,7 @@ from control.models import TrainedModel, load_model, sequence_lower_bound, seque
 from control.models.io import FORMAT as MODEL_FORMAT
 from control.policy import ScaledPolicy, policy_certificate
 from envs import env_spaces, make_env
+from lipctl.runtime import uses_absorbing_states
 from lipschitz.certificates import Certificate
 
 POLICY, PROCESS_MODEL = "policy", "process model"
@@ -52,29 +57,59 @@ def _read(path: Path) -> dict:
                      "a lipctl agent checkpoint or process model")
 
 
+def is_behaviour_cloning(run_cfg: DictConfig) -> bool:
+    """Whether a (train) config or a checkpoint's config is behaviour cloning's."""
+    return run_cfg.agent.get("kind") == BC_KIND
+
+
+def bc_policy(run_cfg: DictConfig, env: gym.Env, weights: dict | None = None) -> BCPolicy:
+    """The behaviour-cloning policy of a (train) config for `env`, with `weights` (a state
+    dict) loaded when given."""
+    obs_dim, act_dim, low, high = env_spaces(env)
+    policy = instantiate(run_cfg.agent.policy, obs_dim=obs_dim, act_dim=act_dim,
+                         action_low=low.tolist(), action_high=high.tolist())
+    if weights is not None:
+        policy.load_state_dict(weights)
+    return policy
+
+
+def _sac_policy(run_cfg: DictConfig, env: gym.Env, weights: dict
+                ) -> tuple[ScaledPolicy, nn.Module]:
+    """The deterministic policy of a SAC checkpoint (on the env's own observations, also when
+    its actor was trained with the absorbing-state indicator) and the actor MLP it squashes."""
+    obs_dim, act_dim, low, high = env_spaces(env)
+    absorbing = uses_absorbing_states(run_cfg)
+    agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim + int(absorbing),
+                        act_dim=act_dim, device="cpu")
+    agent.load_state_dict(weights)
+    actor = agent.actor.eval()
+    module = RealStateActor(actor) if absorbing else actor
+    return ScaledPolicy(module, low, high), nn.Sequential(actor.trunk, actor.head)
+
+
 def _policy(state: dict, path: Path, tier: str) -> Network:
     """The deterministic policy of the agent in `state`, rebuilt from its own config."""
     try:
         run_cfg = OmegaConf.create(state["config"])
-        env_id, learner = run_cfg.env.id, run_cfg.agent.learner
-        weights = state["agent"]
+        env_id = run_cfg.env.id
+        weights = state["policy" if is_behaviour_cloning(run_cfg) else "agent"]
     except Exception:  # missing keys of a config that is not an agent's
         raise CheckpointError(f"{path} holds no agent config and weights") from None
     env = make_env(env_id)
-    obs_dim, act_dim, low, high = env_spaces(env)
     observations = torch.as_tensor(
         np.stack([env.reset(seed=i)[0] for i in range(PROBE_SAMPLES)]), dtype=torch.float32)
-    env.close()
     try:
-        agent = instantiate(learner, obs_dim=obs_dim, act_dim=act_dim, device="cpu")
-        agent.load_state_dict(weights)
-        actor = agent.actor
-        mlp = nn.Sequential(actor.trunk, actor.head)
+        if is_behaviour_cloning(run_cfg):
+            policy = bc_policy(run_cfg, env, weights).eval()
+            certificate = policy.certificate(observations, tier)
+        else:
+            policy, mlp = _sac_policy(run_cfg, env, weights)
+            certificate = policy_certificate(mlp, policy, observations, tier=tier)
     except (InstantiationException, RuntimeError, AttributeError, KeyError) as error:
         message = str(error).splitlines()[0]
         raise CheckpointError(f"{path}: cannot rebuild its policy: {message}") from None
-    policy = ScaledPolicy(actor.eval(), low, high)
-    certificate = policy_certificate(mlp, policy, observations, tier=tier)
+    finally:
+        env.close()
     probes = [row[None] for row in observations[:8]]
     return Network(POLICY, policy, observations[:1], probes, certificate, env_id)
 

@@ -6,9 +6,13 @@ import random
 import resource
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
+from agents.absorbing import AbsorbingIndicator
+from envs import make_env
 from lipctl.config import ConfigError
 
 
@@ -25,6 +29,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError("device", f"unsupported device '{name}' (use auto, cpu or cuda)")
     return device
+
+
+def uses_absorbing_states(run_cfg: DictConfig) -> bool:
+    """Whether the agent of a (train) config sees observations with the absorbing indicator."""
+    return bool(run_cfg.agent.get("gail", {}).get("absorbing", False))
+
+
+def make_agent_env(run_cfg: DictConfig, seed: int | None = None) -> gym.Env:
+    """The env of a (train) config as its agent sees it: with the absorbing-state indicator
+    appended to observations when the agent uses absorbing states."""
+    env = make_env(run_cfg.env.id, seed=seed)
+    return AbsorbingIndicator(env) if uses_absorbing_states(run_cfg) else env
 
 
 def seed_everything(seed: int) -> None:

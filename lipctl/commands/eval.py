@@ -11,9 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.checkpoint import CheckpointError, load_checkpoint
 from control import returns, run
-from envs import env_spaces, make_env
+from control.policy import ModuleController
+from envs import env_spaces
 from lipctl.config import require_number, user_errors
-from lipctl.runtime import resolve_device
+from lipctl.networks import bc_policy, is_behaviour_cloning
+from lipctl.runtime import make_agent_env, resolve_device
 
 
 def validate(cfg: DictConfig) -> None:
@@ -32,15 +34,20 @@ def evaluate(cfg: DictConfig) -> tuple[float, float]:
     device = resolve_device(cfg.device)
     state = load_checkpoint(cfg.checkpoint, map_location=device)
     run_cfg = OmegaConf.create(state["config"])
-    env = make_env(run_cfg.env.id)
-    obs_dim, act_dim, low, high = env_spaces(env)
-    agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device=device)
-    agent.load_state_dict(state["agent"])
-    episode_returns = returns(run(agent.controller(low, high), env, cfg.episodes, seed=cfg.seed))
+    env = make_agent_env(run_cfg)
+    if is_behaviour_cloning(run_cfg):  # a small MLP: acts on the CPU
+        controller = ModuleController(bc_policy(run_cfg, env, state["policy"]))
+    else:
+        obs_dim, act_dim, low, high = env_spaces(env)
+        agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim,
+                            device=device)
+        agent.load_state_dict(state["agent"])
+        controller = agent.controller(low, high)
+    episode_returns = returns(run(controller, env, cfg.episodes, seed=cfg.seed))
     env.close()
     mean, std = float(episode_returns.mean()), float(episode_returns.std())
-    print(f"{run_cfg.env.id} | step {state['step']} | {cfg.episodes} episodes | "
-          f"return {mean:.1f} +- {std:.1f}")
+    step = f" | step {state['step']}" if "step" in state else ""  # behaviour cloning has none
+    print(f"{run_cfg.env.id}{step} | {cfg.episodes} episodes | return {mean:.1f} +- {std:.1f}")
     for name, certificate in state["certificates"].items():
         lower = certificate["lower"]
         print(f"{name}: Lipschitz upper {certificate['upper']:.4g} ({certificate['method']})"

@@ -10,21 +10,36 @@ import gymnasium as gym
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from agents.buffer import ReplayBuffer
 from agents.checkpoint import load_checkpoint
+from agents.gail import GAILReward, expert_batch
 from agents.mbpo import MBPOSettings, MBPOSource
-from agents.sources import BatchSource
+from agents.sources import BatchSource, RewardSource
 from agents.termination import TERMINATIONS, termination_fn
 from agents.trainer import Learner, LoopSettings, OffPolicyTrainer
 from control.files import atomic_write
 from envs import env_spaces, make_env
-from lipctl.config import ConfigError, require_choice, require_number, user_errors
+from envs.demos import Demos, load_demos
+from lipctl.commands import behaviour_cloning
+from lipctl.config import (
+    ConfigError,
+    instantiate_settings,
+    require_choice,
+    require_number,
+    user_errors,
+)
 from lipctl.logger import BACKENDS, Logger
-from lipctl.runtime import peak_rss_mb, reset_peak_rss, resolve_device, seed_everything
+from lipctl.networks import is_behaviour_cloning
+from lipctl.runtime import (
+    make_agent_env,
+    peak_rss_mb,
+    reset_peak_rss,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -32,10 +47,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for any impossible value, before anything is built."""
+    if is_behaviour_cloning(cfg):
+        return behaviour_cloning.validate(cfg)
     if cfg.env.id not in gym.registry:
         make_env(cfg.env.id)  # raises UnknownEnvError with suggestions
     if "dynamics" in cfg.agent:
         validate_model_based(cfg)
+    if "gail" in cfg.agent:
+        validate_imitation(cfg)
     require_number(cfg, "seed", 0, integer=True)
     require_number(cfg, "torch_threads", 1, integer=True)
     for key in ("total_steps", "batch_size", "updates_per_step", "eval_every", "eval_episodes",
@@ -76,17 +95,34 @@ def validate_model_based(cfg: DictConfig) -> None:
     require_number(cfg, "agent.mbpo.model_max_epochs", 1, integer=True, allow_none=True)
     for key in ("real_ratio", "model_lr", "model_weight_decay", "model_holdout_ratio"):
         require_number(cfg, f"agent.mbpo.{key}")  # ranges: MBPOSettings
-    try:
-        mbpo_settings(cfg)
-    except InstantiationException as error:
-        if not isinstance(error.__cause__, ValueError):
-            raise
-        name, _, message = str(error.__cause__).partition(" ")  # the parameter comes first
-        raise ConfigError(f"agent.mbpo.{name}", message) from None
+    instantiate_settings(cfg, "agent.mbpo")
 
 
 def mbpo_settings(cfg: DictConfig) -> MBPOSettings:
     return instantiate(cfg.agent.mbpo, _convert_="all")
+
+
+def validate_imitation(cfg: DictConfig) -> None:
+    """The demonstrations and discriminator settings of an adversarial-imitation agent."""
+    if cfg.demos is None:
+        raise ConfigError("demos", f"agent={cfg.agent.name} learns from expert demonstrations: "
+                                   "pass demos=PATH (a file written by `lipctl demos`)")
+    require_number(cfg, "agent.demo_episodes", 1, integer=True, allow_none=True)
+    require_number(cfg, "agent.demo_subsample", 1, integer=True)
+    require_number(cfg, "agent.discriminator.bound", 0, allow_none=True, exclusive=True)
+    for key in ("lr", "model_lr", "penalty_k", "penalty_weight", "penalty_noise_std",
+                "precondition_target", "precondition_floor"):
+        require_number(cfg, f"agent.gail.{key}")  # ranges: GAILSettings
+    for key in ("batch_size", "update_every"):
+        require_number(cfg, f"agent.gail.{key}", 1, integer=True)
+    instantiate_settings(cfg, "agent.gail")
+    imitation_demos(cfg)
+
+
+def imitation_demos(cfg: DictConfig) -> Demos:
+    """The configured demonstrations, checked against the env (DemosError if they disagree)."""
+    return load_demos(cfg.demos, env=cfg.env.id, subsample=cfg.agent.demo_subsample,
+                      seed=cfg.seed, episodes=cfg.agent.demo_episodes)
 
 
 def batch_source(cfg: DictConfig, agent: Learner, buffer: ReplayBuffer, obs_dim: int,
@@ -97,6 +133,17 @@ def batch_source(cfg: DictConfig, agent: Learner, buffer: ReplayBuffer, obs_dim:
     model = instantiate(cfg.agent.dynamics, obs_dim=obs_dim, act_dim=act_dim)
     return MBPOSource(buffer, model, termination_fn(cfg.env.id), agent, mbpo_settings(cfg),
                       seed=cfg.seed)
+
+
+def reward_source(cfg: DictConfig, buffer: ReplayBuffer, env: gym.Env) -> RewardSource | None:
+    """The discriminator's rewards for adversarial-imitation agents; None (env rewards) else."""
+    if "gail" not in cfg.agent:
+        return None
+    obs_dim, act_dim, low, high = env_spaces(env)
+    settings = instantiate(cfg.agent.gail)
+    expert = expert_batch(imitation_demos(cfg), low, high, settings.absorbing, buffer.device)
+    discriminator = instantiate(cfg.agent.discriminator, obs_dim=obs_dim, act_dim=act_dim)
+    return GAILReward(expert, buffer, discriminator, settings, seed=cfg.seed)
 
 
 def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
@@ -129,7 +176,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    env, eval_env = make_env(cfg.env.id, seed=cfg.seed), make_env(cfg.env.id)
+    env, eval_env = make_agent_env(cfg, seed=cfg.seed), make_agent_env(cfg)
     obs_dim, act_dim, _, _ = env_spaces(env)
     agent = instantiate(cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device=device)
     settings = LoopSettings(**OmegaConf.to_container(cfg.loop, resolve=True))
@@ -143,6 +190,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     trainer = OffPolicyTrainer(agent, env, eval_env, buffer, settings, logger,
                                checkpoint_path=run_dir / CHECKPOINT_NAME, run_config=resolved,
                                batch_source=batch_source(cfg, agent, buffer, obs_dim, act_dim),
+                               reward_source=reward_source(cfg, buffer, env),
                                extra_state={"wandb_id": logger.wandb_id}, progress=cfg.progress)
     if state is not None:
         trainer.load_state_dict(state)
@@ -163,5 +211,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
 @hydra.main(config_path="pkg://conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     with user_errors("lipctl train"):
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         validate(cfg)
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        if is_behaviour_cloning(cfg):
+            return behaviour_cloning.train(cfg, run_dir)
+        return train(cfg, run_dir)

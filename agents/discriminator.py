@@ -1,0 +1,71 @@
+"""The adversarial-imitation discriminator D(s, a), its loss with a gradient penalty, and the
+rewards it gives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lipschitz import gradient_penalty, interpolate, lipschitz_mlp
+
+# reward(logit of D): -log(1 - D) = softplus(logit) > 0; log D - log(1 - D) = logit
+REWARD_FORMS = {"minus_log_one_minus_d": F.softplus, "logit": lambda logits: logits}
+# where the gradient penalty is evaluated
+PENALTY_POINTS = ("none", "interpolate", "expert", "policy")
+
+
+class Discriminator(nn.Module):
+    """Logit of the probability that (s, a) is the expert's; `bound` holds the network to a
+    certified global Lipschitz bound by spectral normalisation of every layer."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (100, 100),
+                 bound: float | None = None, activation: str = "tanh"):
+        super().__init__()
+        self.net = lipschitz_mlp(obs_dim + act_dim, 1, hidden, bound=bound, activation=activation)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Logits [B] of concatenated (observation, action) rows [B, n + m]."""
+        return self.net(inputs).squeeze(-1)
+
+
+def penalty_points(expert: Tensor, policy: Tensor, where: str, noise_std: float,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Points to hold the gradient penalty at: random interpolates of paired expert and policy
+    rows, or expert / policy rows with Gaussian noise of `noise_std` added."""
+    if where == "interpolate":
+        rows = min(len(expert), len(policy))
+        return interpolate(expert[:rows], policy[:rows], generator)
+    if where not in ("expert", "policy"):
+        raise ValueError(f"penalty points must be one of {PENALTY_POINTS[1:]}, got {where!r}")
+    points = expert if where == "expert" else policy
+    noise = torch.randn(points.shape, generator=generator, device=points.device,
+                        dtype=points.dtype)
+    return points + noise_std * noise
+
+
+def discriminator_loss(discriminator: Discriminator, expert: Tensor, policy: Tensor,
+                       penalty: str = "interpolate", k: float = 1.0, weight: float = 10.0,
+                       one_sided: bool = True, noise_std: float = 0.1,
+                       generator: torch.Generator | None = None,
+                       ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Binary cross-entropy (expert rows labelled 1, policy rows 0) plus `weight` times the
+    gradient penalty on the input-gradient norm (target `k`, one- or two-sided) at the penalty
+    points; returns the loss and detached metrics."""
+    expert_logits, policy_logits = discriminator(expert), discriminator(policy)
+    classification = (F.binary_cross_entropy_with_logits(expert_logits,
+                                                         torch.ones_like(expert_logits))
+                      + F.binary_cross_entropy_with_logits(policy_logits,
+                                                           torch.zeros_like(policy_logits)))
+    loss = classification
+    metrics = {"disc_loss": classification.detach(),
+               "disc_expert_accuracy": (expert_logits > 0).float().mean().detach(),
+               "disc_policy_accuracy": (policy_logits < 0).float().mean().detach()}
+    if penalty != "none" and weight > 0:
+        points = penalty_points(expert, policy, penalty, noise_std, generator)
+        grad_penalty = gradient_penalty(discriminator, points, k=k, one_sided=one_sided)
+        loss = loss + weight * grad_penalty
+        metrics["disc_gradient_penalty"] = grad_penalty.detach()
+    return loss, metrics

@@ -1,0 +1,194 @@
+"""Off-policy adversarial imitation (DAC/SAM-style GAIL) at the loop's reward seam.
+
+The discriminator learns to tell expert transitions from the learner's replay; every training
+batch the loop samples is relabelled with rewards from the discriminator as it is at that moment.
+Its Lipschitzness is kept by a gradient penalty and/or spectral normalisation (Blondé, Strasser &
+Kalousis, 2022); optionally the reward is preconditioned pessimistically by a learned forward
+model (see agents/preconditioning.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.absorbing import absorb, with_indicator
+from agents.buffer import Batch, ReplayBuffer
+from agents.discriminator import PENALTY_POINTS, REWARD_FORMS, Discriminator, discriminator_loss
+from agents.preconditioning import ForwardModel
+from envs.demos import Demos
+from lipschitz import Certificate, certify
+
+
+@dataclass(frozen=True)
+class GAILSettings:
+    """How the discriminator learns and how its rewards are formed.
+
+    penalty: where the gradient penalty on D's input gradient is held ("none", "interpolate"
+    between expert and policy rows, "expert" or "policy" rows plus Gaussian noise of
+    `penalty_noise_std`); `penalty_k` is its target norm, `penalty_weight` its weight.
+    preconditioning: scale rewards by clamp(target / ||J||, floor, 1), J the input Jacobian of a
+    forward model learned on the replay.
+    """
+
+    absorbing: bool = True
+    reward_form: str = "minus_log_one_minus_d"
+    lr: float = 3e-4
+    batch_size: int = 256
+    update_every: int = 1
+    penalty: str = "interpolate"
+    penalty_k: float = 1.0
+    penalty_weight: float = 10.0
+    penalty_one_sided: bool = True
+    penalty_noise_std: float = 0.1
+    preconditioning: bool = False
+    precondition_target: float = 1.0
+    precondition_floor: float = 0.7
+    model_lr: float = 1e-3
+
+    def __post_init__(self):
+        if self.reward_form not in REWARD_FORMS:
+            raise ValueError(f"reward_form must be one of {tuple(REWARD_FORMS)}, "
+                             f"got {self.reward_form!r}")
+        if self.penalty not in PENALTY_POINTS:
+            raise ValueError(f"penalty must be one of {PENALTY_POINTS}, got {self.penalty!r}")
+        for name in ("lr", "model_lr", "precondition_target"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("penalty_k", "penalty_weight", "penalty_noise_std"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "update_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.precondition_floor <= 1:
+            raise ValueError(f"precondition_floor must be in (0, 1], got "
+                             f"{self.precondition_floor}")
+
+
+def expert_batch(demos: Demos, action_low: np.ndarray, action_high: np.ndarray, absorbing: bool,
+                 device: torch.device | str) -> Batch:
+    """The demonstrations as one batch in the learner's terms: actions scaled to [-1, 1],
+    observations with the absorbing indicator and terminal transitions absorbed if `absorbing`."""
+    def tensor(values: np.ndarray) -> Tensor:
+        return torch.as_tensor(values, dtype=torch.float32, device=device)
+
+    center, half_range = (action_high + action_low) / 2, (action_high - action_low) / 2
+    obs, next_obs = tensor(demos.observations), tensor(demos.next_observations)
+    batch = Batch(obs, tensor((demos.actions - center) / half_range), tensor(demos.rewards),
+                  next_obs, tensor(demos.terminated))
+    if not absorbing:
+        return batch
+    return absorb(batch._replace(obs=with_indicator(obs), next_obs=with_indicator(next_obs)))
+
+
+def _inputs(batch: Batch) -> Tensor:
+    return torch.cat([batch.obs, batch.action], dim=-1)
+
+
+class GAILReward:
+    """Reward source of off-policy GAIL: learns a discriminator between `expert` transitions and
+    `buffer`'s, and relabels each sampled batch with the current discriminator's rewards."""
+
+    def __init__(self, expert: Batch, buffer: ReplayBuffer, discriminator: Discriminator,
+                 settings: GAILSettings | None = None, seed: int = 0):
+        self.expert, self.buffer = expert, buffer
+        self.settings = s = settings or GAILSettings()
+        self.device = buffer.device
+        self.discriminator = discriminator.to(self.device)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=s.lr)
+        self.reward_fn = REWARD_FORMS[s.reward_form]
+        self.forward_model = None
+        if s.preconditioning:
+            obs_dim, act_dim = expert.obs.shape[-1], expert.action.shape[-1]
+            self.forward_model = ForwardModel(obs_dim, act_dim, s.precondition_target,
+                                              s.precondition_floor).to(self.device)
+            self.model_optimizer = torch.optim.Adam(self.forward_model.parameters(),
+                                                    lr=s.model_lr)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.seconds = {"discriminator": 0.0, "relabel": 0.0}  # cumulative
+
+    def _policy_batch(self, batch: Batch) -> Batch:
+        return absorb(batch) if self.settings.absorbing else batch
+
+    def _expert_rows(self, count: int) -> Tensor:
+        index = torch.randint(len(self.expert.obs), (count,), device=self.device,
+                              generator=self.generator)
+        return _inputs(Batch(*(field[index] for field in self.expert)))
+
+    def on_env_step(self, step: int) -> Mapping[str, Tensor]:
+        """One discriminator (and forward-model) update every `update_every` env steps, once the
+        replay holds a batch."""
+        s = self.settings
+        if step % s.update_every or len(self.buffer) < s.batch_size:
+            return {}
+        start = time.perf_counter()
+        policy = self._policy_batch(self.buffer.sample(s.batch_size))
+        loss, metrics = discriminator_loss(
+            self.discriminator, self._expert_rows(s.batch_size), _inputs(policy),
+            penalty=s.penalty, k=s.penalty_k, weight=s.penalty_weight,
+            one_sided=s.penalty_one_sided, noise_std=s.penalty_noise_std,
+            generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.forward_model is not None:
+            model_loss = self.forward_model.loss(policy)
+            self.model_optimizer.zero_grad(set_to_none=True)
+            model_loss.backward()
+            self.model_optimizer.step()
+            metrics["forward_model_loss"] = model_loss.detach()
+        self.seconds["discriminator"] += time.perf_counter() - start
+        return metrics
+
+    @torch.no_grad()
+    def rewards(self, batch: Batch) -> Tensor:
+        """Rewards [B] of the (already absorbed) transitions under the current discriminator."""
+        rewards = self.reward_fn(self.discriminator(_inputs(batch)))
+        if self.forward_model is not None:
+            with torch.enable_grad():
+                rewards = rewards * self.forward_model.reward_scale(_inputs(batch))
+        return rewards
+
+    def relabel(self, batch: Batch) -> Batch:
+        """`batch` (absorbed if configured) carrying the current discriminator's rewards."""
+        start = time.perf_counter()
+        batch = self._policy_batch(batch)
+        batch = batch._replace(reward=self.rewards(batch))
+        self.seconds["relabel"] += time.perf_counter() - start
+        return batch
+
+    def certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]:
+        """Certified upper and sampled lower Lipschitz bound of the discriminator's logit; the
+        lower bound starts from expert rows and the policy's replay `inputs` [B, n + m]."""
+        data = self._expert_rows(256)
+        if inputs is not None:
+            data = torch.cat([data, inputs])
+        was_training = self.discriminator.training
+        certificate = certify(self.discriminator.net.eval(), data)
+        self.discriminator.train(was_training)
+        return {"discriminator": certificate}
+
+    def state_dict(self) -> dict:
+        state = {"discriminator": self.discriminator.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "generator": self.generator.get_state(), "seconds": dict(self.seconds)}
+        if self.forward_model is not None:
+            state.update(forward_model=self.forward_model.state_dict(),
+                         model_optimizer=self.model_optimizer.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.seconds = dict(state["seconds"])
+        if self.forward_model is not None:
+            self.forward_model.load_state_dict(state["forward_model"])
+            self.model_optimizer.load_state_dict(state["model_optimizer"])

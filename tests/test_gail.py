@@ -1,0 +1,191 @@
+"""Off-policy adversarial imitation: absorbing states, the discriminator's gradient penalty,
+rewards relabelled per sample, preconditioning, and the CLI's checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.absorbing import AbsorbingIndicator, absorb, is_absorbing, strip, with_indicator
+from agents.buffer import Batch, ReplayBuffer
+from agents.discriminator import Discriminator, discriminator_loss, penalty_points
+from agents.gail import GAILReward, GAILSettings, expert_batch
+from agents.preconditioning import ForwardModel
+from envs import make_env
+from envs.demos import load_demos
+from lipschitz import certify, input_gradient_norm
+from tests.helpers import assert_user_error, lipctl
+
+DEMOS = Path(__file__).parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"
+
+
+def _batch(done: list[float], obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> Batch:
+    generator = torch.Generator().manual_seed(seed)
+    n = len(done)
+    obs = with_indicator(torch.randn(n, obs_dim, generator=generator))
+    next_obs = with_indicator(torch.randn(n, obs_dim, generator=generator))
+    return Batch(obs, torch.rand(n, act_dim, generator=generator) * 2 - 1,
+                 torch.randn(n, generator=generator), next_obs, torch.tensor(done))
+
+
+def test_absorbing_round_trip():
+    batch = _batch([0.0, 1.0, 0.0, 1.0, 0.0])
+    absorbed = absorb(batch)
+    terminal = batch.done > 0.5
+    assert len(absorbed.obs) == len(batch.obs) + 2
+    assert torch.all(absorbed.done == 0)
+    assert torch.all(is_absorbing(absorbed.next_obs[:5]) == terminal)
+    loops = slice(5, None)
+    assert torch.all(is_absorbing(absorbed.obs[loops]) & is_absorbing(absorbed.next_obs[loops]))
+    assert torch.all(absorbed.obs[loops, :-1] == 0) and torch.all(absorbed.action[loops] == 0)
+    stripped = strip(absorbed)
+    for name in ("obs", "action", "reward", "done"):
+        assert torch.equal(getattr(stripped, name), getattr(batch, name)), name
+    assert torch.equal(stripped.next_obs[~terminal], batch.next_obs[~terminal])
+    assert torch.all(is_absorbing(stripped.next_obs[terminal]))
+
+
+def test_absorb_leaves_a_batch_without_terminals_as_it_is():
+    batch = _batch([0.0, 0.0, 0.0])
+    assert absorb(batch) is batch
+
+
+def test_indicator_wrapper_appends_a_zero_feature():
+    env = AbsorbingIndicator(make_env("InvertedPendulum-v5"))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (5,) and obs[-1] == 0.0 and env.observation_space.contains(obs)
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs[-1] == 0.0 and env.observation_space.contains(obs)
+    env.close()
+
+
+def test_expert_batch_scales_actions_and_absorbs_terminal_episodes():
+    demos = load_demos(DEMOS)
+    demos.terminated[demos.episode_starts[1] - 1] = True  # the first episode terminates
+    low, high = np.array([-3.0]), np.array([3.0])
+    batch = expert_batch(demos, low, high, absorbing=True, device="cpu")
+    assert len(batch.obs) == len(demos) + 1
+    assert torch.allclose(batch.action[: len(demos), 0],
+                          torch.as_tensor(demos.actions[:, 0] / 3.0, dtype=torch.float32))
+    assert int(is_absorbing(batch.obs).sum()) == 1
+    plain = expert_batch(demos, low, high, absorbing=False, device="cpu")
+    assert plain.obs.shape == (len(demos), 4) and int(plain.done.sum()) == 1
+
+
+def _toy_discriminator(penalty: str, steps: int = 400) -> tuple[Discriminator, torch.Tensor]:
+    """A discriminator trained to separate two point clouds 1 apart (a steep task)."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    expert = 0.5 + 0.05 * torch.randn(512, 2, generator=generator)
+    policy = -0.5 + 0.05 * torch.randn(512, 2, generator=generator)
+    discriminator = Discriminator(1, 1, hidden=(64, 64))
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss, _ = discriminator_loss(discriminator, expert, policy, penalty=penalty, k=1.0,
+                                     weight=10.0, generator=generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    points = torch.cat([penalty_points(expert, policy, "interpolate", 0.0, generator),
+                        expert, policy])
+    return discriminator, input_gradient_norm(discriminator, points)
+
+
+def test_gradient_penalty_keeps_the_discriminator_near_unit_gradient_norm():
+    tolerance = 0.1
+    _, penalised = _toy_discriminator("interpolate")
+    _, free = _toy_discriminator("none")
+    assert penalised.max() <= 1.0 * (1 + tolerance), penalised.max()
+    assert free.max() > 1.0 * (1 + tolerance), free.max()
+    assert free.mean() > 2 * penalised.mean()
+
+
+@pytest.mark.parametrize("where", ["expert", "policy"])
+def test_noisy_penalty_points_lie_near_their_rows(where):
+    expert, policy = torch.zeros(200, 3), torch.ones(200, 3)
+    points = penalty_points(expert, policy, where, 0.1, torch.Generator().manual_seed(0))
+    centre = expert if where == "expert" else policy
+    assert 0.05 < (points - centre).std() < 0.15
+
+
+def test_spectral_discriminator_is_certified_below_its_bound():
+    discriminator = Discriminator(4, 1, hidden=(32, 32), bound=2.0)
+    for _ in range(3):  # a few training steps move the weights
+        loss, _ = discriminator_loss(discriminator, torch.randn(64, 5), torch.randn(64, 5),
+                                     penalty="none")
+        loss.backward()
+        with torch.no_grad():
+            for p in discriminator.parameters():
+                p -= 0.1 * p.grad
+    certificate = certify(discriminator.net.eval(), torch.randn(256, 5))
+    assert certificate.lower <= certificate.upper <= 2.0 * (1 + 1e-5)
+
+
+def _gail(settings: GAILSettings | None = None) -> GAILReward:
+    torch.manual_seed(0)
+    expert = _batch([0.0] * 64, seed=1)
+    buffer = ReplayBuffer(256, 4, 2, "cpu", seed=0)
+    rng = np.random.default_rng(0)
+    for i in range(256):
+        buffer.add(np.append(rng.normal(size=3), 0.0), rng.uniform(-1, 1, 2), 1234.0,
+                   np.append(rng.normal(size=3), 0.0), i % 50 == 49)
+    return GAILReward(expert, buffer, Discriminator(4, 2, hidden=(32, 32)),
+                      settings or GAILSettings(batch_size=64), seed=0)
+
+
+def test_rewards_are_recomputed_with_the_current_discriminator():
+    gail = _gail()
+    batch = gail.buffer.sample(128)
+    first = gail.relabel(batch)
+    assert torch.equal(gail.relabel(batch).reward, first.reward)  # same D, same rewards
+    inputs = torch.cat([first.obs, first.action], dim=-1)
+    with torch.no_grad():
+        expected = torch.nn.functional.softplus(gail.discriminator(inputs))
+    assert torch.allclose(first.reward, expected) and torch.all(first.reward > 0)
+    assert not torch.any(first.reward == 1234.0)  # env rewards are never kept
+    assert len(first.obs) == 128 + int(batch.done.sum())  # terminal rows were absorbed
+    metrics = gail.on_env_step(1)
+    assert {"disc_loss", "disc_gradient_penalty"} <= set(metrics)
+    second = gail.relabel(batch)
+    assert not torch.allclose(second.reward, first.reward)  # D changed: so did every reward
+
+
+def test_logit_reward_form_and_state_round_trip():
+    gail = _gail(GAILSettings(batch_size=64, reward_form="logit", preconditioning=True))
+    for step in range(1, 4):
+        gail.on_env_step(step)
+    batch = gail.buffer.sample(32)
+    rewards = gail.relabel(batch).reward
+    assert torch.any(rewards < 0)  # log D - log(1 - D) takes both signs
+    restored = _gail(GAILSettings(batch_size=64, reward_form="logit", preconditioning=True))
+    restored.load_state_dict(gail.state_dict())
+    assert torch.equal(restored.relabel(batch).reward, rewards)
+
+
+def test_preconditioning_scales_rewards_by_the_model_jacobian():
+    model = ForwardModel(2, 1, target=1.0, floor=0.7, hidden=())  # one linear layer: J = W
+    inputs = torch.randn(8, 3)
+    for steepest, scale in ((4.0, 0.7), (0.8, 1.0), (1.25, 0.8)):
+        with torch.no_grad():
+            model.net[-1].weight.copy_(torch.tensor([[steepest, 0.0, 0.0], [0.0, 0.1, 0.0]]))
+        assert torch.allclose(model.jacobian_norms(inputs), torch.full((8,), steepest))
+        assert torch.allclose(model.reward_scale(inputs), torch.full((8,), scale))
+
+
+def test_gail_cli_errors(workdir):
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", cwd=workdir),
+                      "demos: agent=gail learns from expert demonstrations")
+    assert_user_error(lipctl("train", "agent=gail", f"demos={DEMOS}", cwd=workdir),
+                      "recorded on 'InvertedPendulum-v5', not 'Pendulum-v1'")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.gail.penalty=everywhere", cwd=workdir),
+                      "agent.gail.penalty: must be one of")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.demo_episodes=11", cwd=workdir),
+                      "holds 10 episodes, 11 were asked for")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.gail.precondition_floor=1.5", cwd=workdir),
+                      "agent.gail.precondition_floor: must be in (0, 1]")
