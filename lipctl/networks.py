@@ -27,6 +27,7 @@ from control.models.io import FORMAT as MODEL_FORMAT
 from control.policy import ScaledPolicy, policy_certificate
 from envs import env_spaces, make_env
 from lipctl.runtime import uses_absorbing_states
+from lipschitz import freeze_spectral
 from lipschitz.certificates import Certificate
 
 POLICY, PROCESS_MODEL = "policy", "process model"
@@ -100,7 +101,7 @@ def _policy(state: dict, path: Path, tier: str) -> Network:
         np.stack([env.reset(seed=i)[0] for i in range(PROBE_SAMPLES)]), dtype=torch.float32)
     try:
         if is_behaviour_cloning(run_cfg):
-            policy = bc_policy(run_cfg, env, weights).eval()
+            policy = freeze_spectral(bc_policy(run_cfg, env, weights)).eval()  # exportable
             certificate = policy.certificate(observations, tier)
         else:
             policy, mlp = _sac_policy(run_cfg, env, weights)

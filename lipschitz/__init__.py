@@ -11,7 +11,7 @@ from lipschitz.certificates import (
     pair_ratio_ascent,
     upper_bound,
 )
-from lipschitz.layers import GroupSort, MaxMin, SpectralLinear, lipschitz_mlp
+from lipschitz.layers import GroupSort, MaxMin, SpectralLinear, freeze_spectral, lipschitz_mlp
 from lipschitz.lipsdp import (
     certified_rho,
     check_lmi,
@@ -24,6 +24,7 @@ from lipschitz.regularizers import (
     gradient_penalty,
     input_gradient_norm,
     interpolate,
+    project_to_ball,
     robust_loss,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "check_lmi",
     "eclipse_fast_bound",
     "eclipse_fast_multipliers",
+    "freeze_spectral",
     "gradient_penalty",
     "input_gradient_norm",
     "interpolate",
@@ -49,6 +51,7 @@ __all__ = [
     "lower_bound",
     "mlp_layers",
     "pair_ratio_ascent",
+    "project_to_ball",
     "robust_loss",
     "upper_bound",
 ]

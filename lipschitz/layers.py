@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -206,3 +207,28 @@ def lipschitz_mlp(
         layers.append(SpectralLinear(n_in, n_out, bound=layer_bound, mode=mode,
                                      ensemble_size=ensemble_size))
     return nn.Sequential(*layers)
+
+
+def _frozen_linear(layer: SpectralLinear) -> nn.Linear:
+    weight = layer.eval().effective_weight()
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                       device=weight.device, dtype=weight.dtype)
+    linear.weight.copy_(weight)
+    if layer.bias is not None:
+        linear.bias.copy_(layer.bias)
+    return linear
+
+
+@torch.no_grad()
+def freeze_spectral(module: nn.Module) -> nn.Module:
+    """A copy of `module` in which every (non-ensemble) SpectralLinear is an nn.Linear holding
+    its eval-mode effective weight: the same function without the exact-sigma computation, so
+    it can be traced and exported (ONNX has no SVD) and certifies to the same bound."""
+    frozen = copy.deepcopy(module)
+    if isinstance(frozen, SpectralLinear) and frozen.ensemble_size is None:
+        return _frozen_linear(frozen)
+    for name, child in list(frozen.named_modules()):
+        if isinstance(child, SpectralLinear) and child.ensemble_size is None:
+            parent, _, attribute = name.rpartition(".")
+            setattr(frozen.get_submodule(parent), attribute, _frozen_linear(child))
+    return frozen

@@ -53,7 +53,8 @@ def _check_attack(eps: float, norm: str, steps: int) -> None:
         raise ValueError(f"steps must be at least 1, got {steps}")
 
 
-def _project(delta: Tensor, eps: float, norm: str) -> Tensor:
+def project_to_ball(delta: Tensor, eps: float, norm: str = "l2") -> Tensor:
+    """Each row of `delta` projected onto the ball ||row|| <= eps (l2: scaled, linf: clipped)."""
     if norm == "linf":
         return delta.clamp(-eps, eps)
     length = torch.linalg.vector_norm(delta, dim=-1, keepdim=True)
@@ -81,7 +82,7 @@ def _pgd(
         change = (fn(x + delta) - reference).pow(2).sum()
         (grad,) = torch.autograd.grad(change, delta)
         with torch.no_grad():
-            delta = _project(delta + step_size * _ascent_direction(grad, norm), eps, norm)
+            delta = project_to_ball(delta + step_size * _ascent_direction(grad, norm), eps, norm)
         delta.requires_grad_(True)
     return delta.detach()
 
