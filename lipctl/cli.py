@@ -10,6 +10,7 @@ from lipctl.config import USAGE_EXIT_CODE, check_overrides, user_errors
 COMMANDS = {
     "train": ("train", "train an agent (default: SAC on Pendulum-v1)"),
     "eval": ("eval", "run episodes of a checkpoint's policy: eval checkpoint=PATH"),
+    "robustness": ("robustness", "returns under noise and PGD attack: robustness checkpoint=PATH"),
     "demos": ("demos", "record expert demonstrations: demos env=inverted_pendulum expert=lqr"),
     "data": ("data", "generate process-model training data: data env=cstr"),
     "fit": ("fit", "train a process model: fit model=iclrnn|icrnn|rnn|lstm"),
@@ -30,7 +31,8 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-c
 
 def usage() -> str:
     lines = ["usage: lipctl <command> [hydra overrides] [--help] [--cfg job] [-m]", "", "commands:"]
-    lines += [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "Each command is a Hydra app: `lipctl <command> --help` shows its config groups."]
     return "\n".join(lines)
 
