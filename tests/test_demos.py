@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import stable_baselines3
+import torch
 
 from control import returns, run
 from envs import make_env
 from envs.demos import SCHEMA_VERSION, Demos, DemosError, from_episodes, load_demos, save_demos
 from envs.experts import make_expert
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 ENV_ID = "InvertedPendulum-v5"
 
@@ -178,6 +180,9 @@ def test_cli_writes_a_loadable_file_and_rejects_bad_input(workdir):
         (["demos", "expert=sac_zip"], "expert: no 'sac_zip' expert for 'InvertedPendulum-v5'"),
         (["demos", "episodes=0"], "episodes: must be >= 1"),
         (["demos", "out=demos.h5"], "out: must be a path ending in .npz"),
+        (["demos", "expert=sb3"], "expert_checkpoint: expert=sb3 reads its policy from an"),
+        (["demos", "expert=checkpoint", "expert_checkpoint=nope.pt"],
+         "expert_checkpoint: expert=checkpoint reads its policy from an existing file"),
     ]
     for args, expected in cases:
         assert_user_error(lipctl(*args, cwd=workdir, timeout=120), expected)
@@ -189,3 +194,33 @@ def test_committed_demonstrations_load_against_their_env():
     loaded = load_demos(path, env=ENV_ID)
     assert loaded.num_episodes == 10 and len(loaded) == 10000 and loaded.expert == "lqr"
     np.testing.assert_array_equal(loaded.episode_returns, np.full(10, 1000.0))
+
+
+def test_trained_experts_are_recorded_from_their_files(workdir):
+    """A lipctl agent checkpoint and a stable-baselines3 .zip both serve as experts; an expert
+    made for another env is refused."""
+    lipctl("train", "env=inverted_pendulum", *TINY_TRAIN, "hydra.run.dir=run", cwd=workdir,
+           check=True)
+    result = lipctl("demos", "env=inverted_pendulum", "expert=checkpoint", "episodes=2",
+                    "expert_checkpoint=run/checkpoint.pt", cwd=workdir, check=True)
+    recorded = load_demos(workdir / "demos" / f"{ENV_ID}-checkpoint.npz", env=ENV_ID)
+    assert recorded.num_episodes == 2 and recorded.expert == "checkpoint", result.stdout
+    assert_user_error(lipctl("demos", "env=pendulum", "expert=checkpoint",
+                             "expert_checkpoint=run/checkpoint.pt", cwd=workdir),
+                      "not a policy for 'Pendulum-v1'")
+
+    sb3_env = make_env(ENV_ID)
+    model = stable_baselines3.SAC("MlpPolicy", sb3_env, learning_starts=10, seed=0,
+                                  policy_kwargs={"net_arch": [16, 16]})
+    model.learn(20)
+    model.save(workdir / "expert.zip")
+    sb3_env.close()
+    lipctl("demos", "env=inverted_pendulum", "expert=sb3", "expert_checkpoint=expert.zip",
+           "episodes=1", "out=sb3.npz", cwd=workdir, check=True)
+    recorded = load_demos(workdir / "sb3.npz", env=ENV_ID)
+    with torch.no_grad():
+        expected = model.predict(recorded.observations[:5].astype(np.float32),
+                                 deterministic=True)[0]
+    np.testing.assert_allclose(recorded.actions[:5], expected, atol=1e-6)
+    assert_user_error(lipctl("demos", "env=pendulum", "expert=sb3", "expert_checkpoint=expert.zip",
+                             cwd=workdir), "expert.zip observes shape (4,), Pendulum-v1 gives (3,)")

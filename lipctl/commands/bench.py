@@ -9,11 +9,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench.mbpo_vs_ensemble import run_overrides
+from lipctl.bench.variant_sweep import run_overrides
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
-EXPERIMENTS = ("cstr_mpc", "mbpo_vs_ensemble", "mbpo_vs_ensemble_paper")
+SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "gail_lipschitz", "gail_lipschitz_paper")
+EXPERIMENTS = ("cstr_mpc", *SWEEPS)
 
 
 def known_variants() -> list[str]:
@@ -23,7 +24,7 @@ def known_variants() -> list[str]:
                   if path.name.endswith(".yaml"))
 
 
-def validate_mbpo(exp: DictConfig) -> None:
+def validate_sweep(exp: DictConfig) -> None:
     """Names, seeds and the composed train config of every run, before any training starts."""
     require_number(exp, "jobs", 1, integer=True)
     if not exp.seeds:
@@ -47,8 +48,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("experiment", f"unknown experiment '{cfg.experiment.name}'; "
                                         f"choose from {', '.join(EXPERIMENTS)}")
     require_number(cfg, "torch_threads", 1, integer=True)
-    if cfg.experiment.name.startswith("mbpo_vs_ensemble"):
-        validate_mbpo(cfg.experiment)
+    if cfg.experiment.name in SWEEPS:
+        validate_sweep(cfg.experiment)
     if cfg.experiment.name == "cstr_mpc":
         for key in ("hidden", "epochs", "steps", "patience", "batch_size"):
             require_number(cfg, f"experiment.{key}", 1, integer=True)
@@ -61,7 +62,7 @@ def bench(cfg: DictConfig) -> None:
     if cfg.experiment.name == "cstr_mpc":
         from lipctl.bench.cstr_mpc import run_benchmark
     else:
-        from lipctl.bench.mbpo_vs_ensemble import run_benchmark
+        from lipctl.bench.variant_sweep import run_benchmark
     run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
     print(f"results written to {cfg.out}/")
 

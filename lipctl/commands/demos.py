@@ -1,22 +1,81 @@
-"""lipctl demos env=NAME expert=NAME: record an expert's episodes into a demonstrations file."""
+"""lipctl demos env=NAME expert=NAME: record an expert's episodes into a demonstrations file.
+
+Experts: the env's analytic experts (envs/experts.py), a trained lipctl agent's deterministic
+policy (`expert=checkpoint`), or a stable-baselines3 policy (`expert=sb3`).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import gymnasium as gym
 import hydra
+import numpy as np
+import stable_baselines3
 from omegaconf import DictConfig
 
-from control import returns, run
+from agents.checkpoint import CheckpointError
+from control import Controller, returns, run
+from control.policy import ModuleController
 from envs import make_env
 from envs.demos import from_episodes, load_demos, save_demos
 from envs.experts import available_experts, make_expert
 from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.networks import POLICY, read_network
+
+TRAINED = ("checkpoint", "sb3")  # experts read from `expert_checkpoint`
+SB3_ALGORITHMS = ("sac", "td3", "ddpg", "ppo", "a2c")
+
+
+class SB3Expert:
+    """A stable-baselines3 model's deterministic policy as a Controller."""
+
+    def __init__(self, model: stable_baselines3.common.base_class.BaseAlgorithm):
+        self.model = model
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        return self.model.predict(observation, deterministic=True)[0]
+
+    def reset(self) -> None:
+        """Feed-forward policy: nothing to reset."""
+
+
+def build_expert(cfg: DictConfig, env: gym.Env) -> Controller:
+    """The configured expert for `env`; CheckpointError for an unusable expert file."""
+    if cfg.expert not in TRAINED:
+        return make_expert(cfg.expert, env)
+    if cfg.expert == "sb3":
+        algorithm = getattr(stable_baselines3, cfg.sb3_algorithm.upper())
+        try:
+            model = algorithm.load(cfg.expert_checkpoint, device="cpu")
+        except Exception as error:  # zip, pickle and shape errors of a foreign file
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"cannot load {cfg.expert_checkpoint} as a stable-baselines3 "
+                                  f"{cfg.sb3_algorithm.upper()} model: {message}") from None
+        if model.observation_space.shape != env.observation_space.shape:
+            raise CheckpointError(f"{cfg.expert_checkpoint} observes shape "
+                                  f"{model.observation_space.shape}, {cfg.env.id} gives "
+                                  f"{env.observation_space.shape}")
+        return SB3Expert(model)
+    network = read_network(cfg.expert_checkpoint)
+    if network.kind != POLICY or network.env_id != cfg.env.id:
+        raise CheckpointError(f"{cfg.expert_checkpoint} holds a {network.kind} for "
+                              f"'{network.env_id}', not a policy for '{cfg.env.id}'")
+    return ModuleController(network.module)
 
 
 def validate(cfg: DictConfig) -> None:
-    experts = available_experts(cfg.env.id)
+    experts = (*available_experts(cfg.env.id), *TRAINED)
     if cfg.expert not in experts:
         raise ConfigError("expert", f"no '{cfg.expert}' expert for '{cfg.env.id}' "
-                                    f"(available: {', '.join(experts) or 'none'})")
+                                    f"(available: {', '.join(experts)})")
+    if cfg.expert in TRAINED and not (cfg.expert_checkpoint
+                                      and Path(cfg.expert_checkpoint).is_file()):
+        raise ConfigError("expert_checkpoint", f"expert={cfg.expert} reads its policy from an "
+                                               f"existing file, got {cfg.expert_checkpoint!r}")
+    if cfg.expert == "sb3" and cfg.sb3_algorithm not in SB3_ALGORITHMS:
+        raise ConfigError("sb3_algorithm", f"must be one of {', '.join(SB3_ALGORITHMS)}, got "
+                                           f"{cfg.sb3_algorithm!r}")
     require_number(cfg, "episodes", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
     require_number(cfg, "max_steps", 1, integer=True, allow_none=True)
@@ -27,7 +86,7 @@ def validate(cfg: DictConfig) -> None:
 def record(cfg: DictConfig) -> None:
     env = make_env(cfg.env.id)
     try:
-        expert = make_expert(cfg.expert, env)
+        expert = build_expert(cfg, env)
         episodes = run(expert, env, episodes=cfg.episodes, seed=cfg.seed,
                        max_steps=cfg.max_steps)
         save_demos(cfg.out, from_episodes(episodes, env, expert=cfg.expert))

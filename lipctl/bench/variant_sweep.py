@@ -1,5 +1,12 @@
-"""Benchmark `mbpo_vs_ensemble`: MBPO with one dynamics model (and Lipschitz critic regularisers)
-against the probabilistic ensemble, seeds x variants per env through one Hydra multirun each.
+"""Benchmarks that compare `lipctl train` variants (conf/variant) over seeds and envs, through one
+Hydra multirun per env: `mbpo_vs_ensemble` (MBPO with one dynamics model against the ensemble)
+and `gail_lipschitz` (off-policy GAIL with and without a Lipschitz discriminator).
+
+The experiment config names the variants, seeds, envs and overrides, the `baseline` variant that
+times are compared with, the summary.json figures reported as medians over seeds (`medians`), the
+train.csv columns whose last value is reported (`last_train_metrics`). Where an env's runs imitate
+demonstrations (a `demos=PATH` override), returns are also reported as fractions of the mean
+episode return in that file.
 
 Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, train.csv and
 summary.json), summary.csv (one row per env x variant), curves.png and bench.json (settings,
@@ -25,11 +32,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
+from envs.demos import load_demos
+
 RUN_FILES = ("eval.csv", "train.csv", "summary.json")
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
-MEDIANS = ("wall_seconds", "model_train_seconds", "rollout_seconds", "sac_update_seconds",
-           "peak_rss_mb", "model_holdout_mse")  # per-run figures reported as medians over seeds
 
 
 def run_overrides(exp: DictConfig, env: str) -> list[str]:
@@ -48,6 +55,12 @@ def sweep_command(env: str, exp: DictConfig, sweep_dir: Path) -> list[str]:
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${variant}/seed${seed}",
         "progress=false", "resume=true", *run_overrides(exp, env),
     ]
+
+
+def expert_return(exp: DictConfig, env: str) -> float | None:
+    """Mean episode return of the demonstrations an env's runs imitate (None if they do not)."""
+    paths = [o.split("=", 1)[1] for o in run_overrides(exp, env) if o.startswith("demos=")]
+    return float(load_demos(paths[0]).episode_returns.mean()) if paths else None
 
 
 def run_sweeps(exp: DictConfig, work: Path) -> None:
@@ -84,12 +97,12 @@ def collect(exp: DictConfig, work: Path, out: Path) -> dict[tuple[str, str], lis
                     shutil.copy2(source / name, target / name)
                 evals = _read_csv(source / "eval.csv")
                 summary = json.loads((source / "summary.json").read_text())
+                train_rows = _read_csv(source / "train.csv")
                 runs.setdefault((env, variant), []).append({
                     "seed": seed,
                     "steps": np.array([int(row["step"]) for row in evals]),
                     "returns": np.array([float(row["return_mean"]) for row in evals]),
-                    "model_holdout_mse": _last(_read_csv(source / "train.csv"),
-                                               "model_holdout_mse"),
+                    **{name: _last(train_rows, name) for name in exp.last_train_metrics},
                     **summary,
                 })
     return runs
@@ -110,53 +123,78 @@ def bootstrap_ci(values: np.ndarray, statistic=np.mean) -> tuple[float, float]:
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def summarize(runs: dict[tuple[str, str], list[dict]]) -> list[dict]:
-    """One row per env x variant; times and memory are medians over seeds."""
+def _certificate_groups(run: dict) -> dict[str, list[dict]]:
+    """A run's certificates grouped by network kind: critic0, critic1 -> critic."""
+    groups: dict[str, list[dict]] = {}
+    for name, certificate in run["certificates"].items():
+        groups.setdefault(name.rstrip("0123456789"), []).append(certificate)
+    return groups
+
+
+def _lipschitz_columns(seeds: list[dict]) -> dict[str, float]:
+    """Per network kind, medians over seeds of the largest certified upper and sampled lower
+    bound among its networks."""
+    columns: dict[str, float] = {}
+    for group in _certificate_groups(seeds[0]):
+        for bound in ("upper", "lower"):
+            values = [max(c[bound] for c in _certificate_groups(run)[group]) for run in seeds]
+            columns[f"{group}_lipschitz_{bound}"] = round(float(np.median(values)), 3)
+    return columns
+
+
+def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[dict]:
+    """One row per env x variant; times, memory and the `exp.medians` figures are medians over
+    seeds; returns are also given as fractions of the expert's for runs that imitate one."""
     rows = []
     for (env, variant), seeds in runs.items():
+        expert = expert_return(exp, env)
         final = np.array([run["returns"][-1] for run in seeds])
         steps = int(np.median([run["env_steps"] for run in seeds]))
         low, high = bootstrap_ci(final)
-        median = {key: float(np.median([run[key] for run in seeds])) for key in MEDIANS}
-        upper = [max(c["upper"] for c in run["certificates"].values()) for run in seeds]
-        rows.append({
+        median = {key: float(np.median([run.get(key, np.nan) for run in seeds]))
+                  for key in (*exp.medians, *exp.last_train_metrics)}
+        row = {
             "env": env, "variant": variant, "seeds": len(seeds), "env_steps": steps,
             "final_return_mean": round(float(final.mean()), 1),
             "final_return_iqm": round(iqm(final), 1),
             "ci_low": round(low, 1), "ci_high": round(high, 1),
-            "seconds_per_1k_steps": round(1000 * median["wall_seconds"] / steps, 1),
-            "model_train_seconds": round(median["model_train_seconds"], 1),
-            "rollout_seconds": round(median["rollout_seconds"], 1),
-            "sac_update_seconds": round(median["sac_update_seconds"], 1),
-            "peak_rss_mb": round(median["peak_rss_mb"], 0),
-            "model_holdout_mse": round(median["model_holdout_mse"], 4),
-            "critic_lipschitz_upper": round(float(np.median(upper)), 1),
-        })
+        }
+        if expert is not None:
+            row.update(expert_return=round(expert, 1),
+                       final_normalized_mean=round(float(final.mean()) / expert, 3),
+                       best_normalized_mean=round(float(np.mean(
+                           [run["returns"].max() for run in seeds])) / expert, 3))
+        row["seconds_per_1k_steps"] = round(1000 * median.pop("wall_seconds") / steps, 1)
+        row.update({key: round(value, 4 if value < 1 else 1) for key, value in median.items()})
+        row.update(_lipschitz_columns(seeds))
+        rows.append(row)
     for row in rows:
-        baseline = next((r for r in rows if r["env"] == row["env"] and r["variant"] == "ensemble"),
-                        None)
-        row["time_vs_ensemble"] = (None if baseline is None else round(
+        baseline = next((r for r in rows if r["env"] == row["env"]
+                         and r["variant"] == exp.baseline), None)
+        row[f"time_vs_{exp.baseline}"] = (None if baseline is None else round(
             row["seconds_per_1k_steps"] / baseline["seconds_per_1k_steps"], 2))
     return rows
 
 
-def plot_curves(runs: dict[tuple[str, str], list[dict]], path: Path) -> None:
-    """Eval return against env steps: mean over seeds and its 95% bootstrap band, per env."""
+def plot_curves(runs: dict[tuple[str, str], list[dict]], exp: DictConfig, path: Path) -> None:
+    """Eval return against env steps (as a fraction of the expert's for runs that imitate one):
+    mean over seeds and its 95% bootstrap band, per env."""
     envs = list(dict.fromkeys(env for env, _ in runs))
     fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
     for ax, env in zip(axes[0], envs, strict=True):
+        expert = expert_return(exp, env)
         for (run_env, variant), seeds in runs.items():
             if run_env != env:
                 continue
             length = min(len(run["returns"]) for run in seeds)
-            returns = np.stack([run["returns"][:length] for run in seeds])
+            returns = np.stack([run["returns"][:length] for run in seeds]) / (expert or 1.0)
             steps = seeds[0]["steps"][:length]
             bands = np.array([bootstrap_ci(returns[:, i]) for i in range(length)])
             ax.plot(steps, returns.mean(0), label=variant)
             ax.fill_between(steps, bands[:, 0], bands[:, 1], alpha=0.2)
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("env steps")
-    axes[0][0].set_ylabel("eval return (mean, 95% CI)")
+        ax.set_ylabel(f"{'expert-normalised ' if expert else ''}eval return (mean, 95% CI)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -176,9 +214,9 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     started = time.perf_counter()
     run_sweeps(exp, work)
     runs = collect(exp, work, out)
-    rows = summarize(runs)
+    rows = summarize(runs, exp)
     write_csv(out / "summary.csv", rows)
-    plot_curves(runs, out / "curves.png")
+    plot_curves(runs, exp, out / "curves.png")
     bench = {"settings": OmegaConf.to_container(exp, resolve=True),
              "machine": {"processor": platform.processor() or platform.machine(),
                          "cpu_count": os.cpu_count(),
@@ -189,4 +227,4 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     for row in rows:
         print(f"{row['env']:<18} {row['variant']:<28} return {row['final_return_mean']:>8.1f} "
               f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]  {row['seconds_per_1k_steps']:.0f} "
-              f"s/1k steps ({row['time_vs_ensemble']}x ensemble)", flush=True)
+              f"s/1k steps ({row[f'time_vs_{exp.baseline}']}x {exp.baseline})", flush=True)

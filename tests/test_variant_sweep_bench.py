@@ -1,15 +1,18 @@
-"""`lipctl bench experiment=mbpo_vs_ensemble`: aggregation, and a tiny run end to end."""
+"""Variant-sweep benchmarks (`mbpo_vs_ensemble`, `gail_lipschitz`): aggregation, presets, and a
+tiny run end to end."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-from lipctl.bench.mbpo_vs_ensemble import bootstrap_ci, iqm, run_overrides, summarize
+from lipctl.bench.variant_sweep import bootstrap_ci, iqm, run_overrides, summarize
 from tests.helpers import lipctl
 
 
@@ -17,8 +20,9 @@ def fake_run(seed: int, final: float, wall: float, upper: float) -> dict:
     return {"seed": seed, "steps": np.array([500, 1000]), "returns": np.array([-900.0, final]),
             "env_steps": 1000, "wall_seconds": wall, "model_train_seconds": wall / 10,
             "rollout_seconds": 1.0, "sac_update_seconds": wall / 2, "peak_rss_mb": 300.0,
-            "model_holdout_mse": 0.01, "certificates": {"critic0": {"upper": upper},
-                                                        "critic1": {"upper": upper + 1}}}
+            "model_holdout_mse": 0.01,
+            "certificates": {"critic0": {"upper": upper, "lower": 1.0},
+                             "critic1": {"upper": upper + 1, "lower": 2.0}}}
 
 
 def test_iqm_drops_the_outer_quartiles_and_ci_brackets_the_mean():
@@ -32,19 +36,22 @@ def test_iqm_drops_the_outer_quartiles_and_ci_brackets_the_mean():
 def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     runs = {("pendulum", "ensemble"): [fake_run(s, -200.0 - s, 40.0, 100.0) for s in range(3)],
             ("pendulum", "single"): [fake_run(s, -150.0 - s, 20.0, 50.0) for s in range(3)]}
-    rows = {row["variant"]: row for row in summarize(runs)}
+    exp = OmegaConf.create({"baseline": "ensemble", "last_train_metrics": ["model_holdout_mse"],
+                            "overrides": [], "envs": {"pendulum": []},
+                            "medians": ["wall_seconds", "model_train_seconds", "peak_rss_mb"]})
+    rows = {row["variant"]: row for row in summarize(runs, exp)}
     assert rows["ensemble"]["final_return_mean"] == -201.0
     assert rows["single"]["final_return_iqm"] == -151.0
     assert rows["single"]["ci_low"] <= -151.0 <= rows["single"]["ci_high"]
     assert rows["ensemble"]["seconds_per_1k_steps"] == 40.0
     assert rows["single"]["time_vs_ensemble"] == 0.5
     assert rows["single"]["critic_lipschitz_upper"] == 51.0
+    assert rows["single"]["critic_lipschitz_lower"] == 2.0
+    assert rows["single"]["model_train_seconds"] == 2.0 and "expert_return" not in rows["single"]
     assert rows["single"]["seeds"] == 3 and rows["single"]["env_steps"] == 1000
 
 
 def test_env_overrides_replace_the_common_ones_with_the_same_key():
-    from omegaconf import OmegaConf
-
     exp = OmegaConf.create({"overrides": ["loop.eval_every=500", "lipschitz.L=10"],
                             "envs": {"hopper": ["loop.eval_every=100", "env.mbpo.total_steps=9"]}})
     assert run_overrides(exp, "hopper") == ["loop.eval_every=100", "lipschitz.L=10",
@@ -87,3 +94,31 @@ def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(pres
                 assert (cfg.lipschitz.L is not None) == spectral, (env, variant)
                 assert (cfg.lipschitz.robust_weight > 0) == adversarial, (env, variant)
                 assert cfg.agent.dynamics.ensemble_size == (7 if variant == "ensemble" else 1)
+
+
+def test_imitation_returns_are_normalised_by_the_expert_return():
+    demos = Path(__file__).resolve().parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"
+    exp = OmegaConf.create({"baseline": "gail_no_penalty", "medians": ["wall_seconds"],
+                            "last_train_metrics": [], "overrides": [],
+                            "envs": {"inverted_pendulum": [f"demos={demos}"]}})
+    runs = {("inverted_pendulum", "gail_no_penalty"): [fake_run(s, 500.0 + 100 * s, 40.0, 3.0)
+                                                       for s in range(3)]}
+    (row,) = summarize(runs, exp)
+    assert row["expert_return"] == 1000.0
+    assert row["final_normalized_mean"] == 0.6 and row["best_normalized_mean"] == 0.6
+    assert row["time_vs_gail_no_penalty"] == 1.0
+
+
+@pytest.mark.parametrize("preset", ["gail_lipschitz", "gail_lipschitz_paper"])
+def test_gail_variants_keep_their_own_discriminator_settings(preset):
+    with initialize_config_module(config_module="conf", version_base=None):
+        exp = compose("bench", overrides=[f"experiment={preset}"]).experiment
+        for env in exp.envs:
+            for variant in exp.variants:
+                cfg = compose("train", overrides=[f"env={env}", f"variant={variant}",
+                                                  *run_overrides(exp, env)])
+                assert cfg.agent.name == "gail" and cfg.demos is not None
+                penalised = "gradient_penalty" in variant
+                assert (cfg.agent.gail.penalty == "interpolate") == penalised, variant
+                assert (cfg.agent.discriminator.bound is not None) == ("spectral" in variant)
+                assert cfg.agent.gail.preconditioning == ("pessimistic" in variant)
