@@ -3,6 +3,8 @@ rewards relabelled per sample, preconditioning, and the CLI's checks."""
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,14 @@ import torch
 
 from agents.absorbing import AbsorbingIndicator, absorb, is_absorbing, strip, with_indicator
 from agents.buffer import Batch, ReplayBuffer
+from agents.checkpoint import load_checkpoint
 from agents.discriminator import Discriminator, discriminator_loss, penalty_points
 from agents.gail import GAILReward, GAILSettings, expert_batch
 from agents.preconditioning import ForwardModel
 from envs import make_env
 from envs.demos import load_demos
 from lipschitz import certify, input_gradient_norm
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 DEMOS = Path(__file__).parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"
 
@@ -189,3 +192,42 @@ def test_gail_cli_errors(workdir):
     assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
                              "agent.gail.precondition_floor=1.5", cwd=workdir),
                       "agent.gail.precondition_floor: must be in (0, 1]")
+
+
+GAIL_IP = ["agent=gail", "env=inverted_pendulum", f"demos={DEMOS}", "agent.demo_episodes=4",
+           "agent.learner.hidden=[64,64]", "agent.batch_size=128", "agent.learner.actor_lr=1e-3",
+           "agent.learner.critic_lr=1e-3", "agent.learner.init_alpha=0.05", "progress=false"]
+
+
+@pytest.mark.slow
+def test_gail_with_gradient_penalty_imitates_the_lqr_expert_on_inverted_pendulum(workdir):
+    """From 4 demonstrations (every 20th transition), environment rewards unused: >= 80% of the
+    expert's return (1000); the checkpoint's policy then evaluates through `lipctl eval`."""
+    lipctl("train", *GAIL_IP, "loop.total_steps=15000", "loop.eval_every=1000",
+           "loop.eval_episodes=3", "loop.checkpoint_every=15000", "hydra.run.dir=run",
+           cwd=workdir, check=True, timeout=900)
+    with (workdir / "run" / "eval.csv").open(newline="") as f:
+        returns = [float(row["return_mean"]) for row in csv.DictReader(f)]
+    assert max(returns) >= 0.8 * 1000.0, returns
+    summary = json.loads((workdir / "run" / "summary.json").read_text())
+    discriminator = summary["certificates"]["discriminator"]
+    assert discriminator["lower"] <= discriminator["upper"]
+    result = lipctl("eval", "checkpoint=run/checkpoint.pt", "episodes=2", cwd=workdir, check=True)
+    assert "discriminator: Lipschitz upper" in result.stdout
+
+
+@pytest.mark.slow
+def test_gail_policy_exports_on_the_envs_own_observations(workdir):
+    """The absorbing indicator is the learner's business: the exported policy takes the env's
+    4 observations, and a resumed run carries the discriminator on."""
+    tiny = [*GAIL_IP, *TINY_TRAIN, "agent.learner.hidden=[16,16]", "hydra.run.dir=run"]
+    lipctl("train", *tiny, cwd=workdir, check=True)
+    first = load_checkpoint(workdir / "run" / "checkpoint.pt")["reward_source"]
+    lipctl("train", *tiny, "loop.total_steps=400", "resume=true", cwd=workdir, check=True)
+    resumed = load_checkpoint(workdir / "run" / "checkpoint.pt")
+    assert resumed["step"] == 400
+    assert resumed["reward_source"]["seconds"]["discriminator"] > first["seconds"]["discriminator"]
+    result = lipctl("export", "checkpoint=run/checkpoint.pt", "format=onnx", cwd=workdir,
+                    check=True)
+    description = json.loads((workdir / "run" / "checkpoint.onnx.json").read_text())
+    assert description["input"]["shape"] == [1, 4], result.stdout
