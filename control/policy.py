@@ -37,6 +37,24 @@ class ScaledPolicy(nn.Module):
         return self.center + self.half_range * getattr(self.module, self.method)(obs)
 
 
+class LinearFeedback(nn.Module):
+    """The state-feedback law u = clip(-K x) (e.g. an LQR expert's) as a torch module:
+    obs [B, n] -> action [B, m]; its l2 Lipschitz constant is at most ||K||_2."""
+
+    def __init__(self, gain: np.ndarray, action_low: Sequence[float] | np.ndarray,
+                 action_high: Sequence[float] | np.ndarray):
+        super().__init__()
+        gain = torch.as_tensor(np.asarray(gain, dtype=np.float32))
+        self.linear = nn.Linear(gain.shape[1], gain.shape[0], bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(-gain)
+        self.register_buffer("low", torch.as_tensor(np.asarray(action_low, dtype=np.float32)))
+        self.register_buffer("high", torch.as_tensor(np.asarray(action_high, dtype=np.float32)))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return torch.clamp(self.linear(obs), self.low, self.high)
+
+
 def sampled_lower_bound(policy: nn.Module, observations: Tensor, steps: int = 100,
                         pairs: int = 128, seed: int = 0) -> float:
     """Sampled lower bound of a policy's l2 Lipschitz constant: pair-ratio ascent on a float64

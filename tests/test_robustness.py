@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from control import run
-from control.policy import ModuleController
+from control.policy import LinearFeedback, ModuleController
 from control.robustness import PGDAttack, robustness_sweep
 from envs import make_env
 from envs.experts import make_expert
@@ -21,14 +21,12 @@ ENV_ID = "InvertedPendulum-v5"
 
 @pytest.fixture(scope="module")
 def lqr() -> tuple[nn.Module, float]:
-    """The LQR expert as a torch policy u = -K x, and its Lipschitz constant ||K||_2."""
+    """The LQR expert as a torch policy u = clip(-K x), and its Lipschitz constant ||K||_2."""
     env = make_env(ENV_ID)
-    gain = make_expert("lqr", env).gain
+    expert = make_expert("lqr", env)
     env.close()
-    policy = nn.Linear(4, 1, bias=False)
-    with torch.no_grad():
-        policy.weight.copy_(torch.as_tensor(-gain))
-    return policy.eval(), float(np.linalg.norm(gain, 2))
+    return (LinearFeedback(expert.gain, expert.low, expert.high).eval(),
+            float(np.linalg.norm(expert.gain, 2)))
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

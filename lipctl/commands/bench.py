@@ -9,12 +9,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from lipctl.bench import lipschitz_bc
 from lipctl.bench.variant_sweep import run_overrides
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "gail_lipschitz", "gail_lipschitz_paper")
-EXPERIMENTS = ("cstr_mpc", *SWEEPS)
+EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", *SWEEPS)
 
 
 def known_variants() -> list[str]:
@@ -50,6 +51,8 @@ def validate(cfg: DictConfig) -> None:
     require_number(cfg, "torch_threads", 1, integer=True)
     if cfg.experiment.name in SWEEPS:
         validate_sweep(cfg.experiment)
+    if cfg.experiment.name == "lipschitz_bc":
+        lipschitz_bc.validate(cfg.experiment)
     if cfg.experiment.name == "cstr_mpc":
         for key in ("hidden", "epochs", "steps", "patience", "batch_size"):
             require_number(cfg, f"experiment.{key}", 1, integer=True)
@@ -61,6 +64,8 @@ def bench(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     if cfg.experiment.name == "cstr_mpc":
         from lipctl.bench.cstr_mpc import run_benchmark
+    elif cfg.experiment.name == "lipschitz_bc":
+        run_benchmark = lipschitz_bc.run_benchmark
     else:
         from lipctl.bench.variant_sweep import run_benchmark
     run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
