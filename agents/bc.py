@@ -43,7 +43,6 @@ class BCPolicy(nn.Module):
         if low.shape != (act_dim,) or high.shape != (act_dim,) or not torch.all(low < high):
             raise ValueError(f"action bounds must have shape ({act_dim},) with low < high, got "
                              f"{low.tolist()} and {high.tolist()}")
-        self.bound = bound
         self.net = lipschitz_mlp(obs_dim, act_dim, list(hidden), bound=bound,
                                  activation=activation, mode=mode)
         self.register_buffer("low", low)
