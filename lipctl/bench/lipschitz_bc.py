@@ -159,8 +159,8 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
 
 
 def plot(summary: list[dict], out: Path) -> None:
-    """Per system: attacked return vs eps for every policy, and nominal / attacked return per
-    policy (medians over seeds)."""
+    """Per system: attacked return vs eps for every policy, and per policy the nominal return,
+    the attacked return at every eps and the noisy return at the largest (medians over seeds)."""
     systems = list(dict.fromkeys(row["system"] for row in summary))
     fig, axes = plt.subplots(len(systems), 2, figsize=(11, 4 * len(systems)), squeeze=False)
     for (left, right), system in zip(axes, systems, strict=True):
@@ -183,6 +183,9 @@ def plot(summary: list[dict], out: Path) -> None:
                            if r["policy"] == label and r["eps"] == eps) for label in labels]
             name = "nominal" if eps == 0 else f"attack eps={eps:g}"
             right.plot(positions, values, "o-", ms=4, color=colour, label=name)
+        noisy = [next(r["noise_return"] for r in rows
+                      if r["policy"] == label and r["eps"] == radii[-1]) for label in labels]
+        right.plot(positions, noisy, "s--", ms=4, color=colour, label=f"noise eps={radii[-1]:g}")
         right.set_xticks(positions, labels, rotation=30, fontsize=8)
         right.set(ylabel="return (median over seeds)",
                   title=f"{system}: nominal vs attacked return per policy")
@@ -202,7 +205,8 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     tasks = [(name, system, label, bound, seed)
              for name, system in exp.systems.items()
              for label, bound in policies(system, constants[name]) for seed in exp.seeds]
-    print(f"{len(tasks)} policies x {len(exp.seeds)} seeds in {exp.jobs} processes", flush=True)
+    print(f"{len(tasks)} runs ({len(tasks) // len(exp.seeds)} policies x {len(exp.seeds)} seeds) "
+          f"in {exp.jobs} processes", flush=True)
     results = Parallel(n_jobs=exp.jobs)(delayed(evaluate_policy)(*task[:2], exp, *task[2:])
                                         for task in tasks)
     rows = [row for result in results for row in result]
