@@ -157,3 +157,17 @@ def test_train_agent_bc_end_to_end_then_eval_and_robustness(workdir):
 def test_train_bc_config_errors_are_one_line(workdir, args, expected):
     assert_user_error(lipctl("train", "agent=bc", *args, cwd=workdir, timeout=120), expected)
     assert not (workdir / "runs").exists(), "work started before the config was checked"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["experiment.seeds=[]"], "experiment.seeds: needs integers >= 0"),
+    ([f"experiment.systems.inverted_pendulum.demos={ROOT / 'missing.npz'}"],
+     "demonstrations file not found"),
+    (["experiment.systems.inverted_pendulum.eps=[0.1,-1]"],
+     "experiment.systems.inverted_pendulum.eps: needs numbers > 0"),
+])
+def test_bench_lipschitz_bc_config_errors_are_one_line(workdir, args, expected):
+    result = lipctl("bench", "experiment=lipschitz_bc", f"out={workdir / 'out'}", *args,
+                    cwd=ROOT, timeout=120)
+    assert_user_error(result, expected)
+    assert not (workdir / "out").exists()
