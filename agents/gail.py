@@ -97,7 +97,7 @@ class GAILReward:
 
     def __init__(self, expert: Batch, buffer: ReplayBuffer, discriminator: Discriminator,
                  settings: GAILSettings | None = None, seed: int = 0):
-        self.expert, self.buffer = expert, buffer
+        self.expert_inputs, self.buffer = _inputs(expert), buffer
         self.settings = s = settings or GAILSettings()
         self.device = buffer.device
         self.discriminator = discriminator.to(self.device)
@@ -118,9 +118,9 @@ class GAILReward:
         return absorb(batch) if self.settings.absorbing else batch
 
     def _expert_rows(self, count: int) -> Tensor:
-        index = torch.randint(len(self.expert.obs), (count,), device=self.device,
+        index = torch.randint(len(self.expert_inputs), (count,), device=self.device,
                               generator=self.generator)
-        return _inputs(Batch(*(field[index] for field in self.expert)))
+        return self.expert_inputs[index]
 
     def on_env_step(self, step: int) -> Mapping[str, Tensor]:
         """One discriminator (and forward-model) update every `update_every` env steps, once the

@@ -1,4 +1,4 @@
-"""Devices, threads and seeds for one process."""
+"""Devices, threads, seeds, memory figures and the agent's view of its env, for one process."""
 
 from __future__ import annotations
 

@@ -135,9 +135,10 @@ def _lipschitz_columns(seeds: list[dict]) -> dict[str, float]:
     """Per network kind, medians over seeds of the largest certified upper and sampled lower
     bound among its networks."""
     columns: dict[str, float] = {}
-    for group in _certificate_groups(seeds[0]):
+    groups = [_certificate_groups(run) for run in seeds]
+    for group in groups[0]:
         for bound in ("upper", "lower"):
-            values = [max(c[bound] for c in _certificate_groups(run)[group]) for run in seeds]
+            values = [max(c[bound] for c in run_groups[group]) for run_groups in groups]
             columns[f"{group}_lipschitz_{bound}"] = round(float(np.median(values)), 3)
     return columns
 

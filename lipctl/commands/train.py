@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.buffer import ReplayBuffer
 from agents.checkpoint import load_checkpoint
-from agents.gail import GAILReward, expert_batch
+from agents.gail import GAILReward, GAILSettings, expert_batch
 from agents.mbpo import MBPOSettings, MBPOSource
 from agents.sources import BatchSource, RewardSource
 from agents.termination import TERMINATIONS, termination_fn
@@ -98,10 +98,6 @@ def validate_model_based(cfg: DictConfig) -> None:
     instantiate_settings(cfg, "agent.mbpo")
 
 
-def mbpo_settings(cfg: DictConfig) -> MBPOSettings:
-    return instantiate(cfg.agent.mbpo, _convert_="all")
-
-
 def validate_imitation(cfg: DictConfig) -> None:
     """The demonstrations and discriminator settings of an adversarial-imitation agent."""
     if cfg.demos is None:
@@ -131,7 +127,8 @@ def batch_source(cfg: DictConfig, agent: Learner, buffer: ReplayBuffer, obs_dim:
     if "dynamics" not in cfg.agent:
         return None
     model = instantiate(cfg.agent.dynamics, obs_dim=obs_dim, act_dim=act_dim)
-    return MBPOSource(buffer, model, termination_fn(cfg.env.id), agent, mbpo_settings(cfg),
+    settings: MBPOSettings = instantiate_settings(cfg, "agent.mbpo")
+    return MBPOSource(buffer, model, termination_fn(cfg.env.id), agent, settings,
                       seed=cfg.seed)
 
 
@@ -140,7 +137,7 @@ def reward_source(cfg: DictConfig, buffer: ReplayBuffer, env: gym.Env) -> Reward
     if "gail" not in cfg.agent:
         return None
     obs_dim, act_dim, low, high = env_spaces(env)
-    settings = instantiate(cfg.agent.gail)
+    settings: GAILSettings = instantiate_settings(cfg, "agent.gail")
     expert = expert_batch(imitation_demos(cfg), low, high, settings.absorbing, buffer.device)
     discriminator = instantiate(cfg.agent.discriminator, obs_dim=obs_dim, act_dim=act_dim)
     return GAILReward(expert, buffer, discriminator, settings, seed=cfg.seed)
