@@ -40,6 +40,7 @@ from lipctl.runtime import (
     resolve_device,
     seed_everything,
 )
+from lipschitz import TIERS
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -47,33 +48,39 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for any impossible value, before anything is built."""
-    if is_behaviour_cloning(cfg):
-        return behaviour_cloning.validate(cfg)
     if cfg.env.id not in gym.registry:
         make_env(cfg.env.id)  # raises UnknownEnvError with suggestions
-    if "dynamics" in cfg.agent:
-        validate_model_based(cfg)
-    if "gail" in cfg.agent:
-        validate_imitation(cfg)
     require_number(cfg, "seed", 0, integer=True)
     require_number(cfg, "torch_threads", 1, integer=True)
-    for key in ("total_steps", "batch_size", "updates_per_step", "eval_every", "eval_episodes",
-                "checkpoint_every", "log_every"):
-        require_number(cfg, f"loop.{key}", 1, integer=True)
-    require_number(cfg, "loop.warmup_steps", 0, integer=True)
-    require_number(cfg, "agent.buffer_size", 1, integer=True)
     require_number(cfg, "lipschitz.L", 0, allow_none=True, exclusive=True)
     require_choice(cfg, "lipschitz.mode", ("normalize", "cap"))
-    require_number(cfg, "lipschitz.robust_weight", 0)
-    require_number(cfg, "lipschitz.robust_eps", 0)
-    require_number(cfg, "lipschitz.robust_steps", 1, integer=True)
-    require_choice(cfg, "lipschitz.robust_norm", ("l2", "linf"))
-    require_choice(cfg, "lipschitz.certificate_tier", ("product", "eclipse", "lipsdp"))
+    require_choice(cfg, "lipschitz.certificate_tier", TIERS)
     unknown = set(cfg.logger.backends) - set(BACKENDS)
     if unknown:
         raise ConfigError("logger.backends", f"unknown {sorted(unknown)}; choose from {BACKENDS}")
     if cfg.device != "auto":
         resolve_device(cfg.device)
+    if is_behaviour_cloning(cfg):
+        behaviour_cloning.validate(cfg)
+    else:
+        validate_off_policy(cfg)
+
+
+def validate_off_policy(cfg: DictConfig) -> None:
+    """The loop schedule, buffer and critic regularisers of an off-policy agent."""
+    if "dynamics" in cfg.agent:
+        validate_model_based(cfg)
+    if "gail" in cfg.agent:
+        validate_imitation(cfg)
+    for key in ("total_steps", "batch_size", "updates_per_step", "eval_every", "eval_episodes",
+                "checkpoint_every", "log_every"):
+        require_number(cfg, f"loop.{key}", 1, integer=True)
+    require_number(cfg, "loop.warmup_steps", 0, integer=True)
+    require_number(cfg, "agent.buffer_size", 1, integer=True)
+    require_number(cfg, "lipschitz.robust_weight", 0)
+    require_number(cfg, "lipschitz.robust_eps", 0)
+    require_number(cfg, "lipschitz.robust_steps", 1, integer=True)
+    require_choice(cfg, "lipschitz.robust_norm", ("l2", "linf"))
 
 
 def validate_model_based(cfg: DictConfig) -> None:
