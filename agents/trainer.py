@@ -58,6 +58,7 @@ class LoopSettings:
     checkpoint_every: int = 5000
     log_every: int = 250
     seed: int = 0
+    target_return: float | None = None  # stop at the first evaluation that reaches it
 
 
 class OffPolicyTrainer:
@@ -104,7 +105,8 @@ class OffPolicyTrainer:
         return obs
 
     def train(self) -> float | None:
-        """Run until `total_steps` env steps; returns the last mean evaluation return."""
+        """Run until `total_steps` env steps, or until an evaluation reaches `target_return`;
+        returns the last mean evaluation return."""
         s = self.settings
         obs, episode_return, metrics = self._reset_env(), 0.0, {}
         bar = tqdm(total=s.total_steps, initial=self.step, disable=not self.progress,
@@ -142,14 +144,18 @@ class OffPolicyTrainer:
                 clock, clock_step = now, self.step
                 self.logger.log("train", self.step, metrics)
                 metrics = {}
+            reached = False
             if self.step % s.eval_every == 0 or self.step == s.total_steps:
                 self.evaluate()
                 bar.set_postfix(eval_return=f"{self.last_eval:.1f}", refresh=False)
-            if self.checkpoint_path and (self.step % s.checkpoint_every == 0
+                reached = s.target_return is not None and self.last_eval >= s.target_return
+            if self.checkpoint_path and (reached or self.step % s.checkpoint_every == 0
                                          or self.step == s.total_steps):
                 self._clock_wall()
                 self.save(self.checkpoint_path)
             bar.update(1)
+            if reached:
+                break
         self._clock_wall()
         bar.close()
         return self.last_eval

@@ -117,3 +117,15 @@ def test_slurm_launcher_config_composes(workdir):
                     check=True)
     assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
     assert "cpus_per_task: 4" in result.stdout
+
+
+def test_training_stops_at_the_first_evaluation_reaching_the_target_return(workdir):
+    """Any return reaches a target of -1e9: the run ends (checkpointed) at its first evaluation;
+    an unreachable one runs the whole budget."""
+    lipctl("train", *TINY_TRAIN, "loop.target_return=-1e9", "hydra.run.dir=reached",
+           cwd=workdir, check=True)
+    assert load_checkpoint(workdir / "reached" / "checkpoint.pt")["step"] == 150
+    assert json.loads((workdir / "reached" / "summary.json").read_text())["env_steps"] == 150
+    lipctl("train", *TINY_TRAIN, "loop.target_return=1e9", "hydra.run.dir=missed", cwd=workdir,
+           check=True)
+    assert load_checkpoint(workdir / "missed" / "checkpoint.pt")["step"] == 300

@@ -76,6 +76,7 @@ def validate_off_policy(cfg: DictConfig) -> None:
                 "checkpoint_every", "log_every"):
         require_number(cfg, f"loop.{key}", 1, integer=True)
     require_number(cfg, "loop.warmup_steps", 0, integer=True)
+    require_number(cfg, "loop.target_return", allow_none=True)
     require_number(cfg, "agent.buffer_size", 1, integer=True)
     require_number(cfg, "lipschitz.robust_weight", 0)
     require_number(cfg, "lipschitz.robust_eps", 0)
