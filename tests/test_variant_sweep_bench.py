@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lipctl.bench.variant_sweep import bootstrap_ci, iqm, run_overrides, summarize
 from tests.helpers import lipctl
@@ -81,19 +82,24 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     assert (run / "eval.csv").exists() and (run / "train.csv").exists()
 
 
-@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"])
-def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(preset):
-    """Overrides shared by every run must not turn the baselines into regularised critics."""
+def preset_runs(preset: str) -> Iterator[tuple[str, str, DictConfig]]:
+    """(env, variant, composed train config) of every run of a benchmark preset."""
     with initialize_config_module(config_module="conf", version_base=None):
         exp = compose("bench", overrides=[f"experiment={preset}"]).experiment
         for env in exp.envs:
             for variant in exp.variants:
-                cfg = compose("train", overrides=[f"env={env}", f"variant={variant}",
-                                                  *run_overrides(exp, env)])
-                spectral, adversarial = "spectral" in variant, "adversarial" in variant
-                assert (cfg.lipschitz.L is not None) == spectral, (env, variant)
-                assert (cfg.lipschitz.robust_weight > 0) == adversarial, (env, variant)
-                assert cfg.agent.dynamics.ensemble_size == (7 if variant == "ensemble" else 1)
+                yield env, variant, compose("train", overrides=[
+                    f"env={env}", f"variant={variant}", *run_overrides(exp, env)])
+
+
+@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"])
+def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(preset):
+    """Overrides shared by every run must not turn the baselines into regularised critics."""
+    for env, variant, cfg in preset_runs(preset):
+        spectral, adversarial = "spectral" in variant, "adversarial" in variant
+        assert (cfg.lipschitz.L is not None) == spectral, (env, variant)
+        assert (cfg.lipschitz.robust_weight > 0) == adversarial, (env, variant)
+        assert cfg.agent.dynamics.ensemble_size == (7 if variant == "ensemble" else 1)
 
 
 def test_imitation_returns_are_normalised_by_the_expert_return():
@@ -111,14 +117,9 @@ def test_imitation_returns_are_normalised_by_the_expert_return():
 
 @pytest.mark.parametrize("preset", ["gail_lipschitz", "gail_lipschitz_paper"])
 def test_gail_variants_keep_their_own_discriminator_settings(preset):
-    with initialize_config_module(config_module="conf", version_base=None):
-        exp = compose("bench", overrides=[f"experiment={preset}"]).experiment
-        for env in exp.envs:
-            for variant in exp.variants:
-                cfg = compose("train", overrides=[f"env={env}", f"variant={variant}",
-                                                  *run_overrides(exp, env)])
-                assert cfg.agent.name == "gail" and cfg.demos is not None
-                penalised = "gradient_penalty" in variant
-                assert (cfg.agent.gail.penalty == "interpolate") == penalised, variant
-                assert (cfg.agent.discriminator.bound is not None) == ("spectral" in variant)
-                assert cfg.agent.gail.preconditioning == ("pessimistic" in variant)
+    for _, variant, cfg in preset_runs(preset):
+        assert cfg.agent.name == "gail" and cfg.demos is not None
+        penalised = "gradient_penalty" in variant
+        assert (cfg.agent.gail.penalty == "interpolate") == penalised, variant
+        assert (cfg.agent.discriminator.bound is not None) == ("spectral" in variant)
+        assert cfg.agent.gail.preconditioning == ("pessimistic" in variant)
