@@ -6,7 +6,6 @@ controller, horizon, start and measurement-noise setting), closed_loop.png and a
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
@@ -26,13 +25,7 @@ from control.cstr_closed_loop import (
 from control.cstr_data import generate, save_dataset
 from control.models import build_model, certify_model, fit, load_model, save_model
 from envs.cstr import LYAPUNOV_P, STABILITY_LEVEL, TARGET_HALF_WIDTHS, rk4_step
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+from lipctl.bench.report import write_csv
 
 
 def fit_models(exp: DictConfig, work: Path) -> list[dict]:
@@ -118,9 +111,9 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model_rows = fit_models(exp, work)
-    _write_csv(out / "models.csv", model_rows)
+    write_csv(out / "models.csv", model_rows)
     loop_rows, paths = run_controllers(exp, work)
-    _write_csv(out / "closed_loop.csv", loop_rows)
+    write_csv(out / "closed_loop.csv", loop_rows)
     plot(paths, out / "closed_loop.png")
     summary = {"settings": OmegaConf.to_container(exp, resolve=True),
                "machine": {"processor": platform.processor() or platform.machine(),

@@ -10,11 +10,9 @@ constants, machine, wall time).
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -29,6 +27,7 @@ from control.robustness import robustness_sweep
 from envs import env_spaces, make_env
 from envs.demos import load_demos
 from envs.experts import available_experts, make_expert
+from lipctl.bench.report import write_csv
 from lipctl.config import ConfigError, require_number
 from lipctl.runtime import seed_everything
 from lipschitz import Certificate
@@ -151,13 +150,6 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def _write_csv(path: Path, rows: Sequence[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(summary: list[dict], out: Path) -> None:
     """Per system: attacked return vs eps for every policy, and per policy the nominal return,
     the attacked return at every eps and the noisy return at the largest (medians over seeds)."""
@@ -211,8 +203,8 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                                         for task in tasks)
     rows = [row for result in results for row in result]
     summary = summarise(rows)
-    _write_csv(out / "runs.csv", rows)
-    _write_csv(out / "summary.csv", summary)
+    write_csv(out / "runs.csv", rows)
+    write_csv(out / "summary.csv", summary)
     plot(summary, out / "tradeoff.png")
     info = {"settings": OmegaConf.to_container(exp, resolve=True),
             "expert_lipschitz": constants,

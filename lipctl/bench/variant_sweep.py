@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
 from envs.demos import load_demos
+from lipctl.bench.report import write_csv
 
 RUN_FILES = ("eval.csv", "train.csv", "summary.json")
 CONFIDENCE = 0.95
@@ -200,13 +201,6 @@ def plot_curves(runs: dict[tuple[str, str], list[dict]], exp: DictConfig, path: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
