@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from control.files import atomic_write, load_data
+from lipctl.control.files import atomic_write, load_data
 
 
 class CheckpointError(RuntimeError):

@@ -15,14 +15,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from lipctl.agents.absorbing import absorb, with_indicator
+from lipctl.agents.buffer import Batch, ReplayBuffer
+from lipctl.agents.discriminator import (
+    PENALTY_POINTS,
+    REWARD_FORMS,
+    Discriminator,
+    discriminator_loss,
+)
+from lipctl.agents.preconditioning import ForwardModel
+from lipctl.envs.demos import Demos
+from lipctl.lipschitz import Certificate, certify
 from torch import Tensor
-
-from agents.absorbing import absorb, with_indicator
-from agents.buffer import Batch, ReplayBuffer
-from agents.discriminator import PENALTY_POINTS, REWARD_FORMS, Discriminator, discriminator_loss
-from agents.preconditioning import ForwardModel
-from envs.demos import Demos
-from lipschitz import Certificate, certify
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from lipctl.agents.buffer import Batch, ReplayBuffer
+from lipctl.agents.dynamics import (
+    DynamicsEnsemble,
+    check_training_args,
+    train_model,
+    transition_pairs,
+)
+from lipctl.agents.termination import TerminationFn
 from torch import Tensor
-
-from agents.buffer import Batch, ReplayBuffer
-from agents.dynamics import DynamicsEnsemble, check_training_args, train_model, transition_pairs
-from agents.termination import TerminationFn
 
 
 class StochasticActor(Protocol):

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lipctl.agents.buffer import Batch
+from lipctl.lipschitz import Certificate, certify, lipschitz_mlp, robust_loss
 from torch import Tensor, nn
-
-from agents.buffer import Batch
-from lipschitz import Certificate, certify, lipschitz_mlp, robust_loss
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 

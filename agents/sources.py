@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from lipctl.agents.buffer import Batch, ReplayBuffer
+from lipctl.lipschitz import Certificate
 from torch import Tensor
-
-from agents.buffer import Batch, ReplayBuffer
-from lipschitz import Certificate
 
 
 class BatchSource(Protocol):

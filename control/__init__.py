@@ -1,8 +1,8 @@
 """Controllers, process models, MPC and the one closed-loop runner."""
 
-from control.cstr_metrics import CSTRMetrics, cstr_metrics, reached_step
-from control.loop import Controller, Trajectory, returns, run
-from control.mpc import MPC, SolveFailed, SolveStats
+from lipctl.control.cstr_metrics import CSTRMetrics, cstr_metrics, reached_step
+from lipctl.control.loop import Controller, Trajectory, returns, run
+from lipctl.control.mpc import MPC, SolveFailed, SolveStats
 
 __all__ = [
     "MPC",

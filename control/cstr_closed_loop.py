@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from control.cstr_metrics import CSTRMetrics, cstr_metrics
-from control.loop import Trajectory, run
-from control.models import TrainedModel, casadi_model
-from control.mpc import MPC
-from envs import make_env
-from envs.cstr import ENV_ID, rk4_step
+from lipctl.control.cstr_metrics import CSTRMetrics, cstr_metrics
+from lipctl.control.loop import Trajectory, run
+from lipctl.control.models import TrainedModel, casadi_model
+from lipctl.control.mpc import MPC
+from lipctl.envs import make_env
+from lipctl.envs.cstr import ENV_ID, rk4_step
 
 FIRST_PRINCIPLES = "first_principles"  # MPC on the plant's own ODE
 PUBLISHED_STARTS = ((1.5, -70.0), (-1.5, 70.0), (-1.25, 50.0), (1.25, -50.0))

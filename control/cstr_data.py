@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from control.files import atomic_write
-from envs.cstr import ACTION_HIGH as INPUT_HIGH
-from envs.cstr import ACTION_LOW as INPUT_LOW
-from envs.cstr import ENV_ID as PLANT_ID
-from envs.cstr import (
+from lipctl.control.files import atomic_write
+from lipctl.envs.cstr import ACTION_HIGH as INPUT_HIGH
+from lipctl.envs.cstr import ACTION_LOW as INPUT_LOW
+from lipctl.envs.cstr import ENV_ID as PLANT_ID
+from lipctl.envs.cstr import (
     LYAPUNOV_P,
     SAMPLING_PERIOD,
     STABILITY_LEVEL,

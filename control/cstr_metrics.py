@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from control.loop import Trajectory
-from control.mpc import SolveStats
-from envs.cstr import ACTION_HIGH, ACTION_LOW, SAMPLING_PERIOD, in_target
+from lipctl.control.loop import Trajectory
+from lipctl.control.mpc import SolveStats
+from lipctl.envs.cstr import ACTION_HIGH, ACTION_LOW, SAMPLING_PERIOD, in_target
 
 
 @dataclass(frozen=True)

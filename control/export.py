@@ -1,7 +1,7 @@
 """Export a torch module with a fixed input shape to TorchScript or ONNX, and check parity.
 
-Learned policies (a `control.policy.ScaledPolicy`: observations to actions in the plant's units)
-and process models (a ProcessModel's forward on [B, T, features]) are exported the same way:
+Learned policies (a `lipctl.control.policy.ScaledPolicy`: observations to actions in the plant's
+units) and process models (a ProcessModel's forward on [B, T, features]) are exported the same way:
 traced once on an example input, so the file computes the module for inputs of exactly that
 shape. Files are written atomically. The ONNX file has one input named "input" and one output
 named "output".
@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lipctl.control.files import atomic_write
 from torch import Tensor, nn
-
-from control.files import atomic_write
 
 FORMATS = ("torchscript", "onnx")
 

@@ -7,10 +7,9 @@ import time
 from collections.abc import Container
 
 import numpy as np
-
-from control.loop import Controller
-from control.mpc import SolveFailed
-from control.runtime import Plant
+from lipctl.control.loop import Controller
+from lipctl.control.mpc import SolveFailed
+from lipctl.control.runtime import Plant
 
 NONE: frozenset[int] = frozenset()
 

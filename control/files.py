@@ -1,4 +1,4 @@
-"""Data files: atomic writes (from envs.files) and data-only loading of torch files."""
+"""Data files: atomic writes (from lipctl.envs.files) and data-only loading of torch files."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 import torch
-
-from envs.files import atomic_write
+from lipctl.envs.files import atomic_write
 
 __all__ = ["atomic_write", "load_data"]
 

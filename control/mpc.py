@@ -23,8 +23,7 @@ from typing import Any
 
 import casadi as ca
 import numpy as np
-
-from envs.cstr import (
+from lipctl.envs.cstr import (
     ACTION_HIGH,
     ACTION_LOW,
     INPUT_WEIGHTS,

@@ -24,10 +24,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
-
-from control.loop import Controller
-from control.mpc import SolveFailed
-from lipschitz.certificates import Certificate
+from lipctl.control.loop import Controller
+from lipctl.control.mpc import SolveFailed
+from lipctl.lipschitz.certificates import Certificate
 
 HOLD = "hold"
 

@@ -229,4 +229,4 @@ class CSTREnv(gym.Env):
         return self._observe(), -cost, False, False, info
 
 
-gym.register(id=ENV_ID, entry_point="envs.cstr:CSTREnv", max_episode_steps=100)
+gym.register(id=ENV_ID, entry_point="lipctl.envs.cstr:CSTREnv", max_episode_steps=100)

@@ -38,8 +38,7 @@ from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
-
-from envs.files import atomic_write
+from lipctl.envs.files import atomic_write
 
 SCHEMA_VERSION = 1
 FORMAT = "lipctl-demos"
@@ -55,7 +54,7 @@ class DemosError(ValueError):
 
 class Episode(Protocol):
     """One recorded episode: observations has one entry more than actions (the reset's first).
-    control.loop.Trajectory is one."""
+    lipctl.control.loop.Trajectory is one."""
 
     observations: np.ndarray
     actions: np.ndarray
@@ -239,7 +238,7 @@ def _check(demos: Demos, where: str) -> None:
 def _check_env(demos: Demos, env: gym.Env | str, where: str) -> None:
     """The environment is the one the demonstrations were recorded on."""
     if isinstance(env, str):
-        from envs.make import make_env
+        from lipctl.envs.make import make_env
 
         made = make_env(env)
         try:

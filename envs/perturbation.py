@@ -9,9 +9,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-
-from lipschitz import project_to_ball
-from lipschitz.regularizers import NORMS
+from lipctl.lipschitz import project_to_ball
+from lipctl.lipschitz.regularizers import NORMS
 
 Perturb = Callable[[np.ndarray], np.ndarray]  # clean observation -> delta
 

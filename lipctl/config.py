@@ -16,9 +16,9 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from agents.checkpoint import CheckpointError
-from envs import UnknownEnvError
-from envs.demos import DemosError
+from lipctl.agents.checkpoint import CheckpointError
+from lipctl.envs import UnknownEnvError
+from lipctl.envs.demos import DemosError
 
 USAGE_EXIT_CODE = 2
 
@@ -91,7 +91,7 @@ def check_overrides(config_name: str, overrides: list[str],
     outer = get_gh_backup()  # reentrant: a running Hydra app may check another command's config
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module="conf", version_base=None):
+        with initialize_config_module(config_module="lipctl.conf", version_base=None):
             for variant in variants:
                 try:
                     cfg = compose(config_name, overrides=variant)

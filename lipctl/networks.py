@@ -16,19 +16,24 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from agents.absorbing import RealStateActor
-from agents.bc import KIND as BC_KIND
-from agents.bc import BCPolicy
-from agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
-from agents.checkpoint import CheckpointError
-from control.files import load_data
-from control.models import TrainedModel, load_model, sequence_lower_bound, sequence_upper_bound
-from control.models.io import FORMAT as MODEL_FORMAT
-from control.policy import ScaledPolicy, policy_certificate
-from envs import env_spaces, make_env
+from lipctl.agents.absorbing import RealStateActor
+from lipctl.agents.bc import KIND as BC_KIND
+from lipctl.agents.bc import BCPolicy
+from lipctl.agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
+from lipctl.agents.checkpoint import CheckpointError
+from lipctl.control.files import load_data
+from lipctl.control.models import (
+    TrainedModel,
+    load_model,
+    sequence_lower_bound,
+    sequence_upper_bound,
+)
+from lipctl.control.models.io import FORMAT as MODEL_FORMAT
+from lipctl.control.policy import ScaledPolicy, policy_certificate
+from lipctl.envs import env_spaces, make_env
+from lipctl.lipschitz import freeze_spectral
+from lipctl.lipschitz.certificates import Certificate
 from lipctl.runtime import uses_absorbing_states
-from lipschitz import freeze_spectral
-from lipschitz.certificates import Certificate
 
 POLICY, PROCESS_MODEL = "policy", "process model"
 PROBE_SAMPLES = 64  # inputs the sampled lower bound starts from

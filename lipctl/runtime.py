@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from agents.absorbing import AbsorbingIndicator
-from envs import make_env
+from lipctl.agents.absorbing import AbsorbingIndicator
 from lipctl.config import ConfigError
+from lipctl.envs import make_env
 
 
 def resolve_device(name: str) -> torch.device:

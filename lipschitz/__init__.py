@@ -1,6 +1,6 @@
 """Lipschitz toolkit: constrained layers, soft regularisers and certificates."""
 
-from lipschitz.certificates import (
+from lipctl.lipschitz.certificates import (
     TIERS,
     Certificate,
     certify,
@@ -11,15 +11,21 @@ from lipschitz.certificates import (
     pair_ratio_ascent,
     upper_bound,
 )
-from lipschitz.layers import GroupSort, MaxMin, SpectralLinear, freeze_spectral, lipschitz_mlp
-from lipschitz.lipsdp import (
+from lipctl.lipschitz.layers import (
+    GroupSort,
+    MaxMin,
+    SpectralLinear,
+    freeze_spectral,
+    lipschitz_mlp,
+)
+from lipctl.lipschitz.lipsdp import (
     certified_rho,
     check_lmi,
     eclipse_fast_multipliers,
     lipsdp_matrix,
     lipsdp_multipliers,
 )
-from lipschitz.regularizers import (
+from lipctl.lipschitz.regularizers import (
     adversarial_perturbation,
     gradient_penalty,
     input_gradient_norm,

@@ -8,7 +8,7 @@ The two tighter tiers need elementwise activations with slopes in [0, 1] (ReLU, 
 sigmoid, identity); on nets with MaxMin/GroupSort they fall back to the product bound. Their
 multipliers only become a certificate after a float64 Cholesky check of the full LipSDP matrix.
 
-See lipschitz.lipsdp for the LipSDP-neuron derivation.
+See lipctl.lipschitz.lipsdp for the LipSDP-neuron derivation.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from lipschitz.layers import GroupSort, MaxMin, SpectralLinear
-from lipschitz.lipsdp import (
+from lipctl.lipschitz.layers import GroupSort, MaxMin, SpectralLinear
+from lipctl.lipschitz.lipsdp import (
     certified_rho,
     check_lmi,
     eclipse_fast_multipliers,
@@ -32,6 +30,7 @@ from lipschitz.lipsdp import (
     lipsdp_multipliers,
     to_float64,
 )
+from torch import Tensor, nn
 
 __all__ = [
     "TIERS",

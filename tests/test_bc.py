@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc, holdout_split
+from lipctl.control import returns, run
+from lipctl.control.policy import ModuleController
+from lipctl.envs import make_env
+from lipctl.envs.demos import load_demos
+from lipctl.envs.experts import make_expert
+from lipctl.lipschitz import SpectralLinear, freeze_spectral
 
-from agents.bc import BCPolicy, BCSettings, fit_bc, holdout_split
-from control import returns, run
-from control.policy import ModuleController
-from envs import make_env
-from envs.demos import load_demos
-from envs.experts import make_expert
-from lipschitz import SpectralLinear, freeze_spectral
 from tests.helpers import assert_user_error, lipctl
 
 ROOT = Path(__file__).resolve().parents[1]

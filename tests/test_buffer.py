@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from agents.buffer import ReplayBuffer
+from lipctl.agents.buffer import ReplayBuffer
 
 
 def fill(buffer: ReplayBuffer, n: int) -> None:

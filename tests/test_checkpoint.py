@@ -5,8 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lipctl.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_of_data_only_state(tmp_path):

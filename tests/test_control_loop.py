@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from control import Controller, returns, run
-from envs import UnknownEnvError, make_env
+from lipctl.control import Controller, returns, run
+from lipctl.envs import UnknownEnvError, make_env
 
 
 class ZeroController:

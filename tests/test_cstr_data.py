@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from control.cstr_data import (
+from lipctl.control.cstr_data import (
     INPUT_HIGH,
     INPUT_LOW,
     PLANT_ID,
@@ -24,7 +23,7 @@ from control.cstr_data import (
     save_dataset,
     state_grid,
 )
-from envs.cstr import rk4_step
+from lipctl.envs.cstr import rk4_step
 
 SMALL = dict(states_per_axis=10, inputs_per_axis=4, chains=16, periods=10)
 

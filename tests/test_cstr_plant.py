@@ -5,10 +5,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from scipy.integrate import solve_ivp
-
-from envs import make_env
-from envs.cstr import (
+from lipctl.envs import make_env
+from lipctl.envs.cstr import (
     ACTION_HIGH,
     ACTION_LOW,
     ENV_ID,
@@ -22,6 +20,7 @@ from envs.cstr import (
     stage_cost,
     target_lyapunov_level,
 )
+from scipy.integrate import solve_ivp
 
 # (state, input) pairs across the stability region and the input box, bounds included.
 CASES = [

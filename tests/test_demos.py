@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 import stable_baselines3
 import torch
+from lipctl.control import returns, run
+from lipctl.envs import make_env
+from lipctl.envs.demos import (
+    SCHEMA_VERSION,
+    Demos,
+    DemosError,
+    from_episodes,
+    load_demos,
+    save_demos,
+)
+from lipctl.envs.experts import make_expert
 
-from control import returns, run
-from envs import make_env
-from envs.demos import SCHEMA_VERSION, Demos, DemosError, from_episodes, load_demos, save_demos
-from envs.experts import make_expert
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 ENV_ID = "InvertedPendulum-v5"

@@ -14,12 +14,12 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from lipctl.agents.checkpoint import save_checkpoint
+from lipctl.agents.sac import SAC
+from lipctl.control.cstr_data import generate
+from lipctl.control.models import build_model, save_model
+from lipctl.envs.cstr import in_target, rk4_step
 
-from agents.checkpoint import save_checkpoint
-from agents.sac import SAC
-from control.cstr_data import generate
-from control.models import build_model, save_model
-from envs.cstr import in_target, rk4_step
 from lipctl.networks import read_network
 from tests.helpers import assert_user_error, lipctl
 
@@ -30,7 +30,7 @@ def files(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("deploy")
     torch.manual_seed(0)
     agent = SAC(3, 1, hidden=[16, 16])
-    learner = {"_target_": "agents.sac.SAC", "hidden": [16, 16]}
+    learner = {"_target_": "lipctl.agents.sac.SAC", "hidden": [16, 16]}
     save_checkpoint(folder / "policy.pt", {
         "agent": agent.state_dict(), "step": 0, "certificates": {},
         "config": {"env": {"id": "Pendulum-v1"}, "agent": {"learner": learner}}})

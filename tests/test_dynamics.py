@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from agents.dynamics import DynamicsEnsemble, train_model, transition_pairs
+from lipctl.agents.dynamics import DynamicsEnsemble, train_model, transition_pairs
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:

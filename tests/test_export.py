@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from agents.sac import Actor
-from control.export import FORMATS, export_module, export_parity
-from control.models import build_model
-from control.policy import ModuleController, ScaledPolicy, policy_certificate
+from lipctl.agents.sac import Actor
+from lipctl.control.export import FORMATS, export_module, export_parity
+from lipctl.control.models import build_model
+from lipctl.control.policy import ModuleController, ScaledPolicy, policy_certificate
 
 TOLERANCE = 1e-5
 

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
-from control.faults import FaultyController, FaultyPlant
-from control.runtime import GymPlant, Runtime
-from envs import make_env
-from envs.cstr import ENV_ID
+from lipctl.control.faults import FaultyController, FaultyPlant
+from lipctl.control.runtime import GymPlant, Runtime
+from lipctl.envs import make_env
+from lipctl.envs.cstr import ENV_ID
 
 PERIOD = 18.0  # the CSTR's sampling period, seconds
 STEPS, FAULT = 6, 3

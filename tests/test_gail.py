@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lipctl.agents.absorbing import AbsorbingIndicator, absorb, is_absorbing, strip, with_indicator
+from lipctl.agents.buffer import Batch, ReplayBuffer
+from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.discriminator import Discriminator, discriminator_loss, penalty_points
+from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
+from lipctl.agents.preconditioning import ForwardModel
+from lipctl.envs import make_env
+from lipctl.envs.demos import load_demos
+from lipctl.lipschitz import certify, input_gradient_norm
 
-from agents.absorbing import AbsorbingIndicator, absorb, is_absorbing, strip, with_indicator
-from agents.buffer import Batch, ReplayBuffer
-from agents.checkpoint import load_checkpoint
-from agents.discriminator import Discriminator, discriminator_loss, penalty_points
-from agents.gail import GAILReward, GAILSettings, expert_batch
-from agents.preconditioning import ForwardModel
-from envs import make_env
-from envs.demos import load_demos
-from lipschitz import certify, input_gradient_norm
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 DEMOS = Path(__file__).parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"

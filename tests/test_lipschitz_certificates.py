@@ -4,9 +4,7 @@ import time
 
 import pytest
 import torch
-from torch import nn
-
-from lipschitz import (
+from lipctl.lipschitz import (
     Certificate,
     GroupSort,
     MaxMin,
@@ -24,7 +22,8 @@ from lipschitz import (
     mlp_layers,
     upper_bound,
 )
-from lipschitz.lipsdp import _rho_and_gradient
+from lipctl.lipschitz.lipsdp import _rho_and_gradient
+from torch import nn
 
 FAST_LIPSDP = 100  # iterations used in tests; the default (300) is measured in the report test
 

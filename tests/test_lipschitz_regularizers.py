@@ -1,14 +1,13 @@
 import pytest
 import torch
-from torch import nn
-
-from lipschitz import (
+from lipctl.lipschitz import (
     adversarial_perturbation,
     gradient_penalty,
     input_gradient_norm,
     interpolate,
     robust_loss,
 )
+from torch import nn
 
 
 @pytest.fixture(autouse=True)

@@ -6,15 +6,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from lipctl.agents.buffer import Batch, ReplayBuffer
+from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.dynamics import DynamicsEnsemble
+from lipctl.agents.mbpo import MBPOSettings, MBPOSource, ModelBuffer
+from lipctl.agents.sac import SAC
+from lipctl.agents.termination import never, termination_fn
+from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
+from lipctl.envs import make_env
 
-from agents.buffer import Batch, ReplayBuffer
-from agents.checkpoint import load_checkpoint
-from agents.dynamics import DynamicsEnsemble
-from agents.mbpo import MBPOSettings, MBPOSource, ModelBuffer
-from agents.sac import SAC
-from agents.termination import never, termination_fn
-from agents.trainer import LoopSettings, OffPolicyTrainer
-from envs import make_env
 from lipctl.logger import Logger
 
 

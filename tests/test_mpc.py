@@ -2,10 +2,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from control import MPC, SolveStats, Trajectory, cstr_metrics, reached_step, run
-from envs import make_env
-from envs.cstr import ACTION_HIGH, ACTION_LOW, ENV_ID, lyapunov, rk4_step, target_lyapunov_level
+from lipctl.control import MPC, SolveStats, Trajectory, cstr_metrics, reached_step, run
+from lipctl.envs import make_env
+from lipctl.envs.cstr import (
+    ACTION_HIGH,
+    ACTION_LOW,
+    ENV_ID,
+    lyapunov,
+    rk4_step,
+    target_lyapunov_level,
+)
 
 STARTS = [[1.5, -70.0], [-1.5, 70.0], [-1.25, 50.0], [1.25, -50.0]]  # published, deviation form
 

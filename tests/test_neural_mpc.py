@@ -10,13 +10,12 @@ import casadi as ca
 import numpy as np
 import pytest
 import torch
-
-from control import MPC, cstr_metrics, run
-from control.cstr_data import PLANT_ID, SUBSTEPS, Scaler, generate
-from control.models import TrainedModel, build_model, casadi_model, fit, save_model
-from control.models.base import ProcessModel
-from envs import make_env
-from envs.cstr import ACTION_HIGH, ACTION_LOW, ENV_ID, SAMPLING_PERIOD, rk4_step
+from lipctl.control import MPC, cstr_metrics, run
+from lipctl.control.cstr_data import PLANT_ID, SUBSTEPS, Scaler, generate
+from lipctl.control.models import TrainedModel, build_model, casadi_model, fit, save_model
+from lipctl.control.models.base import ProcessModel
+from lipctl.envs import make_env
+from lipctl.envs.cstr import ACTION_HIGH, ACTION_LOW, ENV_ID, SAMPLING_PERIOD, rk4_step
 
 STARTS = [[1.5, -70.0], [-1.5, 70.0], [-1.25, 50.0], [1.25, -50.0]]  # published, deviation form
 KINDS = {"iclrnn": {}, "icrnn": {}, "rnn": {}, "rnn-relu": {"nonlinearity": "relu"}, "lstm": {}}

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from asyncua import ua
+from lipctl.control.cstr_closed_loop import cstr_mpc
+from lipctl.control.opcua_plant import OpcUaPlant, PlantServer, PlantUnavailable, is_loopback
+from lipctl.control.runtime import Runtime
+from lipctl.envs.cstr import CSTREnv, in_target, rk4_step
 
-from control.cstr_closed_loop import cstr_mpc
-from control.opcua_plant import OpcUaPlant, PlantServer, PlantUnavailable, is_loopback
-from control.runtime import Runtime
-from envs.cstr import CSTREnv, in_target, rk4_step
 from lipctl.bench.deploy import PlantProcess
 
 X0 = np.array([1.5, -70.0])

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from control.cstr_data import generate
-from control.models import (
+from lipctl.control.cstr_data import generate
+from lipctl.control.models import (
     ICLRNN,
     MODELS,
     build_model,
@@ -22,7 +21,7 @@ from control.models import (
     sequence_lower_bound,
     sequence_upper_bound,
 )
-from envs.cstr import rk4_step
+from lipctl.envs.cstr import rk4_step
 
 HIDDEN = 32
 EPOCHS = 60

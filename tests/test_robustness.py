@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from lipctl.control import run
+from lipctl.control.policy import LinearFeedback, ModuleController
+from lipctl.control.robustness import PGDAttack, robustness_sweep
+from lipctl.envs import make_env
+from lipctl.envs.experts import make_expert
+from lipctl.envs.perturbation import PerturbedObservation, SphereNoise, vector_norm
 from torch import nn
 
-from control import run
-from control.policy import LinearFeedback, ModuleController
-from control.robustness import PGDAttack, robustness_sweep
-from envs import make_env
-from envs.experts import make_expert
-from envs.perturbation import PerturbedObservation, SphereNoise, vector_norm
 from tests.helpers import assert_user_error, lipctl
 
 ENV_ID = "InvertedPendulum-v5"

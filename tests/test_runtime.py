@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from control import reached_step
-from control.cstr_closed_loop import PUBLISHED_STARTS, cstr_mpc
-from control.faults import FaultyController
-from control.mpc import MPC
-from control.runtime import DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
-from envs import make_env
-from envs.cstr import ENV_ID, SAMPLING_PERIOD, rk4_step
-from lipschitz.certificates import Certificate
+from lipctl.control import reached_step
+from lipctl.control.cstr_closed_loop import PUBLISHED_STARTS, cstr_mpc
+from lipctl.control.faults import FaultyController
+from lipctl.control.mpc import MPC
+from lipctl.control.runtime import DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
+from lipctl.envs import make_env
+from lipctl.envs.cstr import ENV_ID, SAMPLING_PERIOD, rk4_step
+from lipctl.lipschitz.certificates import Certificate
 
 PERIOD = SAMPLING_PERIOD * 3600  # seconds
 REPO = Path(__file__).resolve().parents[1]
@@ -153,10 +152,10 @@ def test_log_is_appended_across_runs(tmp_path):
 
 KILLED_RUN = """
 import numpy as np
-from control.faults import FaultyController
-from control.runtime import GymPlant, Runtime
-from envs import make_env
-from envs.cstr import ENV_ID
+from lipctl.control.faults import FaultyController
+from lipctl.control.runtime import GymPlant, Runtime
+from lipctl.envs import make_env
+from lipctl.envs.cstr import ENV_ID
 
 class Zero:
     def act(self, observation):

@@ -3,14 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from lipctl.agents.buffer import Batch, ReplayBuffer
+from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.sac import SAC
+from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
+from lipctl.envs import make_env
+from lipctl.lipschitz import adversarial_perturbation, upper_bound
 
-from agents.buffer import Batch, ReplayBuffer
-from agents.checkpoint import load_checkpoint
-from agents.sac import SAC
-from agents.trainer import LoopSettings, OffPolicyTrainer
-from envs import make_env
 from lipctl.logger import Logger
-from lipschitz import adversarial_perturbation, upper_bound
 
 
 def random_batch(buffer_rows: int = 64, obs_dim: int = 3, act_dim: int = 1) -> ReplayBuffer:

@@ -4,8 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from agents.termination import TERMINATIONS, termination_fn
+from lipctl.agents.termination import TERMINATIONS, termination_fn
 
 # envs whose random-action episodes end by termination within a few hundred steps
 TERMINATING = {"Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5", "InvertedPendulum-v5"}

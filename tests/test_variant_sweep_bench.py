@@ -84,7 +84,7 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
 
 def preset_runs(preset: str) -> Iterator[tuple[str, str, DictConfig]]:
     """(env, variant, composed train config) of every run of a benchmark preset."""
-    with initialize_config_module(config_module="conf", version_base=None):
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
         exp = compose("bench", overrides=[f"experiment={preset}"]).experiment
         for env in exp.envs:
             for variant in exp.variants:

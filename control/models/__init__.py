@@ -1,19 +1,19 @@
 """Process models of a plant's state over one sampling period: input-convex (Lipschitz) RNNs and
 recurrent baselines, one trainer, Lipschitz certificates and save/load as data."""
 
-from control.models.base import ProcessModel, RecurrentWeights
-from control.models.baselines import LSTM, RNN
-from control.models.casadi_model import casadi_model
-from control.models.certify import (
+from lipctl.control.models.base import ProcessModel, RecurrentWeights
+from lipctl.control.models.baselines import LSTM, RNN
+from lipctl.control.models.casadi_model import casadi_model
+from lipctl.control.models.certify import (
     certify_model,
     sequence_gain,
     sequence_lower_bound,
     sequence_upper_bound,
 )
-from control.models.convex import ICLRNN, ICRNN, InputConvexRNN
-from control.models.io import TrainedModel, load_model, save_model
-from control.models.registry import MODELS, build_model
-from control.models.train import FitResult, fit, mse
+from lipctl.control.models.convex import ICLRNN, ICRNN, InputConvexRNN
+from lipctl.control.models.io import TrainedModel, load_model, save_model
+from lipctl.control.models.registry import MODELS, build_model
+from lipctl.control.models.train import FitResult, fit, mse
 
 __all__ = [
     "ICLRNN",

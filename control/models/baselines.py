@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from lipctl.control.models.base import ProcessModel, RecurrentWeights
 from torch import Tensor, nn
-
-from control.models.base import ProcessModel, RecurrentWeights
 
 NONLINEARITIES = ("tanh", "relu")
 

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import casadi as ca
 import numpy as np
-
-from control.cstr_data import INPUT_NAMES, STATE_NAMES
-from control.models.io import TrainedModel, load_model
+from lipctl.control.cstr_data import INPUT_NAMES, STATE_NAMES
+from lipctl.control.models.io import TrainedModel, load_model
 
 Weights = Mapping[str, ca.DM]
 Recurrence = Callable[[Weights, ca.SX, int], ca.SX]

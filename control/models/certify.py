@@ -8,10 +8,9 @@ import math
 import time
 
 import torch
+from lipctl.control.models.base import ProcessModel
+from lipctl.lipschitz.certificates import Certificate, pair_ratio_ascent
 from torch import Tensor
-
-from control.models.base import ProcessModel
-from lipschitz.certificates import Certificate, pair_ratio_ascent
 
 
 def _norm(matrix: Tensor) -> Tensor:

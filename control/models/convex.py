@@ -10,7 +10,7 @@ U >= 0 and V >= 0 are what convexity needs; W >= 0 follows the method, and the d
 no restriction, since W [z, -z] = (W_+ - W_-) z takes any sign. The output is affine rather than
 relu(V h + c): both are convex non-decreasing, but a relu would clip the negative half of the
 standardised states. ICLRNN also caps the spectral norm of W, U and V, which bounds the Lipschitz
-constant of the map (see `control.models.certify`).
+constant of the map (see `lipctl.control.models.certify`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from lipctl.control.models.base import ProcessModel, RecurrentWeights
+from lipctl.lipschitz.layers import SIGMA_MARGIN
 from torch import Tensor, nn
-
-from control.models.base import ProcessModel, RecurrentWeights
-from lipschitz.layers import SIGMA_MARGIN
 
 
 class InputConvexRNN(ProcessModel):

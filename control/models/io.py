@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from control.cstr_data import (
+from lipctl.control.cstr_data import (
     INPUT_NAMES,
     PLANT_ID,
     STATE_NAMES,
@@ -17,9 +16,9 @@ from control.cstr_data import (
     Scaler,
     encode,
 )
-from control.files import atomic_write, load_data
-from control.models.base import ProcessModel
-from control.models.registry import build_model
+from lipctl.control.files import atomic_write, load_data
+from lipctl.control.models.base import ProcessModel
+from lipctl.control.models.registry import build_model
 
 FORMAT = "lipctl-process-model-1"
 

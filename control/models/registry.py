@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from control.models.base import ProcessModel
-from control.models.baselines import LSTM, RNN
-from control.models.convex import ICLRNN, ICRNN
+from lipctl.control.models.base import ProcessModel
+from lipctl.control.models.baselines import LSTM, RNN
+from lipctl.control.models.convex import ICLRNN, ICRNN
 
 MODELS: dict[str, type[ProcessModel]] = {cls.name: cls for cls in (ICLRNN, ICRNN, RNN, LSTM)}
 

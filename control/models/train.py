@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from lipctl.control.cstr_data import CSTRDataset
+from lipctl.control.models.base import ProcessModel
 from torch import Tensor
-
-from control.cstr_data import CSTRDataset
-from control.models.base import ProcessModel
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from control.cstr_closed_loop import (
+from lipctl.bench.report import write_csv
+from lipctl.control.cstr_closed_loop import (
     FIRST_PRINCIPLES,
     PUBLISHED_STARTS,
     cstr_closed_loop,
     cstr_mpc,
 )
-from control.cstr_data import generate, save_dataset
-from control.models import build_model, certify_model, fit, load_model, save_model
-from envs.cstr import LYAPUNOV_P, STABILITY_LEVEL, TARGET_HALF_WIDTHS, rk4_step
-from lipctl.bench.report import write_csv
+from lipctl.control.cstr_data import generate, save_dataset
+from lipctl.control.models import build_model, certify_model, fit, load_model, save_model
+from lipctl.envs.cstr import LYAPUNOV_P, STABILITY_LEVEL, TARGET_HALF_WIDTHS, rk4_step
 
 
 def fit_models(exp: DictConfig, work: Path) -> list[dict]:

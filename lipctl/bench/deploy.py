@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from control.cstr_closed_loop import cstr_mpc
-from control.cstr_data import generate
-from control.faults import FaultyController, FaultyPlant
-from control.models import build_model, fit, save_model
-from control.opcua_plant import OpcUaPlant, quiet_asyncua
-from control.runtime import Runtime
-from envs.cstr import in_target, rk4_step
+from lipctl.control.cstr_closed_loop import cstr_mpc
+from lipctl.control.cstr_data import generate
+from lipctl.control.faults import FaultyController, FaultyPlant
+from lipctl.control.models import build_model, fit, save_model
+from lipctl.control.opcua_plant import OpcUaPlant, quiet_asyncua
+from lipctl.control.runtime import Runtime
+from lipctl.envs.cstr import in_target, rk4_step
 from lipctl.networks import read_network
 
 SCENARIOS = ("first_principles", "iclrnn", "iclrnn_faults")

@@ -21,16 +21,16 @@ import torch
 from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
-from agents.bc import BCPolicy, BCSettings, fit_bc
-from control.policy import LinearFeedback, sampled_lower_bound
-from control.robustness import robustness_sweep
-from envs import env_spaces, make_env
-from envs.demos import load_demos
-from envs.experts import available_experts, make_expert
+from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
 from lipctl.bench.report import write_csv
 from lipctl.config import ConfigError, require_number
+from lipctl.control.policy import LinearFeedback, sampled_lower_bound
+from lipctl.control.robustness import robustness_sweep
+from lipctl.envs import env_spaces, make_env
+from lipctl.envs.demos import load_demos
+from lipctl.envs.experts import available_experts, make_expert
+from lipctl.lipschitz import Certificate
 from lipctl.runtime import seed_everything
-from lipschitz import Certificate
 
 EXPERT, UNCONSTRAINED = "expert", "unconstrained"
 EVAL_SEED = 10_000  # seed k's episodes are reset with seeds EVAL_SEED + 100 k, + 1, ...

@@ -46,10 +46,10 @@ class _WindowTimer:
 
 
 def measure_ours(s: Setting) -> float:
-    from agents.buffer import ReplayBuffer
-    from agents.sac import SAC
-    from agents.trainer import LoopSettings, OffPolicyTrainer
-    from envs import env_spaces, make_env
+    from lipctl.agents.buffer import ReplayBuffer
+    from lipctl.agents.sac import SAC
+    from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
+    from lipctl.envs import env_spaces, make_env
 
     env = make_env(s.env_id, seed=0)
     obs_dim, act_dim, _, _ = env_spaces(env)

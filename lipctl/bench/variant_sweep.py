@@ -32,8 +32,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
-from envs.demos import load_demos
 from lipctl.bench.report import write_csv
+from lipctl.envs.demos import load_demos
 
 RUN_FILES = ("eval.csv", "train.csv", "summary.json")
 CONFIDENCE = 0.95

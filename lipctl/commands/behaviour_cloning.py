@@ -10,18 +10,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from agents.bc import fit_bc
-from agents.checkpoint import save_checkpoint
-from control import returns, run
-from control.policy import ModuleController
-from envs import make_env
-from envs.demos import load_demos
-from envs.files import atomic_write
+from lipctl.agents.bc import fit_bc
+from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.config import ConfigError, require_number
+from lipctl.control import returns, run
+from lipctl.control.policy import ModuleController
+from lipctl.envs import make_env
+from lipctl.envs.demos import load_demos
+from lipctl.envs.files import atomic_write
+from lipctl.lipschitz import lipschitz_mlp
 from lipctl.logger import Logger
 from lipctl.networks import bc_policy
 from lipctl.runtime import resolve_device, seed_everything
-from lipschitz import lipschitz_mlp
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"

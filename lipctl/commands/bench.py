@@ -21,7 +21,7 @@ EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", *SWEEPS)
 def known_variants() -> list[str]:
     """The agent + regulariser pairs of conf/variant."""
     return sorted(path.name.removesuffix(".yaml")
-                  for path in resources.files("conf").joinpath("variant").iterdir()
+                  for path in resources.files("lipctl.conf").joinpath("variant").iterdir()
                   if path.name.endswith(".yaml"))
 
 
@@ -72,7 +72,7 @@ def bench(cfg: DictConfig) -> None:
     print(f"results written to {cfg.out}/")
 
 
-@hydra.main(config_path="pkg://conf", config_name="bench", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="bench", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl bench"):
         validate(cfg)

@@ -6,9 +6,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from control.cstr_data import SPLITS, generate, save_dataset
-from envs.cstr import ENV_ID, rk4_step
 from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.control.cstr_data import SPLITS, generate, save_dataset
+from lipctl.envs.cstr import ENV_ID, rk4_step
 
 PLANTS = {ENV_ID: rk4_step}
 
@@ -33,7 +33,7 @@ def make_data(cfg: DictConfig) -> None:
     print(f"{cfg.out}: {len(data.x0)} samples of one sampling period ({counts})")
 
 
-@hydra.main(config_path="pkg://conf", config_name="data", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="data", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl data"):
         validate(cfg)

@@ -14,13 +14,13 @@ import numpy as np
 import stable_baselines3
 from omegaconf import DictConfig
 
-from agents.checkpoint import CheckpointError
-from control import Controller, returns, run
-from control.policy import ModuleController
-from envs import make_env
-from envs.demos import from_episodes, load_demos, save_demos
-from envs.experts import available_experts, make_expert
+from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.control import Controller, returns, run
+from lipctl.control.policy import ModuleController
+from lipctl.envs import make_env
+from lipctl.envs.demos import from_episodes, load_demos, save_demos
+from lipctl.envs.experts import available_experts, make_expert
 from lipctl.networks import POLICY, read_network
 
 TRAINED = ("checkpoint", "sb3")  # experts read from `expert_checkpoint`
@@ -99,7 +99,7 @@ def record(cfg: DictConfig) -> None:
           f"(min {episode_returns.min():.1f}, max {episode_returns.max():.1f})")
 
 
-@hydra.main(config_path="pkg://conf", config_name="demos", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="demos", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl demos"):
         validate(cfg)

@@ -17,19 +17,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents.checkpoint import CheckpointError
-from control.cstr_closed_loop import cstr_mpc
-from control.files import atomic_write
-from control.loop import Controller
-from control.opcua_plant import CSTR_INPUTS, OpcUaPlant, PlantUnavailable, quiet_asyncua
-from control.policy import ModuleController
-from control.runtime import HOLD, DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
-from envs import UnknownEnvError, env_spaces, make_env
-from envs.cstr import ENV_ID as CSTR_ID
-from envs.cstr import in_target
+from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import ConfigError, require_choice, require_number, user_errors
+from lipctl.control.cstr_closed_loop import cstr_mpc
+from lipctl.control.files import atomic_write
+from lipctl.control.loop import Controller
+from lipctl.control.opcua_plant import CSTR_INPUTS, OpcUaPlant, PlantUnavailable, quiet_asyncua
+from lipctl.control.policy import ModuleController
+from lipctl.control.runtime import HOLD, DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
+from lipctl.envs import UnknownEnvError, env_spaces, make_env
+from lipctl.envs.cstr import ENV_ID as CSTR_ID
+from lipctl.envs.cstr import in_target
+from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import POLICY, PROCESS_MODEL, Network, read_network
-from lipschitz.certificates import TIERS
 
 NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL}  # controller -> file kind
 CSTR_CONTROLLERS = ("mpc", "model_mpc")
@@ -203,7 +203,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="pkg://conf", config_name="deploy", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="deploy", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl deploy"):
         validate(cfg)

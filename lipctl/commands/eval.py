@@ -9,11 +9,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from agents.checkpoint import CheckpointError, load_checkpoint
-from control import returns, run
-from control.policy import ModuleController
-from envs import env_spaces
+from lipctl.agents.checkpoint import CheckpointError, load_checkpoint
 from lipctl.config import require_number, user_errors
+from lipctl.control import returns, run
+from lipctl.control.policy import ModuleController
+from lipctl.envs import env_spaces
 from lipctl.networks import bc_policy, is_behaviour_cloning
 from lipctl.runtime import make_agent_env, resolve_device
 
@@ -55,7 +55,7 @@ def evaluate(cfg: DictConfig) -> tuple[float, float]:
     return mean, std
 
 
-@hydra.main(config_path="pkg://conf", config_name="eval", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> tuple[float, float]:
     with user_errors("lipctl eval"):
         validate(cfg)

@@ -11,12 +11,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from agents.checkpoint import CheckpointError
-from control.export import FORMATS, export_module, export_parity
-from control.files import atomic_write
+from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import require_choice, require_number, user_errors
+from lipctl.control.export import FORMATS, export_module, export_parity
+from lipctl.control.files import atomic_write
+from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import PROCESS_MODEL, read_network
-from lipschitz.certificates import TIERS
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUTS = {  # what the exported input and output hold, by network kind
@@ -74,7 +74,7 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(config_path="pkg://conf", config_name="export", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="export", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl export"):
         validate(cfg)

@@ -8,9 +8,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from control.cstr_data import CSTRDataset, load_dataset
-from control.models import MODELS, build_model, certify_model, fit, save_model
 from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.control.cstr_data import CSTRDataset, load_dataset
+from lipctl.control.models import MODELS, build_model, certify_model, fit, save_model
 
 
 def validate(cfg: DictConfig) -> None:
@@ -52,7 +52,7 @@ def fit_model(cfg: DictConfig) -> None:
           f"{certificate.upper:.4g} ({certificate.method}), sampled lower {certificate.lower:.4g}")
 
 
-@hydra.main(config_path="pkg://conf", config_name="fit", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="fit", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl fit"):
         validate(cfg)

@@ -8,9 +8,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from control.cstr_closed_loop import FIRST_PRINCIPLES, cstr_closed_loop, cstr_mpc
-from control.models import MODELS, TrainedModel, load_model
 from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.control.cstr_closed_loop import FIRST_PRINCIPLES, cstr_closed_loop, cstr_mpc
+from lipctl.control.models import MODELS, TrainedModel, load_model
 
 
 def validate(cfg: DictConfig) -> None:
@@ -51,7 +51,7 @@ def closed_loop(cfg: DictConfig) -> None:
           f"input-bound violations {metrics.bound_violations}")
 
 
-@hydra.main(config_path="pkg://conf", config_name="mpc", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="mpc", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl mpc"):
         validate(cfg)

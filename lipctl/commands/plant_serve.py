@@ -8,9 +8,9 @@ import threading
 import hydra
 from omegaconf import DictConfig
 
-from control.opcua_plant import PlantServer, quiet_asyncua
-from envs.cstr import ENV_ID, CSTREnv
 from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.control.opcua_plant import PlantServer, quiet_asyncua
+from lipctl.envs.cstr import ENV_ID, CSTREnv
 
 
 def require_pair(cfg: DictConfig, key: str, minimum: float | None = None,
@@ -67,7 +67,7 @@ def serve(cfg: DictConfig) -> None:
     print("stopped at", *(f"{v:.17g}" for v in server.snapshot.measurement), flush=True)
 
 
-@hydra.main(config_path="pkg://conf", config_name="plant_serve", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="plant_serve", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl plant serve"):
         validate(cfg)

@@ -13,14 +13,14 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from agents.checkpoint import CheckpointError
-from control.robustness import RobustnessReport, robustness_sweep
-from envs.files import atomic_write
+from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import ConfigError, require_choice, require_number, user_errors
+from lipctl.control.robustness import RobustnessReport, robustness_sweep
+from lipctl.envs.files import atomic_write
+from lipctl.lipschitz import TIERS
+from lipctl.lipschitz.regularizers import NORMS
 from lipctl.networks import POLICY, read_network
 from lipctl.runtime import seed_everything
-from lipschitz import TIERS
-from lipschitz.regularizers import NORMS
 
 OUT_SUFFIXES = (".csv", ".json")
 
@@ -90,7 +90,7 @@ def robustness(cfg: DictConfig) -> RobustnessReport:
     return report
 
 
-@hydra.main(config_path="pkg://conf", config_name="robustness", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="robustness", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl robustness"):
         validate(cfg)

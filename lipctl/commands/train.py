@@ -13,16 +13,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from agents.buffer import ReplayBuffer
-from agents.checkpoint import load_checkpoint
-from agents.gail import GAILReward, GAILSettings, expert_batch
-from agents.mbpo import MBPOSettings, MBPOSource
-from agents.sources import BatchSource, RewardSource
-from agents.termination import TERMINATIONS, termination_fn
-from agents.trainer import Learner, LoopSettings, OffPolicyTrainer
-from control.files import atomic_write
-from envs import env_spaces, make_env
-from envs.demos import Demos, load_demos
+from lipctl.agents.buffer import ReplayBuffer
+from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
+from lipctl.agents.mbpo import MBPOSettings, MBPOSource
+from lipctl.agents.sources import BatchSource, RewardSource
+from lipctl.agents.termination import TERMINATIONS, termination_fn
+from lipctl.agents.trainer import Learner, LoopSettings, OffPolicyTrainer
 from lipctl.commands import behaviour_cloning
 from lipctl.config import (
     ConfigError,
@@ -31,6 +28,10 @@ from lipctl.config import (
     require_number,
     user_errors,
 )
+from lipctl.control.files import atomic_write
+from lipctl.envs import env_spaces, make_env
+from lipctl.envs.demos import Demos, load_demos
+from lipctl.lipschitz import TIERS
 from lipctl.logger import BACKENDS, Logger
 from lipctl.networks import is_behaviour_cloning
 from lipctl.runtime import (
@@ -40,7 +41,6 @@ from lipctl.runtime import (
     resolve_device,
     seed_everything,
 )
-from lipschitz import TIERS
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -213,7 +213,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     return final
 
 
-@hydra.main(config_path="pkg://conf", config_name="train", version_base=None)
+@hydra.main(config_path="pkg://lipctl.conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     with user_errors("lipctl train"):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
