@@ -16,8 +16,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import torch
-from lipctl.agents.buffer import Batch
 from torch import Tensor, nn
+
+from lipctl.agents.buffer import Batch
 
 
 class AbsorbingIndicator(gym.ObservationWrapper):

@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
 from lipctl.agents.trainer import MetricsLogger
 from lipctl.control.policy import sampled_lower_bound
 from lipctl.lipschitz import Certificate, certify, lipschitz_mlp
-from torch import Tensor, nn
-from tqdm import tqdm
 
 KIND = "behaviour_cloning"  # the `agent.kind` of a behaviour-cloning config and checkpoint
 

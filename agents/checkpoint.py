@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from lipctl.control.files import atomic_write, load_data
 
 

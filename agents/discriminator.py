@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from lipctl.lipschitz import gradient_penalty, interpolate, lipschitz_mlp
 from torch import Tensor, nn
+
+from lipctl.lipschitz import gradient_penalty, interpolate, lipschitz_mlp
 
 # reward(logit of D): -log(1 - D) = softplus(logit) > 0; log D - log(1 - D) = logit
 REWARD_FORMS = {"minus_log_one_minus_d": F.softplus, "logit": lambda logits: logits}

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from lipctl.lipschitz import SpectralLinear
 from torch import Tensor, nn
+
+from lipctl.lipschitz import SpectralLinear
 
 MAX_HOLDOUT = 5000  # holdout rows are capped, as in MBPO, so validation stays cheap on big buffers
 MIN_IMPROVEMENT = 0.01  # relative holdout-MSE drop that counts as progress for early stopping

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from lipctl.agents.absorbing import absorb, with_indicator
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.discriminator import (
@@ -26,7 +28,6 @@ from lipctl.agents.discriminator import (
 from lipctl.agents.preconditioning import ForwardModel
 from lipctl.envs.demos import Demos
 from lipctl.lipschitz import Certificate, certify
-from torch import Tensor
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from torch import Tensor
+
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.dynamics import (
     DynamicsEnsemble,
@@ -22,7 +24,6 @@ from lipctl.agents.dynamics import (
     transition_pairs,
 )
 from lipctl.agents.termination import TerminationFn
-from torch import Tensor
 
 
 class StochasticActor(Protocol):

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from lipctl.agents.buffer import Batch
 from torch import Tensor, nn
+
+from lipctl.agents.buffer import Batch
 
 
 class ForwardModel(nn.Module):

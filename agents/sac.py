@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from lipctl.agents.buffer import Batch
 from lipctl.lipschitz import Certificate, certify, lipschitz_mlp, robust_loss
-from torch import Tensor, nn
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from torch import Tensor
+
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.lipschitz import Certificate
-from torch import Tensor
 
 
 class BatchSource(Protocol):

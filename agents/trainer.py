@@ -11,14 +11,15 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import Tensor
+from tqdm import tqdm
+
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.agents.sources import BatchSource, EnvironmentReward, ReplaySource, RewardSource
 from lipctl.control import Controller, returns, run
 from lipctl.envs import env_spaces
 from lipctl.lipschitz import Certificate
-from torch import Tensor
-from tqdm import tqdm
 
 
 class Learner(Protocol):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from lipctl.control.files import atomic_write
 from lipctl.envs.cstr import ACTION_HIGH as INPUT_HIGH
 from lipctl.envs.cstr import ACTION_LOW as INPUT_LOW

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from lipctl.control.loop import Trajectory
 from lipctl.control.mpc import SolveStats
 from lipctl.envs.cstr import ACTION_HIGH, ACTION_LOW, SAMPLING_PERIOD, in_target

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lipctl.control.files import atomic_write
 from torch import Tensor, nn
+
+from lipctl.control.files import atomic_write
 
 FORMATS = ("torchscript", "onnx")
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Container
 
 import numpy as np
+
 from lipctl.control.loop import Controller
 from lipctl.control.mpc import SolveFailed
 from lipctl.control.runtime import Plant

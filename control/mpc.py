@@ -23,6 +23,7 @@ from typing import Any
 
 import casadi as ca
 import numpy as np
+
 from lipctl.envs.cstr import (
     ACTION_HIGH,
     ACTION_LOW,

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from lipctl.lipschitz.certificates import Certificate, certify, pair_ratio_ascent
 from torch import Tensor, nn
+
+from lipctl.lipschitz.certificates import Certificate, certify, pair_ratio_ascent
 
 
 class ScaledPolicy(nn.Module):

@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from lipctl.control.loop import Trajectory, returns, run
 from lipctl.control.policy import ModuleController
 from lipctl.envs import make_env
 from lipctl.envs.perturbation import Perturb, PerturbedObservation, SphereNoise, check_perturbation
 from lipctl.lipschitz import Certificate, adversarial_perturbation
-from torch import nn
 
 
 class PGDAttack:

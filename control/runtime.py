@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
+
 from lipctl.control.loop import Controller
 from lipctl.control.mpc import SolveFailed
 from lipctl.lipschitz.certificates import Certificate

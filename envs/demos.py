@@ -38,6 +38,7 @@ from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
+
 from lipctl.envs.files import atomic_write
 
 SCHEMA_VERSION = 1

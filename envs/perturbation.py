@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+
 from lipctl.lipschitz import project_to_ball
 from lipctl.lipschitz.regularizers import NORMS
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
-from lipctl.config import USAGE_EXIT_CODE, check_overrides, user_errors
+# Light on purpose: `lipctl --help` and `lipctl <command> --help` import neither torch nor mujoco
+# nor casadi; a command's module is imported only when it runs.
+USAGE_EXIT_CODE = 2
 
 COMMANDS = {
     "train": ("train", "train an agent (default: SAC on Pendulum-v1)"),
@@ -20,6 +23,8 @@ COMMANDS = {
     "deploy": ("deploy", "controller vs plant with fallbacks: deploy controller=mpc plant=opcua"),
     "plant": ("plant", "the CSTR as an OPC UA server on localhost: plant serve env=cstr"),
 }
+# Commands that need an optional extra of lipctl as a whole (lipctl/extras.py)
+COMMAND_EXTRAS = {"export": "export", "deploy": "deploy", "plant": "deploy"}
 # Commands whose first argument is an action word: `lipctl plant serve ...` runs the module and
 # config `plant_serve`.
 ACTIONS = {"plant": ("serve",)}
@@ -61,14 +66,33 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)
     name = COMMANDS[command][0]
+    extra = COMMAND_EXTRAS.get(command)
     if command in ACTIONS:
         command, name, rest = _action(command, rest)
-    module = importlib.import_module(f"lipctl.commands.{name}")
     if not HYDRA_FLAGS_WITHOUT_CHECK.intersection(rest):
+        from lipctl.config import check_overrides, user_errors
+        from lipctl.extras import require_extra
+
         with user_errors(f"lipctl {command}"):
-            check_overrides(name, _overrides(rest), module.validate)
+            if extra is not None:
+                require_extra(extra, f"lipctl {command}")
+            module = importlib.import_module(f"lipctl.commands.{name}")
+            check_overrides(name, _overrides(rest), module.validate,
+                            multirun=bool({"-m", "--multirun"}.intersection(rest)))
     sys.argv = [f"lipctl {command}", *rest]
-    module.main()
+    hydra_app(name)()
+
+
+def hydra_app(name: str) -> Any:
+    """The Hydra app of command `name` (config conf/<name>.yaml): its task function imports
+    lipctl.commands.<name> and calls its `main(cfg)`, so Hydra's --help needs neither."""
+    import hydra
+
+    def task(cfg: Any) -> Any:
+        return importlib.import_module(f"lipctl.commands.{name}").main(cfg)
+
+    task.__module__ = f"lipctl.commands.{name}"  # Hydra names the job, and its .log, after it
+    return hydra.main(config_path="pkg://lipctl.conf", config_name=name, version_base=None)(task)
 
 
 def _action(command: str, rest: list[str]) -> tuple[str, str, list[str]]:

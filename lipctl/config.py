@@ -5,22 +5,25 @@ from __future__ import annotations
 import math
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.cli import USAGE_EXIT_CODE
 from lipctl.envs import UnknownEnvError
 from lipctl.envs.demos import DemosError
-
-USAGE_EXIT_CODE = 2
+from lipctl.extras import LAUNCHER_EXTRAS, MissingExtra, require_extra
 
 
 class ConfigError(ValueError):
@@ -31,7 +34,7 @@ class ConfigError(ValueError):
         self.key = key
 
 
-USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError, DemosError)
+USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError, DemosError, MissingExtra)
 
 
 @contextmanager
@@ -82,24 +85,67 @@ def _override_variants(overrides: list[str]) -> list[list[str]]:
 
 
 def check_overrides(config_name: str, overrides: list[str],
-                    validate: Callable[[DictConfig], None]) -> None:
-    """Compose the config for every sweep value and validate it; raise ConfigError on a mistake."""
+                    validate: Callable[[DictConfig], None], multirun: bool = False) -> None:
+    """Compose the config for every sweep value, check that its run folder (and `out`, where the
+    command has one) can be written, and validate it; raise ConfigError on a mistake."""
     try:
         variants = _override_variants(overrides)
     except Exception as error:  # Hydra's OverrideParseException
         raise ConfigError("overrides", _one_line(str(error))) from None
     outer = get_gh_backup()  # reentrant: a running Hydra app may check another command's config
+    outer_hydra_config = HydraConfig.instance().cfg
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="lipctl.conf", version_base=None):
             for variant in variants:
+                _check_launcher(variant)
                 try:
-                    cfg = compose(config_name, overrides=variant)
+                    cfg = compose(config_name, overrides=variant, return_hydra_config=True)
                 except Exception as error:  # ConfigCompositionException, MissingConfig...
                     raise ConfigError("overrides", _one_line(str(error))) from None
+                _check_output_paths(cfg, multirun)
                 validate(cfg)
     finally:
         restore_gh_from_backup(outer)
+        HydraConfig.instance().cfg = outer_hydra_config
+
+
+def _check_launcher(overrides: list[str]) -> None:
+    """A launcher whose plugin comes with an extra needs that extra (checked before composing:
+    without its plugin, the launcher's config does not compose)."""
+    for override in overrides:
+        key, _, launcher = override.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and launcher in LAUNCHER_EXTRAS:
+            require_extra(LAUNCHER_EXTRAS[launcher], f"hydra/launcher={launcher}")
+
+
+def _check_output_paths(cfg: DictConfig, multirun: bool) -> None:
+    """The run (or sweep) folder Hydra will create and the command's `out` must be writable; the
+    Hydra node is then removed, so `validate` sees the config the command will get."""
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} and ${now:...} in the paths
+    run_dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    require_writable(run_dir_key, OmegaConf.select(cfg, run_dir_key))
+    if OmegaConf.select(cfg, "out", default=None) is not None:
+        require_writable("out", cfg.out)
+    with open_dict(cfg):
+        del cfg["hydra"]
+
+
+def require_writable(key: str, path: str | Path) -> None:
+    """ConfigError unless the file or folder `path` can be created (or overwritten) there."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        existing = path.parent  # an existing file, to be replaced
+    if not existing.is_dir():
+        raise ConfigError(key, f"cannot create {path}: {existing} is not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise ConfigError(key, f"cannot create {path}: {existing} is not writable "
+                               f"({error.strerror})") from None
 
 
 def require_number(cfg: DictConfig, key: str, minimum: float | None = None,

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from lipctl.lipschitz.layers import GroupSort, MaxMin, SpectralLinear
 from lipctl.lipschitz.lipsdp import (
     certified_rho,
@@ -30,7 +32,6 @@ from lipctl.lipschitz.lipsdp import (
     lipsdp_multipliers,
     to_float64,
 )
-from torch import Tensor, nn
 
 __all__ = [
     "TIERS",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc, holdout_split
 from lipctl.control import returns, run
 from lipctl.control.policy import ModuleController
@@ -17,7 +18,6 @@ from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.envs.experts import make_expert
 from lipctl.lipschitz import SpectralLinear, freeze_spectral
-
 from tests.helpers import assert_user_error, lipctl
 
 ROOT = Path(__file__).resolve().parents[1]

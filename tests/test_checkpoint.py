@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from lipctl.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -39,8 +40,22 @@ class Payload:
 def test_code_in_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "payload": Payload()}, path)
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match=r"refused: it is not plain data") as refused:
         load_checkpoint(path)
+    assert "weights_only" not in str(refused.value)  # never torch's advice to load it unsafely
+
+
+def test_a_text_file_and_a_truncated_checkpoint_are_lipctl_errors(tmp_path):
+    text = tmp_path / "hostname"
+    text.write_text("a-host\n")
+    with pytest.raises(CheckpointError, match=r"is not a lipctl checkpoint .*not plain data"):
+        load_checkpoint(text)
+    whole = tmp_path / "whole.pt"
+    torch.save({"format": 1, "weights": torch.zeros(100)}, whole)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*corrupt or truncated"):
+        load_checkpoint(truncated)
 
 
 def test_missing_and_foreign_files(tmp_path):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lipctl.control import Controller, returns, run
 from lipctl.envs import UnknownEnvError, make_env
 

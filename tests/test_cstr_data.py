@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lipctl.control.cstr_data import (
     INPUT_HIGH,
     INPUT_LOW,

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import warnings
+
 import casadi as ca
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from scipy.integrate import solve_ivp
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
 from lipctl.envs import make_env
 from lipctl.envs.cstr import (
     ACTION_HIGH,
@@ -20,7 +25,6 @@ from lipctl.envs.cstr import (
     stage_cost,
     target_lyapunov_level,
 )
-from scipy.integrate import solve_ivp
 
 # (state, input) pairs across the stability region and the input box, bounds included.
 CASES = [
@@ -77,10 +81,26 @@ def test_target_level_set_lies_in_the_target_ellipse():
 
 
 @pytest.mark.filterwarnings("ignore:.*symmetric and normalized", "ignore:.*infinity")
-def test_env_is_registered_and_passes_the_gymnasium_checker():
+def _warnings_of(checker, env: gym.Env) -> set[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checker(env)
+    return {str(w.message) for w in caught}
+
+
+def test_env_is_registered_and_passes_both_env_checkers_with_only_the_documented_warnings():
+    """The CSTR keeps physical units and float64 (README, "The CSTR as a gymnasium env"): the
+    checkers pass, and warn about exactly that and nothing else."""
     assert ENV_ID in gym.registry
     env = make_env(ENV_ID)
-    check_env(env.unwrapped)
+    gym_warnings = _warnings_of(check_env, env.unwrapped)
+    assert len(gym_warnings) == 3, gym_warnings
+    assert sum("symmetric and normalized space" in w for w in gym_warnings) == 1
+    assert sum("observation space m" in w and "infinity" in w for w in gym_warnings) == 2
+    sb3_warnings = _warnings_of(sb3_check_env, env.unwrapped)
+    assert len(sb3_warnings) == 2, sb3_warnings
+    assert sum("normalized Box action space" in w for w in sb3_warnings) == 1
+    assert sum("dtype float64" in w for w in sb3_warnings) == 1
     assert env.spec.max_episode_steps == 100
     np.testing.assert_array_equal(env.action_space.low, ACTION_LOW)
     np.testing.assert_array_equal(env.action_space.high, ACTION_HIGH)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import stable_baselines3
 import torch
+
 from lipctl.control import returns, run
 from lipctl.envs import make_env
 from lipctl.envs.demos import (
@@ -19,7 +20,6 @@ from lipctl.envs.demos import (
     save_demos,
 )
 from lipctl.envs.experts import make_expert
-
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 ENV_ID = "InvertedPendulum-v5"

@@ -14,12 +14,12 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+
 from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.control.cstr_data import generate
 from lipctl.control.models import build_model, save_model
 from lipctl.envs.cstr import in_target, rk4_step
-
 from lipctl.networks import read_network
 from tests.helpers import assert_user_error, lipctl
 
@@ -123,7 +123,10 @@ def test_ctrl_c_stops_deploy_with_a_summary_of_the_logged_steps(files):
                            text=True)
     ready, _, _ = select.select([run.stdout], [], [], 60)
     assert ready and run.stdout.readline().startswith("deploying mpc")
-    time.sleep(1.0)
+    log, deadline = files / "interrupted_run" / "steps.jsonl", time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 10):
+        assert time.monotonic() < deadline and run.poll() is None, "deploy logged no 10 steps"
+        time.sleep(0.05)
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=30)
     assert run.returncode == 130 and "interrupted" in out and "Traceback" not in err, err

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lipctl.agents.dynamics import DynamicsEnsemble, train_model, transition_pairs
 
 

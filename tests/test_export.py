@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lipctl.agents.sac import Actor
 from lipctl.control.export import FORMATS, export_module, export_parity
 from lipctl.control.models import build_model

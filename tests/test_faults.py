@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from lipctl.control.faults import FaultyController, FaultyPlant
 from lipctl.control.runtime import GymPlant, Runtime
 from lipctl.envs import make_env

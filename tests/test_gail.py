@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lipctl.agents.absorbing import AbsorbingIndicator, absorb, is_absorbing, strip, with_indicator
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
@@ -19,7 +20,6 @@ from lipctl.agents.preconditioning import ForwardModel
 from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify, input_gradient_norm
-
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 DEMOS = Path(__file__).parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"

@@ -4,6 +4,8 @@ import time
 
 import pytest
 import torch
+from torch import nn
+
 from lipctl.lipschitz import (
     Certificate,
     GroupSort,
@@ -23,7 +25,6 @@ from lipctl.lipschitz import (
     upper_bound,
 )
 from lipctl.lipschitz.lipsdp import _rho_and_gradient
-from torch import nn
 
 FAST_LIPSDP = 100  # iterations used in tests; the default (300) is measured in the report test
 

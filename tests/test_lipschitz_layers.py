@@ -1,8 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from lipctl.lipschitz import GroupSort, MaxMin, SpectralLinear, lipschitz_mlp, upper_bound
 from torch import nn
+
+from lipctl.lipschitz import GroupSort, MaxMin, SpectralLinear, lipschitz_mlp, upper_bound
 
 
 def exact_sigma(weight: torch.Tensor) -> torch.Tensor:

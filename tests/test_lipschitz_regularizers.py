@@ -1,5 +1,7 @@
 import pytest
 import torch
+from torch import nn
+
 from lipctl.lipschitz import (
     adversarial_perturbation,
     gradient_penalty,
@@ -7,7 +9,6 @@ from lipctl.lipschitz import (
     interpolate,
     robust_loss,
 )
-from torch import nn
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.dynamics import DynamicsEnsemble
@@ -14,7 +15,6 @@ from lipctl.agents.sac import SAC
 from lipctl.agents.termination import never, termination_fn
 from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.envs import make_env
-
 from lipctl.logger import Logger
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lipctl.control import MPC, SolveStats, Trajectory, cstr_metrics, reached_step, run
 from lipctl.envs import make_env
 from lipctl.envs.cstr import (

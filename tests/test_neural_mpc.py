@@ -10,6 +10,7 @@ import casadi as ca
 import numpy as np
 import pytest
 import torch
+
 from lipctl.control import MPC, cstr_metrics, run
 from lipctl.control.cstr_data import PLANT_ID, SUBSTEPS, Scaler, generate
 from lipctl.control.models import TrainedModel, build_model, casadi_model, fit, save_model

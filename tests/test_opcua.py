@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from asyncua import ua
+
+from lipctl.bench.deploy import PlantProcess
 from lipctl.control.cstr_closed_loop import cstr_mpc
 from lipctl.control.opcua_plant import OpcUaPlant, PlantServer, PlantUnavailable, is_loopback
 from lipctl.control.runtime import Runtime
 from lipctl.envs.cstr import CSTREnv, in_target, rk4_step
-
-from lipctl.bench.deploy import PlantProcess
 
 X0 = np.array([1.5, -70.0])
 PUSH = np.array([3.5, 5e5])  # the largest feed and heat inputs
@@ -88,36 +88,49 @@ def test_measured_states_are_read_only(served: PlantServer):
             plant.write(np.zeros(2))
 
 
+def _settled(records: list[dict], steps: int) -> bool:
+    """The last `steps` records are valid measurements inside the target region."""
+    recent = records[-steps:]
+    return len(recent) == steps and all(
+        r["fallback"] is None and in_target(np.array(r["measurement"])) for r in recent)
+
+
 def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
-    period, restart_at = 0.1, 4
+    """Runs until the loop has come back to the restarted server and settled in the target, so
+    a slow restart (a loaded machine) lengthens the outage but cannot fail the test."""
+    period, restart_at, limit_s = 0.1, 4, 240.0
     server = PlantProcess(period, tmp_path / "server.log")
     restart: dict[str, np.ndarray] = {}
+    stop = threading.Event()
     try:
         url = server.start(X0)
         plant = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0)
-        runtime = Runtime(cstr_mpc(None), plant, period_s=period, max_steps=100,
+        runtime = Runtime(cstr_mpc(None), plant, period_s=period, max_steps=round(limit_s / period),
                           log_path=tmp_path / "steps.jsonl", initial_action=np.zeros(2),
                           stale_after_s=2.5 * period, realtime=True)
 
-        def restart_server() -> None:
-            deadline = time.monotonic() + 20.0
+        def restart_then_wait_for_recovery() -> None:
+            deadline = time.monotonic() + limit_s
             while len(runtime.records) < restart_at and time.monotonic() < deadline:
                 time.sleep(0.01)
             restart["state"] = server.stop()
             server.start(restart["state"])
+            while not (plant.reconnects == 1 and _settled(runtime.records, 5)) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
 
-        restarter = threading.Thread(target=restart_server, daemon=True)
-        restarter.start()
-        summary = runtime.run()
-        restarter.join(timeout=30)
+        watcher = threading.Thread(target=restart_then_wait_for_recovery, daemon=True)
+        watcher.start()
+        summary = runtime.run(stop)
+        watcher.join(timeout=30)
         plant.close()
     finally:
         server.kill()
-    assert not restarter.is_alive()
+    assert not watcher.is_alive()
     assert not in_target(restart["state"])  # restarted mid-way, before reaching the target
     causes = summary["fallbacks_by_cause"]
     assert causes.get("read_error", 0) >= 1  # the outage was seen ...
     assert plant.reconnects == 1  # ... and the client came back to the new server
-    last = np.array(runtime.records[-1]["measurement"])
-    assert in_target(last), (last, summary)
-    assert summary["steps"] == 100 and causes.get("deadline_miss", 0) == 0
+    assert _settled(runtime.records, 5), summary  # ... and the loop settled in the target
+    assert summary["steps"] < runtime.max_steps and causes.get("deadline_miss", 0) == 0

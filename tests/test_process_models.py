@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lipctl.control.cstr_data import generate
 from lipctl.control.models import (
     ICLRNN,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from lipctl.control import run
 from lipctl.control.policy import LinearFeedback, ModuleController
 from lipctl.control.robustness import PGDAttack, robustness_sweep
 from lipctl.envs import make_env
 from lipctl.envs.experts import make_expert
 from lipctl.envs.perturbation import PerturbedObservation, SphereNoise, vector_norm
-from torch import nn
-
 from tests.helpers import assert_user_error, lipctl
 
 ENV_ID = "InvertedPendulum-v5"
@@ -111,7 +111,7 @@ def test_sweep_in_closed_loop_never_moves_an_action_more_than_the_lipschitz_boun
     (["checkpoint={checkpoint}", "norm=l1"], "norm: must be one of l2, linf"),
     (["checkpoint={checkpoint}", "attack_steps=0"], "attack_steps: must be >= 1"),
     (["checkpoint={checkpoint}", "out=report.txt"], "out: must end in .csv or .json"),
-    (["checkpoint={garbage}"], "cannot read checkpoint"),
+    (["checkpoint={garbage}"], "(refused: it is not plain data)"),
 ])
 def test_robustness_cli_errors_are_one_line(workdir, args, expected):
     checkpoint, garbage = workdir / "policy.pt", workdir / "garbage.pt"

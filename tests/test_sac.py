@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.envs import make_env
 from lipctl.lipschitz import adversarial_perturbation, upper_bound
-
 from lipctl.logger import Logger
 
 

@@ -4,6 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+
 from lipctl.agents.termination import TERMINATIONS, termination_fn
 
 # envs whose random-action episodes end by termination within a few hundred steps

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from lipctl.agents.checkpoint import load_checkpoint
 
+from lipctl.agents.checkpoint import load_checkpoint
 from tests.helpers import TINY_TRAIN, lipctl
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from lipctl.control.models.base import ProcessModel, RecurrentWeights
 from torch import Tensor, nn
+
+from lipctl.control.models.base import ProcessModel, RecurrentWeights
 
 NONLINEARITIES = ("tanh", "relu")
 

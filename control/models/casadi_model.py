@@ -21,6 +21,7 @@ from pathlib import Path
 
 import casadi as ca
 import numpy as np
+
 from lipctl.control.cstr_data import INPUT_NAMES, STATE_NAMES
 from lipctl.control.models.io import TrainedModel, load_model
 

@@ -8,9 +8,10 @@ import math
 import time
 
 import torch
+from torch import Tensor
+
 from lipctl.control.models.base import ProcessModel
 from lipctl.lipschitz.certificates import Certificate, pair_ratio_ascent
-from torch import Tensor
 
 
 def _norm(matrix: Tensor) -> Tensor:

@@ -19,9 +19,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from lipctl.control.models.base import ProcessModel, RecurrentWeights
 from lipctl.lipschitz.layers import SIGMA_MARGIN
-from torch import Tensor, nn
 
 
 class InputConvexRNN(ProcessModel):

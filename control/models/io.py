@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from lipctl.control.cstr_data import (
     INPUT_NAMES,
     PLANT_ID,

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from lipctl.control.cstr_data import CSTRDataset
 from lipctl.control.models.base import ProcessModel
-from torch import Tensor
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from lipctl.extras import MissingExtra, require_extra
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("results/sac_throughput.json"))
     args = parser.parse_args(argv)
+    try:
+        require_extra("sb3", "the SAC throughput benchmark")
+    except MissingExtra as missing:
+        parser.exit(2, f"{parser.prog}: error: {missing}\n")
     if args.worker:
         s = Setting(**json.loads(args.setting))
         torch.set_num_threads(s.threads)

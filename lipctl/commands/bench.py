@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
@@ -72,7 +71,6 @@ def bench(cfg: DictConfig) -> None:
     print(f"results written to {cfg.out}/")
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="bench", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl bench"):
         validate(cfg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
@@ -33,7 +32,6 @@ def make_data(cfg: DictConfig) -> None:
     print(f"{cfg.out}: {len(data.x0)} samples of one sampling period ({counts})")
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="data", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl data"):
         validate(cfg)

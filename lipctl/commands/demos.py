@@ -7,11 +7,10 @@ policy (`expert=checkpoint`), or a stable-baselines3 policy (`expert=sb3`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
-import hydra
 import numpy as np
-import stable_baselines3
 from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
@@ -21,6 +20,7 @@ from lipctl.control.policy import ModuleController
 from lipctl.envs import make_env
 from lipctl.envs.demos import from_episodes, load_demos, save_demos
 from lipctl.envs.experts import available_experts, make_expert
+from lipctl.extras import require_extra
 from lipctl.networks import POLICY, read_network
 
 TRAINED = ("checkpoint", "sb3")  # experts read from `expert_checkpoint`
@@ -30,7 +30,7 @@ SB3_ALGORITHMS = ("sac", "td3", "ddpg", "ppo", "a2c")
 class SB3Expert:
     """A stable-baselines3 model's deterministic policy as a Controller."""
 
-    def __init__(self, model: stable_baselines3.common.base_class.BaseAlgorithm):
+    def __init__(self, model: Any):  # a stable_baselines3 BaseAlgorithm
         self.model = model
 
     def act(self, observation: np.ndarray) -> np.ndarray:
@@ -45,6 +45,8 @@ def build_expert(cfg: DictConfig, env: gym.Env) -> Controller:
     if cfg.expert not in TRAINED:
         return make_expert(cfg.expert, env)
     if cfg.expert == "sb3":
+        import stable_baselines3  # the sb3 extra, checked by validate
+
         algorithm = getattr(stable_baselines3, cfg.sb3_algorithm.upper())
         try:
             model = algorithm.load(cfg.expert_checkpoint, device="cpu")
@@ -73,6 +75,8 @@ def validate(cfg: DictConfig) -> None:
                                       and Path(cfg.expert_checkpoint).is_file()):
         raise ConfigError("expert_checkpoint", f"expert={cfg.expert} reads its policy from an "
                                                f"existing file, got {cfg.expert_checkpoint!r}")
+    if cfg.expert == "sb3":
+        require_extra("sb3", "expert=sb3")
     if cfg.expert == "sb3" and cfg.sb3_algorithm not in SB3_ALGORITHMS:
         raise ConfigError("sb3_algorithm", f"must be one of {', '.join(SB3_ALGORITHMS)}, got "
                                            f"{cfg.sb3_algorithm!r}")
@@ -99,7 +103,6 @@ def record(cfg: DictConfig) -> None:
           f"(min {episode_returns.min():.1f}, max {episode_returns.max():.1f})")
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="demos", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl demos"):
         validate(cfg)

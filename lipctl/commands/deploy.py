@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -203,7 +202,6 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="deploy", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl deploy"):
         validate(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -55,7 +54,6 @@ def evaluate(cfg: DictConfig) -> tuple[float, float]:
     return mean, std
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> tuple[float, float]:
     with user_errors("lipctl eval"):
         validate(cfg)

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
@@ -74,7 +73,6 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="export", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl export"):
         validate(cfg)

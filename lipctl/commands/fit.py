@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,7 +51,6 @@ def fit_model(cfg: DictConfig) -> None:
           f"{certificate.upper:.4g} ({certificate.method}), sampled lower {certificate.lower:.4g}")
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="fit", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl fit"):
         validate(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
@@ -51,7 +50,6 @@ def closed_loop(cfg: DictConfig) -> None:
           f"input-bound violations {metrics.bound_violations}")
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="mpc", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl mpc"):
         validate(cfg)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 
-import hydra
 from omegaconf import DictConfig
 
 from lipctl.config import ConfigError, require_number, user_errors
@@ -67,7 +66,6 @@ def serve(cfg: DictConfig) -> None:
     print("stopped at", *(f"{v:.17g}" for v in server.snapshot.measurement), flush=True)
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="plant_serve", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl plant serve"):
         validate(cfg)

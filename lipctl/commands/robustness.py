@@ -9,7 +9,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
@@ -90,7 +89,6 @@ def robustness(cfg: DictConfig) -> RobustnessReport:
     return report
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="robustness", version_base=None)
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl robustness"):
         validate(cfg)

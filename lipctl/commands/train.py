@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import gymnasium as gym
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -31,6 +30,7 @@ from lipctl.config import (
 from lipctl.control.files import atomic_write
 from lipctl.envs import env_spaces, make_env
 from lipctl.envs.demos import Demos, load_demos
+from lipctl.extras import EXTRAS, require_extra
 from lipctl.lipschitz import TIERS
 from lipctl.logger import BACKENDS, Logger
 from lipctl.networks import is_behaviour_cloning
@@ -58,6 +58,8 @@ def validate(cfg: DictConfig) -> None:
     unknown = set(cfg.logger.backends) - set(BACKENDS)
     if unknown:
         raise ConfigError("logger.backends", f"unknown {sorted(unknown)}; choose from {BACKENDS}")
+    for backend in set(cfg.logger.backends) & set(EXTRAS):
+        require_extra(backend, f"logger backend '{backend}'")
     if cfg.device != "auto":
         resolve_device(cfg.device)
     if is_behaviour_cloning(cfg):
@@ -213,7 +215,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     return final
 
 
-@hydra.main(config_path="pkg://lipctl.conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     with user_errors("lipctl train"):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
