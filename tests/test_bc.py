@@ -161,10 +161,12 @@ def test_train_bc_config_errors_are_one_line(workdir, args, expected):
 
 @pytest.mark.parametrize("args,expected", [
     (["experiment.seeds=[]"], "experiment.seeds: needs integers >= 0"),
-    ([f"experiment.systems.inverted_pendulum.demos={ROOT / 'missing.npz'}"],
-     "demonstrations file not found"),
-    (["experiment.systems.inverted_pendulum.eps=[0.1,-1]"],
-     "experiment.systems.inverted_pendulum.eps: needs numbers > 0"),
+    (["+experiment.systems.cartpole={critical_multiples:[],expert_multiples:[1]}"],
+     "experiment.systems.cartpole: unknown system; choose from double_integrator"),
+    (["experiment.systems.double_integrator.expert_multiples=[0.1,-1]"],
+     "experiment.systems.double_integrator.expert_multiples: needs numbers > 0"),
+    (["experiment.eps=[0.5,2]"], "experiment.demos.noise_radius: must cover the largest eps 2"),
+    (["replot=true", "experiment=cstr_mpc"], "replot: experiment cstr_mpc has no per-run files"),
 ])
 def test_bench_lipschitz_bc_config_errors_are_one_line(workdir, args, expected):
     result = lipctl("bench", "experiment=lipschitz_bc", f"out={workdir / 'out'}", *args,

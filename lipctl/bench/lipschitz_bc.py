@@ -1,15 +1,23 @@
-"""Benchmark `lipschitz_bc`: behaviour cloning of an analytic expert under a sweep of certified
-Lipschitz bounds L (multiples of the expert's own constant) and unconstrained, each policy and
-the expert run in closed loop nominally, under random noise on the measured state and under a
-per-step PGD adversary, at several radii eps.
+"""Benchmark `lipschitz_bc`: the regret-robustness trade-off of Lipschitz behaviour cloning (Al
+Makdah, Krishnan & Pasqualetti) on linear systems, where every quantity is exact.
 
-Writes runs.csv (one row per system, policy, seed and eps), summary.csv (medians over seeds, with
-the range of the returns), tradeoff.png and summary.json (settings, the experts' Lipschitz
-constants, machine, wall time).
+Per system (envs/lti.py): the LQR expert u = -Kx, its demonstrations (trajectories from a box
+of initial states plus DART-style labelled noisy copies of every state), and the critical L
+below which no clone can stabilise the loop. Per seed: new demonstrations and initial states;
+clones under a sweep of certified bounds L (multiples of ||K||_2 and of the critical L) and
+unconstrained, each certified and run from the same initial states nominally, under random
+noise and under a PGD adversary over the whole perturbation sequence, at every eps (a fraction
+of the demonstrated states' per-dimension std). Regret: J(clone) - J(expert); deterioration:
+J(clone, perturbed) - J(clone).
+
+Writes runs/<system>.csv (one row per policy, seed and eps), and from those files alone
+(`report`) summary.csv (medians over seeds with stratified-bootstrap 95% CIs from rliable),
+tradeoff_<system>.png and summary.json (settings, coverage, constants, machine, wall time).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import time
@@ -24,25 +32,26 @@ from omegaconf import DictConfig, OmegaConf
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
 from lipctl.bench.report import write_csv
 from lipctl.config import ConfigError, require_number
+from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
 from lipctl.control.policy import LinearFeedback, sampled_lower_bound
-from lipctl.control.robustness import robustness_sweep
-from lipctl.envs import env_spaces, make_env
-from lipctl.envs.demos import load_demos
-from lipctl.envs.experts import available_experts, make_expert
-from lipctl.lipschitz import Certificate
+from lipctl.envs.lti import (
+    LTI_SYSTEMS,
+    LTISystem,
+    demonstrations,
+    least_stabilising_gain,
+    smallest_stabilising_multiple,
+)
 from lipctl.runtime import seed_everything
 
 EXPERT, UNCONSTRAINED = "expert", "unconstrained"
-EVAL_SEED = 10_000  # seed k's episodes are reset with seeds EVAL_SEED + 100 k, + 1, ...
-MEDIANS = ("nominal_return", "noise_return", "attack_return", "noise_action_change",
-           "attack_action_change", "lipschitz_upper", "lipschitz_lower", "train_mse",
-           "holdout_mse", "fit_seconds")
-RANGES = ("nominal_return", "noise_return", "attack_return")
+METRICS = ("regret", "relative_regret", "attack_deterioration", "noise_deterioration",
+           "lipschitz_upper", "lipschitz_lower", "unstable_fraction")
 
 
 def validate(exp: DictConfig) -> None:
-    """Seeds, systems (env, demonstrations, expert), bounds and radii, before any work."""
+    """Seeds, systems, bounds and radii, before any work."""
     require_number(exp, "jobs", 1, integer=True)
+    require_number(exp, "initial_states", 1, integer=True)
     if not exp.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
                             for s in exp.seeds):
         raise ConfigError("experiment.seeds", f"needs integers >= 0, got {list(exp.seeds)}")
@@ -50,165 +59,230 @@ def validate(exp: DictConfig) -> None:
         raise ConfigError("experiment.systems", "needs at least one system")
     for name, system in exp.systems.items():
         key = f"experiment.systems.{name}"
-        load_demos(system.demos, env=system.env_id)  # DemosError: missing or another env's
-        if system.expert not in available_experts(system.env_id):
-            raise ConfigError(f"{key}.expert", f"no analytic expert {system.expert!r} for "
-                                               f"{system.env_id}")
-        for field in ("bound_ratios", "eps"):
+        if name not in LTI_SYSTEMS:
+            raise ConfigError(key, f"unknown system; choose from {', '.join(LTI_SYSTEMS)}")
+        for field in ("expert_multiples", "critical_multiples"):
             values = list(system[field])
-            if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+            if not all(isinstance(v, (int, float)) and v > 0 for v in values):
                 raise ConfigError(f"{key}.{field}", f"needs numbers > 0, got {values}")
+    eps = list(exp.eps)
+    if not eps or not all(isinstance(v, (int, float)) and v > 0 for v in eps):
+        raise ConfigError("experiment.eps", f"needs numbers > 0, got {eps}")
+    require_number(exp, "demos.episodes", 2, integer=True)
+    require_number(exp, "demos.noise_radius", 0)
+    if exp.demos.noise_radius < max(eps):
+        raise ConfigError("experiment.demos.noise_radius", f"must cover the largest eps "
+                                                           f"{max(eps)}, got "
+                                                           f"{exp.demos.noise_radius}")
     for field in ("epochs", "batch_size", "patience"):
         require_number(exp, f"fit.{field}", 1, integer=True)
-    for field in ("episodes", "attack_steps"):
-        require_number(exp, f"evaluation.{field}", 1, integer=True)
+    require_number(exp, "attack_steps", 1, integer=True)
 
 
-def expert_policy(env_id: str, expert: str) -> tuple[torch.nn.Module, float]:
-    """The analytic expert as a torch module and its Lipschitz constant (||K||_2 for a linear
-    feedback u = clip(-K x))."""
-    env = make_env(env_id)
-    controller = make_expert(expert, env)
-    env.close()
-    gain = np.asarray(controller.gain)
-    return (LinearFeedback(gain, controller.low, controller.high).eval(),
-            float(np.linalg.norm(gain, 2)))
+def constants(system: LTISystem) -> dict[str, float]:
+    """||K||_2 of the expert, the critical L, and the least fraction of K that stabilises."""
+    gain = system.lqr_gain()
+    critical, _ = least_stabilising_gain(system.a, system.b)
+    return {"expert_lipschitz": float(np.linalg.norm(gain, 2)), "critical_L": critical,
+            "expert_ray_critical_fraction": smallest_stabilising_multiple(system.a, system.b,
+                                                                          gain)}
 
 
-def evaluate_policy(name: str, system: DictConfig, exp: DictConfig, label: str,
-                    bound: float | None, seed: int) -> list[dict]:
-    """Fit one policy under `bound` (or take the expert: label EXPERT), certify it and sweep
-    eps; one row per eps (0: nominal)."""
+def policies(exp_system: DictConfig, known: dict[str, float]) -> list[tuple[str, float | None]]:
+    """(label, bound) of every policy: the expert, clones at multiples of the critical L and of
+    ||K||, and the unconstrained clone (bounds sorted)."""
+    bounds = {f"L={m:g}x crit": m * known["critical_L"] for m in exp_system.critical_multiples
+              if known["critical_L"] > 0}
+    bounds |= {f"L={m:g}x K": m * known["expert_lipschitz"] for m in exp_system.expert_multiples}
+    ordered = sorted(bounds.items(), key=lambda item: item[1])
+    return [(EXPERT, known["expert_lipschitz"]), *ordered, (UNCONSTRAINED, None)]
+
+
+def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
+             bound: float | None, seed: int) -> list[dict]:
+    """Fit (or take the expert) under `bound`, certify, and measure J nominally and perturbed
+    at every eps from this seed's initial states; one row per eps."""
     torch.set_num_threads(1)
     seed_everything(seed)
-    demos = load_demos(system.demos, env=system.env_id)
-    states = torch.as_tensor(demos.observations, dtype=torch.float32)
-    expert, expert_constant = expert_policy(system.env_id, system.expert)
-    fit = None
+    system = LTI_SYSTEMS[name]()
+    rng = np.random.default_rng(seed)
+    gain = system.lqr_gain()
+    states, actions, episodes, coverage = demonstrations(
+        system, gain, exp.demos.episodes, exp.demos.noise_radius, rng)
+    x0 = torch.as_tensor(system.initial_states(rng, exp.initial_states))
+    scale = torch.as_tensor(coverage["scale"])
+    expert = LinearFeedback(gain, [-np.inf] * system.input_dim, [np.inf] * system.input_dim)
+    probe = torch.as_tensor(states, dtype=torch.float32)
+    fit_columns = dict.fromkeys(("train_mse", "holdout_mse", "epochs"))
     if label == EXPERT:
-        policy = expert
-        certificate = Certificate(expert_constant, sampled_lower_bound(expert, states),
-                                  "exact ||K||", 0.0)
+        policy, upper = expert, known["expert_lipschitz"]
+        lower = sampled_lower_bound(expert, probe)
     else:
-        env = make_env(system.env_id)
-        obs_dim, act_dim, low, high = env_spaces(env)
-        env.close()
-        policy = BCPolicy(obs_dim, act_dim, low, high, bound=bound,
+        policy = BCPolicy(system.state_dim, system.input_dim, [-np.inf] * system.input_dim,
+                          [np.inf] * system.input_dim, bound=bound,
                           **OmegaConf.to_container(exp.policy))
-        fit = fit_bc(policy, demos.observations, demos.actions, demos.episode_index,
+        fit = fit_bc(policy, states, actions, episodes,
                      BCSettings(**OmegaConf.to_container(exp.fit)), seed=seed)
-        certificate = policy.certificate(states, exp.evaluation.certificate_tier)
-    evaluation = exp.evaluation
-    report = robustness_sweep(policy, system.env_id, list(system.eps), evaluation.episodes,
-                              evaluation.norm, evaluation.attack_steps,
-                              seed=EVAL_SEED + 100 * seed, certificate=certificate)
-    fit_columns = dict.fromkeys(("train_mse", "holdout_mse", "epochs", "fit_seconds"))
-    if fit is not None:
         fit_columns.update(train_mse=fit.train_mse, holdout_mse=fit.holdout_mse,
-                           epochs=fit.epochs, fit_seconds=round(fit.seconds, 2))
-    shared = {
-        "system": name, "env_id": system.env_id, "policy": label,
-        "L": bound, "L_over_expert": None if bound is None else bound / expert_constant,
-        "seed": seed, "lipschitz_upper": certificate.upper, "lipschitz_lower": certificate.lower,
-        **fit_columns, "nominal_return": report.nominal_mean}
-    rows = [{**shared, "eps": 0.0, "noise_return": report.nominal_mean,
-             "attack_return": report.nominal_mean, "noise_action_change": 0.0,
-             "attack_action_change": 0.0}]
-    rows += [{**shared, "eps": row.eps, "noise_return": row.noise_mean,
-              "attack_return": row.attack_mean, "noise_action_change": row.noise_action_change,
-              "attack_action_change": row.attack_action_change} for row in report.rows]
-    print(f"{name} {label} seed {seed}: nominal {report.nominal_mean:.0f}, attacked "
-          f"{[round(r.attack_mean) for r in report.rows]}, upper {certificate.upper:.3g}, "
-          f"lower {certificate.lower:.3g}", flush=True)
+                           epochs=fit.epochs)
+        certificate = policy.certificate(probe, exp.certificate_tier)
+        upper, lower = certificate.upper, certificate.lower
+    loop, reference = LTILoop(policy, system), LTILoop(expert, system)
+    with torch.no_grad():
+        nominal, expert_cost = loop.cost(x0), reference.cost(x0)
+    unstable = float((nominal > 100 * expert_cost).float().mean())
+    shared = {"system": name, "policy": label, "L": bound,
+              "L_over_expert": None if bound is None else bound / known["expert_lipschitz"],
+              "seed": seed, "lipschitz_upper": upper, "lipschitz_lower": lower, **fit_columns,
+              "expert_cost": float(expert_cost.mean()), "nominal_cost": float(nominal.mean()),
+              "regret": float((nominal - expert_cost).mean()),
+              "relative_regret": float(((nominal - expert_cost) / expert_cost).mean()),
+              "unstable_fraction": unstable}
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for eps in exp.eps:
+        attack = sequence_attack(loop, x0, eps, scale, exp.attack_steps, generator)
+        noise = sphere_deltas(attack.shape, eps, scale, generator)
+        with torch.no_grad():
+            attacked, states_seen, actions_seen = loop.rollout(x0, attack)
+            noisy = loop.cost(x0, noise)
+            clean_actions = loop.policy(states_seen)
+        change = torch.linalg.vector_norm(actions_seen - clean_actions, dim=-1)
+        delta = torch.linalg.vector_norm(attack, dim=-1)
+        rows.append({**shared, "eps": eps, "attacked_cost": float(attacked.mean()),
+                     "noisy_cost": float(noisy.mean()),
+                     "attack_deterioration": float((attacked - nominal).mean()),
+                     "noise_deterioration": float((noisy - nominal).mean()),
+                     "max_action_change_over_delta": float((change / delta).max())})
+    print(f"{name} {label} seed {seed}: regret {shared['regret']:.3g}, deterioration at eps "
+          f"{exp.eps[-1]:g} {rows[-1]['attack_deterioration']:.3g} (noise "
+          f"{rows[-1]['noise_deterioration']:.3g}), upper {upper:.3g}", flush=True)
     return rows
 
 
-def policies(system: DictConfig, expert_constant: float) -> list[tuple[str, float | None]]:
-    """(label, bound) of every policy of a system: the expert (its own constant), each L,
-    unconstrained."""
-    bounded = [(f"L={ratio:g}x", ratio * expert_constant) for ratio in system.bound_ratios]
-    return [(EXPERT, expert_constant), *bounded, (UNCONSTRAINED, None)]
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Every system x policy x seed in `exp.jobs` processes, into out/runs/, then `report`."""
+    started = time.perf_counter()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    systems = {name: LTI_SYSTEMS[name]() for name in exp.systems}
+    known = {name: constants(system) for name, system in systems.items()}
+    info = {"settings": OmegaConf.to_container(exp, resolve=True), "constants": known,
+            "coverage": {}}
+    for name, system in systems.items():
+        coverage = demonstrations(system, system.lqr_gain(), exp.demos.episodes,
+                                  exp.demos.noise_radius, np.random.default_rng(exp.seeds[0]))[3]
+        info["coverage"][name] = coverage
+        print(f"{name}: ||K|| {known[name]['expert_lipschitz']:.4g}, critical L "
+              f"{known[name]['critical_L']:.4g}; demonstrations (seed {exp.seeds[0]}) "
+              f"{coverage['states']} states, per-dimension range "
+              f"{np.round(coverage['min'], 3).tolist()}..{np.round(coverage['max'], 3).tolist()}"
+              f", std {np.round(coverage['std'], 3).tolist()}", flush=True)
+    tasks = [(name, label, bound, seed) for name in exp.systems
+             for label, bound in policies(exp.systems[name], known[name]) for seed in exp.seeds]
+    print(f"{len(tasks)} runs in {exp.jobs} processes", flush=True)
+    results = Parallel(n_jobs=exp.jobs)(
+        delayed(evaluate)(name, exp, known[name], label, bound, seed)
+        for name, label, bound, seed in tasks)
+    for name in exp.systems:
+        write_csv(out / "runs" / f"{name}.csv",
+                  [row for rows in results for row in rows if row["system"] == name])
+    info["machine"] = {"processor": platform.processor() or platform.machine(),
+                       "processes": exp.jobs, "torch_threads_per_process": 1,
+                       "torch": torch.__version__}
+    info["wall_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
+    report(out)
+
+
+def _read_runs(path: Path) -> list[dict]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("system", "policy"):
+                row[key] = None if value == "" else float(value)
+    return rows
+
+
+def median_ci(values: np.ndarray, reps: int = 2000) -> tuple[float, float, float]:
+    """Median over seeds and its stratified-bootstrap 95% CI (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    scores = {"x": np.asarray(values, dtype=np.float64).reshape(-1, 1)}
+    point, interval = rly.get_interval_estimates(
+        scores, lambda s: np.array([metrics.aggregate_median(s)]), reps=reps)
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Medians over seeds per system, policy and eps, with the min and max of the returns."""
+    """Per system, policy and eps: medians over seeds with 95% CIs of every metric."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["system"], row["policy"], row["eps"]), []).append(row)
     summary = []
     for (system, policy, eps), members in groups.items():
-        first = members[0]
-        entry = {"system": system, "policy": policy, "L": first["L"],
-                 "L_over_expert": first["L_over_expert"], "eps": eps, "seeds": len(members)}
-        for key in MEDIANS:
-            values = [m[key] for m in members if m[key] is not None]
-            entry[key] = float(np.median(values)) if values else None
-        for key in RANGES:
-            entry[f"{key}_min"] = min(m[key] for m in members)
-            entry[f"{key}_max"] = max(m[key] for m in members)
+        entry = {"system": system, "policy": policy, "L": members[0]["L"],
+                 "L_over_expert": members[0]["L_over_expert"], "eps": eps,
+                 "seeds": len(members)}
+        for key in METRICS:
+            median, low, high = median_ci(np.array([m[key] for m in members]))
+            entry |= {key: median, f"{key}_ci_low": low, f"{key}_ci_high": high}
+        entry["max_action_change_over_delta"] = max(m["max_action_change_over_delta"]
+                                                    for m in members)
         summary.append(entry)
     return summary
 
 
-def plot(summary: list[dict], out: Path) -> None:
-    """Per system: attacked return vs eps for every policy, and per policy the nominal return,
-    the attacked return at every eps and the noisy return at the largest (medians over seeds)."""
-    systems = list(dict.fromkeys(row["system"] for row in summary))
-    fig, axes = plt.subplots(len(systems), 2, figsize=(11, 4 * len(systems)), squeeze=False)
-    for (left, right), system in zip(axes, systems, strict=True):
-        rows = [row for row in summary if row["system"] == system]
-        labels = list(dict.fromkeys(row["policy"] for row in rows))
-        colours = plt.cm.viridis(np.linspace(0, 0.9, len(labels)))
-        for label, colour in zip(labels, colours, strict=True):
-            mine = sorted((r for r in rows if r["policy"] == label), key=lambda r: r["eps"])
-            style = {EXPERT: dict(color="k", ls="--"), UNCONSTRAINED: dict(color="tab:red")}
-            left.plot([r["eps"] for r in mine], [r["attack_return"] for r in mine], marker="o",
-                      ms=3, label=label, **style.get(label, dict(color=colour)))
-        left.set(xlabel="eps (l2 radius of the measurement perturbation)",
-                 ylabel="return under PGD attack (median)", title=f"{system}: attacked return")
-        left.legend(fontsize=7)
-        radii = sorted({r["eps"] for r in rows})
-        positions = np.arange(len(labels))
-        for eps, colour in zip(radii, plt.cm.plasma(np.linspace(0, 0.85, len(radii))),
-                               strict=True):
-            values = [next(r["attack_return"] for r in rows
-                           if r["policy"] == label and r["eps"] == eps) for label in labels]
-            name = "nominal" if eps == 0 else f"attack eps={eps:g}"
-            right.plot(positions, values, "o-", ms=4, color=colour, label=name)
-        noisy = [next(r["noise_return"] for r in rows
-                      if r["policy"] == label and r["eps"] == radii[-1]) for label in labels]
-        right.plot(positions, noisy, "s--", ms=4, color=colour, label=f"noise eps={radii[-1]:g}")
-        right.set_xticks(positions, labels, rotation=30, fontsize=8)
-        right.set(ylabel="return (median over seeds)",
-                  title=f"{system}: nominal vs attacked return per policy")
-        right.legend(fontsize=7)
+def plot(summary: list[dict], system: str, known: dict[str, float], path: Path) -> None:
+    """Regret and deterioration (attack solid, noise dashed, per eps) against L, with CIs."""
+    rows = [r for r in summary if r["system"] == system]
+    clones = sorted((r for r in rows if r["policy"] not in (EXPERT, UNCONSTRAINED)),
+                    key=lambda r: r["L"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    first_eps = min(r["eps"] for r in rows)
+    mine = [r for r in clones if r["eps"] == first_eps]
+    bounds = [r["L"] for r in mine]
+    left.errorbar(bounds, [r["relative_regret"] for r in mine],
+                  yerr=_errors(mine, "relative_regret"), marker="o", capsize=3)
+    free = next(r for r in rows if r["policy"] == UNCONSTRAINED and r["eps"] == first_eps)
+    left.axhline(free["relative_regret"], color="tab:red", ls=":", label="unconstrained")
+    for x, label in ((known["expert_lipschitz"], "||K|| (expert)"),
+                     (known["critical_L"], "critical L")):
+        left.axvline(x, color="grey", ls="--", lw=0.8)
+        left.annotate(label, (x, 0.95), xycoords=("data", "axes fraction"), fontsize=7)
+    left.set(xscale="log", yscale="symlog", xlabel="certified bound L",
+             ylabel="regret (J(clone) - J(expert)) / J(expert)", title=f"{system}: regret")
+    left.legend(fontsize=7)
+    for eps, colour in zip(sorted({r["eps"] for r in rows}),
+                           plt.cm.plasma(np.linspace(0, 0.85, len({r["eps"] for r in rows}))),
+                           strict=True):
+        mine = [r for r in clones if r["eps"] == eps]
+        bounds = [r["L"] for r in mine]
+        right.errorbar(bounds, [r["attack_deterioration"] for r in mine],
+                       yerr=_errors(mine, "attack_deterioration"), marker="o", ms=3,
+                       capsize=2, color=colour, label=f"attack eps={eps:g}")
+        right.plot(bounds, [r["noise_deterioration"] for r in mine], ls="--", color=colour,
+                   label=f"noise eps={eps:g}")
+    right.axvline(known["expert_lipschitz"], color="grey", ls="--", lw=0.8)
+    right.set(xscale="log", yscale="symlog", xlabel="certified bound L",
+              ylabel="deterioration J(perturbed) - J(clone)", title=f"{system}: deterioration")
+    right.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
-    """Every system x policy x seed in `exp.jobs` processes; results under `out` (nothing is
-    kept in `work`: every policy is fitted and evaluated in memory)."""
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    constants = {name: expert_policy(system.env_id, system.expert)[1]
-                 for name, system in exp.systems.items()}
-    tasks = [(name, system, label, bound, seed)
-             for name, system in exp.systems.items()
-             for label, bound in policies(system, constants[name]) for seed in exp.seeds]
-    print(f"{len(tasks)} runs ({len(tasks) // len(exp.seeds)} policies x {len(exp.seeds)} seeds) "
-          f"in {exp.jobs} processes", flush=True)
-    results = Parallel(n_jobs=exp.jobs)(delayed(evaluate_policy)(*task[:2], exp, *task[2:])
-                                        for task in tasks)
-    rows = [row for result in results for row in result]
+def _errors(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([[r[key] - r[f"{key}_ci_low"] for r in rows],
+                     [r[f"{key}_ci_high"] - r[key] for r in rows]]).clip(min=0)
+
+
+def report(out: Path) -> None:
+    """summary.csv and one figure per system, from out/runs/*.csv and out/summary.json."""
+    info = json.loads((out / "summary.json").read_text())
+    rows = [row for path in sorted((out / "runs").glob("*.csv")) for row in _read_runs(path)]
     summary = summarise(rows)
-    write_csv(out / "runs.csv", rows)
     write_csv(out / "summary.csv", summary)
-    plot(summary, out / "tradeoff.png")
-    info = {"settings": OmegaConf.to_container(exp, resolve=True),
-            "expert_lipschitz": constants,
-            "machine": {"processor": platform.processor() or platform.machine(),
-                        "torch_threads_per_process": 1, "torch": torch.__version__},
-            "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
+    for system in dict.fromkeys(row["system"] for row in rows):
+        plot(summary, system, info["constants"][system], out / f"tradeoff_{system}.png")

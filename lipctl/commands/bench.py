@@ -15,6 +15,7 @@ from lipctl.config import ConfigError, check_overrides, require_number, user_err
 
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "gail_lipschitz", "gail_lipschitz_paper")
 EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", *SWEEPS)
+REPLOTTABLE = ("lipschitz_bc",)  # experiments whose tables and figures rebuild from out/runs/
 
 
 def known_variants() -> list[str]:
@@ -48,6 +49,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("experiment", f"unknown experiment '{cfg.experiment.name}'; "
                                         f"choose from {', '.join(EXPERIMENTS)}")
     require_number(cfg, "torch_threads", 1, integer=True)
+    if cfg.replot and cfg.experiment.name not in REPLOTTABLE:
+        raise ConfigError("replot", f"experiment {cfg.experiment.name} has no per-run files to "
+                                    f"rebuild from; replot works for {', '.join(REPLOTTABLE)}")
+    if cfg.replot and not (Path(cfg.out) / "runs").is_dir():
+        raise ConfigError("replot", f"no per-run files in {cfg.out}/runs/")
     if cfg.experiment.name in SWEEPS:
         validate_sweep(cfg.experiment)
     if cfg.experiment.name == "lipschitz_bc":
@@ -61,6 +67,10 @@ def validate(cfg: DictConfig) -> None:
 
 def bench(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
+    if cfg.replot:
+        lipschitz_bc.report(Path(cfg.out))
+        print(f"tables and figures rebuilt from {cfg.out}/runs/")
+        return
     if cfg.experiment.name == "cstr_mpc":
         from lipctl.bench.cstr_mpc import run_benchmark
     elif cfg.experiment.name == "lipschitz_bc":
