@@ -69,6 +69,11 @@ class ReplayBuffer:
                               generator=self.generator)
         return Batch(**{name: t[index] for name, t in self._fields.items()})
 
+    def spread(self, count: int) -> Batch:
+        """`count` stored transitions evenly spaced over the filled rows (no randomness)."""
+        index = torch.linspace(0, self.size - 1, min(count, self.size), device=self.device).long()
+        return Batch(**{name: t[index] for name, t in self._fields.items()})
+
     def state_dict(self) -> dict:
         """Stored rows (only the filled part), position and sampling generator state."""
         return {

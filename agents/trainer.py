@@ -21,6 +21,7 @@ from lipctl.control import Controller, returns, run
 from lipctl.envs import env_spaces
 from lipctl.lipschitz import Certificate
 
+PROBE_STATES = 256  # buffer rows, evenly spaced at the first evaluation, for the state constant
 
 class Learner(Protocol):
     """An off-policy learner the loop can drive (SAC is the reference one)."""
@@ -33,6 +34,8 @@ class Learner(Protocol):
                    deterministic: bool = True) -> Controller: ...
 
     def critic_certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]: ...
+
+    def critic_state_lipschitz(self, obs: Tensor, action: Tensor) -> dict[str, float]: ...
 
     def state_dict(self) -> dict: ...
 
@@ -93,6 +96,8 @@ class OffPolicyTrainer:
         self.episodes = 0
         self.last_eval: float | None = None
         self.certificates: dict[str, dict] = {}
+        self.state_lipschitz: dict[str, float] = {}
+        self.probe: dict[str, Tensor] | None = None  # fixed states for the critics' state constant
         self.seconds = {"wall": 0.0, "sac_update": 0.0}  # cumulative, kept across resumes
         self._wall_origin = time.perf_counter()
 
@@ -183,6 +188,13 @@ class OffPolicyTrainer:
         for name, c in certificates.items():
             lipschitz[f"{name}_upper"] = c.upper
             lipschitz[f"{name}_lower"] = c.lower
+        if self.probe is None:  # chosen at the first evaluation, kept for the whole run
+            spread = self.buffer.spread(PROBE_STATES)
+            self.probe = {"obs": spread.obs, "action": spread.action}
+        self.state_lipschitz = self.agent.critic_state_lipschitz(self.probe["obs"],
+                                                                 self.probe["action"])
+        lipschitz |= {f"{name}_state_lipschitz": value
+                      for name, value in self.state_lipschitz.items()}
         self.logger.log("eval", self.step, {"return_mean": self.last_eval,
                                             "return_std": float(episode_returns.std()),
                                             **lipschitz})
@@ -198,6 +210,8 @@ class OffPolicyTrainer:
             "batch_source": self.batch_source.state_dict(),
             "reward_source": self.reward_source.state_dict(),
             "certificates": self.certificates,
+            "state_lipschitz": self.state_lipschitz,
+            "probe": self.probe,
             "seconds": self.seconds,
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
             "config": self.run_config,
@@ -212,6 +226,10 @@ class OffPolicyTrainer:
         self.batch_source.load_state_dict(state["batch_source"])
         self.reward_source.load_state_dict(state["reward_source"])
         self.certificates = state["certificates"]
+        self.state_lipschitz = state["state_lipschitz"]
+        probe = state["probe"]
+        self.probe = None if probe is None else {k: v.to(self.buffer.device)
+                                                 for k, v in probe.items()}
         self.seconds = dict(state["seconds"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])

@@ -17,6 +17,7 @@ from lipctl.lipschitz.layers import (
     SpectralLinear,
     freeze_spectral,
     lipschitz_mlp,
+    shared_spectral_weights,
 )
 from lipctl.lipschitz.lipsdp import (
     certified_rho,
@@ -47,6 +48,7 @@ __all__ = [
     "eclipse_fast_bound",
     "eclipse_fast_multipliers",
     "freeze_spectral",
+    "shared_spectral_weights",
     "gradient_penalty",
     "input_gradient_norm",
     "interpolate",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,7 @@ class SpectralLinear(nn.Module):
             self.register_buffer("u", F.normalize(torch.randn(*lead, out_features), dim=-1))
             self.register_buffer("v", F.normalize(torch.randn(*lead, in_features), dim=-1))
         self._exact_sigma: tuple[tuple, Tensor] | None = None
+        self._shared_weight: Tensor | None = None  # set by `shared_spectral_weights`
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -75,17 +77,22 @@ class SpectralLinear(nn.Module):
             nn.init.uniform_(self.bias, -limit, limit)
 
     def _power_sigma(self) -> Tensor:
-        """Differentiable sigma = u^T W v after `power_iterations` updates of the stored u, v."""
+        """Differentiable sigma after `power_iterations` updates of the stored u, v: with
+        v = W'u / ||W'u|| and u <- W v / ||W v||, sigma = u'W v = ||W v|| (the gradient flows
+        through W only, as in torch's spectral_norm)."""
         w = self.weight
         with torch.no_grad():
-            u, v = self.u, self.v
-            for _ in range(self.power_iterations):
-                v = F.normalize(torch.einsum("...oi,...o->...i", w, u), dim=-1)
-                u = F.normalize(torch.einsum("...oi,...i->...o", w, v), dim=-1)
-            self.u.copy_(u)
+            u = self.u
+            for _ in range(self.power_iterations - 1):
+                v = F.normalize((u.unsqueeze(-2) @ w).squeeze(-2), dim=-1)
+                u = F.normalize((w @ v.unsqueeze(-1)).squeeze(-1), dim=-1)
+            v = F.normalize((u.unsqueeze(-2) @ w).squeeze(-2), dim=-1)
+        wv = (w @ v.unsqueeze(-1)).squeeze(-1)
+        sigma = torch.linalg.vector_norm(wv, dim=-1)
+        with torch.no_grad():
+            self.u.copy_(wv / sigma.clamp_min(1e-12).unsqueeze(-1))
             self.v.copy_(v)
-        # u, v are fresh tensors (not the buffers), so later in-place updates leave this graph valid
-        return torch.einsum("...o,...oi,...i->...", u, w, v)
+        return sigma
 
     def train(self, mode: bool = True) -> SpectralLinear:
         """Switch mode; every switch drops the cached exact sigma, because optimisers (fused or
@@ -104,9 +111,12 @@ class SpectralLinear(nn.Module):
         return self._exact_sigma[1]
 
     def effective_weight(self) -> Tensor:
-        """The weight forward uses in the current mode (training: power iteration, eval: exact)."""
+        """The weight forward uses in the current mode (training: power iteration, eval: exact),
+        or the one `shared_spectral_weights` computed for the enclosing block."""
         if self.bound is None:
             return self.weight
+        if self._shared_weight is not None:
+            return self._shared_weight
         sigma = self._power_sigma() if self.training else self._cached_exact_sigma()
         scale = self.bound / sigma.clamp_min(1e-12)
         if self.mode == "cap":
@@ -184,14 +194,25 @@ def lipschitz_mlp(
     activation: str = "relu",
     mode: str = "normalize",
     ensemble_size: int | None = None,
+    layer_bound: float | None = None,
+    free_output: bool = False,
 ) -> nn.Sequential:
     """MLP of SpectralLinear layers with a global Lipschitz bound split evenly over the layers.
 
     Each of the n layers gets bound**(1/n) and every activation is 1-Lipschitz, so the network's
     Lipschitz constant (l2, in eval mode) is at most `bound`. `bound=None` gives the same structure
     unconstrained. "groupsort" uses groups of GROUPSORT_SIZE, so hidden widths must divide by it.
+    Instead of `bound`, `layer_bound` holds every layer to that spectral norm itself. With
+    `free_output=True` the output layer is unconstrained (the constraint acts on the features;
+    the network's constant is then only what its certificate says).
     """
     check_bound(bound)
+    check_bound(layer_bound)
+    if bound is not None and layer_bound is not None:
+        raise ValueError("give either bound (split over the layers) or layer_bound, not both")
+    if bound is not None and free_output:
+        raise ValueError("a global bound needs every layer constrained; with free_output=True "
+                         "give layer_bound")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
     group = getattr(_ACTIVATIONS[activation](), "group_size", 1)
@@ -199,14 +220,37 @@ def lipschitz_mlp(
         raise ValueError(f"activation {activation!r} needs hidden widths divisible by {group}")
     sizes = [in_features, *hidden, out_features]
     n_layers = len(sizes) - 1
-    layer_bound = None if bound is None else bound ** (1 / n_layers)
+    if bound is not None:
+        layer_bound = bound ** (1 / n_layers)
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         if i:
             layers.append(_ACTIVATIONS[activation]())
-        layers.append(SpectralLinear(n_in, n_out, bound=layer_bound, mode=mode,
-                                     ensemble_size=ensemble_size))
+        last = i == n_layers - 1
+        layers.append(SpectralLinear(n_in, n_out, bound=None if last and free_output
+                                     else layer_bound, mode=mode, ensemble_size=ensemble_size))
     return nn.Sequential(*layers)
+
+
+@contextmanager
+def shared_spectral_weights(module: nn.Module, detach: bool = False,
+                            weights: dict[SpectralLinear, Tensor] | None = None
+                            ) -> Iterator[dict[SpectralLinear, Tensor]]:
+    """Within the block, every constrained SpectralLinear of `module` computes its effective
+    weight once (one power iteration in training mode) and every forward reuses it, instead of
+    one power iteration per call; the block yields them by layer. `detach=True` shares constant
+    weights (for forwards that need no gradient with respect to the layer's parameters);
+    `weights` reuses those another block yielded instead of computing new ones."""
+    layers = [m for m in module.modules() if isinstance(m, SpectralLinear) and m.bound is not None]
+    shared = {}
+    for layer in layers:
+        weight = layer.effective_weight() if weights is None else weights[layer]
+        shared[layer] = layer._shared_weight = weight.detach() if detach else weight
+    try:
+        yield shared
+    finally:
+        for layer in layers:
+            layer._shared_weight = None
 
 
 def _frozen_linear(layer: SpectralLinear) -> nn.Linear:

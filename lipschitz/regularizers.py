@@ -117,11 +117,15 @@ def robust_loss(
     norm: str = "l2",
     steps: int = 1,
     step_size: float | None = None,
+    reference: Tensor | None = None,
 ) -> Tensor:
     """Mean over rows of ||fn(x + delta) - fn(x)||^2 for the adversarial delta of
-    `adversarial_perturbation`; differentiable w.r.t. fn's parameters, fn(x) is the fixed target."""
+    `adversarial_perturbation`; differentiable w.r.t. fn's parameters, fn(x) is the fixed target
+    (pass it as `reference` where it is already computed)."""
     x = x.detach()
-    with torch.no_grad():
-        reference = fn(x)
+    if reference is None:
+        with torch.no_grad():
+            reference = fn(x)
+    reference = reference.detach()
     delta = _pgd(fn, x, reference, eps, norm, steps, step_size)
     return (fn(x + delta) - reference).pow(2).sum() / x.shape[:-1].numel()

@@ -97,7 +97,10 @@ def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(pres
     """Overrides shared by every run must not turn the baselines into regularised critics."""
     for env, variant, cfg in preset_runs(preset):
         spectral, adversarial = "spectral" in variant, "adversarial" in variant
-        assert (cfg.lipschitz.L is not None) == spectral, (env, variant)
+        assert cfg.lipschitz.L is None, (env, variant)  # no variant rescales by normalize
+        capped = cfg.lipschitz.mode == "cap" and cfg.lipschitz.layer_cap is not None
+        assert capped == spectral, (env, variant)
+        assert cfg.lipschitz.robust_eps_units == "std", (env, variant)
         assert (cfg.lipschitz.robust_weight > 0) == adversarial, (env, variant)
         assert cfg.agent.dynamics.ensemble_size == (7 if variant == "ensemble" else 1)
 

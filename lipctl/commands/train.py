@@ -16,6 +16,7 @@ from lipctl.agents.buffer import ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
 from lipctl.agents.mbpo import MBPOSettings, MBPOSource
+from lipctl.agents.sac import EPS_UNITS
 from lipctl.agents.sources import BatchSource, RewardSource
 from lipctl.agents.termination import TERMINATIONS, termination_fn
 from lipctl.agents.trainer import Learner, LoopSettings, OffPolicyTrainer
@@ -84,6 +85,15 @@ def validate_off_policy(cfg: DictConfig) -> None:
     require_number(cfg, "lipschitz.robust_eps", 0)
     require_number(cfg, "lipschitz.robust_steps", 1, integer=True)
     require_choice(cfg, "lipschitz.robust_norm", ("l2", "linf"))
+    require_choice(cfg, "lipschitz.robust_eps_units", EPS_UNITS)
+    require_number(cfg, "lipschitz.robust_batch", 1, integer=True, allow_none=True)
+    require_number(cfg, "lipschitz.layer_cap", 0, allow_none=True, exclusive=True)
+    if cfg.lipschitz.layer_cap is not None and cfg.lipschitz.L is not None:
+        raise ConfigError("lipschitz.layer_cap", "give either lipschitz.L (a global bound split "
+                                                 "over the layers) or layer_cap, not both")
+    if cfg.lipschitz.free_output and cfg.lipschitz.L is not None:
+        raise ConfigError("lipschitz.free_output", "a global bound lipschitz.L needs every layer "
+                                                   "constrained; use layer_cap")
 
 
 def validate_model_based(cfg: DictConfig) -> None:
@@ -160,7 +170,8 @@ def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
     if path.exists():  # a resumed run: the peak may have been reached before the restart
         peak = max(peak, json.loads(path.read_text()).get("peak_rss_mb", 0.0))
     summary = {"env_steps": trainer.step, "eval_return": trainer.last_eval,
-               **seconds, "peak_rss_mb": peak, "certificates": trainer.certificates}
+               **seconds, "peak_rss_mb": peak, "certificates": trainer.certificates,
+               "critic_state_lipschitz": trainer.state_lipschitz}
     atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
 
 

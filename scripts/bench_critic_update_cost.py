@@ -1,0 +1,6 @@
+"""Regularised vs plain SAC update cost, side by side -> results/critic_update_cost.json."""
+
+from lipctl.bench.critic_update_cost import main
+
+if __name__ == "__main__":
+    main()
