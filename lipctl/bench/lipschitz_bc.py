@@ -30,7 +30,7 @@ from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
-from lipctl.bench.report import write_csv
+from lipctl.bench.report import interval_estimate, write_csv
 from lipctl.config import ConfigError, require_number
 from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
 from lipctl.control.policy import LinearFeedback, sampled_lower_bound
@@ -204,17 +204,6 @@ def _read_runs(path: Path) -> list[dict]:
     return rows
 
 
-def median_ci(values: np.ndarray, reps: int = 2000) -> tuple[float, float, float]:
-    """Median over seeds and its stratified-bootstrap 95% CI (rliable)."""
-    from rliable import library as rly
-    from rliable import metrics
-
-    scores = {"x": np.asarray(values, dtype=np.float64).reshape(-1, 1)}
-    point, interval = rly.get_interval_estimates(
-        scores, lambda s: np.array([metrics.aggregate_median(s)]), reps=reps)
-    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
-
-
 def summarise(rows: list[dict]) -> list[dict]:
     """Per system, policy and eps: medians over seeds with 95% CIs of every metric."""
     groups: dict[tuple, list[dict]] = {}
@@ -226,7 +215,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                  "L_over_expert": members[0]["L_over_expert"], "eps": eps,
                  "seeds": len(members)}
         for key in METRICS:
-            median, low, high = median_ci(np.array([m[key] for m in members]))
+            median, low, high = interval_estimate([m[key] for m in members])
             entry |= {key: median, f"{key}_ci_low": low, f"{key}_ci_high": high}
         entry["max_action_change_over_delta"] = max(m["max_action_change_over_delta"]
                                                     for m in members)

@@ -1,10 +1,14 @@
-"""Writing benchmark tables."""
+"""Writing benchmark tables, and their statistics over seeds (rliable)."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
+
+AGGREGATES = ("median", "iqm", "mean")
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
@@ -13,3 +17,18 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def interval_estimate(values: Sequence[float], aggregate: str = "median",
+                      reps: int = 2000) -> tuple[float, float, float]:
+    """(point, low, high): `aggregate` of per-seed scores and its stratified-bootstrap 95%
+    interval, from rliable."""
+    from rliable import library as rly  # imports pandas and arch: only when tables are made
+    from rliable import metrics
+
+    function = {"median": metrics.aggregate_median, "iqm": metrics.aggregate_iqm,
+                "mean": metrics.aggregate_mean}[aggregate]
+    scores = {"x": np.asarray(values, dtype=np.float64).reshape(-1, 1)}
+    point, interval = rly.get_interval_estimates(scores, lambda s: np.array([function(s)]),
+                                                 reps=reps)
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])

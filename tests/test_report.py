@@ -1,0 +1,21 @@
+"""Benchmark statistics over seeds, from rliable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipctl.bench.report import interval_estimate
+
+
+@pytest.mark.parametrize("aggregate,expected", [("median", 5.5), ("iqm", 5.5), ("mean", 5.5)])
+def test_interval_estimate_brackets_the_aggregate(aggregate, expected):
+    point, low, high = interval_estimate(np.arange(1.0, 11.0), aggregate)
+    assert point == pytest.approx(expected) and low < point < high
+    assert 1 <= low and high <= 10
+
+
+def test_iqm_ignores_the_outer_quartiles():
+    values = [0.0, 0.0, 5.0, 5.0, 5.0, 5.0, 100.0, 100.0]
+    assert interval_estimate(values, "iqm")[0] == pytest.approx(5.0)
+    assert interval_estimate([3.0] * 6)[1:] == (3.0, 3.0)
