@@ -16,6 +16,9 @@ import scipy.linalg
 import scipy.optimize
 
 
+ZERO_GAIN = 1e-9  # a least stabilising gain below this (relative to ||B||) is 0
+
+
 @dataclass(frozen=True)
 class LTISystem:
     """x_{t+1} = A x_t + B u_t, cost J = sum_{t < horizon} x_t'Q x_t + u_t'R u_t, initial states
@@ -77,7 +80,8 @@ def least_stabilising_gain(a: np.ndarray, b: np.ndarray, starts: int = 8,
     (which tend to the least-energy stabilising gain) and random perturbations of them, each
     result then shrunk along its ray to the stability boundary by bisection. The value is
     attained by a stabilising gain, so it is an upper estimate of the infimum (0 when A is
-    already Schur stable; exact for a scalar system, where it is (|a| - 1) / |b|).
+    already Schur stable, or when the search shrinks to a gain below ZERO_GAIN, as for a
+    marginally stable A; exact for a scalar system, where it is (|a| - 1) / |b|).
     """
     n, m = b.shape
     if spectral_radius(a) < 1:
@@ -102,7 +106,10 @@ def least_stabilising_gain(a: np.ndarray, b: np.ndarray, starts: int = 8,
         multiple = smallest_stabilising_multiple(a, b, gain)
         if multiple is not None and multiple * np.linalg.norm(gain, 2) < np.linalg.norm(best, 2):
             best = multiple * gain
-    return float(np.linalg.norm(best, 2)), best
+    norm = float(np.linalg.norm(best, 2))
+    if norm < ZERO_GAIN * max(1.0, float(np.linalg.norm(b, 2))):
+        return 0.0, np.zeros((m, n))  # marginally stable A: arbitrarily small gains stabilise
+    return norm, best
 
 
 def smallest_stabilising_multiple(a: np.ndarray, b: np.ndarray, gain: np.ndarray

@@ -52,6 +52,8 @@ def test_critical_gain_of_a_scalar_system_is_closed_form(a, b):
 
 def test_critical_gain_is_zero_for_a_stable_system_and_stabilises_the_pendulum():
     assert least_stabilising_gain(np.diag([0.5, -0.9]), np.ones((2, 1)))[0] == 0.0
+    integrator = double_integrator()  # both eigenvalues at 1: any small gain can stabilise it
+    assert least_stabilising_gain(integrator.a, integrator.b)[0] == 0.0
     system = inverted_pendulum_linear()
     norm, gain = least_stabilising_gain(system.a, system.b)
     expert = np.linalg.norm(system.lqr_gain(), 2)

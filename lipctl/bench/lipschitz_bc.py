@@ -45,7 +45,8 @@ from lipctl.runtime import seed_everything
 
 EXPERT, UNCONSTRAINED = "expert", "unconstrained"
 METRICS = ("regret", "relative_regret", "attack_deterioration", "noise_deterioration",
-           "lipschitz_upper", "lipschitz_lower", "unstable_fraction")
+           "lipschitz_upper", "lipschitz_lower", "failed_fraction")
+FAILED_COST_RATIO = 100  # a run "failed" where J(clone) > this multiple of J(expert)
 
 
 def validate(exp: DictConfig) -> None:
@@ -130,14 +131,14 @@ def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
     loop, reference = LTILoop(policy, system), LTILoop(expert, system)
     with torch.no_grad():
         nominal, expert_cost = loop.cost(x0), reference.cost(x0)
-    unstable = float((nominal > 100 * expert_cost).float().mean())
+    failed = float((nominal > FAILED_COST_RATIO * expert_cost).float().mean())
     shared = {"system": name, "policy": label, "L": bound,
               "L_over_expert": None if bound is None else bound / known["expert_lipschitz"],
               "seed": seed, "lipschitz_upper": upper, "lipschitz_lower": lower, **fit_columns,
               "expert_cost": float(expert_cost.mean()), "nominal_cost": float(nominal.mean()),
               "regret": float((nominal - expert_cost).mean()),
               "relative_regret": float(((nominal - expert_cost) / expert_cost).mean()),
-              "unstable_fraction": unstable}
+              "failed_fraction": failed}
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for eps in exp.eps:
@@ -224,39 +225,42 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def plot(summary: list[dict], system: str, known: dict[str, float], path: Path) -> None:
-    """Regret and deterioration (attack solid, noise dashed, per eps) against L, with CIs."""
+    """Left: relative regret against L. Right: deterioration under attack (solid) and noise
+    (dashed) per eps, as a multiple of the expert's at the same eps. Medians, 95% CIs."""
     rows = [r for r in summary if r["system"] == system]
     clones = sorted((r for r in rows if r["policy"] not in (EXPERT, UNCONSTRAINED)),
                     key=lambda r: r["L"])
+    radii = sorted({r["eps"] for r in rows})
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    first_eps = min(r["eps"] for r in rows)
-    mine = [r for r in clones if r["eps"] == first_eps]
-    bounds = [r["L"] for r in mine]
-    left.errorbar(bounds, [r["relative_regret"] for r in mine],
-                  yerr=_errors(mine, "relative_regret"), marker="o", capsize=3)
-    free = next(r for r in rows if r["policy"] == UNCONSTRAINED and r["eps"] == first_eps)
+    mine = [r for r in clones if r["eps"] == radii[0]]
+    left.errorbar([r["L"] for r in mine], [r["relative_regret"] for r in mine],
+                  yerr=_errors(mine, "relative_regret"), marker="o", capsize=3, label="clones")
+    free = next(r for r in rows if r["policy"] == UNCONSTRAINED and r["eps"] == radii[0])
     left.axhline(free["relative_regret"], color="tab:red", ls=":", label="unconstrained")
-    for x, label in ((known["expert_lipschitz"], "||K|| (expert)"),
-                     (known["critical_L"], "critical L")):
-        left.axvline(x, color="grey", ls="--", lw=0.8)
-        left.annotate(label, (x, 0.95), xycoords=("data", "axes fraction"), fontsize=7)
-    left.set(xscale="log", yscale="symlog", xlabel="certified bound L",
-             ylabel="regret (J(clone) - J(expert)) / J(expert)", title=f"{system}: regret")
-    left.legend(fontsize=7)
-    for eps, colour in zip(sorted({r["eps"] for r in rows}),
-                           plt.cm.plasma(np.linspace(0, 0.85, len({r["eps"] for r in rows}))),
-                           strict=True):
+    left.set(xscale="log", yscale="log", xlabel="certified bound L",
+             ylabel="regret / J(expert)", title=f"{system}: nominal regret")
+    for eps, colour in zip(radii, plt.cm.plasma(np.linspace(0, 0.85, len(radii))), strict=True):
+        expert = next(r for r in rows if r["policy"] == EXPERT and r["eps"] == eps)
         mine = [r for r in clones if r["eps"] == eps]
         bounds = [r["L"] for r in mine]
-        right.errorbar(bounds, [r["attack_deterioration"] for r in mine],
-                       yerr=_errors(mine, "attack_deterioration"), marker="o", ms=3,
-                       capsize=2, color=colour, label=f"attack eps={eps:g}")
-        right.plot(bounds, [r["noise_deterioration"] for r in mine], ls="--", color=colour,
-                   label=f"noise eps={eps:g}")
-    right.axvline(known["expert_lipschitz"], color="grey", ls="--", lw=0.8)
-    right.set(xscale="log", yscale="symlog", xlabel="certified bound L",
-              ylabel="deterioration J(perturbed) - J(clone)", title=f"{system}: deterioration")
+        for key, style in (("attack_deterioration", "-"), ("noise_deterioration", "--")):
+            scale = expert[key]
+            values = np.array([r[key] for r in mine]) / scale
+            errors = _errors(mine, key) / scale
+            right.errorbar(bounds, values, yerr=errors if style == "-" else None, ls=style,
+                           marker="o" if style == "-" else None, ms=3, capsize=2, color=colour,
+                           label=f"{key.split('_')[0]} eps={eps:g}")
+    right.axhline(1.0, color="k", lw=0.8, label="expert")
+    right.set(xscale="log", yscale="log", ylim=(0.05, 50), xlabel="certified bound L",
+              ylabel="deterioration / the expert's (same eps)",
+              title=f"{system}: deterioration (above 50: off-scale)")
     right.legend(fontsize=6, ncol=2)
+    for axis in (left, right):
+        for x, label in ((known["expert_lipschitz"], "||K||"), (known["critical_L"], "critical")):
+            if x > 0:
+                axis.axvline(x, color="grey", ls="--", lw=0.8)
+                axis.annotate(label, (x, 0.97), xycoords=("data", "axes fraction"), fontsize=7)
+    left.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
