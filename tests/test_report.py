@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipctl.bench.report import interval_estimate
+from lipctl.bench.report import interval_estimate, probability_of_improvement
 
 
 @pytest.mark.parametrize("aggregate,expected", [("median", 5.5), ("iqm", 5.5), ("mean", 5.5)])
@@ -19,3 +19,9 @@ def test_iqm_ignores_the_outer_quartiles():
     values = [0.0, 0.0, 5.0, 5.0, 5.0, 5.0, 100.0, 100.0]
     assert interval_estimate(values, "iqm")[0] == pytest.approx(5.0)
     assert interval_estimate([3.0] * 6)[1:] == (3.0, 3.0)
+
+
+def test_probability_of_improvement_of_seeds():
+    point, low, high = probability_of_improvement([5.0, 6.0, 7.0], [1.0, 2.0, 3.0])
+    assert (point, low, high) == (1.0, 1.0, 1.0)
+    assert probability_of_improvement([1.0, 2.0], [1.0, 2.0])[0] == pytest.approx(0.5)

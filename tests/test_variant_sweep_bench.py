@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.bench.variant_sweep import bootstrap_ci, iqm, run_overrides, summarize
+from lipctl.bench.variant_sweep import run_overrides, summarize
 from tests.helpers import lipctl
 
 
@@ -21,17 +21,9 @@ def fake_run(seed: int, final: float, wall: float, upper: float) -> dict:
     return {"seed": seed, "steps": np.array([500, 1000]), "returns": np.array([-900.0, final]),
             "env_steps": 1000, "wall_seconds": wall, "model_train_seconds": wall / 10,
             "rollout_seconds": 1.0, "sac_update_seconds": wall / 2, "peak_rss_mb": 300.0,
-            "model_holdout_mse": 0.01,
+            "model_holdout_mse": 0.01, "state_lipschitz": np.array([2.0 * upper, upper]),
             "certificates": {"critic0": {"upper": upper, "lower": 1.0},
                              "critic1": {"upper": upper + 1, "lower": 2.0}}}
-
-
-def test_iqm_drops_the_outer_quartiles_and_ci_brackets_the_mean():
-    assert iqm([0.0, 1.0, 2.0, 100.0]) == 1.5
-    values = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
-    low, high = bootstrap_ci(values)
-    assert low < values.mean() < high
-    assert bootstrap_ci(np.array([5.0, 5.0, 5.0])) == (5.0, 5.0)
 
 
 def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
@@ -49,6 +41,10 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     assert rows["single"]["critic_lipschitz_upper"] == 51.0
     assert rows["single"]["critic_lipschitz_lower"] == 2.0
     assert rows["single"]["model_train_seconds"] == 2.0 and "expert_return" not in rows["single"]
+    assert rows["single"]["p_improvement_vs_ensemble"] == 1.0  # every seed beats every seed
+    assert rows["ensemble"]["p_improvement_vs_ensemble"] is None
+    assert rows["single"]["critic_state_lipschitz_final"] == 50.0
+    assert rows["single"]["critic_state_lipschitz_mean"] == 75.0
     assert rows["single"]["seeds"] == 3 and rows["single"]["env_steps"] == 1000
 
 

@@ -32,3 +32,18 @@ def interval_estimate(values: Sequence[float], aggregate: str = "median",
     point, interval = rly.get_interval_estimates(scores, lambda s: np.array([function(s)]),
                                                  reps=reps)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def probability_of_improvement(x: Sequence[float], y: Sequence[float],
+                               reps: int = 2000) -> tuple[float, float, float]:
+    """(point, low, high): P(X > Y) for per-seed scores of two algorithms (ties count half)
+    and its stratified-bootstrap 95% interval, from rliable."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    pairs = {"x,y": (np.asarray(x, dtype=np.float64).reshape(-1, 1),
+                     np.asarray(y, dtype=np.float64).reshape(-1, 1))}
+    point, interval = rly.get_interval_estimates(pairs, metrics.probability_of_improvement,
+                                                 reps=reps)
+    low, high = np.ravel(interval["x,y"])
+    return float(np.ravel(point["x,y"])[0]), float(low), float(high)

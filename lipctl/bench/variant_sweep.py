@@ -23,21 +23,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from scipy import stats
 
-from lipctl.bench.report import write_csv
+from lipctl.bench.report import interval_estimate, probability_of_improvement, write_csv
 from lipctl.envs.demos import load_demos
 
 RUN_FILES = ("eval.csv", "train.csv", "summary.json")
-CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 2000
 
 
 def run_overrides(exp: DictConfig, env: str) -> list[str]:
@@ -103,25 +99,18 @@ def collect(exp: DictConfig, work: Path, out: Path) -> dict[tuple[str, str], lis
                     "seed": seed,
                     "steps": np.array([int(row["step"]) for row in evals]),
                     "returns": np.array([float(row["return_mean"]) for row in evals]),
+                    "state_lipschitz": _state_lipschitz(evals),
                     **{name: _last(train_rows, name) for name in exp.last_train_metrics},
                     **summary,
                 })
     return runs
 
 
-def iqm(values: Sequence[float]) -> float:
-    """Interquartile mean: the mean of the middle 50% (trimmed 25% each side)."""
-    return float(stats.trim_mean(values, 0.25))
-
-
-def bootstrap_ci(values: np.ndarray, statistic=np.mean) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of `statistic` over seeds (axis 0)."""
-    if len(values) < 2 or np.allclose(values, values[0]):
-        return float(statistic(values, axis=0)), float(statistic(values, axis=0))
-    result = stats.bootstrap((values,), statistic, confidence_level=CONFIDENCE,
-                             n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
-                             random_state=np.random.default_rng(0))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+def _state_lipschitz(evals: list[dict[str, str]]) -> np.ndarray:
+    """Per evaluation, the largest of the critics' Lipschitz constants w.r.t. the state (empty
+    for runs without them)."""
+    columns = [c for c in (evals[0] if evals else {}) if c.endswith("_state_lipschitz")]
+    return np.array([max(float(row[c]) for c in columns) for row in evals] if columns else [])
 
 
 def _certificate_groups(run: dict) -> dict[str, list[dict]]:
@@ -152,13 +141,13 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
         expert = expert_return(exp, env)
         final = np.array([run["returns"][-1] for run in seeds])
         steps = int(np.median([run["env_steps"] for run in seeds]))
-        low, high = bootstrap_ci(final)
+        point, low, high = interval_estimate(final, "iqm")
         median = {key: float(np.median([run.get(key, np.nan) for run in seeds]))
                   for key in (*exp.medians, *exp.last_train_metrics)}
         row = {
             "env": env, "variant": variant, "seeds": len(seeds), "env_steps": steps,
             "final_return_mean": round(float(final.mean()), 1),
-            "final_return_iqm": round(iqm(final), 1),
+            "final_return_iqm": round(point, 1),
             "ci_low": round(low, 1), "ci_high": round(high, 1),
         }
         if expert is not None:
@@ -169,18 +158,42 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
         row["seconds_per_1k_steps"] = round(1000 * median.pop("wall_seconds") / steps, 1)
         row.update({key: round(value, 4 if value < 1 else 1) for key, value in median.items()})
         row.update(_lipschitz_columns(seeds))
+        row.update(_state_lipschitz_columns(seeds))
         rows.append(row)
     for row in rows:
         baseline = next((r for r in rows if r["env"] == row["env"]
                          and r["variant"] == exp.baseline), None)
         row[f"time_vs_{exp.baseline}"] = (None if baseline is None else round(
             row["seconds_per_1k_steps"] / baseline["seconds_per_1k_steps"], 2))
+        reference = runs.get((row["env"], exp.baseline))
+        estimate = (None, None, None)
+        if reference is not None and row["variant"] != exp.baseline:
+            mine = [run["returns"][-1] for run in runs[(row["env"], row["variant"])]]
+            estimate = tuple(round(value, 3) for value in probability_of_improvement(
+                mine, [run["returns"][-1] for run in reference]))
+        row |= dict(zip((f"p_improvement_vs_{exp.baseline}", "p_improvement_ci_low",
+                         "p_improvement_ci_high"), estimate, strict=True))
     return rows
+
+
+def _state_lipschitz_columns(seeds: list[dict]) -> dict[str, float]:
+    """IQM over seeds, with 95% CIs, of the critics' state Lipschitz constant: its mean over
+    the evaluations of a run and its final value."""
+    if any(not len(run["state_lipschitz"]) for run in seeds):
+        return {}
+    columns = {}
+    for name, values in (("mean", [run["state_lipschitz"].mean() for run in seeds]),
+                         ("final", [run["state_lipschitz"][-1] for run in seeds])):
+        point, low, high = interval_estimate(values, "iqm")
+        columns |= {f"critic_state_lipschitz_{name}": round(point, 3),
+                    f"critic_state_lipschitz_{name}_ci_low": round(low, 3),
+                    f"critic_state_lipschitz_{name}_ci_high": round(high, 3)}
+    return columns
 
 
 def plot_curves(runs: dict[tuple[str, str], list[dict]], exp: DictConfig, path: Path) -> None:
     """Eval return against env steps (as a fraction of the expert's for runs that imitate one):
-    mean over seeds and its 95% bootstrap band, per env."""
+    IQM over seeds and its stratified-bootstrap 95% band (rliable), per env."""
     envs = list(dict.fromkeys(env for env, _ in runs))
     fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
     for ax, env in zip(axes[0], envs, strict=True):
@@ -191,12 +204,13 @@ def plot_curves(runs: dict[tuple[str, str], list[dict]], exp: DictConfig, path: 
             length = min(len(run["returns"]) for run in seeds)
             returns = np.stack([run["returns"][:length] for run in seeds]) / (expert or 1.0)
             steps = seeds[0]["steps"][:length]
-            bands = np.array([bootstrap_ci(returns[:, i]) for i in range(length)])
-            ax.plot(steps, returns.mean(0), label=variant)
-            ax.fill_between(steps, bands[:, 0], bands[:, 1], alpha=0.2)
+            estimates = np.array([interval_estimate(returns[:, i], "iqm")
+                                  for i in range(length)])
+            ax.plot(steps, estimates[:, 0], label=variant)
+            ax.fill_between(steps, estimates[:, 1], estimates[:, 2], alpha=0.2)
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("env steps")
-        ax.set_ylabel(f"{'expert-normalised ' if expert else ''}eval return (mean, 95% CI)")
+        ax.set_ylabel(f"{'expert-normalised ' if expert else ''}eval return (IQM, 95% CI)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
