@@ -15,7 +15,6 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
-
 ZERO_GAIN = 1e-9  # a least stabilising gain below this (relative to ||B||) is 0
 
 

@@ -25,3 +25,8 @@ def test_probability_of_improvement_of_seeds():
     point, low, high = probability_of_improvement([5.0, 6.0, 7.0], [1.0, 2.0, 3.0])
     assert (point, low, high) == (1.0, 1.0, 1.0)
     assert probability_of_improvement([1.0, 2.0], [1.0, 2.0])[0] == pytest.approx(0.5)
+
+
+def test_intervals_are_reproducible():
+    values = [1.0, 5.0, 2.0, 8.0, 3.0, 9.0, 4.0]
+    assert interval_estimate(values, "iqm") == interval_estimate(values, "iqm")

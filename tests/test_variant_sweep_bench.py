@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,11 +72,21 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     for row in rows.values():
         assert row["env"] == "pendulum" and row["seeds"] == "2" and row["env_steps"] == "300"
         assert float(row["model_train_seconds"]) > 0 and float(row["sac_update_seconds"]) > 0
-    assert float(rows["single_spectral_adversarial"]["critic_lipschitz_upper"]) <= 1000
-    assert (out / "curves.png").stat().st_size > 0
+        assert 0 < float(row["critic_state_lipschitz_final"]) <= float(
+            row["critic_lipschitz_upper"])
+    assert float(rows["single_spectral_adversarial"]["p_improvement_ci_low"]) >= 0
+    assert (out / "curves.png").stat().st_size > 0 and (out / "lipschitz.png").stat().st_size > 0
     run = out / "runs" / "pendulum" / "ensemble" / "seed1"
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 300
     assert (run / "eval.csv").exists() and (run / "train.csv").exists()
+    before = (out / "summary.csv").read_text()
+    for made in ("summary.csv", "curves.png", "lipschitz.png"):
+        (out / made).unlink()
+    shutil.rmtree(workdir / "work")  # the report needs out/runs only
+    lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", "replot=true",
+           "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_spectral_adversarial]",
+           "~experiment.envs", "+experiment.envs={pendulum:[]}", cwd=workdir, check=True)
+    assert (out / "summary.csv").read_text() == before and (out / "lipschitz.png").exists()
 
 
 def preset_runs(preset: str) -> Iterator[tuple[str, str, DictConfig]]:

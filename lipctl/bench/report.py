@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-AGGREGATES = ("median", "iqm", "mean")
+BOOTSTRAP_SEED = 0  # every interval is reproducible: the same files give the same tables
+
+
+@contextmanager
+def _seeded_bootstrap() -> Iterator[None]:
+    """rliable's bootstrap (arch) draws from numpy's global generator: seed it for the call and
+    restore the caller's state afterwards."""
+    state = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
@@ -29,8 +42,9 @@ def interval_estimate(values: Sequence[float], aggregate: str = "median",
     function = {"median": metrics.aggregate_median, "iqm": metrics.aggregate_iqm,
                 "mean": metrics.aggregate_mean}[aggregate]
     scores = {"x": np.asarray(values, dtype=np.float64).reshape(-1, 1)}
-    point, interval = rly.get_interval_estimates(scores, lambda s: np.array([function(s)]),
-                                                 reps=reps)
+    with _seeded_bootstrap():
+        point, interval = rly.get_interval_estimates(
+            scores, lambda s: np.array([function(s)]), reps=reps)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
@@ -43,7 +57,8 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float],
 
     pairs = {"x,y": (np.asarray(x, dtype=np.float64).reshape(-1, 1),
                      np.asarray(y, dtype=np.float64).reshape(-1, 1))}
-    point, interval = rly.get_interval_estimates(pairs, metrics.probability_of_improvement,
-                                                 reps=reps)
+    with _seeded_bootstrap():
+        point, interval = rly.get_interval_estimates(pairs, metrics.probability_of_improvement,
+                                                     reps=reps)
     low, high = np.ravel(interval["x,y"])
     return float(np.ravel(point["x,y"])[0]), float(low), float(high)

@@ -8,9 +8,10 @@ train.csv columns whose last value is reported (`last_train_metrics`). Where an 
 demonstrations (a `demos=PATH` override), returns are also reported as fractions of the mean
 episode return in that file.
 
-Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, train.csv and
-summary.json), summary.csv (one row per env x variant), curves.png and bench.json (settings,
-machine, wall time).
+Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, summary.json
+and downsampled train.csv), and from those files alone (`report`, also `lipctl bench ...
+replot=true`) summary.csv (one row per env x variant), curves.png (returns) and lipschitz.png (the
+critics' Lipschitz constant w.r.t. the state); bench.json (settings, machine, wall time).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from lipctl.bench.report import interval_estimate, probability_of_improvement, write_csv
 from lipctl.envs.demos import load_demos
 
-RUN_FILES = ("eval.csv", "train.csv", "summary.json")
+TRAIN_ROWS = 200  # train.csv rows kept per run under out/runs/
 
 
 def run_overrides(exp: DictConfig, env: str) -> list[str]:
@@ -81,17 +82,31 @@ def _last(rows: list[dict[str, str]], column: str) -> float:
     return values[-1] if values else float("nan")
 
 
-def collect(exp: DictConfig, work: Path, out: Path) -> dict[tuple[str, str], list[dict]]:
-    """Copy each run's files under out/runs and read them: (env, variant) -> one dict per seed."""
-    runs: dict[tuple[str, str], list[dict]] = {}
+def copy_runs(exp: DictConfig, work: Path, out: Path) -> None:
+    """Each run's eval.csv and summary.json, and its train.csv downsampled to at most
+    TRAIN_ROWS rows (the last one kept), under out/runs/<env>/<variant>/seed<k>/."""
     for env in exp.envs:
         for variant in exp.variants:
             for seed in exp.seeds:
                 source = work / env / variant / f"seed{seed}"
                 target = out / "runs" / env / variant / f"seed{seed}"
                 target.mkdir(parents=True, exist_ok=True)
-                for name in RUN_FILES:
+                for name in ("eval.csv", "summary.json"):
                     shutil.copy2(source / name, target / name)
+                rows = _read_csv(source / "train.csv")
+                keep = sorted(set(np.linspace(0, len(rows) - 1, TRAIN_ROWS).astype(int)))
+                if rows:
+                    write_csv(target / "train.csv", [rows[i] for i in keep])
+
+
+def collect(exp: DictConfig, runs_dir: Path) -> dict[tuple[str, str], list[dict]]:
+    """Read the runs under `runs_dir` (as `copy_runs` writes them): (env, variant) -> one dict
+    per seed."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for env in exp.envs:
+        for variant in exp.variants:
+            for seed in exp.seeds:
+                source = runs_dir / env / variant / f"seed{seed}"
                 evals = _read_csv(source / "eval.csv")
                 summary = json.loads((source / "summary.json").read_text())
                 train_rows = _read_csv(source / "train.csv")
@@ -217,15 +232,46 @@ def plot_curves(runs: dict[tuple[str, str], list[dict]], exp: DictConfig, path: 
     plt.close(fig)
 
 
-def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
-    """Train every run (resuming unfinished ones), then aggregate into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    run_sweeps(exp, work)
-    runs = collect(exp, work, out)
+def plot_state_lipschitz(runs: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    """The critics' Lipschitz constant w.r.t. the state over training: IQM over seeds of the
+    larger of the two critics', with its 95% band, per env and variant."""
+    envs = list(dict.fromkeys(env for env, _ in runs))
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for (run_env, variant), seeds in runs.items():
+            if run_env != env or any(not len(run["state_lipschitz"]) for run in seeds):
+                continue
+            length = min(len(run["state_lipschitz"]) for run in seeds)
+            values = np.stack([run["state_lipschitz"][:length] for run in seeds])
+            estimates = np.array([interval_estimate(values[:, i], "iqm") for i in range(length)])
+            ax.plot(seeds[0]["steps"][:length], estimates[:, 0], label=variant)
+            ax.fill_between(seeds[0]["steps"][:length], estimates[:, 1], estimates[:, 2],
+                            alpha=0.2)
+        ax.set(title=env, xlabel="env steps", yscale="log",
+               ylabel="critic Lipschitz w.r.t. state (IQM, 95% CI)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(exp: DictConfig, out: Path) -> list[dict]:
+    """summary.csv, curves.png and lipschitz.png from out/runs/ alone."""
+    runs = collect(exp, out / "runs")
     rows = summarize(runs, exp)
     write_csv(out / "summary.csv", rows)
     plot_curves(runs, exp, out / "curves.png")
+    plot_state_lipschitz(runs, out / "lipschitz.png")
+    return rows
+
+
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Train every run (resuming unfinished ones), copy its files to out/runs, then `report`."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    run_sweeps(exp, work)
+    copy_runs(exp, work, out)
+    rows = report(exp, out)
     bench = {"settings": OmegaConf.to_container(exp, resolve=True),
              "machine": {"processor": platform.processor() or platform.machine(),
                          "cpu_count": os.cpu_count(),
@@ -234,6 +280,6 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
              "wall_seconds": round(time.perf_counter() - started, 1)}
     (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
     for row in rows:
-        print(f"{row['env']:<18} {row['variant']:<28} return {row['final_return_mean']:>8.1f} "
+        print(f"{row['env']:<18} {row['variant']:<28} return IQM {row['final_return_iqm']:>8.1f} "
               f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]  {row['seconds_per_1k_steps']:.0f} "
               f"s/1k steps ({row[f'time_vs_{exp.baseline}']}x {exp.baseline})", flush=True)

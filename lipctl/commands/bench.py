@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench import lipschitz_bc
+from lipctl.bench import lipschitz_bc, variant_sweep
 from lipctl.bench.variant_sweep import run_overrides
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "gail_lipschitz", "gail_lipschitz_paper")
 EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", *SWEEPS)
-REPLOTTABLE = ("lipschitz_bc",)  # experiments whose tables and figures rebuild from out/runs/
+REPLOTTABLE = ("lipschitz_bc", *SWEEPS)  # tables and figures rebuild from out/runs/
 
 
 def known_variants() -> list[str]:
@@ -68,7 +68,10 @@ def validate(cfg: DictConfig) -> None:
 def bench(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     if cfg.replot:
-        lipschitz_bc.report(Path(cfg.out))
+        if cfg.experiment.name == "lipschitz_bc":
+            lipschitz_bc.report(Path(cfg.out))
+        else:
+            variant_sweep.report(cfg.experiment, Path(cfg.out))
         print(f"tables and figures rebuilt from {cfg.out}/runs/")
         return
     if cfg.experiment.name == "cstr_mpc":
@@ -76,7 +79,7 @@ def bench(cfg: DictConfig) -> None:
     elif cfg.experiment.name == "lipschitz_bc":
         run_benchmark = lipschitz_bc.run_benchmark
     else:
-        from lipctl.bench.variant_sweep import run_benchmark
+        run_benchmark = variant_sweep.run_benchmark
     run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
     print(f"results written to {cfg.out}/")
 
