@@ -60,6 +60,7 @@ class MBPOSettings:
     model_holdout_ratio: float = 0.2
     model_max_epochs: int | None = None
     model_patience: int = 5
+    rollout_chunk: int = 10_000  # rollouts branched at once: bounds the rollout's memory
 
     def __post_init__(self):
         schedule = tuple(self.rollout_schedule)
@@ -73,7 +74,7 @@ class MBPOSettings:
         if not 0 <= self.real_ratio <= 1:
             raise ValueError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
         for name in ("model_train_every", "min_real_steps", "rollouts_per_retrain",
-                     "retain_epochs"):
+                     "retain_epochs", "rollout_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.model_lr > 0:
@@ -178,18 +179,20 @@ class MBPOSource:
     @torch.no_grad()
     def rollout(self, length: int) -> dict[str, Tensor]:
         """Branch `rollouts_per_retrain` rollouts of up to `length` model steps from real states
-        into the model buffer; a rollout stops at the first step the termination rule flags."""
+        into the model buffer, `rollout_chunk` of them at a time (so memory does not grow with
+        the number of rollouts); a rollout stops at the first step the termination rule flags."""
         start = time.perf_counter()
         self.model_buffer.resize(self.settings.model_buffer_capacity(length))
-        obs = self.real.sample(self.settings.rollouts_per_retrain).obs
-        for _ in range(length):
-            action = self.policy.actor.sample(obs)[0]
-            next_obs, reward = self.model.sample_step(obs, action, self.generator)
-            done = self.termination(obs, action, next_obs)
-            self.model_buffer.add_batch(Batch(obs, action, reward, next_obs, done))
-            obs = next_obs[~done]
-            if len(obs) == 0:
-                break
+        starts = self.real.sample(self.settings.rollouts_per_retrain).obs
+        for obs in starts.split(self.settings.rollout_chunk):
+            for _ in range(length):
+                action = self.policy.actor.sample(obs)[0]
+                next_obs, reward = self.model.sample_step(obs, action, self.generator)
+                done = self.termination(obs, action, next_obs)
+                self.model_buffer.add_batch(Batch(obs, action, reward, next_obs, done))
+                obs = next_obs[~done]
+                if len(obs) == 0:
+                    break
         return {"rollout_length": torch.tensor(length),
                 "model_buffer_size": torch.tensor(len(self.model_buffer)),
                 "rollout_seconds": torch.tensor(time.perf_counter() - start)}

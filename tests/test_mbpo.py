@@ -97,14 +97,15 @@ def deterministic_step_model(reward: float, delta: list[float]) -> DynamicsEnsem
     return model
 
 
-def test_rollouts_stop_at_the_scheduled_length_and_at_termination():
+@pytest.mark.parametrize("chunk", [10_000, 7])  # all 50 rollouts at once, or 7 at a time
+def test_rollouts_stop_at_the_scheduled_length_and_at_termination(chunk):
     torch.manual_seed(0)
     start = rows(64, 0.0)
     start.obs[:, 0] = 0.0  # obs[0] counts model steps taken from a real start state
     start.obs[:, 1] *= 0.8  # obs[1] climbs by 0.2 a step; the rule ends a rollout above 0.9
     model = deterministic_step_model(0.5, [1.0, 0.2, 0.0])
     settings = MBPOSettings(rollouts_per_retrain=50, rollout_schedule=(0, 0, 4, 4),
-                            retain_epochs=1)
+                            retain_epochs=1, rollout_chunk=chunk)
     source = MBPOSource(real_buffer(start), model, lambda o, a, n: n[:, 1] > 0.9,
                         SAC(3, 1, hidden=(16, 16)), settings)
     metrics = source.rollout(settings.rollout_length(0))
