@@ -17,7 +17,6 @@ tradeoff_<system>.png and summary.json (settings, coverage, constants, machine, 
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
@@ -30,7 +29,7 @@ from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
-from lipctl.bench.report import interval_estimate, write_csv
+from lipctl.bench.report import interval_estimate, read_csv, write_csv
 from lipctl.config import ConfigError, require_number
 from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
 from lipctl.control.policy import LinearFeedback, sampled_lower_bound
@@ -196,8 +195,8 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
 
 
 def _read_runs(path: Path) -> list[dict]:
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+    """A runs/<system>.csv with its numbers as floats (empty cells: None)."""
+    rows = read_csv(path)
     for row in rows:
         for key, value in row.items():
             if key not in ("system", "policy"):

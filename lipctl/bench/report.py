@@ -24,6 +24,12 @@ def _seeded_bootstrap() -> Iterator[None]:
         np.random.set_state(state)
 
 
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as written by `write_csv`."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
     """Rows of equal keys as a CSV file with a header (the first row's keys, in order)."""
     with path.open("w", newline="") as f:

@@ -16,7 +16,6 @@ critics' Lipschitz constant w.r.t. the state); bench.json (settings, machine, wa
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -31,7 +30,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.bench.report import interval_estimate, probability_of_improvement, write_csv
+from lipctl.bench.report import (
+    interval_estimate,
+    probability_of_improvement,
+    read_csv,
+    write_csv,
+)
 from lipctl.envs.demos import load_demos
 
 TRAIN_ROWS = 200  # train.csv rows kept per run under out/runs/
@@ -72,11 +76,6 @@ def run_sweeps(exp: DictConfig, work: Path) -> None:
         print(f"[{env}] done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _last(rows: list[dict[str, str]], column: str) -> float:
     values = [float(row[column]) for row in rows if row.get(column)]
     return values[-1] if values else float("nan")
@@ -93,7 +92,7 @@ def copy_runs(exp: DictConfig, work: Path, out: Path) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 for name in ("eval.csv", "summary.json"):
                     shutil.copy2(source / name, target / name)
-                rows = _read_csv(source / "train.csv")
+                rows = read_csv(source / "train.csv")
                 keep = sorted(set(np.linspace(0, len(rows) - 1, TRAIN_ROWS).astype(int)))
                 if rows:
                     write_csv(target / "train.csv", [rows[i] for i in keep])
@@ -107,9 +106,9 @@ def collect(exp: DictConfig, runs_dir: Path) -> dict[tuple[str, str], list[dict]
         for variant in exp.variants:
             for seed in exp.seeds:
                 source = runs_dir / env / variant / f"seed{seed}"
-                evals = _read_csv(source / "eval.csv")
+                evals = read_csv(source / "eval.csv")
                 summary = json.loads((source / "summary.json").read_text())
-                train_rows = _read_csv(source / "train.csv")
+                train_rows = read_csv(source / "train.csv")
                 runs.setdefault((env, variant), []).append({
                     "seed": seed,
                     "steps": np.array([int(row["step"]) for row in evals]),
