@@ -13,7 +13,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not a lipctl checkpoint."""
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SAC keeps a plain target critic, its state scale and the eval probe
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

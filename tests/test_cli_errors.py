@@ -21,7 +21,7 @@ BAD_INPUTS = [
     (["train", "seed=="], "overrides"),
     (["eval", "checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
     (["eval", "checkpoint=garbage.pt"],
-     "garbage.pt is not a lipctl checkpoint (format 1) (refused: it is not plain data)"),
+     "garbage.pt is not a lipctl checkpoint (format 2) (refused: it is not plain data)"),
     (["eval", "checkpoint=garbage.pt", "episodes=0"], "episodes: must be >= 1"),
     (["frobnicate"], "unknown command 'frobnicate'"),
     (["train", "hydra.run.dir=/proc/x"], "hydra.run.dir: cannot create /proc/x"),
