@@ -205,53 +205,48 @@ def _state_lipschitz_columns(seeds: list[dict]) -> dict[str, float]:
     return columns
 
 
-def plot_curves(runs: dict[tuple[str, str], list[dict]], exp: DictConfig, path: Path) -> None:
-    """Eval return against env steps (as a fraction of the expert's for runs that imitate one):
-    IQM over seeds and its stratified-bootstrap 95% band (rliable), per env."""
+def plot_over_training(runs: dict[tuple[str, str], list[dict]], key: str, path: Path,
+                       ylabels: dict[str, str], divisors: dict[str, float] | None = None,
+                       yscale: str = "linear") -> None:
+    """The per-evaluation series `key` of every run against env steps (divided by the env's
+    divisor): IQM over seeds and its stratified-bootstrap 95% band (rliable), one panel per env;
+    variants whose runs lack the series are left out."""
     envs = list(dict.fromkeys(env for env, _ in runs))
     fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
     for ax, env in zip(axes[0], envs, strict=True):
-        expert = expert_return(exp, env)
         for (run_env, variant), seeds in runs.items():
-            if run_env != env:
+            if run_env != env or any(not len(run[key]) for run in seeds):
                 continue
-            length = min(len(run["returns"]) for run in seeds)
-            returns = np.stack([run["returns"][:length] for run in seeds]) / (expert or 1.0)
+            length = min(len(run[key]) for run in seeds)
+            values = np.stack([run[key][:length] for run in seeds]) / (divisors or {}).get(env, 1)
             steps = seeds[0]["steps"][:length]
-            estimates = np.array([interval_estimate(returns[:, i], "iqm")
-                                  for i in range(length)])
+            estimates = np.array([interval_estimate(values[:, i], "iqm") for i in range(length)])
             ax.plot(steps, estimates[:, 0], label=variant)
             ax.fill_between(steps, estimates[:, 1], estimates[:, 2], alpha=0.2)
         ax.set_title(env, fontsize=9)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel(f"{'expert-normalised ' if expert else ''}eval return (IQM, 95% CI)")
+        ax.set(xlabel="env steps", ylabel=ylabels[env], yscale=yscale)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_curves(runs: dict[tuple[str, str], list[dict]], exp: DictConfig, path: Path) -> None:
+    """Eval return against env steps, as a fraction of the expert's for runs that imitate one."""
+    experts = {env: expert_return(exp, env) for env, _ in runs}
+    plot_over_training(
+        runs, "returns", path,
+        {env: f"{'expert-normalised ' if e else ''}eval return (IQM, 95% CI)"
+         for env, e in experts.items()},
+        {env: e or 1.0 for env, e in experts.items()})
 
 
 def plot_state_lipschitz(runs: dict[tuple[str, str], list[dict]], path: Path) -> None:
-    """The critics' Lipschitz constant w.r.t. the state over training: IQM over seeds of the
-    larger of the two critics', with its 95% band, per env and variant."""
-    envs = list(dict.fromkeys(env for env, _ in runs))
-    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
-    for ax, env in zip(axes[0], envs, strict=True):
-        for (run_env, variant), seeds in runs.items():
-            if run_env != env or any(not len(run["state_lipschitz"]) for run in seeds):
-                continue
-            length = min(len(run["state_lipschitz"]) for run in seeds)
-            values = np.stack([run["state_lipschitz"][:length] for run in seeds])
-            estimates = np.array([interval_estimate(values[:, i], "iqm") for i in range(length)])
-            ax.plot(seeds[0]["steps"][:length], estimates[:, 0], label=variant)
-            ax.fill_between(seeds[0]["steps"][:length], estimates[:, 1], estimates[:, 2],
-                            alpha=0.2)
-        ax.set(title=env, xlabel="env steps", yscale="log",
-               ylabel="critic Lipschitz w.r.t. state (IQM, 95% CI)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """The critics' Lipschitz constant w.r.t. the state over training (the larger of the two
+    critics')."""
+    plot_over_training(runs, "state_lipschitz", path,
+                       {env: "critic Lipschitz w.r.t. state (IQM, 95% CI)" for env, _ in runs},
+                       yscale="log")
 
 
 def report(exp: DictConfig, out: Path) -> list[dict]:
