@@ -14,8 +14,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.bench.variant_sweep import run_overrides, summarize
-from tests.helpers import lipctl
+from lipctl.bench.variant_sweep import run_overrides, seed_groups, seeds_of, summarize
+from lipctl.commands import bench
+from tests.helpers import assert_user_error, lipctl
 
 
 def fake_run(seed: int, final: float, wall: float, upper: float) -> dict:
@@ -49,6 +50,27 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     assert rows["single"]["seeds"] == 3 and rows["single"]["env_steps"] == 1000
 
 
+def test_variants_with_their_own_seeds_sweep_apart_from_the_rest():
+    exp = OmegaConf.create({"variants": ["ensemble", "single", "single_spectral"],
+                            "seeds": [0, 1, 2], "variant_seeds": {"ensemble": [0, 1, 2, 3, 4]}})
+    assert seed_groups(exp) == [(["ensemble"], [0, 1, 2, 3, 4]),
+                                (["single", "single_spectral"], [0, 1, 2])]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+experiment.variant_seeds.nosuch=[0]", "experiment.variant_seeds: unknown variant(s) "
+                                             "['nosuch']"),
+    ("experiment.variant_seeds.ensemble=[]", "experiment.variant_seeds.ensemble: needs at "
+                                             "least one seed"),
+    ("experiment.variant_seeds.ensemble=[-1]", "experiment.variant_seeds.ensemble: seeds "
+                                               "must be integers >= 0, got -1"),
+])
+def test_bad_variant_seeds_are_one_line(override, message, workdir):
+    result = lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={workdir / 'out'}",
+                    "experiment.variants=[ensemble]", override, cwd=workdir)
+    assert_user_error(result, message)
+
+
 def test_env_overrides_replace_the_common_ones_with_the_same_key():
     exp = OmegaConf.create({"overrides": ["loop.eval_every=500", "lipschitz.L=10"],
                             "envs": {"hopper": ["loop.eval_every=100", "env.mbpo.total_steps=9"]}})
@@ -61,7 +83,8 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     out = workdir / "out"
     lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
            "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_spectral_adversarial]",
-           "~experiment.envs",
+           "experiment.variant_seeds.ensemble=[0,1]",
+           "experiment.variant_seeds.single_spectral_adversarial=[1]", "~experiment.envs",
            "+experiment.envs={pendulum:['env.mbpo.total_steps=300','env.mbpo.warmup_steps=200',"
            "'agent.learner.hidden=[16,16]','env.mbpo.rollouts_per_retrain=200',"
            "'loop.eval_every=100','loop.eval_episodes=1','loop.log_every=100']}",
@@ -69,8 +92,9 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     with (out / "summary.csv").open(newline="") as f:
         rows = {row["variant"]: row for row in csv.DictReader(f)}
     assert set(rows) == {"ensemble", "single_spectral_adversarial"}
+    assert rows["ensemble"]["seeds"] == "2" and rows["single_spectral_adversarial"]["seeds"] == "1"
     for row in rows.values():
-        assert row["env"] == "pendulum" and row["seeds"] == "2" and row["env_steps"] == "300"
+        assert row["env"] == "pendulum" and row["env_steps"] == "300"
         assert float(row["model_train_seconds"]) > 0 and float(row["sac_update_seconds"]) > 0
         assert 0 < float(row["critic_state_lipschitz_final"]) <= float(
             row["critic_lipschitz_upper"])
@@ -85,6 +109,8 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     shutil.rmtree(workdir / "work")  # the report needs out/runs only
     lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", "replot=true",
            "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_spectral_adversarial]",
+           "experiment.variant_seeds.ensemble=[0,1]",
+           "experiment.variant_seeds.single_spectral_adversarial=[1]",
            "~experiment.envs", "+experiment.envs={pendulum:[]}", cwd=workdir, check=True)
     assert (out / "summary.csv").read_text() == before and (out / "lipschitz.png").exists()
 
@@ -133,3 +159,22 @@ def test_gail_variants_keep_their_own_discriminator_settings(preset):
         assert (cfg.agent.gail.penalty == "interpolate") == penalised, variant
         assert (cfg.agent.discriminator.bound is not None) == ("spectral" in variant)
         assert cfg.agent.gail.preconditioning == ("pessimistic" in variant)
+
+
+@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"])
+def test_mbpo_presets_pass_the_benchmark_validation(preset):
+    """Every run of the preset composes and passes `lipctl train`'s checks before any work."""
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        cfg = compose("bench", overrides=[f"experiment={preset}"])
+    bench.validate(cfg)
+    runs = {(env, variant): cfg for env, variant, cfg in preset_runs(preset)}
+    if preset == "mbpo_vs_ensemble_paper":
+        assert {env for env, _ in runs} == {"inverted_pendulum", "hopper", "walker2d",
+                                            "halfcheetah", "ant", "humanoid"}
+        assert all(cfg.agent.updates_per_step == 20 for cfg in runs.values())
+        assert all(seeds_of(cfg.experiment, v) == [0, 1, 2, 3, 4] for v in cfg.experiment.variants)
+    else:
+        assert {env for env, _ in runs} == {"pendulum", "inverted_pendulum"}
+        assert len(seeds_of(cfg.experiment, "ensemble")) >= 5
+        assert len(seeds_of(cfg.experiment, "single_spectral_adversarial")) >= 5
+        assert min(len(seeds_of(cfg.experiment, v)) for v in cfg.experiment.variants) >= 3

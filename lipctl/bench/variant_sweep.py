@@ -2,7 +2,8 @@
 Hydra multirun per env: `mbpo_vs_ensemble` (MBPO with one dynamics model against the ensemble)
 and `gail_lipschitz` (off-policy GAIL with and without a Lipschitz discriminator).
 
-The experiment config names the variants, seeds, envs and overrides, the `baseline` variant that
+The experiment config names the variants, seeds (`seeds`, or a variant's own list in
+`variant_seeds`), envs and overrides, the `baseline` variant that
 times are compared with, the summary.json figures reported as medians over seeds (`medians`), the
 train.csv columns whose last value is reported (`last_train_metrics`). Where an env's runs imitate
 demonstrations (a `demos=PATH` override), returns are also reported as fractions of the mean
@@ -48,11 +49,25 @@ def run_overrides(exp: DictConfig, env: str) -> list[str]:
     return list(merged.values())
 
 
-def sweep_command(env: str, exp: DictConfig, sweep_dir: Path) -> list[str]:
-    """`lipctl train -m` over the experiment's variants x seeds on one env config."""
+def seeds_of(exp: DictConfig, variant: str) -> list[int]:
+    """A variant's seeds: its own list in `variant_seeds`, else the experiment's `seeds`."""
+    return list((exp.get("variant_seeds") or {}).get(variant, exp.seeds))
+
+
+def seed_groups(exp: DictConfig) -> list[tuple[list[str], list[int]]]:
+    """(variants, seeds) groups: variants that share a seed list sweep together."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for variant in exp.variants:
+        groups.setdefault(tuple(seeds_of(exp, variant)), []).append(variant)
+    return [(variants, list(seeds)) for seeds, variants in groups.items()]
+
+
+def sweep_command(env: str, exp: DictConfig, sweep_dir: Path, variants: list[str],
+                  seeds: list[int]) -> list[str]:
+    """`lipctl train -m` over variants x seeds on one env config."""
     return [
         sys.executable, "-m", "lipctl", "train", "-m", f"env={env}",
-        f"variant={','.join(exp.variants)}", f"seed={','.join(str(s) for s in exp.seeds)}",
+        f"variant={','.join(variants)}", f"seed={','.join(str(s) for s in seeds)}",
         "hydra/launcher=local", f"hydra.launcher.n_jobs={exp.jobs}",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${variant}/seed${seed}",
         "progress=false", "resume=true", *run_overrides(exp, env),
@@ -66,14 +81,16 @@ def expert_return(exp: DictConfig, env: str) -> float | None:
 
 
 def run_sweeps(exp: DictConfig, work: Path) -> None:
-    """One multirun per env; finished runs are kept, interrupted ones resume from checkpoints."""
+    """One multirun per env and seed group; finished runs are kept, interrupted ones resume
+    from their checkpoints."""
     for env in exp.envs:
-        command = sweep_command(env, exp, work / env)
-        print(f"[{env}] {len(exp.variants) * len(exp.seeds)} runs: "
-              f"{' '.join(command[3:])}", flush=True)
-        started = time.perf_counter()
-        subprocess.run(command, check=True)
-        print(f"[{env}] done in {time.perf_counter() - started:.0f} s", flush=True)
+        for variants, seeds in seed_groups(exp):
+            command = sweep_command(env, exp, work / env, variants, seeds)
+            print(f"[{env}] {len(variants) * len(seeds)} runs: {' '.join(command[3:])}",
+                  flush=True)
+            started = time.perf_counter()
+            subprocess.run(command, check=True)
+            print(f"[{env}] done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def _last(rows: list[dict[str, str]], column: str) -> float:
@@ -86,7 +103,7 @@ def copy_runs(exp: DictConfig, work: Path, out: Path) -> None:
     TRAIN_ROWS rows (the last one kept), under out/runs/<env>/<variant>/seed<k>/."""
     for env in exp.envs:
         for variant in exp.variants:
-            for seed in exp.seeds:
+            for seed in seeds_of(exp, variant):
                 source = work / env / variant / f"seed{seed}"
                 target = out / "runs" / env / variant / f"seed{seed}"
                 target.mkdir(parents=True, exist_ok=True)
@@ -104,7 +121,7 @@ def collect(exp: DictConfig, runs_dir: Path) -> dict[tuple[str, str], list[dict]
     runs: dict[tuple[str, str], list[dict]] = {}
     for env in exp.envs:
         for variant in exp.variants:
-            for seed in exp.seeds:
+            for seed in seeds_of(exp, variant):
                 source = runs_dir / env / variant / f"seed{seed}"
                 evals = read_csv(source / "eval.csv")
                 summary = json.loads((source / "summary.json").read_text())

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from lipctl.bench import lipschitz_bc, variant_sweep
-from lipctl.bench.variant_sweep import run_overrides
+from lipctl.bench.variant_sweep import run_overrides, seeds_of
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
@@ -28,15 +28,21 @@ def known_variants() -> list[str]:
 def validate_sweep(exp: DictConfig) -> None:
     """Names, seeds and the composed train config of every run, before any training starts."""
     require_number(exp, "jobs", 1, integer=True)
-    if not exp.seeds:
-        raise ConfigError("experiment.seeds", "needs at least one seed")
-    for seed in exp.seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError("experiment.seeds", f"seeds must be integers >= 0, got {seed!r}")
     unknown = [v for v in exp.variants if v not in known_variants()]
     if unknown or not exp.variants:
         raise ConfigError("experiment.variants", f"unknown variant(s) {unknown}; choose from "
                                                  f"{', '.join(known_variants())}")
+    own = exp.get("variant_seeds") or {}
+    if strays := [v for v in own if v not in known_variants()]:
+        raise ConfigError("experiment.variant_seeds", f"unknown variant(s) {strays}")
+    for variant in exp.variants:
+        key = f"experiment.variant_seeds.{variant}" if variant in own else "experiment.seeds"
+        seeds = seeds_of(exp, variant)
+        if not seeds:
+            raise ConfigError(key, "needs at least one seed")
+        for seed in seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ConfigError(key, f"seeds must be integers >= 0, got {seed!r}")
     if not exp.envs:
         raise ConfigError("experiment.envs", "needs at least one env")
     for env in exp.envs:
