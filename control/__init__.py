@@ -1,13 +1,14 @@
 """Controllers, process models, MPC and the one closed-loop runner."""
 
 from lipctl.control.cstr_metrics import CSTRMetrics, cstr_metrics, reached_step
-from lipctl.control.loop import Controller, Trajectory, returns, run
+from lipctl.control.loop import Controller, NoisyMeasurements, Trajectory, returns, run
 from lipctl.control.mpc import MPC, SolveFailed, SolveStats
 
 __all__ = [
     "MPC",
     "CSTRMetrics",
     "Controller",
+    "NoisyMeasurements",
     "SolveFailed",
     "SolveStats",
     "Trajectory",

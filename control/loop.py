@@ -83,3 +83,19 @@ def run(
 def returns(trajectories: list[Trajectory]) -> np.ndarray:
     """Episode returns of a list of trajectories."""
     return np.array([t.episode_return for t in trajectories])
+
+
+class NoisyMeasurements:
+    """A Controller that hands `controller` each observation plus Gaussian noise of per-dimension
+    std `std` (seeded): measurement noise the plant's true state and rewards never see."""
+
+    def __init__(self, controller: Controller, std: np.ndarray | float, seed: int = 0):
+        self.controller, self.std = controller, np.asarray(std, dtype=np.float64)
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        noise = self.std * self.rng.standard_normal(np.shape(observation))
+        return self.controller.act(observation + noise.astype(np.asarray(observation).dtype))
+
+    def reset(self) -> None:
+        self.controller.reset()

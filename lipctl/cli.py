@@ -13,6 +13,7 @@ USAGE_EXIT_CODE = 2
 COMMANDS = {
     "train": ("train", "train an agent (default: SAC on Pendulum-v1)"),
     "eval": ("eval", "run episodes of a checkpoint's policy: eval checkpoint=PATH"),
+    "plan": ("plan", "MPPI on an MBPO checkpoint's model and critic: plan checkpoint=PATH"),
     "robustness": ("robustness", "returns under noise and PGD attack: robustness checkpoint=PATH"),
     "demos": ("demos", "record expert demonstrations: demos env=inverted_pendulum expert=lqr"),
     "data": ("data", "generate process-model training data: data env=cstr"),

@@ -17,7 +17,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.checkpoint import CheckpointError
-from lipctl.config import ConfigError, require_choice, require_number, user_errors
+from lipctl.config import (
+    ConfigError,
+    instantiate_settings,
+    require_choice,
+    require_number,
+    user_errors,
+)
 from lipctl.control.cstr_closed_loop import cstr_mpc
 from lipctl.control.files import atomic_write
 from lipctl.control.loop import Controller
@@ -29,8 +35,11 @@ from lipctl.envs.cstr import ENV_ID as CSTR_ID
 from lipctl.envs.cstr import in_target
 from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import POLICY, PROCESS_MODEL, Network, read_network
+from lipctl.planning import build_planner, read_planning_parts
 
-NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL}  # controller -> file kind
+PLANNING_AGENT = "MBPO agent checkpoint"
+NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL,  # controller -> file kind
+                    "planner": PLANNING_AGENT}
 CSTR_CONTROLLERS = ("mpc", "model_mpc")
 FALLBACKS = (HOLD, "mpc")
 PLANT_KINDS = ("gym", "opcua")
@@ -67,6 +76,8 @@ def validate(cfg: DictConfig) -> None:
             raise CheckpointError(f"checkpoint not found: {cfg.checkpoint}")
     if controller in CSTR_CONTROLLERS:
         require_number(cfg, "controller.horizon", 1, integer=True)
+    if controller == "planner":
+        instantiate_settings(cfg, "controller.planner")
     require_number(cfg, "steps", 1, integer=True)
     require_number(cfg, "deadline_s", 0, exclusive=True, allow_none=True)
     require_number(cfg, "lipschitz_max", 0, exclusive=True, allow_none=True)
@@ -95,12 +106,19 @@ def validate(cfg: DictConfig) -> None:
                                    f"plant.id is {cfg.plant.id!r} (use plant=cstr or plant=opcua)")
 
 
-def build_controller(cfg: DictConfig, network: Network | None) -> Controller:
-    """The controller to deploy; a strict MPC, so a failed solve is the runtime's to handle."""
+def build_controller(cfg: DictConfig, network: Network | None) -> tuple[Controller, str | None]:
+    """The controller to deploy and the env it was made for (None: not made for one); a strict
+    MPC, so a failed solve is the runtime's to handle."""
     if cfg.controller.name == "policy":
-        return ModuleController(network.module)
+        return ModuleController(network.module), network.env_id
+    if cfg.controller.name == "planner":
+        parts = read_planning_parts(cfg.checkpoint)
+        settings = instantiate_settings(cfg, "controller.planner")
+        return build_planner(parts, settings, cfg.controller.terminal_value,
+                             cfg.controller.proposal), parts.env_id
     trained = None if network is None else network.trained
-    return cstr_mpc(trained, cfg.controller.horizon, cfg.controller.contraction, strict=True)
+    controller = cstr_mpc(trained, cfg.controller.horizon, cfg.controller.contraction, strict=True)
+    return controller, None if network is None else network.env_id
 
 
 def build_plant(cfg: DictConfig) -> tuple[Plant, float, np.ndarray, str]:
@@ -150,7 +168,8 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.torch_threads)
     quiet_asyncua()
     expected = NEEDS_CHECKPOINT.get(cfg.controller.name)
-    network = None if expected is None else read_network(cfg.checkpoint, cfg.certificate_tier)
+    network = (read_network(cfg.checkpoint, cfg.certificate_tier)
+               if expected in (POLICY, PROCESS_MODEL) else None)
     if network is not None and network.kind != expected:
         raise ConfigError("checkpoint", f"controller={cfg.controller.name} needs a {expected} "
                                         f"file, {cfg.checkpoint} holds a {network.kind}")
@@ -160,11 +179,11 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
             lipschitz_gate(certificate, cfg.lipschitz_max)
         except DeploymentRefused as refused:
             raise ConfigError("lipschitz_max", str(refused)) from None
-    controller = build_controller(cfg, network)
+    controller, made_for = build_controller(cfg, network)
     plant, period, initial_action, plant_env = build_plant(cfg)
-    if network is not None and network.env_id != plant_env:
+    if made_for is not None and made_for != plant_env:
         plant.close()
-        raise ConfigError("plant", f"the {network.kind} was made for {network.env_id}, "
+        raise ConfigError("plant", f"the {expected} was made for {made_for}, "
                                    f"the plant is {plant_env}")
     backup = cstr_mpc(None, cfg.controller.get("horizon", 2)) if cfg.fallback == "mpc" else HOLD
     out = Path(cfg.out)

@@ -1,0 +1,110 @@
+"""A planner over what an MBPO checkpoint learned: its dynamics model (one model, or an ensemble
+with trajectory sampling), the env's termination rule, its SAC critic as terminal value and its
+actor as proposal policy, all rebuilt from the checkpoint's own config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from lipctl.agents.checkpoint import CheckpointError, load_checkpoint
+from lipctl.agents.dynamics import DynamicsEnsemble
+from lipctl.agents.sac import SAC
+from lipctl.agents.termination import TerminationFn, termination_fn
+from lipctl.control.planner import Planner, PlannerSettings
+from lipctl.envs import env_spaces, make_env
+from lipctl.runtime import uses_absorbing_states
+
+
+@dataclass(frozen=True)
+class PlanningParts:
+    """What a planner needs from a checkpoint. `observation_std` is the per-dimension std of
+    the real states in its replay buffer (the data's own scale); `certificates` are the
+    critics' and actor's Lipschitz certificates saved at the end of training."""
+
+    env_id: str
+    model: DynamicsEnsemble
+    agent: SAC
+    termination: TerminationFn
+    action_low: np.ndarray
+    action_high: np.ndarray
+    observation_std: np.ndarray
+    certificates: dict[str, dict]
+    run_config: DictConfig
+
+
+def read_planning_parts(path: str | Path) -> PlanningParts:
+    """The dynamics model, agent and termination rule of the MBPO checkpoint at `path`;
+    CheckpointError for a file that is not one (e.g. a model-free agent's)."""
+    state = load_checkpoint(path)
+    run_cfg = OmegaConf.create(state["config"])
+    if "dynamics" not in run_cfg.get("agent", {}) or "model" not in state.get("batch_source", {}):
+        raise CheckpointError(f"{path} holds no dynamics model (only agent=mbpo or "
+                              f"agent=mbpo_ensemble checkpoints can be planned with)")
+    if uses_absorbing_states(run_cfg):
+        raise CheckpointError(f"{path}: agents with absorbing states cannot be planned with")
+    env = make_env(run_cfg.env.id)
+    obs_dim, act_dim, low, high = env_spaces(env)
+    env.close()
+    model = instantiate(run_cfg.agent.dynamics, obs_dim=obs_dim, act_dim=act_dim)
+    model.load_state_dict(state["batch_source"]["model"])
+    agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device="cpu")
+    agent.load_state_dict(state["agent"])
+    agent.actor.eval()
+    agent.critic.eval()
+    observations = state["buffer"]["fields"]["obs"]
+    return PlanningParts(run_cfg.env.id, model.eval(), agent, termination_fn(run_cfg.env.id),
+                         low, high, observations.std(0).numpy(), state.get("certificates", {}),
+                         run_cfg)
+
+
+class LearnedModel:
+    """The dynamics callable on plant-unit actions: each row's next state and reward from one
+    elite member's mean, the member fixed per row (trajectory sampling: a rollout stays with
+    its member over the horizon)."""
+
+    def __init__(self, model: DynamicsEnsemble, action_low: np.ndarray, action_high: np.ndarray):
+        self.model = model
+        self.center = torch.as_tensor((action_high + action_low) / 2, dtype=torch.float32)
+        self.half_range = torch.as_tensor((action_high - action_low) / 2, dtype=torch.float32)
+
+    def __call__(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        unit = (action - self.center) / self.half_range  # the model was fitted on unit actions
+        inputs = torch.cat([state, unit], -1)
+        elites, rows = self.model.elite_index, len(inputs)
+        per_member = -(-rows // len(elites))
+        padded = inputs.new_zeros(per_member * len(elites), inputs.shape[-1])
+        padded[:rows] = inputs
+        # row i goes to elite i % k: every member sees only its own rows
+        members = inputs.new_zeros(self.model.ensemble_size, per_member, inputs.shape[-1])
+        members[elites] = padded.view(per_member, len(elites), -1).transpose(0, 1)
+        mean, _ = self.model.predict(members)
+        step = mean[elites].transpose(0, 1).reshape(-1, mean.shape[-1])[:rows]
+        return state + step[:, 1:], step[:, 0]
+
+
+def build_planner(parts: PlanningParts, settings: PlannerSettings, terminal_value: bool = True,
+                  proposal: bool = True, seed: int = 0) -> Planner:
+    """A planner on the checkpoint's model; its critic (the smaller twin at the actor's action)
+    as terminal value and its deterministic actor as proposal where asked."""
+    agent = parts.agent
+    center = torch.as_tensor((parts.action_high + parts.action_low) / 2, dtype=torch.float32)
+    half_range = torch.as_tensor((parts.action_high - parts.action_low) / 2, dtype=torch.float32)
+
+    def value(state: Tensor) -> Tensor:
+        return agent.critic(state, agent.actor.deterministic(state)).min(0).values
+
+    def policy(state: Tensor) -> Tensor:
+        return center + half_range * agent.actor.deterministic(state)
+
+    return Planner(LearnedModel(parts.model, parts.action_low, parts.action_high),
+                   parts.action_low, parts.action_high, settings,
+                   terminal_value=value if terminal_value else None,
+                   termination=parts.termination, proposal=policy if proposal else None,
+                   seed=seed)

@@ -1,0 +1,102 @@
+"""`lipctl plan` on a small MBPO checkpoint, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lipctl.control import NoisyMeasurements, run
+from lipctl.control.planner import PlannerSettings
+from lipctl.envs import make_env
+from lipctl.planning import LearnedModel, build_planner, read_planning_parts
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
+
+MBPO_TINY = ["agent=mbpo", "env=pendulum", *TINY_TRAIN, "env.mbpo.total_steps=300",
+             "env.mbpo.warmup_steps=100", "env.mbpo.rollouts_per_retrain=100",
+             "agent.dynamics.hidden=[32,32]", "env.mbpo.updates_per_step=1"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A tiny MBPO run (one model) and a tiny model-free SAC run on Pendulum-v1."""
+    root = tmp_path_factory.mktemp("plan")
+    lipctl("train", *MBPO_TINY, "hydra.run.dir=mbpo", cwd=root, check=True)
+    lipctl("train", "env=pendulum", *TINY_TRAIN, "hydra.run.dir=sac", cwd=root, check=True)
+    return {"mbpo": root / "mbpo" / "checkpoint.pt", "sac": root / "sac" / "checkpoint.pt"}
+
+
+def test_plan_prints_return_planning_time_and_the_critic_certificate(checkpoints, tmp_path):
+    result = lipctl("plan", f"checkpoint={checkpoints['mbpo']}", "episodes=1",
+                    "planner.samples=64", "planner.horizon=2", "obs_noise=0.1", cwd=tmp_path,
+                    check=True)
+    line, *certificates = result.stdout.strip().splitlines()
+    assert line.startswith("Pendulum-v1 | mppi H=2 samples=64 | terminal value on | 1 episodes")
+    assert "ms per step" in line
+    assert certificates[0].startswith("critic0: Lipschitz upper ")
+
+
+def test_the_learned_model_rolls_each_row_with_one_elite_member(checkpoints):
+    parts = read_planning_parts(checkpoints["mbpo"])
+    model = LearnedModel(parts.model, parts.action_low, parts.action_high)
+    states, actions = torch.randn(7, 3), torch.rand(7, 1) * 4 - 2
+    next_states, rewards = model(states, actions)
+    unit = actions / 2.0  # Pendulum's torque range is [-2, 2]
+    mean, _ = parts.model.predict(torch.cat([states, unit], -1))
+    assert torch.allclose(next_states, states + mean[0, :, 1:], atol=1e-5)
+    assert torch.allclose(rewards, mean[0, :, 0], atol=1e-5)
+
+
+def test_planning_with_noisy_measurements_keeps_the_true_rewards(checkpoints):
+    parts = read_planning_parts(checkpoints["mbpo"])
+    planner = build_planner(parts, PlannerSettings(horizon=1, samples=16, proposal_samples=4))
+    env = make_env(parts.env_id)
+    seen = []
+
+    class Recording:
+        def act(self, observation):
+            seen.append(observation)
+            return planner.act(observation)
+
+        def reset(self):
+            planner.reset()
+
+    (trajectory,) = run(NoisyMeasurements(Recording(), parts.observation_std, seed=1), env,
+                        episodes=1, seed=0, max_steps=5)
+    assert len(trajectory) == 5
+    assert not np.allclose(np.stack(seen), trajectory.observations[:5])
+    assert np.all(np.abs(trajectory.actions) <= 2.0)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("planner.horizon=0", "planner.horizon: must be an integer >= 1, got 0"),
+    ("planner.samples=0", "planner.samples: must be an integer >= 1, got 0"),
+    ("obs_noise=-1", "obs_noise"),
+])
+def test_bad_planner_settings_are_one_line(override, message, checkpoints, tmp_path):
+    assert_user_error(lipctl("plan", f"checkpoint={checkpoints['mbpo']}", override,
+                             cwd=tmp_path), message)
+
+
+def test_a_checkpoint_without_a_dynamics_model_is_one_line(checkpoints, tmp_path):
+    assert_user_error(lipctl("plan", f"checkpoint={checkpoints['sac']}", cwd=tmp_path),
+                      "holds no dynamics model")
+
+
+def test_deploy_runs_the_planner_against_a_gym_plant(checkpoints, tmp_path):
+    lipctl("deploy", "controller=planner", "plant=gym", f"checkpoint={checkpoints['mbpo']}",
+           "steps=5", "deadline_s=60", "controller.planner.samples=64", f"out={tmp_path}",
+           cwd=tmp_path, check=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["controller"] == "planner" and summary["steps"] == 5
+    assert summary["fallbacks"] == 0 and summary["certificate"] is None
+
+
+def test_deploying_a_planner_on_another_env_is_one_line(checkpoints, tmp_path):
+    assert_user_error(lipctl("deploy", "controller=planner", "plant=gym",
+                             "plant.id=InvertedPendulum-v5", f"checkpoint={checkpoints['mbpo']}",
+                             cwd=tmp_path),
+                      "plant: the MBPO agent checkpoint was made for Pendulum-v1")
