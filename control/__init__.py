@@ -1,7 +1,14 @@
 """Controllers, process models, MPC and the one closed-loop runner."""
 
 from lipctl.control.cstr_metrics import CSTRMetrics, cstr_metrics, reached_step
-from lipctl.control.loop import Controller, NoisyMeasurements, Trajectory, returns, run
+from lipctl.control.loop import (
+    Controller,
+    NoisyMeasurements,
+    TimedController,
+    Trajectory,
+    returns,
+    run,
+)
 from lipctl.control.mpc import MPC, SolveFailed, SolveStats
 
 __all__ = [
@@ -11,6 +18,7 @@ __all__ = [
     "NoisyMeasurements",
     "SolveFailed",
     "SolveStats",
+    "TimedController",
     "Trajectory",
     "cstr_metrics",
     "reached_step",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -96,6 +97,23 @@ class NoisyMeasurements:
     def act(self, observation: np.ndarray) -> np.ndarray:
         noise = self.std * self.rng.standard_normal(np.shape(observation))
         return self.controller.act(observation + noise.astype(np.asarray(observation).dtype))
+
+    def reset(self) -> None:
+        self.controller.reset()
+
+
+@dataclass
+class TimedController:
+    """Wraps a Controller and records the seconds each `act` takes in `seconds`."""
+
+    controller: Controller
+    seconds: list[float] = field(default_factory=list)
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        action = self.controller.act(observation)
+        self.seconds.append(time.perf_counter() - start)
+        return action
 
     def reset(self) -> None:
         self.controller.reset()

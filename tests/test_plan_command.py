@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,40 @@ def test_deploying_a_planner_on_another_env_is_one_line(checkpoints, tmp_path):
                              "plant.id=InvertedPendulum-v5", f"checkpoint={checkpoints['mbpo']}",
                              cwd=tmp_path),
                       "plant: the MBPO agent checkpoint was made for Pendulum-v1")
+
+
+def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp_path):
+    for variant in ("single", "single_spectral_adversarial"):
+        target = tmp_path / "checkpoints" / "pendulum" / variant / "seed0"
+        target.mkdir(parents=True)
+        shutil.copy(checkpoints["mbpo"], target / "checkpoint.pt")
+    settings = [f"experiment.checkpoints={tmp_path / 'checkpoints'}", "experiment.seeds=[0]",
+                "~experiment.episodes", "+experiment.episodes={pendulum:1}",
+                "experiment.horizons=[1,2]", "experiment.obs_noise=[0.0,0.1]",
+                "experiment.planner.samples=64", "experiment.speed_samples=[64]",
+                "experiment.jobs=1"]
+    out = tmp_path / "out"
+    lipctl("bench", "experiment=planning", f"out={out}", *settings, cwd=tmp_path, check=True,
+           timeout=600)
+    with (out / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    # 2 variants x (policy + 2 controllers x 2 horizons) x 2 noise levels
+    assert len(rows) == 2 * 5 * 2
+    policy = [r for r in rows if r["controller"] == "policy"]
+    assert all(r["gain_over_policy_iqm"] == "0.0" and r["ms_per_step"] == "" for r in policy)
+    planned = [r for r in rows if r["controller"] != "policy"]
+    assert all(float(r["ms_per_step"]) > 0 for r in planned)
+    with (out / "speed.csv").open(newline="") as f:
+        (speed,) = csv.DictReader(f)
+    assert speed["samples"] == "64" and speed["horizon"] == "2" and float(speed["ms_median"]) > 0
+    before = (out / "summary.csv").read_text()
+    (out / "summary.csv").unlink()
+    (out / "planning.png").unlink()
+    lipctl("bench", "experiment=planning", f"out={out}", "replot=true", cwd=tmp_path, check=True)
+    assert (out / "summary.csv").read_text() == before and (out / "planning.png").exists()
+
+
+def test_planning_benchmark_refuses_missing_checkpoints(tmp_path):
+    assert_user_error(lipctl("bench", "experiment=planning", f"out={tmp_path / 'out'}",
+                             f"experiment.checkpoints={tmp_path}", cwd=tmp_path),
+                      "experiment.checkpoints: 20 checkpoint(s) missing")

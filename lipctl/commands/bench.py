@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench import lipschitz_bc, variant_sweep
+from lipctl.bench import lipschitz_bc, planning, variant_sweep
 from lipctl.bench.variant_sweep import run_overrides, seeds_of
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "gail_lipschitz", "gail_lipschitz_paper")
-EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", *SWEEPS)
-REPLOTTABLE = ("lipschitz_bc", *SWEEPS)  # tables and figures rebuild from out/runs/
+EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", "planning", *SWEEPS)
+REPLOTTABLE = ("lipschitz_bc", "planning", *SWEEPS)  # tables and figures rebuild from out/runs/
 
 
 def known_variants() -> list[str]:
@@ -64,6 +64,8 @@ def validate(cfg: DictConfig) -> None:
         validate_sweep(cfg.experiment)
     if cfg.experiment.name == "lipschitz_bc":
         lipschitz_bc.validate(cfg.experiment)
+    if cfg.experiment.name == "planning" and not cfg.replot:
+        planning.validate(cfg.experiment)
     if cfg.experiment.name == "cstr_mpc":
         for key in ("hidden", "epochs", "steps", "patience", "batch_size"):
             require_number(cfg, f"experiment.{key}", 1, integer=True)
@@ -74,8 +76,9 @@ def validate(cfg: DictConfig) -> None:
 def bench(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     if cfg.replot:
-        if cfg.experiment.name == "lipschitz_bc":
-            lipschitz_bc.report(Path(cfg.out))
+        if cfg.experiment.name in ("lipschitz_bc", "planning"):
+            {"lipschitz_bc": lipschitz_bc, "planning": planning}[cfg.experiment.name].report(
+                Path(cfg.out))
         else:
             variant_sweep.report(cfg.experiment, Path(cfg.out))
         print(f"tables and figures rebuilt from {cfg.out}/runs/")
@@ -84,6 +87,8 @@ def bench(cfg: DictConfig) -> None:
         from lipctl.bench.cstr_mpc import run_benchmark
     elif cfg.experiment.name == "lipschitz_bc":
         run_benchmark = lipschitz_bc.run_benchmark
+    elif cfg.experiment.name == "planning":
+        run_benchmark = planning.run_benchmark
     else:
         run_benchmark = variant_sweep.run_benchmark
     run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))

@@ -3,7 +3,6 @@ critic as terminal value and its actor as proposal, through the closed-loop runn
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,26 +11,10 @@ from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import instantiate_settings, require_number, user_errors
-from lipctl.control import NoisyMeasurements, returns, run
+from lipctl.control import NoisyMeasurements, TimedController, returns, run
 from lipctl.control.planner import PlannerSettings
 from lipctl.envs import make_env
 from lipctl.planning import build_planner, read_planning_parts
-
-
-class TimedController:
-    """Wraps a Controller and records the seconds each `act` takes."""
-
-    def __init__(self, controller):
-        self.controller, self.seconds = controller, []
-
-    def act(self, observation: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
-        action = self.controller.act(observation)
-        self.seconds.append(time.perf_counter() - start)
-        return action
-
-    def reset(self) -> None:
-        self.controller.reset()
 
 
 def validate(cfg: DictConfig) -> PlannerSettings:
