@@ -33,7 +33,8 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
             ("pendulum", "single"): [fake_run(s, -150.0 - s, 20.0, 50.0) for s in range(3)]}
     exp = OmegaConf.create({"baseline": "ensemble", "last_train_metrics": ["model_holdout_mse"],
                             "overrides": [], "envs": {"pendulum": []},
-                            "medians": ["wall_seconds", "model_train_seconds", "peak_rss_mb"]})
+                            "medians": ["wall_seconds", "model_train_seconds",
+                                        "sac_update_seconds", "peak_rss_mb"]})
     rows = {row["variant"]: row for row in summarize(runs, exp)}
     assert rows["ensemble"]["final_return_mean"] == -201.0
     assert rows["single"]["final_return_iqm"] == -151.0
@@ -42,7 +43,9 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     assert rows["single"]["time_vs_ensemble"] == 0.5
     assert rows["single"]["critic_lipschitz_upper"] == 51.0
     assert rows["single"]["critic_lipschitz_lower"] == 2.0
-    assert rows["single"]["model_train_seconds"] == 2.0 and "expert_return" not in rows["single"]
+    assert rows["single"]["model_train_seconds_per_1k_steps"] == 2.0
+    assert rows["single"]["sac_update_seconds_per_1k_steps"] == 10.0
+    assert "expert_return" not in rows["single"]
     assert rows["single"]["p_improvement_vs_ensemble"] == 1.0  # every seed beats every seed
     assert rows["ensemble"]["p_improvement_vs_ensemble"] is None
     assert rows["single"]["critic_state_lipschitz_final"] == 50.0
@@ -95,7 +98,8 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     assert rows["ensemble"]["seeds"] == "2" and rows["single_spectral_adversarial"]["seeds"] == "1"
     for row in rows.values():
         assert row["env"] == "pendulum" and row["env_steps"] == "300"
-        assert float(row["model_train_seconds"]) > 0 and float(row["sac_update_seconds"]) > 0
+        assert float(row["model_train_seconds_per_1k_steps"]) > 0
+        assert float(row["sac_update_seconds_per_1k_steps"]) > 0
         assert 0 < float(row["critic_state_lipschitz_final"]) <= float(
             row["critic_lipschitz_upper"])
     assert float(rows["single_spectral_adversarial"]["p_improvement_ci_low"]) >= 0

@@ -165,8 +165,9 @@ def _lipschitz_columns(seeds: list[dict]) -> dict[str, float]:
 
 
 def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[dict]:
-    """One row per env x variant; times, memory and the `exp.medians` figures are medians over
-    seeds; returns are also given as fractions of the expert's for runs that imitate one."""
+    """One row per env x variant; times (per 1k env steps), memory and the `exp.medians` figures
+    are medians over seeds; returns are also given as fractions of the expert's for runs that
+    imitate one."""
     rows = []
     for (env, variant), seeds in runs.items():
         expert = expert_return(exp, env)
@@ -187,6 +188,8 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
                        best_normalized_mean=round(float(np.mean(
                            [run["returns"].max() for run in seeds])) / expert, 3))
         row["seconds_per_1k_steps"] = round(1000 * median.pop("wall_seconds") / steps, 1)
+        for key in [key for key in median if key.endswith("_seconds")]:  # the time's split
+            row[f"{key}_per_1k_steps"] = round(1000 * median.pop(key) / steps, 1)
         row.update({key: round(value, 4 if value < 1 else 1) for key, value in median.items()})
         row.update(_lipschitz_columns(seeds))
         row.update(_state_lipschitz_columns(seeds))
