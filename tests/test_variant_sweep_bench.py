@@ -129,7 +129,8 @@ def preset_runs(preset: str) -> Iterator[tuple[str, str, DictConfig]]:
                     f"env={env}", f"variant={variant}", *run_overrides(exp, env)])
 
 
-@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"])
+@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper",
+                                    "mbpo_regulariser_strength"])
 def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(preset):
     """Overrides shared by every run must not turn the baselines into regularised critics."""
     for env, variant, cfg in preset_runs(preset):
@@ -140,6 +141,10 @@ def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(pres
         assert cfg.lipschitz.robust_eps_units == "std", (env, variant)
         assert (cfg.lipschitz.robust_weight > 0) == adversarial, (env, variant)
         assert cfg.agent.dynamics.ensemble_size == (7 if variant == "ensemble" else 1)
+        if variant == "single_spectral_cap3":
+            assert cfg.lipschitz.layer_cap == 3.0 and cfg.lipschitz.robust_weight == 0.0
+        if variant == "single_adversarial_weak":
+            assert cfg.lipschitz.robust_weight == 0.1 and cfg.lipschitz.layer_cap is None
 
 
 def test_imitation_returns_are_normalised_by_the_expert_return():

@@ -13,7 +13,8 @@ from lipctl.bench.variant_sweep import run_overrides, seeds_of
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
-SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "gail_lipschitz", "gail_lipschitz_paper")
+SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_regulariser_strength",
+          "gail_lipschitz", "gail_lipschitz_paper")
 EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", "planning", *SWEEPS)
 REPLOTTABLE = ("lipschitz_bc", "planning", *SWEEPS)  # tables and figures rebuild from out/runs/
 
