@@ -96,20 +96,19 @@ class Planner:
         return torch.randn(shape, generator=self.generator, device=self.device)
 
     @torch.no_grad()
-    def returns(self, state: Tensor, actions: Tensor | None, proposal_rows: int = 0
+    def returns(self, state: Tensor, actions: Tensor, proposal_rows: int = 0
                 ) -> tuple[Tensor, Tensor]:
-        """Discounted returns [B] of rolling out action sequences [B, H, m] from `state` [n]
-        (rows from `proposal_rows` on), with the first `proposal_rows` rows following the
-        proposal policy instead; also the sequences actually applied, [B + proposal_rows, H, m].
-        """
+        """Discounted returns [P + B] from `state` [n] of P = `proposal_rows` rollouts of the
+        proposal policy followed by the B action sequences `actions` [B, H, m]; also the
+        sequences as applied (clipped to the bounds), [P + B, H, m]."""
         s = self.settings
-        rows = proposal_rows + (0 if actions is None else len(actions))
+        rows = proposal_rows + len(actions)
         states = state.expand(rows, -1).clone()
         alive = torch.ones(rows, dtype=torch.bool, device=self.device)
         total = torch.zeros(rows, device=self.device)
         applied = []
         for t in range(s.horizon):
-            step_actions = [] if actions is None else [actions[:, t]]
+            step_actions = [actions[:, t]]
             if proposal_rows:
                 proposed = self.proposal(states[:proposal_rows])
                 noise = s.proposal_noise * self.half_range * self._noise(proposed.shape)
@@ -140,8 +139,8 @@ class Planner:
             total, applied = self.returns(state, actions, proposal_rows)
             total = torch.nan_to_num(total, nan=-torch.inf)
             if s.method == "mppi":
-                spread = total[torch.isfinite(total)].std().clamp_min(1e-6)
-                weights = torch.softmax((total - total.max()) / (s.temperature * spread), 0)
+                scale = total[torch.isfinite(total)].std().clamp_min(1e-6)
+                weights = torch.softmax((total - total.max()) / (s.temperature * scale), 0)
             else:
                 weights = torch.zeros_like(total)
                 weights[total.topk(s.elites).indices] = 1.0 / s.elites
