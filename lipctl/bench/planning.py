@@ -221,7 +221,10 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     for (env, variant, seed), rows in zip(jobs, results, strict=True):
         (out / "runs" / env / variant).mkdir(parents=True, exist_ok=True)
         write_csv(out / "runs" / env / variant / f"seed{seed}.csv", rows)
-    write_csv(out / "speed.csv", speed(exp))
+    timed = speed(exp)  # rows of envs not planned in this invocation are kept
+    kept = [row for row in (read_csv(out / "speed.csv") if (out / "speed.csv").exists() else [])
+            if row["env"] not in exp.episodes]
+    write_csv(out / "speed.csv", kept + timed)
     summary = report(out)
     bench = {"settings": OmegaConf.to_container(exp, resolve=True),
              "machine": {"processor": platform.processor() or platform.machine(),
