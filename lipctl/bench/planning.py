@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -117,9 +118,8 @@ def speed(exp: DictConfig) -> list[dict]:
                      seed=EPISODE_SEED, max_steps=60)[0].observations[10:60]
         env.close()
         for samples in exp.speed_samples:
-            planner = build_planner(parts, PlannerSettings(
-                **{**OmegaConf.to_container(exp.planner), "samples": samples},
-                horizon=max(exp.horizons)))
+            planner = build_planner(parts, replace(settings(exp, max(exp.horizons)),
+                                                   samples=samples))
             planner.act(states[0])  # warm-up
             seconds = []
             for state in states:
