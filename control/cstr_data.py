@@ -214,14 +214,15 @@ def make_dataset(x0: np.ndarray, u: np.ndarray, targets: np.ndarray, seed: int =
 
 
 def generate(step: Step, states_per_axis: int = 25, inputs_per_axis: int = 8,
-             chains: int = 64, periods: int = 40, seed: int = 0) -> CSTRDataset:
+             chains: int = 64, periods: int = 40, seed: int = 0,
+             fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> CSTRDataset:
     """Grid samples plus random-excitation chains, insane or non-finite rows dropped, then split
-    and scaled (`seed` drives the chains and the split)."""
+    into train/val/test `fractions` and scaled (`seed` drives the chains and the split)."""
     parts = [grid_samples(step, states_per_axis, inputs_per_axis),
              random_samples(step, chains, periods, seed)]
     x0, u, targets = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     keep = sane_rows(x0, targets)
-    return make_dataset(x0[keep], u[keep], targets[keep], seed=seed)
+    return make_dataset(x0[keep], u[keep], targets[keep], seed=seed, fractions=fractions)
 
 
 def save_dataset(dataset: CSTRDataset, path: str | Path) -> None:

@@ -19,7 +19,9 @@ from lipctl.envs import make_env
 from lipctl.envs.cstr import ACTION_HIGH, ACTION_LOW, ENV_ID, SAMPLING_PERIOD, rk4_step
 
 STARTS = [[1.5, -70.0], [-1.5, 70.0], [-1.25, 50.0], [1.25, -50.0]]  # published, deviation form
-KINDS = {"iclrnn": {}, "icrnn": {}, "rnn": {}, "rnn-relu": {"nonlinearity": "relu"}, "lstm": {}}
+KINDS = {"iclrnn": {}, "icrnn": {}, "rnn": {}, "rnn-relu": {"nonlinearity": "relu"}, "lstm": {},
+         "iclrnn-stacked": {"layers": 2}, "rnn-stacked": {"layers": 2},
+         "lstm-stacked": {"layers": 2}}
 # Scalers of the order the CSTR data gives (CA ~ 1 kmol/m3, T ~ 40 K; inputs across bounds).
 STATE_SCALER = Scaler(np.array([0.05, -2.0]), np.array([0.8, 40.0]))
 INPUT_SCALER = Scaler(np.array([0.1, 1e4]), np.array([2.0, 2.9e5]))
@@ -124,8 +126,8 @@ def test_models_that_do_not_fit_are_value_errors():
     with pytest.raises(ValueError, match=r"plant \(2, 2\)"):
         casadi_model(_trained(model, state_scaler=three))
     broken = build_model("icrnn", 2, 2, hidden=4)
-    broken.U = torch.nn.Parameter(torch.ones(4, 5))
-    with pytest.raises(ValueError, match=r"icrnn weight 'U' has shape \(4, 5\), expected \(4, 4\)"):
+    broken.U[0] = torch.nn.Parameter(torch.ones(4, 5))
+    with pytest.raises(ValueError, match=r"icrnn weight 'U.0' has shape \(4, 5\), expected "):
         casadi_model(_trained(broken))
     with pytest.raises(ValueError, match="no CasADi translation for process model 'gru'"):
         casadi_model(_trained(_Unknown(2, 2, hidden=4)))

@@ -120,6 +120,52 @@ def test_target_noise_is_applied_and_the_clean_fit_survives_it(data):
     assert result.test_mse < 0.1
 
 
+@pytest.fixture(scope="module")
+def stacked(data):
+    """A 2-layer ICLRNN and a 2-layer RNN trained without early stopping."""
+    models = {}
+    for name in ("iclrnn", "rnn"):
+        torch.manual_seed(0)
+        model = build_model(name, 2, 2, hidden=16, layers=2)
+        models[name] = model, fit(model, data, epochs=25, batch_size=64, seed=0, patience=None)
+    return models
+
+
+def test_without_early_stopping_every_epoch_runs_and_the_last_weights_are_kept(stacked):
+    result = stacked["iclrnn"][1]
+    assert len(result.history) == 25 and result.best_epoch == 25
+    assert result.history[-1]["train_mse"] < 0.75 * result.history[0]["train_mse"]
+
+
+def test_stacked_iclrnn_is_convex_non_negative_and_capped(stacked):
+    model = stacked["iclrnn"][0]
+    assert len(model.W) == 2 and len(model.U) == 2
+    assert _midpoint_gap(model) <= 1e-5
+    for weight in model.constrained():
+        assert (weight >= 0).all()
+        assert torch.linalg.matrix_norm(weight.double(), ord=2) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["iclrnn", "rnn"])
+def test_stacked_certificate_holds_on_sampled_pairs(stacked, held_out_inputs, name):
+    model = stacked[name][0]
+    certificate = certify_model(model, held_out_inputs[:128], pairs=64, steps=50)
+    z1, z2 = _random_pairs(4000, seed=2)
+    z2 = z1 + torch.where(torch.arange(4000)[:, None, None] % 2 == 0, 1e-2, 1.0) * (z2 - z1)
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        ratios = (torch.linalg.vector_norm(net(z1) - net(z2), dim=(1, 2))
+                  / torch.linalg.vector_norm(z1 - z2, dim=(1, 2)))
+    assert 0 < certificate.lower <= certificate.upper
+    assert ratios.max() <= certificate.upper
+    # the composed bound is no looser than the product of the two cells' own bounds
+    weights = model.recurrent_weights()
+    product = float(torch.linalg.matrix_norm(weights.output, ord=2))
+    for a, r in zip(weights.inputs, weights.recurrents, strict=True):
+        product *= float(torch.linalg.matrix_norm(a, ord=2)) * sequence_gain(r, 10)
+    assert certificate.upper <= product * (1 + 1e-9)
+
+
 def test_sequence_gain_matches_hand_computed_norms():
     assert sequence_gain(torch.zeros(3, 3), 5) == pytest.approx(1.0)
     assert sequence_gain(torch.eye(3), 2) == pytest.approx((1 + 5**0.5) / 2)  # [[1,0],[1,1]]
@@ -194,3 +240,5 @@ def test_bad_model_names_and_hyper_parameters_are_refused():
         build_model("icrnn", 2, 2, spectral_cap=1.0)
     with pytest.raises(ValueError, match="spectral_cap must be a positive number"):
         build_model("iclrnn", 2, 2, spectral_cap=0.0)
+    with pytest.raises(ValueError, match="layers must be at least 1, got 0"):
+        build_model("rnn", 2, 2, layers=0)

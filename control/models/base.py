@@ -8,11 +8,13 @@ from torch import Tensor, nn
 
 
 class RecurrentWeights(NamedTuple):
-    """Float64 effective matrices of h_t = phi(A z_t + R h_{t-1} + b), y_t = C h_t + c with a
-    1-Lipschitz elementwise phi: what the recurrent Lipschitz bound needs."""
+    """Float64 effective matrices of a stack of cells h^l_t = phi(A_l x^l_t + R_l h^l_{t-1} + b_l)
+    with x^1_t = z_t, x^l_t = h^{l-1}_t and read-out y_t = C h^L_t + c, for a 1-Lipschitz
+    elementwise phi: what the recurrent Lipschitz bound needs (A_l in `inputs`, R_l in
+    `recurrents`, bottom cell first)."""
 
-    input: Tensor
-    recurrent: Tensor
+    inputs: tuple[Tensor, ...]
+    recurrents: tuple[Tensor, ...]
     output: Tensor
 
 
@@ -29,6 +31,8 @@ class ProcessModel(nn.Module):
         if min(state_size, input_size, hidden) < 1:
             raise ValueError(f"state, input and hidden sizes must be positive, got {state_size}, "
                              f"{input_size}, {hidden}")
+        if int(hparams.get("layers", 1)) < 1:
+            raise ValueError(f"layers must be at least 1, got {hparams['layers']}")
         self.state_size, self.input_size = state_size, input_size
         self.hparams = {"hidden": hidden, **hparams}
 

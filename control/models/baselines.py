@@ -10,35 +10,39 @@ NONLINEARITIES = ("tanh", "relu")
 
 
 class RNN(ProcessModel):
-    """torch's single-layer nn.RNN (tanh or relu) followed by a linear head."""
+    """torch's nn.RNN (tanh or relu, `layers` stacked) followed by a linear head."""
 
     name = "rnn"
 
     def __init__(self, state_size: int, input_size: int, hidden: int = 64,
-                 nonlinearity: str = "tanh"):
-        super().__init__(state_size, input_size, hidden=hidden, nonlinearity=nonlinearity)
+                 nonlinearity: str = "tanh", layers: int = 1):
+        super().__init__(state_size, input_size, hidden=hidden, nonlinearity=nonlinearity,
+                         layers=layers)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-        self.rnn = nn.RNN(self.features, hidden, nonlinearity=nonlinearity, batch_first=True)
+        self.rnn = nn.RNN(self.features, hidden, num_layers=layers, nonlinearity=nonlinearity,
+                          batch_first=True)
         self.head = nn.Linear(hidden, state_size)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.head(self.rnn(z)[0])
 
     def recurrent_weights(self) -> RecurrentWeights:
-        return RecurrentWeights(self.rnn.weight_ih_l0.detach().double(),
-                                self.rnn.weight_hh_l0.detach().double(),
-                                self.head.weight.detach().double())
+        layers = range(self.rnn.num_layers)
+        return RecurrentWeights(
+            tuple(getattr(self.rnn, f"weight_ih_l{k}").detach().double() for k in layers),
+            tuple(getattr(self.rnn, f"weight_hh_l{k}").detach().double() for k in layers),
+            self.head.weight.detach().double())
 
 
 class LSTM(ProcessModel):
-    """torch's single-layer nn.LSTM followed by a linear head."""
+    """torch's nn.LSTM (`layers` stacked) followed by a linear head."""
 
     name = "lstm"
 
-    def __init__(self, state_size: int, input_size: int, hidden: int = 64):
-        super().__init__(state_size, input_size, hidden=hidden)
-        self.lstm = nn.LSTM(self.features, hidden, batch_first=True)
+    def __init__(self, state_size: int, input_size: int, hidden: int = 64, layers: int = 1):
+        super().__init__(state_size, input_size, hidden=hidden, layers=layers)
+        self.lstm = nn.LSTM(self.features, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Linear(hidden, state_size)
 
     def forward(self, z: Tensor) -> Tensor:

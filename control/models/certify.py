@@ -18,34 +18,42 @@ def _norm(matrix: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(matrix.double(), ord=2)
 
 
-def sequence_gain(recurrent: Tensor, steps: int) -> float:
-    """Exact spectral norm of the [steps, steps] lower-triangular Toeplitz matrix
-    G[t, s] = ||R||^(t - s) for s <= t, where R is the recurrent weight."""
+def gain_matrix(recurrent: Tensor, steps: int) -> Tensor:
+    """The [steps, steps] lower-triangular Toeplitz matrix G[t, s] = ||R||^(t - s) for s <= t,
+    where R is the recurrent weight (float64, entries >= 0)."""
     index = torch.arange(steps)
     lag = (index[:, None] - index[None, :]).double()
-    gain = torch.where(lag >= 0, _norm(recurrent) ** lag.clamp(min=0), 0.0)
-    return float(torch.linalg.matrix_norm(gain, ord=2))
+    return torch.where(lag >= 0, _norm(recurrent) ** lag.clamp(min=0), 0.0)
+
+
+def sequence_gain(recurrent: Tensor, steps: int) -> float:
+    """Exact spectral norm of `gain_matrix(recurrent, steps)`."""
+    return float(torch.linalg.matrix_norm(gain_matrix(recurrent, steps), ord=2))
 
 
 def sequence_upper_bound(model: ProcessModel, steps: int) -> float:
     """Upper bound on the Lipschitz constant of the model's map over `steps` time steps
     (math.inf where `model.recurrent_weights()` is None, as for the LSTM).
 
-    For h_t = phi(A z_t + R h_{t-1} + b) from a fixed h_0, y_t = C h_t + c and phi elementwise
-    1-Lipschitz (relu, tanh), two input sequences differing by dz_t give
-    ||dh_t|| <= ||A|| ||dz_t|| + ||R|| ||dh_{t-1}||, so ||dh_t|| <= ||A|| (G e)_t with
-    e_s = ||dz_s|| and G as in `sequence_gain`. Summing over t,
-    ||dy||^2 = sum_t ||C dh_t||^2 <= ||C||^2 ||A||^2 ||G e||^2, hence
-        L <= ||A|| ||C|| ||G||_2,
-    all spectral norms exact (float64 SVD). For the input-convex nets the doubled input
-    [z, -z] meets W = [W_+, W_-], so A = W_+ - W_- = W [I; -I] and ||A|| <= sqrt(2) ||W||; the
-    exact ||A|| is used. With every norm <= 1 this gives L <= sqrt(2) ||G||_2 <= sqrt(2) T.
+    For a stack of cells h^l_t = phi(A_l x^l_t + R_l h^l_{t-1} + b_l) from fixed h^l_0, with
+    x^1 = z, x^l = h^{l-1}, y_t = C h^L_t + c and phi elementwise 1-Lipschitz (relu, tanh), two
+    input sequences give ||dh^l_t|| <= ||A_l|| ||dx^l_t|| + ||R_l|| ||dh^l_{t-1}||, so the
+    vector n^l_t = ||dh^l_t|| obeys n^l <= ||A_l|| G_l n^{l-1} entrywise, with n^0_t = ||dz_t||
+    and G_l = `gain_matrix(R_l)`. G_l has non-negative entries, so the bounds compose:
+    n^L <= M n^0 with M = prod_l ||A_l|| G_L ... G_1. Summing over t,
+    ||dy||^2 = sum_t ||C dh^L_t||^2 <= ||C||^2 ||M n^0||^2, hence
+        L <= ||C|| ||M||_2,
+    all spectral norms exact (float64 SVD); for one cell this is ||A|| ||C|| ||G||_2. For the
+    input-convex nets the doubled input [z, -z] meets W_1 = [W_+, W_-], so A_1 = W_+ - W_-,
+    and ||A_1|| <= sqrt(2) ||W_1||; the exact ||A_1|| is used.
     """
     weights = model.recurrent_weights()
     if weights is None:
         return math.inf
-    norms = _norm(weights.input) * _norm(weights.output)
-    return float(norms) * sequence_gain(weights.recurrent, steps)
+    gain = torch.eye(steps, dtype=torch.float64)
+    for input_weight, recurrent in zip(weights.inputs, weights.recurrents, strict=True):
+        gain = _norm(input_weight) * gain_matrix(recurrent, steps) @ gain
+    return float(_norm(weights.output) * torch.linalg.matrix_norm(gain, ord=2))
 
 
 def sequence_lower_bound(model: ProcessModel, z: Tensor, pairs: int = 128, steps: int = 100,

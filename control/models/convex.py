@@ -1,16 +1,20 @@
 """Input-convex recurrent networks: ICLRNN (Lipschitz, Wang & Wu 2024) and ICRNN.
 
-Cell on the doubled input [z_t, -z_t]:  h_t = relu(W [z_t, -z_t] + U h_{t-1} + b),  h_0 = 0,
-output  y_t = V h_t + c.  Every output y_t is convex in the whole input sequence z:
-- W [z_t, -z_t] + b is affine in z, hence convex;
-- if h_{t-1} is convex, U h_{t-1} with U >= 0 is a non-negative sum of convex functions, so the
-  pre-activation is convex, and relu (convex, non-decreasing) of a convex function is convex;
-- V h_t + c with V >= 0 is again a non-negative sum of convex functions plus a constant.
-U >= 0 and V >= 0 are what convexity needs; W >= 0 follows the method, and the doubling makes it
-no restriction, since W [z, -z] = (W_+ - W_-) z takes any sign. The output is affine rather than
-relu(V h + c): both are convex non-decreasing, but a relu would clip the negative half of the
-standardised states. ICLRNN also caps the spectral norm of W, U and V, which bounds the Lipschitz
-constant of the map (see `lipctl.control.models.certify`).
+A stack of `layers` cells. The first cell reads the doubled input [z_t, -z_t], each later cell
+the hidden sequence of the cell below:
+    h^1_t = relu(W_1 [z_t, -z_t] + U_1 h^1_{t-1} + b_1),
+    h^l_t = relu(W_l h^{l-1}_t + U_l h^l_{t-1} + b_l)   (l = 2..layers),   h^l_0 = 0,
+output  y_t = V h^L_t + c. Every output y_t is convex in the whole input sequence z:
+- W_1 [z_t, -z_t] + b_1 is affine in z, hence convex;
+- if h^l_{t-1} and h^{l-1}_t are convex, W_l h^{l-1}_t + U_l h^l_{t-1} with W_l, U_l >= 0 is a
+  non-negative sum of convex functions, so the pre-activation is convex, and relu (convex,
+  non-decreasing) of a convex function is convex;
+- V h^L_t + c with V >= 0 is again a non-negative sum of convex functions plus a constant.
+Non-negative U, later W and V are what convexity needs; W_1 >= 0 follows the method, and the
+doubling makes it no restriction, since W_1 [z, -z] = (W_+ - W_-) z takes any sign. The output is
+affine rather than relu(V h + c): both are convex non-decreasing, but a relu would clip the
+negative half of the standardised states. ICLRNN also caps the spectral norm of every W, U and V,
+which bounds the Lipschitz constant of the map (see `lipctl.control.models.certify`).
 """
 
 from __future__ import annotations
@@ -26,35 +30,40 @@ from lipctl.lipschitz.layers import SIGMA_MARGIN
 
 
 class InputConvexRNN(ProcessModel):
-    """The input-convex cell above; W, U, V are projected to >= 0 and, when `spectral_cap` is
-    set, to spectral norm <= spectral_cap (exact float64 norm) by `project_`."""
+    """The input-convex stack above; every W, U and V is projected to >= 0 and, when
+    `spectral_cap` is set, to spectral norm <= spectral_cap (exact float64 norm) by `project_`."""
 
     def __init__(self, state_size: int, input_size: int, hidden: int,
-                 spectral_cap: float | None):
+                 spectral_cap: float | None, layers: int = 1):
         cap = {} if spectral_cap is None else {"spectral_cap": spectral_cap}
-        super().__init__(state_size, input_size, hidden=hidden, **cap)
+        super().__init__(state_size, input_size, hidden=hidden, layers=layers, **cap)
         if spectral_cap is not None and not (math.isfinite(spectral_cap) and spectral_cap > 0):
             raise ValueError(f"spectral_cap must be a positive number, got {spectral_cap}")
         self.spectral_cap = spectral_cap
-        self.W = nn.Parameter(torch.rand(hidden, 2 * self.features) / math.sqrt(self.features))
-        self.U = nn.Parameter(torch.rand(hidden, hidden) / hidden)
+        self.W = nn.ParameterList(
+            [torch.rand(hidden, 2 * self.features) / math.sqrt(self.features)]
+            + [torch.rand(hidden, hidden) / hidden for _ in range(layers - 1)])
+        self.U = nn.ParameterList([torch.rand(hidden, hidden) / hidden for _ in range(layers)])
+        self.b = nn.ParameterList([torch.zeros(hidden) for _ in range(layers)])
         self.V = nn.Parameter(torch.rand(state_size, hidden) / math.sqrt(hidden))
-        self.b = nn.Parameter(torch.zeros(hidden))
         self.c = nn.Parameter(torch.zeros(state_size))
         self.project_()
 
-    def constrained(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The weights held non-negative (and capped): W, U, V."""
-        return self.W, self.U, self.V
+    def constrained(self) -> list[Tensor]:
+        """The weights held non-negative (and capped): every W and U, then V."""
+        return [*self.W, *self.U, self.V]
 
     def forward(self, z: Tensor) -> Tensor:
-        drive = F.linear(torch.cat([z, -z], dim=-1), self.W, self.b)
-        h = drive.new_zeros(drive.shape[0], drive.shape[-1])
-        states = []
-        for t in range(drive.shape[1]):
-            h = torch.relu(drive[:, t] + F.linear(h, self.U))
-            states.append(h)
-        return F.linear(torch.stack(states, dim=1), self.V, self.c)
+        sequence = torch.cat([z, -z], dim=-1)
+        for W, U, b in zip(self.W, self.U, self.b, strict=True):
+            drive = F.linear(sequence, W, b)
+            h = drive.new_zeros(drive.shape[0], drive.shape[-1])
+            states = []
+            for t in range(drive.shape[1]):
+                h = torch.relu(drive[:, t] + F.linear(h, U))
+                states.append(h)
+            sequence = torch.stack(states, dim=1)
+        return F.linear(sequence, self.V, self.c)
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -65,9 +74,11 @@ class InputConvexRNN(ProcessModel):
                 weight.mul_((self.spectral_cap / sigma).clamp(max=1).to(weight.dtype))
 
     def recurrent_weights(self) -> RecurrentWeights:
-        w = self.W.detach().double()
-        return RecurrentWeights(w[:, :self.features] - w[:, self.features:],
-                                self.U.detach().double(), self.V.detach().double())
+        first = self.W[0].detach().double()
+        inputs = [first[:, :self.features] - first[:, self.features:],
+                  *(w.detach().double() for w in self.W[1:])]
+        return RecurrentWeights(tuple(inputs), tuple(u.detach().double() for u in self.U),
+                                self.V.detach().double())
 
 
 class ICLRNN(InputConvexRNN):
@@ -76,8 +87,8 @@ class ICLRNN(InputConvexRNN):
     name = "iclrnn"
 
     def __init__(self, state_size: int, input_size: int, hidden: int = 64,
-                 spectral_cap: float = 1.0):
-        super().__init__(state_size, input_size, hidden, spectral_cap)
+                 spectral_cap: float = 1.0, layers: int = 1):
+        super().__init__(state_size, input_size, hidden, spectral_cap, layers)
 
 
 class ICRNN(InputConvexRNN):
@@ -85,5 +96,5 @@ class ICRNN(InputConvexRNN):
 
     name = "icrnn"
 
-    def __init__(self, state_size: int, input_size: int, hidden: int = 64):
-        super().__init__(state_size, input_size, hidden, None)
+    def __init__(self, state_size: int, input_size: int, hidden: int = 64, layers: int = 1):
+        super().__init__(state_size, input_size, hidden, None, layers)

@@ -16,8 +16,9 @@ from lipctl.control.models.base import ProcessModel
 
 @dataclass(frozen=True)
 class FitResult:
-    """Per-epoch train/val MSE, the clean-target test MSE of the best epoch's weights, that
-    epoch and the training wall time."""
+    """Per-epoch train/val MSE, the clean-target test MSE of the kept weights (the best
+    validation epoch's, or the last epoch's without early stopping), that epoch and the
+    training wall time."""
 
     history: list[dict[str, float]]
     test_mse: float
@@ -41,9 +42,9 @@ def _tensors(data: CSTRDataset, split: str, device: torch.device) -> tuple[Tenso
 
 
 def _check(epochs: int, lr: float, batch_size: int, target_noise_sigma: float,
-           patience: int) -> None:
+           patience: int | None) -> None:
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
@@ -53,13 +54,16 @@ def _check(epochs: int, lr: float, batch_size: int, target_noise_sigma: float,
 
 def fit(model: ProcessModel, data: CSTRDataset, epochs: int = 200, lr: float = 1e-2,
         batch_size: int = 128, target_noise_sigma: float = 0.0, seed: int = 0,
-        patience: int = 20) -> FitResult:
+        patience: int | None = 20) -> FitResult:
     """Train `model` in place on the dataset's train rows and keep its best-validation weights.
 
     Gaussian noise of std `target_noise_sigma` (scaled units) is added once to the train and
     validation targets, as a user would only have noisy measurements; the test MSE is taken
     against the clean targets. `model.project_()` runs after every optimiser step. Training stops
-    after `patience` epochs without a lower validation MSE. `seed` fixes noise and batch order.
+    after `patience` epochs without a lower validation MSE and restores the best epoch's weights;
+    `patience=None` turns early stopping off: all `epochs` run and the last weights are kept (so
+    a model can overfit noisy targets, as in Wang & Wu's regime). `seed` fixes noise and batch
+    order.
     """
     _check(epochs, lr, batch_size, target_noise_sigma, patience)
     start = time.perf_counter()
@@ -85,10 +89,13 @@ def fit(model: ProcessModel, data: CSTRDataset, epochs: int = 200, lr: float = 1
             total += loss.detach() * len(rows)
         val = float(mse(model, z_val, y_val))
         history.append({"epoch": epoch, "train_mse": float(total) / len(z_train), "val_mse": val})
-        if val < best_val:
+        if patience is None:
+            best_epoch = epoch
+        elif val < best_val:
             best_val, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= patience:
             break
-    model.load_state_dict(best_state)
+    if patience is not None:
+        model.load_state_dict(best_state)
     test = float(mse(model, z_test, y_test))
     return FitResult(history, test, best_epoch, time.perf_counter() - start)

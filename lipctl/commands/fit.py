@@ -20,8 +20,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data", f"data file not found: {cfg.data} (make it with lipctl data)")
     require_number(cfg, "noise", 0)
     require_number(cfg, "lr", 0, exclusive=True)
-    for key in ("epochs", "batch_size", "patience", "torch_threads"):
+    for key in ("epochs", "batch_size", "torch_threads"):
         require_number(cfg, key, 1, integer=True)
+    if cfg.patience is not None:
+        require_number(cfg, "patience", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
 
 
