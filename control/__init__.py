@@ -9,7 +9,7 @@ from lipctl.control.loop import (
     returns,
     run,
 )
-from lipctl.control.mpc import MPC, SolveFailed, SolveStats
+from lipctl.control.mpc import MPC, SolveFailed, SolverOptions, SolveStats
 
 __all__ = [
     "MPC",
@@ -18,6 +18,7 @@ __all__ = [
     "NoisyMeasurements",
     "SolveFailed",
     "SolveStats",
+    "SolverOptions",
     "TimedController",
     "Trajectory",
     "cstr_metrics",

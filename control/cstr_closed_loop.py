@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from lipctl.control.cstr_metrics import CSTRMetrics, cstr_metrics
 from lipctl.control.loop import Trajectory, run
 from lipctl.control.models import TrainedModel, casadi_model
-from lipctl.control.mpc import MPC
+from lipctl.control.mpc import MPC, SolverOptions
 from lipctl.envs import make_env
 from lipctl.envs.cstr import ENV_ID, rk4_step
 
@@ -16,11 +16,14 @@ PUBLISHED_STARTS = ((1.5, -70.0), (-1.5, 70.0), (-1.25, 50.0), (1.25, -50.0))
 
 
 def cstr_mpc(trained: TrainedModel | None = None, horizon: int = 2,
-             contraction: bool = True, strict: bool = False) -> MPC:
-    """LMPC on the plant's own ODE (`trained=None`) or on a fitted process model; a strict one
-    raises SolveFailed when IPOPT finds no solution."""
-    model = rk4_step if trained is None else casadi_model(trained)
-    return MPC(model, horizon=horizon, contraction=contraction, strict=strict)
+             contraction: bool = True, strict: bool = False,
+             solver: SolverOptions = SolverOptions(),
+             ipopt_options: dict | None = None) -> MPC:
+    """LMPC on the plant's own ODE (`trained=None`) or on a fitted process model, built and
+    solved as `solver` says; a strict one raises SolveFailed when IPOPT finds no solution."""
+    model = rk4_step if trained is None else casadi_model(trained, symbolic=solver.symbolic)
+    return MPC(model, horizon=horizon, contraction=contraction, strict=strict, solver=solver,
+               ipopt_options=ipopt_options)
 
 
 def cstr_closed_loop(controller: MPC, start: Sequence[float], steps: int = 30,

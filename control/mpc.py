@@ -12,11 +12,21 @@ in it. rho_min defaults to the largest level set inside the CSTR's target ellips
 constraint is feasible at (and near) the steady state, where V(x) -> 0 would ask the impossible.
 Inputs are optimised scaled to [-1, 1] (Q spans 1e6 kJ/h, CA0 7 kmol/m3) and the constraint is
 normalised to V(x_j) / bound <= 1, so IPOPT sees numbers of order one.
+
+`SolverOptions` choose how the problem is built and solved: as one scalar (SX) expression graph
+or a matrix (MX) graph in which a model given as a CasADi Function stays one call node per
+horizon step (dense weight products then run as matrix kernels, and the model's derivatives are
+built once and shared by the horizon steps); IPOPT's exact Hessian or its limited-memory
+(L-BFGS) approximation; C code generation of the NLP's functions compiled by the system's C
+compiler (JIT; without one, or if compiling fails, the interpreted functions are used and a
+warning says so); and warm starts of the multipliers from the previous solve.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +48,47 @@ Model = Callable[[Any, Any], Any]
 """model(x, u) -> x_next on CasADi columns: the state one sampling period later."""
 
 DEFAULT_IPOPT = {"max_iter": 100, "tol": 1e-6, "acceptable_tol": 1e-4}
+SYMBOLICS = {"SX": ca.SX, "MX": ca.MX}
+HESSIANS = ("exact", "limited-memory")
+JIT_FLAGS = ["-O2"]
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """How the MPC problem is built and solved (see the module docstring)."""
+
+    symbolic: str = "SX"      # "SX" or "MX"
+    hessian: str = "exact"    # "exact" or "limited-memory"
+    jit: bool = False         # compile the NLP's functions with the C compiler
+    warm_duals: bool = False  # start IPOPT's multipliers from the previous solve's
+
+    def __post_init__(self) -> None:
+        if self.symbolic not in SYMBOLICS:
+            raise ValueError(f"symbolic must be one of {tuple(SYMBOLICS)}, got {self.symbolic!r}")
+        if self.hessian not in HESSIANS:
+            raise ValueError(f"hessian must be one of {HESSIANS}, got {self.hessian!r}")
+
+    def casadi_options(self, ipopt_options: dict[str, Any]) -> dict[str, Any]:
+        """nlpsol options: IPOPT's settings and, when `jit` is on and a C compiler is found,
+        code generation."""
+        ipopt = {"print_level": 0, "sb": "yes", **DEFAULT_IPOPT,
+                 "hessian_approximation": self.hessian, **ipopt_options}
+        if self.warm_duals:
+            ipopt |= {"warm_start_init_point": "yes", "warm_start_bound_push": 1e-6,
+                      "warm_start_mult_bound_push": 1e-6}
+        options: dict[str, Any] = {"print_time": False, "error_on_fail": False, "ipopt": ipopt}
+        if self.jit and _compiler_found():
+            options |= {"jit": True, "compiler": "shell",
+                        "jit_options": {"flags": JIT_FLAGS, "verbose": False}}
+        return options
+
+
+def _compiler_found() -> bool:
+    """Whether CasADi's shell compiler (cc or gcc on PATH) is there; a warning if not."""
+    if shutil.which("gcc") or shutil.which("cc"):
+        return True
+    warnings.warn("no C compiler on PATH: MPC runs without JIT", RuntimeWarning, stacklevel=3)
+    return False
 
 
 class SolveFailed(RuntimeError):
@@ -53,6 +104,11 @@ class SolveStats:
     fallback: bool
 
 
+def _shift(rows: np.ndarray) -> np.ndarray:
+    """Rows [horizon, k] one step on: the first dropped, the last repeated."""
+    return np.vstack([rows[1:], rows[-1:]])
+
+
 class MPC:
     """Lyapunov MPC implementing the Controller protocol; see the module docstring.
 
@@ -64,7 +120,8 @@ class MPC:
     plan, or zero input when there is none since `reset`, and records a fallback in `stats`.
     `strict=True` raises SolveFailed instead (after shifting the plan, so the next solve still
     starts from it), for a runtime that applies its own fallback and logs the failure.
-    `stats` and `plan` hold the current episode and are cleared by `reset`.
+    `stats` and `plan` hold the current episode and are cleared by `reset`. `solver` picks
+    the build and solve options (`SolverOptions`).
     """
 
     def __init__(self, model: Model, horizon: int = 2,
@@ -76,7 +133,8 @@ class MPC:
                  lyapunov_fn: Callable[[Any], Any] = lyapunov,
                  level_min: float | None = None,
                  ipopt_options: dict[str, Any] | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False,
+                 solver: SolverOptions = SolverOptions()) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         low, high = np.asarray(action_low, float), np.asarray(action_high, float)
@@ -91,14 +149,17 @@ class MPC:
         self._center, self._scale = (high + low) / 2, (high - low) / 2
         self._rest = np.clip(np.zeros(len(low)), low, high)  # zero input, inside the bounds
         self._nx, self._nu = len(state_weights), len(low)
+        self.options = solver
         self._solver = self._build(model, state_weights, input_weights, ipopt_options or {})
         self.plan: np.ndarray | None = None  # [horizon, nu] inputs, the next one first
+        self._multipliers: dict[str, np.ndarray] = {}  # lam_x0, lam_g0 of the last success
         self.stats: list[SolveStats] = []
 
     def _build(self, model: Model, state_weights: Sequence[float],
                input_weights: Sequence[float], ipopt_options: dict[str, Any]) -> ca.Function:
-        scaled = ca.SX.sym("v", self._nu, self.horizon)
-        x0, bound = ca.SX.sym("x0", self._nx), ca.SX.sym("bound")
+        symbol = SYMBOLICS[self.options.symbolic]
+        scaled = symbol.sym("v", self._nu, self.horizon)
+        x0, bound = symbol.sym("x0", self._nx), symbol.sym("bound")
         x, cost, constraints = x0, 0, []
         for j in range(self.horizon):
             u = self._center + self._scale * scaled[:, j]
@@ -110,17 +171,24 @@ class MPC:
                 constraints.append(self._lyapunov(x) / bound)
         nlp = {"x": ca.vec(scaled), "p": ca.vertcat(x0, bound), "f": cost,
                "g": ca.vertcat(*constraints)}
-        options = {"print_time": False, "error_on_fail": False,
-                   "ipopt": {"print_level": 0, "sb": "yes", **DEFAULT_IPOPT, **ipopt_options}}
-        return ca.nlpsol("lmpc", "ipopt", nlp, options)
+        options = self.options.casadi_options(ipopt_options)
+        try:
+            return ca.nlpsol("lmpc", "ipopt", nlp, options)
+        except RuntimeError as error:
+            if not options.get("jit"):
+                raise
+            warnings.warn(f"JIT compilation of the MPC failed, running it interpreted: "
+                          f"{str(error).splitlines()[0]}", RuntimeWarning, stacklevel=3)
+            return ca.nlpsol("lmpc", "ipopt", nlp, {**options, "jit": False})
 
     def reset(self) -> None:
         self.plan = None
+        self._multipliers = {}
         self.stats = []
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         x = np.asarray(observation, dtype=np.float64).reshape(self._nx)
-        shifted = None if self.plan is None else np.vstack([self.plan[1:], self.plan[-1:]])
+        shifted = None if self.plan is None else _shift(self.plan)
         start = time.perf_counter()
         if np.all(np.isfinite(x)):
             status, scaled = self._solve(x, shifted)
@@ -140,10 +208,16 @@ class MPC:
             guess = np.tile(self._rest, (self.horizon, 1))
         start = ((guess - self._center) / self._scale).ravel()
         bound = max(float(self._lyapunov(x)), self.level_min)
-        solution = self._solver(x0=start, p=np.append(x, bound), lbx=-1.0, ubx=1.0, ubg=1.0)
+        solution = self._solver(x0=start, p=np.append(x, bound), lbx=-1.0, ubx=1.0, ubg=1.0,
+                                **self._multipliers)
         stats = self._solver.stats()
         if not stats["success"]:
+            self._multipliers = {}
             return str(stats["return_status"]), None
+        if self.options.warm_duals:  # shifted by one step, like the plan
+            self._multipliers = {
+                "lam_x0": _shift(np.asarray(solution["lam_x"]).reshape(self.horizon, -1)).ravel(),
+                "lam_g0": _shift(np.asarray(solution["lam_g"]).reshape(self.horizon, -1)).ravel()}
         # IPOPT may relax bounds by ~1e-8; project back so applied inputs are never out of bounds.
         scaled = np.clip(np.asarray(solution["x"]).reshape(self.horizon, self._nu), -1.0, 1.0)
         return str(stats["return_status"]), scaled

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import casadi as ca
 import numpy as np
 import pytest
 
-from lipctl.control import MPC, SolveStats, Trajectory, cstr_metrics, reached_step, run
+from lipctl.control import (
+    MPC,
+    SolverOptions,
+    SolveStats,
+    Trajectory,
+    cstr_metrics,
+    reached_step,
+    run,
+)
 from lipctl.envs import make_env
 from lipctl.envs.cstr import (
     ACTION_HIGH,
@@ -115,3 +124,56 @@ def test_metrics_count_bound_violations_cost_and_solver_figures():
     assert metrics.solve_ms_p95 == pytest.approx(9.2)
     assert metrics.status_counts == {"Solve_Succeeded": 2, "Maximum_Iterations_Exceeded": 1}
     assert np.isnan(cstr_metrics(trajectory).solve_ms_median)
+
+
+@pytest.mark.parametrize("options", [
+    SolverOptions(symbolic="MX"),
+    SolverOptions(hessian="limited-memory"),
+    SolverOptions(symbolic="MX", warm_duals=True),
+])
+def test_every_solver_option_plans_what_the_default_plans(lmpc, options):
+    other = MPC(rk4_step, solver=options)
+    for start in STARTS:
+        lmpc.reset()
+        other.reset()
+        for _ in range(3):  # a few steps, so warm starts of plan and multipliers are used
+            expected, ours = lmpc.act(np.array(start)), other.act(np.array(start))
+            span = np.asarray(ACTION_HIGH) - np.asarray(ACTION_LOW)
+            np.testing.assert_allclose(ours / span, expected / span, atol=2e-3)
+        assert not any(s.fallback for s in other.stats)
+
+
+def test_warm_duals_are_kept_after_a_success_and_cleared_by_reset():
+    mpc = MPC(rk4_step, solver=SolverOptions(warm_duals=True))
+    mpc.act(np.array(STARTS[0]))
+    assert set(mpc._multipliers) == {"lam_x0", "lam_g0"}
+    assert mpc._multipliers["lam_x0"].shape == (2 * 2,)
+    mpc.reset()
+    assert mpc._multipliers == {}
+
+
+def _linear(x, u):
+    """A small linear plant in the CSTR's units: what a JIT build can compile in seconds."""
+    return 0.9 * x + ca.vertcat(0.1 * u[0], 1e-5 * u[1])
+
+
+def test_jit_compiled_mpc_gives_the_interpreted_plan():
+    interpreted = MPC(_linear, contraction=False)
+    compiled = MPC(_linear, contraction=False, solver=SolverOptions(jit=True))
+    assert compiled._solver.is_a("Nlpsol") and compiled.options.jit
+    start = np.array(STARTS[1])
+    np.testing.assert_allclose(compiled.act(start), interpreted.act(start), rtol=1e-6)
+
+
+def test_jit_without_a_compiler_warns_and_runs_interpreted(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.warns(RuntimeWarning, match="no C compiler on PATH"):
+        mpc = MPC(_linear, contraction=False, solver=SolverOptions(jit=True))
+    assert np.all(np.isfinite(mpc.act(np.array(STARTS[1]))))
+
+
+def test_bad_solver_options_are_value_errors():
+    with pytest.raises(ValueError, match="symbolic must be one of"):
+        SolverOptions(symbolic="sx")
+    with pytest.raises(ValueError, match="hessian must be one of"):
+        SolverOptions(hessian="bfgs")

@@ -104,6 +104,16 @@ def test_casadi_jacobian_matches_torch_autograd(kind):
                                    atol=1e-10 * np.abs(reference).max())
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_mx_built_model_matches_the_sx_built_one(kind):
+    trained = _untrained(kind)
+    x, u = _points(20, seed=4)
+    sx, mx = (casadi_model(trained, symbolic=s) for s in ("SX", "MX"))
+    np.testing.assert_allclose(_casadi_next(mx, x, u), _casadi_next(sx, x, u), rtol=1e-12)
+    with pytest.raises(ValueError, match="symbolic must be 'SX' or 'MX'"):
+        casadi_model(trained, symbolic="sx")
+
+
 def test_symbolic_calls_on_sx_and_mx_give_the_same_numbers():
     function = casadi_model(_untrained("lstm"))
     x0, u0 = _points(1, seed=2)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from lipctl.bench.report import read_csv
 from tests.helpers import assert_user_error, lipctl
 
 TINY_DATA = ["states_per_axis=5", "inputs_per_axis=3", "chains=8", "periods=5"]
@@ -60,15 +63,75 @@ def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
         assert_user_error(lipctl(*args, cwd=fitted, timeout=120), expected)
 
 
-def test_bench_cstr_mpc_writes_its_results(workdir):
-    lipctl("bench", "experiment=cstr_mpc", "out=results", "work=work",
-           "experiment.data.states_per_axis=4", "experiment.data.inputs_per_axis=3",
-           "experiment.data.chains=4", "experiment.data.periods=4", "experiment.models=[iclrnn]",
-           "experiment.noise=[0.0,0.5]", "experiment.hidden=8", "experiment.epochs=2",
-           "experiment.horizons=[2]", "experiment.steps=3", cwd=workdir, check=True)
-    models = (workdir / "results" / "models.csv").read_text().splitlines()
-    assert models[0].startswith("model,noise_sigma,test_mse,lipschitz_upper")
-    assert len(models) == 3
-    closed_loop = (workdir / "results" / "closed_loop.csv").read_text().splitlines()
-    assert len(closed_loop) == 1 + 2 * 2 * 4  # 2 controllers x noise on/off x 4 starts
-    assert (workdir / "results" / "closed_loop.png").stat().st_size > 0
+TINY_BENCH = ["experiment.data.states_per_axis=10", "experiment.data.inputs_per_axis=3",
+              "experiment.models=[iclrnn,rnn]", "experiment.noise=[0.0,0.5]",
+              "experiment.seeds=[0,1]", "experiment.hidden=8", "experiment.epochs=3",
+              "experiment.extra_models.iclrnn_1x64.hidden=4", "experiment.steps=3",
+              "experiment.solve_time_steps=2", "experiment.budget_ms=[50]",
+              "~experiment.solver_options", "+experiment.solver_options={sx:{},mx:{symbolic:MX}}",
+              "experiment.solver={default:mx,first_principles:sx}"]
+
+
+def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
+    args = ["bench", "experiment=cstr_mpc", "out=results/cstr_mpc", "work=work", *TINY_BENCH]
+    lipctl(*args, cwd=workdir, check=True)
+    out = workdir / "results" / "cstr_mpc"
+    runs = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").glob("*/*"))
+    assert runs == ["iclrnn/sigma0.0-seed0.json", "iclrnn/sigma0.0-seed1.json",
+                    "iclrnn/sigma0.5-seed0.json", "iclrnn/sigma0.5-seed1.json",
+                    "iclrnn_1x64/sigma0.0-seed0.json", "rnn/sigma0.0-seed0.json",
+                    "rnn/sigma0.0-seed1.json", "rnn/sigma0.5-seed0.json",
+                    "rnn/sigma0.5-seed1.json"]
+    models = read_csv(out / "models.csv")
+    stacked = [r for r in models if r["model"] == "iclrnn"]
+    assert [(r["layers"], r["noise_sigma"], r["seeds"]) for r in stacked] == [
+        ("2", "0.0", "2"), ("2", "0.5", "2")]
+    assert all(float(r["test_mse_std"]) > 0 for r in stacked)
+    closed_loop = read_csv(out / "closed_loop.csv")
+    assert len(closed_loop) == 4 * 2 * 4  # 4 controllers x noise on/off x 4 starts
+    solve = read_csv(out / "solve_time.csv")
+    assert {(r["model"], r["options"]) for r in solve} == {
+        (m, o) for m in ("first_principles", "iclrnn", "iclrnn_1x64") for o in ("sx", "mx")}
+    fp_sx = next(r for r in solve if r["model"] == "first_principles" and r["options"] == "sx")
+    assert float(fp_sx["ratio_to_first_principles_same_options"]) == 1.0
+    table = json.loads((workdir / "results" / "mpc_solve_time.json").read_text())
+    assert [(r["model"], r["options"], r["solve_ms_median"]) for r in table] == [
+        (r["model"], r["options"], float(r["solve_ms_median"])) for r in solve]
+    assert len(read_csv(out / "budget.csv")) == 4 * 4
+    for figure in ("closed_loop.png", "robustness.png"):
+        assert (out / figure).stat().st_size > 0
+    # a second invocation refits nothing and rebuilds the table from runs/ alone
+    again = lipctl(*args, "experiment.stages=[models]", cwd=workdir, check=True)
+    assert "9 of 9 runs already done" in again.stdout
+    (out / "models.csv").unlink()
+    lipctl("bench", "experiment=cstr_mpc", "out=results/cstr_mpc", "replot=true", cwd=workdir,
+           check=True)
+    assert read_csv(out / "models.csv") == models
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["experiment.stages=[models,dance]"], "experiment.stages: must be a non-empty list"),
+    (["experiment.models=[gru]"], "experiment.models: unknown model(s) ['gru']"),
+    (["experiment.patience=0"], "experiment.patience: must be >= 1"),
+    (["experiment.noise=[-0.1]"], "experiment.noise: must be a non-empty list of numbers >= 0"),
+    (["experiment.solver.default=nosuch"], "experiment.solver.default: must name"),
+    (["experiment.solver_options.mx.symbolic=XX"],
+     "experiment.solver_options.mx: symbolic must be one of"),
+    (["experiment.solve_time_models=[iclrnn]"], "experiment.solve_time_models: must include"),
+])
+def test_bench_cstr_mpc_config_errors_are_one_line(workdir, args, expected):
+    result = lipctl("bench", "experiment=cstr_mpc", "out=out", *args, cwd=workdir, timeout=120)
+    assert_user_error(result, expected)
+    assert not (workdir / "out").exists()
+
+
+def test_bench_presets_compose_as_documented(workdir):
+    reference = lipctl("bench", "experiment=cstr_mpc_paper", "--cfg", "job", cwd=workdir,
+                       check=True).stdout
+    for line in ("epochs: 1000", "layers: 2", "hidden: 64", "patience: null", "- 0.9"):
+        assert line in reference
+    fast = lipctl("bench", "experiment=cstr_mpc_fast", "--cfg", "job", cwd=workdir,
+                  check=True).stdout
+    for line in ("epochs: 100", "layers: 1", "hidden: 32", "patience: 20",
+                 "extra_models: null"):
+        assert line in fast

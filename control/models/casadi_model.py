@@ -3,8 +3,9 @@
 `casadi_model(trained)` returns a `casadi.Function` x_next = f(x, u) on the plant's deviation
 units that does what `TrainedModel.predict` does for the last sub-step: scale x and u with the
 saved scalers, feed the scaled [x, u] at each of the `substeps` sub-steps, run the recurrence
-and unscale the final state. The function is plain SX arithmetic on float64 copies of the
-weights (no callbacks), so CasADi differentiates it exactly; called on SX or MX symbols it gives
+and unscale the final state. The function is plain CasADi arithmetic (scalar SX, or matrix MX
+with `symbolic="MX"`) on float64 copies of the weights (no callbacks), so CasADi
+differentiates it exactly; called on SX or MX symbols it gives
 expressions, called on numbers it evaluates, which makes it a drop-in `MPC(model=...)` like the
 first-principles `rk4_step`.
 
@@ -109,7 +110,7 @@ def _lstm_sequence(p: Weights, z: ca.SX, steps: int, layers: int) -> ca.SX:
     hidden = p["lstm.weight_hh_l0"].shape[1]
 
     def cell(layer: int, d: ca.SX, state: tuple | None) -> tuple[ca.SX, tuple]:
-        h, memory = state or (ca.SX(hidden, 1), ca.SX(hidden, 1))  # structural zeros
+        h, memory = state or (ca.DM(hidden, 1), ca.DM(hidden, 1))  # structural zeros
         gates = d + ca.mtimes(p[f"lstm.weight_hh_l{layer}"], h)
         i, f, g, o = (gates[k * hidden:(k + 1) * hidden] for k in range(4))
         memory = _sigmoid(f) * memory + _sigmoid(i) * ca.tanh(g)
@@ -199,12 +200,15 @@ def _weights(trained: TrainedModel, name: str) -> dict[str, ca.DM]:
 
 
 def casadi_model(trained: TrainedModel | str | Path,
-                 sizes: tuple[int, int] = PLANT_SIZES) -> ca.Function:
+                 sizes: tuple[int, int] = PLANT_SIZES, symbolic: str = "SX") -> ca.Function:
     """The CasADi function x_next = f(x [ns], u [nu]) of a trained process model (or of the
     model file at that path), in deviation units; see the module docstring.
 
-    A model whose state/input sizes disagree with its scalers or with `sizes` (the plant's),
-    weights of the wrong shape, or a model kind without a translation is a ValueError.
+    `symbolic="MX"` builds the function from matrix symbols: weight products stay dense matrix
+    kernels instead of scalar operations, which evaluates (and differentiates) several times
+    faster for wide or stacked models; "SX" gives the scalar graph. A model whose state/input
+    sizes disagree with its scalers or with `sizes` (the plant's), weights of the wrong shape,
+    or a model kind without a translation is a ValueError.
     """
     if not isinstance(trained, TrainedModel):
         trained = load_model(trained)
@@ -218,7 +222,10 @@ def casadi_model(trained: TrainedModel | str | Path,
     (s_mean, s_std), (u_mean, u_std) = (
         (ca.DM(scaler.mean), ca.DM(scaler.std))
         for scaler in (trained.state_scaler, trained.input_scaler))
-    x, u = ca.SX.sym("x", sizes[0]), ca.SX.sym("u", sizes[1])
+    if symbolic not in ("SX", "MX"):
+        raise ValueError(f"symbolic must be 'SX' or 'MX', got {symbolic!r}")
+    symbol = getattr(ca, symbolic)
+    x, u = symbol.sym("x", sizes[0]), symbol.sym("u", sizes[1])
     z = ca.vertcat((x - s_mean) / s_std, (u - u_mean) / u_std)
     x_next = sequence(weights, z, trained.substeps, _layers(trained.model)) * s_std + s_mean
     return ca.Function(f"{name}_model", [x, u], [x_next], ["x", "u"], ["x_next"])

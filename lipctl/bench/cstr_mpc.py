@@ -1,14 +1,31 @@
-"""Benchmark `cstr_mpc`: process models of the CSTR and Lyapunov MPC on each in closed loop.
+"""Benchmark `cstr_mpc`: process models of the CSTR, their robustness to noisy training targets,
+and Lyapunov MPC on them against first-principles MPC.
 
-Writes models.csv (one row per model and target-noise level), closed_loop.csv (one row per
-controller, horizon, start and measurement-noise setting), closed_loop.png and a summary JSON.
+Stages (`experiment.stages`, in this order), each writing under the output folder:
+- `models`: every model x target-noise sigma x seed fitted on one generated dataset, one process
+  per job with one torch thread; one JSON per run in runs/<model>/sigma<s>-seed<k>.json (clean
+  test MSE, final noisy train MSE, certified and sampled Lipschitz bounds, the smallest
+  constrained weight, a downsampled history). A run whose file exists is not fitted again.
+  models.csv (mean and std over seeds) and robustness.png are rebuilt from runs/ alone
+  (`report`, also `lipctl bench ... replot=true`).
+- `closed_loop`: MPC on each model (noise 0, first seed) and on the plant's own ODE from the four
+  published starts, with and without measurement noise: closed_loop.csv, closed_loop.png.
+- `solve_time`: the MPCs of `solve_time_models` built with every `solver_options` entry, side by
+  side from the same starts: solve_time.csv and `solve_time_file` (JSON), with ratios to
+  first-principles MPC.
+- `budget`: closed loops under an IPOPT wall-clock budget per step: budget.csv (steps solved
+  within the budget, whether and when the target was reached).
+summary.json holds the settings, the machine and the wall time.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,54 +33,242 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.bench.report import write_csv
+from lipctl.bench.report import read_csv, write_csv
+from lipctl.config import ConfigError, require_number
 from lipctl.control.cstr_closed_loop import (
     FIRST_PRINCIPLES,
     PUBLISHED_STARTS,
     cstr_closed_loop,
     cstr_mpc,
 )
-from lipctl.control.cstr_data import generate, save_dataset
-from lipctl.control.models import build_model, certify_model, fit, load_model, save_model
+from lipctl.control.cstr_data import generate, load_dataset, save_dataset
+from lipctl.control.files import atomic_write
+from lipctl.control.models import (
+    MODELS,
+    build_model,
+    certify_model,
+    fit,
+    load_model,
+    save_model,
+)
+from lipctl.control.mpc import SolverOptions
 from lipctl.envs.cstr import LYAPUNOV_P, STABILITY_LEVEL, TARGET_HALF_WIDTHS, rk4_step
 
+STAGES = ("models", "closed_loop", "solve_time", "budget")
+HISTORY_ROWS = 50  # history rows kept per run file
 
-def fit_models(exp: DictConfig, work: Path) -> list[dict]:
-    """Fit every model at every target-noise level; rows of models.csv."""
-    data = generate(rk4_step, seed=exp.seed, **exp.data)
-    save_dataset(data, work / "cstr.npz")
+
+def validate(cfg: DictConfig) -> None:
+    """The experiment's settings, before any work starts (keys named experiment.*)."""
+    exp = cfg.experiment
+    if not exp.stages or any(stage not in STAGES for stage in exp.stages):
+        raise ConfigError("experiment.stages", f"must be a non-empty list of {', '.join(STAGES)}, "
+                                               f"got {list(exp.stages)}")
+    if unknown := [m for m in exp.models if m not in MODELS]:
+        raise ConfigError("experiment.models", f"unknown model(s) {unknown}; choose from "
+                                               f"{', '.join(MODELS)}")
+    for name, extra in (exp.extra_models or {}).items():
+        if extra.get("name") not in MODELS or "hidden" not in extra:
+            raise ConfigError(f"experiment.extra_models.{name}",
+                              f"needs a model name ({', '.join(MODELS)}) and a hidden size")
+    for key in ("hidden", "layers", "epochs", "batch_size", "jobs", "steps", "solve_time_steps"):
+        require_number(cfg, f"experiment.{key}", 1, integer=True)
+    require_number(cfg, "experiment.patience", 1, integer=True, allow_none=True)
+    require_number(cfg, "experiment.lr", 0, exclusive=True)
+    for key, values, minimum in (("noise", exp.noise, 0), ("seeds", exp.seeds, 0),
+                                 ("horizons", exp.horizons, 1), ("budget_ms", exp.budget_ms, 0)):
+        if not values or any(isinstance(v, bool) or not v >= minimum for v in values):
+            raise ConfigError(f"experiment.{key}", f"must be a non-empty list of numbers >= "
+                                                   f"{minimum}, got {list(values)}")
+    for model, option in exp.solver.items():
+        if option not in exp.solver_options:
+            raise ConfigError(f"experiment.solver.{model}", f"must name a solver_options entry "
+                                                            f"({', '.join(exp.solver_options)})")
+    if "default" not in exp.solver:
+        raise ConfigError("experiment.solver", "needs a default entry")
+    if FIRST_PRINCIPLES not in exp.solve_time_models:
+        raise ConfigError("experiment.solve_time_models",
+                          f"must include {FIRST_PRINCIPLES} (the ratios are to it)")
+    for name, options in exp.solver_options.items():
+        try:
+            SolverOptions(**OmegaConf.to_container(options))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"experiment.solver_options.{name}", str(error)) from None
+
+
+def run_name(model: str, sigma: float, seed: int) -> str:
+    return f"{model}/sigma{sigma}-seed{seed}"
+
+
+def model_path(work: Path, model: str, sigma: float, seed: int) -> Path:
+    return work / "models" / f"{model}-sigma{sigma}-seed{seed}.pt"
+
+
+def _architecture(exp: DictConfig, model: str) -> tuple[str, dict]:
+    """(registered model name, hyper-parameters) of a model of this experiment: one of
+    `models` with the experiment's hidden and layers, or an `extra_models` entry."""
+    extra = OmegaConf.to_container(exp.extra_models or {}).get(model)
+    if extra is None:
+        return model, {"hidden": exp.hidden, "layers": exp.layers}
+    return extra.pop("name"), extra
+
+
+def _all_runs(exp: DictConfig) -> list[tuple[str, float, int]]:
+    """(model, sigma, seed) of every fit: the sweep, then each extra model at sigma 0 and the
+    first seed."""
+    sweep = [(m, float(s), int(k)) for m in exp.models for s in exp.noise for k in exp.seeds]
+    return sweep + [(m, 0.0, int(exp.seeds[0])) for m in exp.extra_models or {}]
+
+
+def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out: str,
+            work: str) -> dict:
+    """Fit one model (in a worker process) and write its run file and model file."""
+    torch.set_num_threads(1)
+    exp = OmegaConf.create(exp)
+    data = load_dataset(data_path)
+    torch.manual_seed(seed)
+    kind, hparams = _architecture(exp, model)
+    net = build_model(kind, 2, 2, **hparams)
+    result = fit(net, data, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
+                 target_noise_sigma=sigma, seed=seed, patience=exp.patience)
     z_test, _ = data.sequences("test")
+    certificate = certify_model(net, torch.from_numpy(z_test[:512]))
+    save_model(model_path(Path(work), model, sigma, seed), net, data)
+    constrained = getattr(net, "constrained", None)
+    every = max(1, len(result.history) // HISTORY_ROWS)
+    record = {
+        "model": model, "kind": kind, "noise_sigma": sigma, "seed": seed,
+        "layers": int(hparams.get("layers", 1)), "hidden": int(hparams["hidden"]),
+        "epochs": len(result.history), "params": sum(p.numel() for p in net.parameters()),
+        "test_mse": result.test_mse, "train_mse": result.history[-1]["train_mse"],
+        "val_mse": result.history[-1]["val_mse"], "best_epoch": result.best_epoch,
+        "lipschitz_upper": certificate.upper, "lipschitz_lower": certificate.lower,
+        "min_constrained_weight": (min(float(w.min()) for w in constrained())
+                                   if constrained else None),
+        "train_seconds": round(result.seconds, 1),
+        "history": result.history[::every] + ([result.history[-1]]
+                                              if (len(result.history) - 1) % every else []),
+    }
+    path = Path(out) / "runs" / f"{run_name(model, sigma, seed)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    return record
+
+
+def fit_models(exp: DictConfig, out: Path, work: Path) -> None:
+    """Every model x sigma x seed whose run file is missing, `exp.jobs` processes at once."""
+    data_path = work / "cstr.npz"
+    if not data_path.is_file():
+        save_dataset(generate(rk4_step, seed=exp.data_seed, **OmegaConf.to_container(exp.data)),
+                     data_path)
+    data = load_dataset(data_path)
+    print(f"data: {len(data.x0)} rows ({len(data.rows('train'))} train, "
+          f"{len(data.rows('val'))} val, {len(data.rows('test'))} test)", flush=True)
+    runs = _all_runs(exp)
+    todo = [r for r in runs if not ((out / "runs" / f"{run_name(*r)}.json").is_file()
+                                    and model_path(work, *r).is_file())]
+    print(f"models: {len(runs) - len(todo)} of {len(runs)} runs already done", flush=True)
+    settings = OmegaConf.to_container(exp, resolve=True)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=exp.jobs) as pool:
+        futures = [pool.submit(fit_run, settings, *r, str(data_path), str(out), str(work))
+                   for r in todo]
+        for done, future in enumerate(as_completed(futures), 1):
+            r = future.result()
+            print(f"[{done}/{len(todo)}, {time.perf_counter() - started:.0f} s] {r['model']} "
+                  f"sigma {r['noise_sigma']} seed {r['seed']}: test MSE {r['test_mse']:.2e}, "
+                  f"train MSE {r['train_mse']:.2e}, upper {r['lipschitz_upper']:.3g}, "
+                  f"{r['train_seconds']:.0f} s", flush=True)
+
+
+def _runs(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*.json"))]
+
+
+def _std(values: np.ndarray) -> float:
+    """Sample standard deviation (NaN for one value)."""
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def summarize(runs: Iterable[dict]) -> list[dict]:
+    """models.csv rows: per model and sigma, mean and std (ddof 1) over seeds of the clean
+    test MSE and final noisy train MSE; medians of the certificates and fit times."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["model"], run["noise_sigma"]), []).append(run)
     rows = []
-    for name in exp.models:
-        for noise in exp.noise:
-            model = build_model(name, 2, 2, hidden=exp.hidden)
-            result = fit(model, data, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
-                         target_noise_sigma=noise, seed=exp.seed, patience=exp.patience)
-            certificate = certify_model(model, torch.from_numpy(z_test[:512]))
-            save_model(work / f"{name}-noise{noise}.pt", model, data)
-            rows.append({"model": name, "noise_sigma": noise, "test_mse": result.test_mse,
-                         "lipschitz_upper": certificate.upper,
-                         "lipschitz_lower": certificate.lower,
-                         "params": sum(p.numel() for p in model.parameters()),
-                         "train_seconds": round(result.seconds, 2)})
-            print(f"fit {name} noise {noise}: test MSE {result.test_mse:.5f}, "
-                  f"upper {certificate.upper:.3g}, lower {certificate.lower:.3g}", flush=True)
+    for (model, sigma), group in sorted(groups.items()):
+        test = np.array([r["test_mse"] for r in group])
+        train = np.array([r["train_mse"] for r in group])
+        rows.append({
+            "model": model, "layers": group[0]["layers"], "hidden": group[0]["hidden"],
+            "epochs": group[0]["epochs"], "noise_sigma": sigma, "seeds": len(group),
+            "test_mse_mean": float(test.mean()), "test_mse_std": _std(test),
+            "train_mse_mean": float(train.mean()), "train_mse_std": _std(train),
+            "lipschitz_upper": float(np.median([r["lipschitz_upper"] for r in group])),
+            "lipschitz_lower": float(np.median([r["lipschitz_lower"] for r in group])),
+            "train_seconds": float(np.median([r["train_seconds"] for r in group])),
+        })
     return rows
+
+
+def plot_robustness(rows: list[dict], path: Path) -> None:
+    """Clean test MSE against the training-target noise, mean +- std over seeds, per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        if len(mine) < 2:  # a model fitted at one noise level only (an extra model)
+            continue
+        sigma = [float(r["noise_sigma"]) for r in mine]
+        mean = np.array([float(r["test_mse_mean"]) for r in mine])
+        std = np.nan_to_num(np.array([float(r["test_mse_std"]) for r in mine]))
+        ax.errorbar(sigma, mean, yerr=std, marker="o", capsize=3, label=model)
+    ax.set_yscale("log")
+    ax.set_xlabel("noise std on scaled training targets")
+    ax.set_ylabel("test MSE (clean targets, scaled)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(out: Path) -> None:
+    """models.csv and robustness.png from out/runs/ alone."""
+    rows = summarize(_runs(out))
+    write_csv(out / "models.csv", rows)
+    plot_robustness([{k: str(v) for k, v in r.items()} for r in read_csv(out / "models.csv")],
+                    out / "robustness.png")
+
+
+def _mpc_models(exp: DictConfig, work: Path) -> dict:
+    """Controller name -> the process model it plans on (None: the plant's own ODE)."""
+    seed = int(exp.seeds[0])
+    return {FIRST_PRINCIPLES: None,
+            **{m: load_model(model_path(work, m, 0.0, seed))
+               for m in [*exp.models, *(exp.extra_models or {})]}}
+
+
+def _solver(exp: DictConfig, option: str) -> SolverOptions:
+    return SolverOptions(**OmegaConf.to_container(exp.solver_options[option]))
+
+
+def _own_solver(exp: DictConfig, model: str) -> SolverOptions:
+    """The options a controller runs with in the closed-loop and budget stages: its entry in
+    `experiment.solver`, else the `default` entry."""
+    return _solver(exp, exp.solver.get(model, exp.solver.default))
 
 
 def run_controllers(exp: DictConfig, work: Path) -> tuple[list[dict], dict]:
     """Every controller from every start, with and without measurement noise."""
     rows, paths = [], {}
-    names = [FIRST_PRINCIPLES, *exp.models]
-    for horizon in exp.horizons:
-        for name in names if horizon == exp.horizons[0] else [FIRST_PRINCIPLES, "iclrnn"]:
-            trained = None if name == FIRST_PRINCIPLES else load_model(work / f"{name}-noise0.0.pt")
-            controller = cstr_mpc(trained, horizon=horizon)
+    for name, trained in _mpc_models(exp, work).items():
+        for horizon in exp.horizons:
+            controller = cstr_mpc(trained, horizon=horizon, solver=_own_solver(exp, name))
             for noisy in (False, True):
                 noise = list(exp.measurement_noise_std) if noisy else [0.0, 0.0]
                 for start in PUBLISHED_STARTS:
                     trajectory, m = cstr_closed_loop(controller, start, exp.steps,
-                                                     obs_noise_std=noise, seed=exp.seed)
+                                                     obs_noise_std=noise, seed=exp.seeds[0])
                     if horizon == exp.horizons[0] and not noisy:
                         paths[(name, start)] = np.array([i["state"] for i in trajectory.infos])
                     rows.append({"model": name, "horizon": horizon,
@@ -78,6 +283,67 @@ def run_controllers(exp: DictConfig, work: Path) -> tuple[list[dict], dict]:
     return rows, paths
 
 
+def solve_times(exp: DictConfig, work: Path) -> list[dict]:
+    """Per model, horizon and solver option: solve ms over closed loops from every start, the
+    MPCs built one after another in this process and measured from the same starts."""
+    rows = []
+    models = {name: trained for name, trained in _mpc_models(exp, work).items()
+              if name in exp.solve_time_models}
+    for horizon in exp.horizons:
+        for option in exp.solver_options:
+            for name, trained in models.items():
+                started = time.perf_counter()
+                controller = cstr_mpc(trained, horizon=horizon, solver=_solver(exp, option))
+                build = time.perf_counter() - started
+                times, reached, failures = [], [], 0
+                for start in PUBLISHED_STARTS:
+                    _, m = cstr_closed_loop(controller, start, exp.solve_time_steps,
+                                            seed=exp.seeds[0])
+                    times += [1e3 * s.solve_time for s in controller.stats]
+                    reached.append(m.reached_step)
+                    failures += m.fallbacks
+                size = ("" if trained is None else
+                        f"{trained.model.hparams['layers']}x{trained.model.hparams['hidden']}")
+                rows.append({"model": name, "size": size, "horizon": horizon, "options": option,
+                             "solve_ms_median": float(np.median(times)),
+                             "solve_ms_p95": float(np.percentile(times, 95)),
+                             "build_seconds": round(build, 2), "failures": failures,
+                             "reached_all": all(r is not None for r in reached)})
+                print(f"solve time {name} N={horizon} {option}: median "
+                      f"{rows[-1]['solve_ms_median']:.1f} ms, build {build:.1f} s", flush=True)
+    for row in rows:
+        same = [r for r in rows if r["model"] == FIRST_PRINCIPLES
+                and r["horizon"] == row["horizon"]]
+        own = next(r for r in same if r["options"] == row["options"])
+        row["ratio_to_first_principles_same_options"] = (row["solve_ms_median"]
+                                                         / own["solve_ms_median"])
+        row["ratio_to_fastest_first_principles"] = (
+            row["solve_ms_median"] / min(r["solve_ms_median"] for r in same))
+    return rows
+
+
+def budgeted_runs(exp: DictConfig, work: Path) -> list[dict]:
+    """Closed loops whose solves are cut at a wall-clock budget (IPOPT's max_wall_time); a
+    solve that does not finish inside it applies the fallback (the shifted previous plan)."""
+    rows = []
+    for budget_ms in exp.budget_ms:
+        for name, trained in _mpc_models(exp, work).items():
+            controller = cstr_mpc(trained, horizon=exp.horizons[0],
+                                  solver=_own_solver(exp, name),
+                                  ipopt_options={"max_wall_time": budget_ms / 1e3})
+            for start in PUBLISHED_STARTS:
+                _, m = cstr_closed_loop(controller, start, exp.steps, seed=exp.seeds[0])
+                rows.append({"model": name, "budget_ms": budget_ms, "start_CA": start[0],
+                             "start_T": start[1], "steps": exp.steps,
+                             "steps_solved": exp.steps - m.fallbacks,
+                             "reached": m.reached_step is not None,
+                             "reached_step": m.reached_step, "cost": m.integrated_cost})
+                print(f"budget {budget_ms} ms {name} start {start}: solved "
+                      f"{rows[-1]['steps_solved']}/{exp.steps}, reached {m.reached_step}",
+                      flush=True)
+    return rows
+
+
 def _ellipse(matrix: np.ndarray, level: float) -> np.ndarray:
     """Points [2, 200] of the boundary {x' M x = level}."""
     angle = np.linspace(0, 2 * np.pi, 200)
@@ -85,7 +351,7 @@ def _ellipse(matrix: np.ndarray, level: float) -> np.ndarray:
     return np.sqrt(level) * np.linalg.solve(np.linalg.cholesky(matrix).T, circle)
 
 
-def plot(paths: dict, out: Path) -> None:
+def plot(paths: dict, horizon: int, out: Path) -> None:
     """Closed-loop state paths from every start, one panel per controller."""
     names = list(dict.fromkeys(name for name, _ in paths))
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), sharey=True)
@@ -97,7 +363,7 @@ def plot(paths: dict, out: Path) -> None:
         for (model, _), states in paths.items():
             if model == name:
                 ax.plot(states[:, 0], states[:, 1], ".-", ms=3, lw=1)
-        ax.set_title(f"{name} MPC (N=2)", fontsize=9)
+        ax.set_title(f"{name} MPC (N={horizon})", fontsize=9)
         ax.set_xlabel("CA - CAs")
     np.atleast_1d(axes)[0].set_ylabel("T - Ts")
     np.atleast_1d(axes)[0].legend(fontsize=7)
@@ -110,13 +376,22 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model_rows = fit_models(exp, work)
-    write_csv(out / "models.csv", model_rows)
-    loop_rows, paths = run_controllers(exp, work)
-    write_csv(out / "closed_loop.csv", loop_rows)
-    plot(paths, out / "closed_loop.png")
+    if "models" in exp.stages:
+        fit_models(exp, out, work)
+        report(out)
+    if "closed_loop" in exp.stages:
+        loop_rows, paths = run_controllers(exp, work)
+        write_csv(out / "closed_loop.csv", loop_rows)
+        plot(paths, exp.horizons[0], out / "closed_loop.png")
+    if "solve_time" in exp.stages:
+        rows = solve_times(exp, work)
+        write_csv(out / "solve_time.csv", rows)
+        Path(exp.solve_time_file).write_text(json.dumps(rows, indent=1) + "\n")
+    if "budget" in exp.stages:
+        write_csv(out / "budget.csv", budgeted_runs(exp, work))
     summary = {"settings": OmegaConf.to_container(exp, resolve=True),
                "machine": {"processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "wall_seconds": round(time.perf_counter() - started, 1)}
+                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "torch": torch.__version__},
+               "wall_seconds": round(time.perf_counter() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

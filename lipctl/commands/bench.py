@@ -8,15 +8,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench import lipschitz_bc, planning, variant_sweep
+from lipctl.bench import cstr_mpc, lipschitz_bc, planning, variant_sweep
 from lipctl.bench.variant_sweep import run_overrides, seeds_of
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
 
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_regulariser_strength",
           "gail_lipschitz", "gail_lipschitz_paper")
-EXPERIMENTS = ("cstr_mpc", "lipschitz_bc", "planning", *SWEEPS)
-REPLOTTABLE = ("lipschitz_bc", "planning", *SWEEPS)  # tables and figures rebuild from out/runs/
+CSTR = ("cstr_mpc", "cstr_mpc_fast", "cstr_mpc_paper")
+EXPERIMENTS = (*CSTR, "lipschitz_bc", "planning", *SWEEPS)
+REPLOTTABLE = (*CSTR, "lipschitz_bc", "planning", *SWEEPS)  # tables, figures from out/runs/
 
 
 def known_variants() -> list[str]:
@@ -67,25 +68,24 @@ def validate(cfg: DictConfig) -> None:
         lipschitz_bc.validate(cfg.experiment)
     if cfg.experiment.name == "planning" and not cfg.replot:
         planning.validate(cfg.experiment)
-    if cfg.experiment.name == "cstr_mpc":
-        for key in ("hidden", "epochs", "steps", "patience", "batch_size"):
-            require_number(cfg, f"experiment.{key}", 1, integer=True)
-        if min(cfg.experiment.horizons) < 1:
-            raise ConfigError("experiment.horizons", "every horizon must be >= 1")
+    if cfg.experiment.name in CSTR:
+        cstr_mpc.validate(cfg)
 
 
 def bench(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     if cfg.replot:
-        if cfg.experiment.name in ("lipschitz_bc", "planning"):
+        if cfg.experiment.name in CSTR:
+            cstr_mpc.report(Path(cfg.out))
+        elif cfg.experiment.name in ("lipschitz_bc", "planning"):
             {"lipschitz_bc": lipschitz_bc, "planning": planning}[cfg.experiment.name].report(
                 Path(cfg.out))
         else:
             variant_sweep.report(cfg.experiment, Path(cfg.out))
         print(f"tables and figures rebuilt from {cfg.out}/runs/")
         return
-    if cfg.experiment.name == "cstr_mpc":
-        from lipctl.bench.cstr_mpc import run_benchmark
+    if cfg.experiment.name in CSTR:
+        run_benchmark = cstr_mpc.run_benchmark
     elif cfg.experiment.name == "lipschitz_bc":
         run_benchmark = lipschitz_bc.run_benchmark
     elif cfg.experiment.name == "planning":
