@@ -15,12 +15,21 @@ FIRST_PRINCIPLES = "first_principles"  # MPC on the plant's own ODE
 PUBLISHED_STARTS = ((1.5, -70.0), (-1.5, 70.0), (-1.25, 50.0), (1.25, -50.0))
 
 
+def recommended_solver(trained: TrainedModel | None) -> SolverOptions:
+    """The faster build for the model kind, as measured by `bench experiment=cstr_mpc`
+    (results/mpc_solve_time.json): a scalar graph for the plant's small ODE, a matrix graph for
+    a network, whose dense weight products it evaluates as matrix kernels."""
+    return SolverOptions(symbolic="SX" if trained is None else "MX")
+
+
 def cstr_mpc(trained: TrainedModel | None = None, horizon: int = 2,
              contraction: bool = True, strict: bool = False,
-             solver: SolverOptions = SolverOptions(),
+             solver: SolverOptions | None = None,
              ipopt_options: dict | None = None) -> MPC:
     """LMPC on the plant's own ODE (`trained=None`) or on a fitted process model, built and
-    solved as `solver` says; a strict one raises SolveFailed when IPOPT finds no solution."""
+    solved as `solver` says (default: `recommended_solver`); a strict one raises SolveFailed
+    when IPOPT finds no solution."""
+    solver = solver or recommended_solver(trained)
     model = rk4_step if trained is None else casadi_model(trained, symbolic=solver.symbolic)
     return MPC(model, horizon=horizon, contraction=contraction, strict=strict, solver=solver,
                ipopt_options=ipopt_options)

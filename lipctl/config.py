@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.cli import USAGE_EXIT_CODE
+from lipctl.control.mpc import SolverOptions
 from lipctl.envs import UnknownEnvError
 from lipctl.envs.demos import DemosError
 from lipctl.extras import LAUNCHER_EXTRAS, MissingExtra, require_extra
@@ -181,3 +182,15 @@ def instantiate_settings(cfg: DictConfig, key: str) -> object:
             raise
         name, _, message = str(error.__cause__).partition(" ")
         raise ConfigError(f"{key}.{name}", message) from None
+
+
+def solver_options(cfg: DictConfig, key: str) -> SolverOptions | None:
+    """The MPC solver options at `key` (a mapping of SolverOptions fields), None where unset;
+    an unknown field or a bad value is a ConfigError naming `key`."""
+    node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if node is None:
+        return None
+    try:
+        return SolverOptions(**OmegaConf.to_container(node))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(key, str(error).removeprefix("SolverOptions.__init__() ")) from None

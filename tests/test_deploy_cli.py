@@ -142,6 +142,8 @@ def test_users_mistakes_are_one_line_and_exit_code_2(files):
         (["deploy", "plant=opcua", "plant.url=opc.tcp://127.0.0.1:9/none"], "unavailable"),
         (["plant"], "missing action; choose from serve"),
         (["plant", "serve", "host=0.0.0.0"], "non-loopback host"),
+        (["deploy", "controller=mpc", "controller.solver={hessian:newton}"],
+         "controller.solver: hessian must be one of"),
     ]
     for args, expected in cases:
         assert_user_error(lipctl(*args, cwd=files, timeout=120), expected)

@@ -35,7 +35,10 @@ def test_first_principles_mpc_reaches_the_target(workdir):
 def test_mpc_on_a_fitted_model_runs_the_closed_loop(fitted):
     result = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=3", cwd=fitted,
                     check=True)
-    assert "iclrnn MPC, horizon 2" in result.stdout
+    assert "iclrnn MPC, horizon 2 (MX graph, exact Hessian)" in result.stdout
+    chosen = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=2",
+                    "solver={symbolic:SX,hessian:limited-memory}", cwd=fitted, check=True)
+    assert "(SX graph, limited-memory Hessian)" in chosen.stdout
 
 
 def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
@@ -53,6 +56,8 @@ def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
         (["mpc", "model=iclrnn", "model_file=other_plant.pt"], "model_file:"),
         (["mpc", "model=iclrnn", "model_file=garbage.pt"], "model_file:"),
         (["mpc", "start=[1.0]"], "start: must hold 2 numbers"),
+        (["mpc", "solver={symbolic:XX}"], "solver: symbolic must be one of"),
+        (["mpc", "solver={jit:true,fast:1}"], "solver: got an unexpected keyword argument 'fast'"),
         (["fit", "model=nosuch"], "model/nosuch"),
         (["fit", "data=nonfinite.npz", "out=x.pt"], "non-finite"),
         (["fit", "data=missing.npz"], "data file not found"),

@@ -143,7 +143,7 @@ def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out:
         "test_mse": result.test_mse, "train_mse": result.history[-1]["train_mse"],
         "val_mse": result.history[-1]["val_mse"], "best_epoch": result.best_epoch,
         "lipschitz_upper": certificate.upper, "lipschitz_lower": certificate.lower,
-        "min_constrained_weight": (min(float(w.min()) for w in constrained())
+        "min_constrained_weight": (min(float(w.detach().min()) for w in constrained())
                                    if constrained else None),
         "train_seconds": round(result.seconds, 1),
         "history": result.history[::every] + ([result.history[-1]]

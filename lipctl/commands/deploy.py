@@ -22,6 +22,7 @@ from lipctl.config import (
     instantiate_settings,
     require_choice,
     require_number,
+    solver_options,
     user_errors,
 )
 from lipctl.control.cstr_closed_loop import cstr_mpc
@@ -76,6 +77,7 @@ def validate(cfg: DictConfig) -> None:
             raise CheckpointError(f"checkpoint not found: {cfg.checkpoint}")
     if controller in CSTR_CONTROLLERS:
         require_number(cfg, "controller.horizon", 1, integer=True)
+        solver_options(cfg, "controller.solver")
     if controller == "planner":
         instantiate_settings(cfg, "controller.planner")
     require_number(cfg, "steps", 1, integer=True)
@@ -117,7 +119,8 @@ def build_controller(cfg: DictConfig, network: Network | None) -> tuple[Controll
         return build_planner(parts, settings, cfg.controller.terminal_value,
                              cfg.controller.proposal), parts.env_id
     trained = None if network is None else network.trained
-    controller = cstr_mpc(trained, cfg.controller.horizon, cfg.controller.contraction, strict=True)
+    controller = cstr_mpc(trained, cfg.controller.horizon, cfg.controller.contraction, strict=True,
+                          solver=solver_options(cfg, "controller.solver"))
     return controller, None if network is None else network.env_id
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.config import ConfigError, require_number, solver_options, user_errors
 from lipctl.control.cstr_closed_loop import FIRST_PRINCIPLES, cstr_closed_loop, cstr_mpc
 from lipctl.control.models import MODELS, TrainedModel, load_model
 
@@ -27,6 +27,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, f"must hold 2 numbers [CA, T], got {list(cfg[key])}")
         for i in range(2):
             require_number(cfg, f"{key}.{i}", 0 if key != "start" else None)
+    solver_options(cfg, "solver")
 
 
 def read_model(path: str) -> TrainedModel:
@@ -40,11 +41,14 @@ def read_model(path: str) -> TrainedModel:
 def closed_loop(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     trained = None if cfg.model.name == FIRST_PRINCIPLES else read_model(cfg.model_file)
-    controller = cstr_mpc(trained, cfg.horizon, cfg.contraction)
+    controller = cstr_mpc(trained, cfg.horizon, cfg.contraction,
+                          solver=solver_options(cfg, "solver"))
     _, metrics = cstr_closed_loop(controller, cfg.start, cfg.steps, cfg.obs_noise_std,
                                   cfg.disturbance_std, cfg.seed)
     reached = "never" if metrics.reached_step is None else f"at step {metrics.reached_step}"
-    print(f"{cfg.model.name} MPC, horizon {cfg.horizon}, start {list(cfg.start)}: target reached "
+    print(f"{cfg.model.name} MPC, horizon {cfg.horizon} ({controller.options.symbolic} graph, "
+          f"{controller.options.hessian} Hessian{', JIT' if controller.options.jit else ''}), "
+          f"start {list(cfg.start)}: target reached "
           f"{reached}; cost {metrics.integrated_cost:.4g}; solve {metrics.solve_ms_median:.1f} ms "
           f"median, {metrics.solve_ms_p95:.1f} ms p95; fallbacks {metrics.fallbacks}; "
           f"input-bound violations {metrics.bound_violations}")
