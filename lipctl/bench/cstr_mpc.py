@@ -114,10 +114,11 @@ def _architecture(exp: DictConfig, model: str) -> tuple[str, dict]:
 
 
 def _all_runs(exp: DictConfig) -> list[tuple[str, float, int]]:
-    """(model, sigma, seed) of every fit: the sweep, then each extra model at sigma 0 and the
-    first seed."""
+    """(model, sigma, seed) of every fit: the sweep and each extra model at sigma 0 and the
+    first seed, the models the MPC stages use (sigma 0, first seed) first."""
     sweep = [(m, float(s), int(k)) for m in exp.models for s in exp.noise for k in exp.seeds]
-    return sweep + [(m, 0.0, int(exp.seeds[0])) for m in exp.extra_models or {}]
+    first = [(m, 0.0, int(exp.seeds[0])) for m in [*exp.models, *(exp.extra_models or {})]]
+    return first + [run for run in sweep if run not in first]
 
 
 def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out: str,
