@@ -120,6 +120,22 @@ def test_target_noise_is_applied_and_the_clean_fit_survives_it(data):
     assert result.test_mse < 0.1
 
 
+def _certificate_checked_on_sampled_pairs(model: torch.nn.Module, inputs: torch.Tensor,
+                                          seed: int):
+    """The model's certificate, asserted to lie above its sampled lower bound and above the
+    ratio of 4000 random input pairs (half of them 1e-2 apart)."""
+    certificate = certify_model(model, inputs[:128], pairs=64, steps=50)
+    z1, z2 = _random_pairs(4000, seed=seed)
+    z2 = z1 + torch.where(torch.arange(4000)[:, None, None] % 2 == 0, 1e-2, 1.0) * (z2 - z1)
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        ratios = (torch.linalg.vector_norm(net(z1) - net(z2), dim=(1, 2))
+                  / torch.linalg.vector_norm(z1 - z2, dim=(1, 2)))
+    assert 0 < certificate.lower <= certificate.upper
+    assert ratios.max() <= certificate.upper
+    return certificate
+
+
 @pytest.fixture(scope="module")
 def stacked(data):
     """A 2-layer ICLRNN and a 2-layer RNN trained without early stopping."""
@@ -149,15 +165,7 @@ def test_stacked_iclrnn_is_convex_non_negative_and_capped(stacked):
 @pytest.mark.parametrize("name", ["iclrnn", "rnn"])
 def test_stacked_certificate_holds_on_sampled_pairs(stacked, held_out_inputs, name):
     model = stacked[name][0]
-    certificate = certify_model(model, held_out_inputs[:128], pairs=64, steps=50)
-    z1, z2 = _random_pairs(4000, seed=2)
-    z2 = z1 + torch.where(torch.arange(4000)[:, None, None] % 2 == 0, 1e-2, 1.0) * (z2 - z1)
-    net = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        ratios = (torch.linalg.vector_norm(net(z1) - net(z2), dim=(1, 2))
-                  / torch.linalg.vector_norm(z1 - z2, dim=(1, 2)))
-    assert 0 < certificate.lower <= certificate.upper
-    assert ratios.max() <= certificate.upper
+    certificate = _certificate_checked_on_sampled_pairs(model, held_out_inputs, seed=2)
     # the composed bound is no looser than the product of the two cells' own bounds
     weights = model.recurrent_weights()
     product = float(torch.linalg.matrix_norm(weights.output, ord=2))
@@ -174,15 +182,7 @@ def test_sequence_gain_matches_hand_computed_norms():
 @pytest.mark.parametrize("name", ["iclrnn", "icrnn", "rnn"])
 def test_certified_bound_holds_on_sampled_pairs(trained, held_out_inputs, name):
     model = trained[name][0]
-    certificate = certify_model(model, held_out_inputs[:128], pairs=64, steps=50)
-    z1, z2 = _random_pairs(4000, seed=1)
-    z2 = z1 + torch.where(torch.arange(4000)[:, None, None] % 2 == 0, 1e-2, 1.0) * (z2 - z1)
-    net = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        ratios = (torch.linalg.vector_norm(net(z1) - net(z2), dim=(1, 2))
-                  / torch.linalg.vector_norm(z1 - z2, dim=(1, 2)))
-    assert 0 < certificate.lower <= certificate.upper
-    assert ratios.max() <= certificate.upper
+    certificate = _certificate_checked_on_sampled_pairs(model, held_out_inputs, seed=1)
     if name == "iclrnn":
         assert certificate.upper <= 2**0.5 * sequence_gain(torch.eye(1), 10)
 
