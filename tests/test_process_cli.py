@@ -26,6 +26,14 @@ def fitted(tmp_path_factory):
     return folder
 
 
+def test_fit_without_early_stopping_runs_every_epoch_of_a_stacked_model(fitted):
+    result = lipctl("fit", "model=icrnn", "data=cstr.npz", "out=stacked.pt", "epochs=3",
+                    "model.hidden=8", "model.layers=2", "patience=null", cwd=fitted, check=True)
+    assert "best epoch 3" in result.stdout
+    saved = torch.load(fitted / "stacked.pt", weights_only=True)
+    assert saved["hparams"]["layers"] == 2 and "W.1" in saved["state_dict"]
+
+
 def test_first_principles_mpc_reaches_the_target(workdir):
     result = lipctl("mpc", "model=first_principles", "steps=20", cwd=workdir, check=True)
     assert "target reached at step" in result.stdout
