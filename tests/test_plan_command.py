@@ -128,6 +128,7 @@ def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp
     with (out / "speed.csv").open(newline="") as f:
         (speed,) = csv.DictReader(f)
     assert speed["samples"] == "64" and speed["horizon"] == "2" and float(speed["ms_median"]) > 0
+    assert json.loads((out / "bench_pendulum.json").read_text())["settings"]["seeds"] == [0]
     before = (out / "summary.csv").read_text()
     (out / "summary.csv").unlink()
     (out / "planning.png").unlink()

@@ -7,7 +7,8 @@ folder of `lipctl bench experiment=mbpo_vs_ensemble`). Every controller of a che
 the same initial states (episode seeds) and sees the same noise draws. Writes, under the output
 folder: runs/<env>/<variant>/seed<k>.csv (one row per controller x horizon x noise), and from
 those files alone (`report`, also `replot=true`) summary.csv and planning.png; speed.csv (planning
-ms per step against the number of samples at the largest horizon); bench.json.
+ms per step against the number of samples at the largest horizon); bench_<envs>.json (the
+settings, machine and wall time of the invocation that planned those envs).
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                          "cpu_count": os.cpu_count(), "processes": exp.jobs,
                          "torch_threads_per_process": 1, "torch": torch.__version__},
              "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+    (out / f"bench_{'_'.join(exp.episodes)}.json").write_text(json.dumps(bench, indent=2) + "\n")
     for row in summary:
         print(f"{row['env']:<18} {row['variant']:<28} {row['controller']:<10} H={row['horizon']} "
               f"noise {row['obs_noise']:g}: return IQM {row['return_iqm']:.1f} "
