@@ -97,11 +97,13 @@ class SolveFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class SolveStats:
-    """One MPC step: solver wall time (s), IPOPT's return status, whether a fallback was applied."""
+    """One MPC step: solver wall time (s), IPOPT's return status, whether a fallback was applied
+    and IPOPT's iteration count (0 where no solve ran)."""
 
     solve_time: float
     status: str
     fallback: bool
+    iterations: int = 0
 
 
 def _shift(rows: np.ndarray) -> np.ndarray:
@@ -192,11 +194,12 @@ class MPC:
         start = time.perf_counter()
         if np.all(np.isfinite(x)):
             status, scaled = self._solve(x, shifted)
+            iterations = int(self._solver.stats().get("iter_count", 0))
         else:
-            status, scaled = "Non_Finite_Observation", None
+            status, scaled, iterations = "Non_Finite_Observation", None, 0
         solve_time = time.perf_counter() - start
         self.plan = shifted if scaled is None else self._center + self._scale * scaled
-        self.stats.append(SolveStats(solve_time, status, fallback=scaled is None))
+        self.stats.append(SolveStats(solve_time, status, scaled is None, iterations))
         if self.strict and scaled is None:
             raise SolveFailed(status)
         return self._rest.copy() if self.plan is None else self.plan[0].copy()

@@ -177,3 +177,12 @@ def test_bad_solver_options_are_value_errors():
         SolverOptions(symbolic="sx")
     with pytest.raises(ValueError, match="hessian must be one of"):
         SolverOptions(hessian="bfgs")
+
+
+def test_solve_stats_count_ipopt_iterations(lmpc):
+    lmpc.reset()
+    lmpc.act(np.array(STARTS[0]))
+    lmpc.act(np.array([np.nan, 0.0]))
+    solved, skipped = lmpc.stats
+    assert 1 <= solved.iterations <= 100 and not solved.fallback
+    assert skipped.iterations == 0 and skipped.fallback

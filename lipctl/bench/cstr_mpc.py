@@ -296,11 +296,12 @@ def solve_times(exp: DictConfig, work: Path) -> list[dict]:
                 started = time.perf_counter()
                 controller = cstr_mpc(trained, horizon=horizon, solver=_solver(exp, option))
                 build = time.perf_counter() - started
-                times, reached, failures = [], [], 0
+                times, iterations, reached, failures = [], [], [], 0
                 for start in PUBLISHED_STARTS:
                     _, m = cstr_closed_loop(controller, start, exp.solve_time_steps,
                                             seed=exp.seeds[0])
                     times += [1e3 * s.solve_time for s in controller.stats]
+                    iterations += [s.iterations for s in controller.stats]
                     reached.append(m.reached_step)
                     failures += m.fallbacks
                 size = ("" if trained is None else
@@ -308,6 +309,8 @@ def solve_times(exp: DictConfig, work: Path) -> list[dict]:
                 rows.append({"model": name, "size": size, "horizon": horizon, "options": option,
                              "solve_ms_median": float(np.median(times)),
                              "solve_ms_p95": float(np.percentile(times, 95)),
+                             "iterations_median": float(np.median(iterations)),
+                             "ms_per_iteration": float(np.sum(times) / max(1, np.sum(iterations))),
                              "build_seconds": round(build, 2), "failures": failures,
                              "reached_all": all(r is not None for r in reached)})
                 print(f"solve time {name} N={horizon} {option}: median "
