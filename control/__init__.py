@@ -1,6 +1,5 @@
 """Controllers, process models, MPC and the one closed-loop runner."""
 
-from lipctl.control.cstr_metrics import CSTRMetrics, cstr_metrics, reached_step
 from lipctl.control.loop import (
     Controller,
     NoisyMeasurements,
@@ -10,18 +9,19 @@ from lipctl.control.loop import (
     run,
 )
 from lipctl.control.mpc import MPC, SolveFailed, SolverOptions, SolveStats
+from lipctl.control.process_metrics import ProcessMetrics, process_metrics, reached_step
 
 __all__ = [
     "MPC",
-    "CSTRMetrics",
     "Controller",
     "NoisyMeasurements",
+    "ProcessMetrics",
     "SolveFailed",
     "SolveStats",
     "SolverOptions",
     "TimedController",
     "Trajectory",
-    "cstr_metrics",
+    "process_metrics",
     "reached_step",
     "returns",
     "run",

@@ -1,17 +1,20 @@
-"""Lyapunov-based MPC (LMPC) on any discrete-time CasADi model, built once, solved by IPOPT.
+"""MPC of any process on any discrete-time CasADi model, built once, solved by IPOPT.
 
-Problem, for the measured state x and horizon N (single shooting, inputs as decision variables):
+Problem, for the measured state x, the reference (x_r, u_r) and horizon N (single shooting,
+inputs as decision variables), with the process's stage cost (lipctl.envs.process):
 
-    min  sum_{j=1..N} x_j' Qx x_j + u_{j-1}' Ru u_{j-1}
+    min  sum_{j=1..N} (x_j - x_r)' Qx (x_j - x_r) + (u_{j-1} - u_r)' Ru (u_{j-1} - u_r)
     s.t. x_0 = x,  x_j = model(x_{j-1}, u_{j-1}),  low <= u_j <= high,
          V(x_j) <= max(V(x), rho_min)  for j = 1..N            (if contraction is on)
 
-The contraction constraint is the usual two-mode LMPC in one expression: outside the level set
-{V <= rho_min} the Lyapunov function may not increase along the plan; inside it the plan stays
-in it. rho_min defaults to the largest level set inside the CSTR's target ellipse, so the
-constraint is feasible at (and near) the steady state, where V(x) -> 0 would ask the impossible.
-Inputs are optimised scaled to [-1, 1] (Q spans 1e6 kJ/h, CA0 7 kmol/m3) and the constraint is
-normalised to V(x_j) / bound <= 1, so IPOPT sees numbers of order one.
+The contraction constraint (Lyapunov MPC, for a process with a Lyapunov function V around the
+reference) is the usual two-mode LMPC in one expression: outside the level set {V <= rho_min}
+V may not increase along the plan; inside it the plan stays in it. rho_min defaults to the
+largest level set inside the process's target ellipse, so the constraint is feasible at (and
+near) the reference, where V(x) -> 0 would ask the impossible. Inputs are optimised scaled to
+[-1, 1] (the CSTR's Q spans 1e6 kJ/h, CA0 7 kmol/m3) and the constraint is normalised to
+V(x_j) / bound <= 1, so IPOPT sees numbers of order one. The reference is a parameter of the
+problem: `set_setpoint` changes it without rebuilding.
 
 `SolverOptions` choose how the problem is built and solved: as one scalar (SX) expression graph
 or a matrix (MX) graph in which a model given as a CasADi Function stays one call node per
@@ -27,22 +30,14 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import casadi as ca
 import numpy as np
 
-from lipctl.envs.cstr import (
-    ACTION_HIGH,
-    ACTION_LOW,
-    INPUT_WEIGHTS,
-    STATE_WEIGHTS,
-    lyapunov,
-    stage_cost,
-    target_lyapunov_level,
-)
+from lipctl.envs.process import Process
 
 Model = Callable[[Any, Any], Any]
 """model(x, u) -> x_next on CasADi columns: the state one sampling period later."""
@@ -112,76 +107,85 @@ def _shift(rows: np.ndarray) -> np.ndarray:
 
 
 class MPC:
-    """Lyapunov MPC implementing the Controller protocol; see the module docstring.
+    """MPC of a process implementing the Controller protocol; see the module docstring.
 
-    `model` is called once per horizon step on CasADi SX columns while the problem is built
-    (the plant's `rk4_step` is the first-principles model); `level_min` is rho_min and
-    `ipopt_options` override DEFAULT_IPOPT. Each solve starts IPOPT from the previous plan
-    shifted by one step (its last input held). A failed solve (IPOPT reports no success, or
-    the observation is not finite) never raises from `act`: the controller applies that shifted
-    plan, or zero input when there is none since `reset`, and records a fallback in `stats`.
+    `model` is called once per horizon step on CasADi columns while the problem is built
+    (`process.step` is the first-principles model); its cost, input bounds, reference and
+    Lyapunov function come from `process`. `contraction` (default: on where the process has a
+    Lyapunov function) adds the Lyapunov constraint; `level_min` is rho_min and `ipopt_options`
+    override DEFAULT_IPOPT. Each solve starts IPOPT from the previous plan shifted by one step
+    (its last input held). A failed solve (IPOPT reports no success, or the observation is not
+    finite) never raises from `act`: the controller applies that shifted plan, or the
+    reference input when there is none since `reset`, and records a fallback in `stats`.
     `strict=True` raises SolveFailed instead (after shifting the plan, so the next solve still
     starts from it), for a runtime that applies its own fallback and logs the failure.
     `stats` and `plan` hold the current episode and are cleared by `reset`. `solver` picks
     the build and solve options (`SolverOptions`).
     """
 
-    def __init__(self, model: Model, horizon: int = 2,
-                 state_weights: Sequence[float] = STATE_WEIGHTS,
-                 input_weights: Sequence[float] = INPUT_WEIGHTS,
-                 action_low: Sequence[float] = ACTION_LOW,
-                 action_high: Sequence[float] = ACTION_HIGH,
-                 contraction: bool = True,
-                 lyapunov_fn: Callable[[Any], Any] = lyapunov,
+    def __init__(self, model: Model, process: Process, horizon: int = 2,
+                 contraction: bool | None = None, setpoint: str | None = None,
                  level_min: float | None = None,
                  ipopt_options: dict[str, Any] | None = None,
                  strict: bool = False,
                  solver: SolverOptions = SolverOptions()) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
-        low, high = np.asarray(action_low, float), np.asarray(action_high, float)
-        if low.shape != high.shape or low.ndim != 1 or not np.all(low < high):
-            raise ValueError(f"action bounds must be 1-D with low < high, got {low} and {high}")
-        self.horizon, self.contraction, self.strict = horizon, contraction, strict
+        if contraction is None:
+            contraction = process.lyapunov_matrix is not None
+        if contraction and process.lyapunov_matrix is None:
+            raise ValueError(f"process {process.name!r} has no Lyapunov function: the "
+                             "contraction constraint needs one (set contraction=false)")
+        self.process, self.horizon = process, horizon
+        self.contraction, self.strict = contraction, strict
+        low, high = process.input_low, process.input_high
         self.action_low, self.action_high = low, high
-        self.level_min = target_lyapunov_level() if level_min is None else float(level_min)
-        if contraction and self.level_min <= 0:
-            raise ValueError(f"level_min must be > 0, got {self.level_min}")
-        self._lyapunov = lyapunov_fn
+        if contraction:
+            self.level_min = (process.target_lyapunov_level() if level_min is None
+                              else float(level_min))
+            if self.level_min <= 0:
+                raise ValueError(f"level_min must be > 0, got {self.level_min}")
         self._center, self._scale = (high + low) / 2, (high - low) / 2
-        self._rest = np.clip(np.zeros(len(low)), low, high)  # zero input, inside the bounds
-        self._nx, self._nu = len(state_weights), len(low)
+        self._nx, self._nu = process.state_size, process.input_size
         self.options = solver
-        self._solver = self._build(model, state_weights, input_weights, ipopt_options or {})
+        self._solver = self._build(model, ipopt_options or {})
+        self.set_setpoint(setpoint)
         self.plan: np.ndarray | None = None  # [horizon, nu] inputs, the next one first
         self._multipliers: dict[str, np.ndarray] = {}  # lam_x0, lam_g0 of the last success
         self.stats: list[SolveStats] = []
 
-    def _build(self, model: Model, state_weights: Sequence[float],
-               input_weights: Sequence[float], ipopt_options: dict[str, Any]) -> ca.Function:
+    def set_setpoint(self, setpoint: str | None) -> None:
+        """Track the process's named operating point (None: its steady state) from now on."""
+        self.setpoint = setpoint
+        self.x_ref, self.u_ref = self.process.reference(setpoint)
+        # the input applied with no plan: the reference input, inside the bounds
+        self._rest = np.clip(self.u_ref, self.action_low, self.action_high)
+
+    def _build(self, model: Model, ipopt_options: dict[str, Any]) -> ca.Function:
         symbol = SYMBOLICS[self.options.symbolic]
         scaled = symbol.sym("v", self._nu, self.horizon)
         x0, bound = symbol.sym("x0", self._nx), symbol.sym("bound")
+        x_ref, u_ref = symbol.sym("x_ref", self._nx), symbol.sym("u_ref", self._nu)
         x, cost, constraints = x0, 0, []
         for j in range(self.horizon):
             u = self._center + self._scale * scaled[:, j]
             x = model(x, u)
             if x.shape != (self._nx, 1):
                 raise ValueError(f"model must return a state of size {self._nx}, got {x.shape}")
-            cost += stage_cost(x, u, state_weights, input_weights)
+            cost += self.process.stage_cost(x, u, x_ref, u_ref)
             if self.contraction:
-                constraints.append(self._lyapunov(x) / bound)
-        nlp = {"x": ca.vec(scaled), "p": ca.vertcat(x0, bound), "f": cost,
+                constraints.append(self.process.lyapunov(x, x_ref) / bound)
+        nlp = {"x": ca.vec(scaled), "p": ca.vertcat(x0, bound, x_ref, u_ref), "f": cost,
                "g": ca.vertcat(*constraints)}
         options = self.options.casadi_options(ipopt_options)
         try:
-            return ca.nlpsol("lmpc", "ipopt", nlp, options)
+            return ca.nlpsol("mpc", "ipopt", nlp, options)
         except RuntimeError as error:
             if not options.get("jit"):
                 raise
             warnings.warn(f"JIT compilation of the MPC failed, running it interpreted: "
                           f"{str(error).splitlines()[0]}", RuntimeWarning, stacklevel=3)
-            return ca.nlpsol("lmpc", "ipopt", nlp, {**options, "jit": False})
+            return ca.nlpsol("mpc", "ipopt", nlp, {**options, "jit": False})
 
     def reset(self) -> None:
         self.plan = None
@@ -205,13 +209,15 @@ class MPC:
         return self._rest.copy() if self.plan is None else self.plan[0].copy()
 
     def _solve(self, x: np.ndarray, guess: np.ndarray | None) -> tuple[str, np.ndarray | None]:
-        """Solve from the initial point `guess` (inputs [horizon, nu], default zero input):
-        IPOPT's status and the scaled plan, None unless it succeeded."""
+        """Solve from the initial point `guess` (inputs [horizon, nu], default the reference
+        input): IPOPT's status and the scaled plan, None unless it succeeded."""
         if guess is None:
             guess = np.tile(self._rest, (self.horizon, 1))
         start = ((guess - self._center) / self._scale).ravel()
-        bound = max(float(self._lyapunov(x)), self.level_min)
-        solution = self._solver(x0=start, p=np.append(x, bound), lbx=-1.0, ubx=1.0, ubg=1.0,
+        bound = (max(float(self.process.lyapunov(x, self.x_ref)), self.level_min)
+                 if self.contraction else 1.0)
+        parameters = np.concatenate([x, [bound], self.x_ref, self.u_ref])
+        solution = self._solver(x0=start, p=parameters, lbx=-1.0, ubx=1.0, ubg=1.0,
                                 **self._multipliers)
         stats = self._solver.stats()
         if not stats["success"]:

@@ -24,6 +24,7 @@ from lipctl.cli import USAGE_EXIT_CODE
 from lipctl.control.mpc import SolverOptions
 from lipctl.envs import UnknownEnvError
 from lipctl.envs.demos import DemosError
+from lipctl.envs.process import Process
 from lipctl.extras import LAUNCHER_EXTRAS, MissingExtra, require_extra
 
 
@@ -194,3 +195,20 @@ def solver_options(cfg: DictConfig, key: str) -> SolverOptions | None:
         return SolverOptions(**OmegaConf.to_container(node))
     except (TypeError, ValueError) as error:
         raise ConfigError(key, str(error).removeprefix("SolverOptions.__init__() ")) from None
+
+
+def process_of(cfg: DictConfig, key: str = "env.process") -> Process:
+    """The process description configured at `key` (a `_target_` returning a Process); a
+    missing node, a constructor's ValueError or another type is a ConfigError naming `key`."""
+    node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if node is None:
+        raise ConfigError(key, "this env has no process description (process: {_target_: ...})")
+    try:
+        process = instantiate(node, _convert_="all")
+    except InstantiationException as error:
+        cause = error.__cause__
+        raise ConfigError(key, str(cause or error).splitlines()[0]) from None
+    if not isinstance(process, Process):
+        raise ConfigError(key, f"must build a lipctl.envs.process.Process, got "
+                               f"{type(process).__name__}")
+    return process

@@ -1,7 +1,7 @@
 """Trained process models as CasADi expressions, rebuilt from their weights.
 
-`casadi_model(trained)` returns a `casadi.Function` x_next = f(x, u) on the plant's deviation
-units that does what `TrainedModel.predict` does for the last sub-step: scale x and u with the
+`casadi_model(trained)` returns a `casadi.Function` x_next = f(x, u) in the process's own units
+that does what `TrainedModel.predict` does for the last sub-step: scale x and u with the
 saved scalers, feed the scaled [x, u] at each of the `substeps` sub-steps, run the recurrence
 and unscale the final state. The function is plain CasADi arithmetic (scalar SX, or matrix MX
 with `symbolic="MX"`) on float64 copies of the weights (no callbacks), so CasADi
@@ -25,7 +25,6 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
-from lipctl.control.cstr_data import INPUT_NAMES, STATE_NAMES
 from lipctl.control.models.base import ProcessModel
 from lipctl.control.models.io import TrainedModel, load_model
 
@@ -36,8 +35,6 @@ Drive = Callable[[int, ca.SX], ca.SX]
 """drive(layer, x) -> the cell's input projection (biases included) of its input x."""
 Cell = Callable[[int, ca.SX, Any], tuple[ca.SX, Any]]
 """cell(layer, drive, state) -> (h, next state); state is None at the first sub-step."""
-
-PLANT_SIZES = (len(STATE_NAMES), len(INPUT_NAMES))
 
 
 def _relu(v: ca.SX) -> ca.SX:
@@ -163,12 +160,12 @@ def _sequence_for(name: str, hparams: Mapping) -> Recurrence:
     return _rnn_sequence(activations[nonlinearity])
 
 
-def _check_sizes(trained: TrainedModel, sizes: tuple[int, int]) -> None:
-    """ValueError unless model, scalers and the plant agree on the state and input sizes."""
+def _check_sizes(trained: TrainedModel) -> None:
+    """ValueError unless model, scalers and variable names agree on the state and input sizes."""
     model = trained.model
     found = {"model": (model.state_size, model.input_size),
              "scalers": (trained.state_scaler.mean.shape[0], trained.input_scaler.mean.shape[0]),
-             "plant": sizes}
+             "names": (len(trained.state_names), len(trained.input_names))}
     if len(set(found.values())) > 1:
         described = ", ".join(f"{who} {pair}" for who, pair in found.items())
         raise ValueError(f"process model sizes do not match: {described} (states, inputs)")
@@ -199,15 +196,14 @@ def _weights(trained: TrainedModel, name: str) -> dict[str, ca.DM]:
     return {key: ca.sparsify(ca.DM(state[key])) for key in expected}
 
 
-def casadi_model(trained: TrainedModel | str | Path,
-                 sizes: tuple[int, int] = PLANT_SIZES, symbolic: str = "SX") -> ca.Function:
+def casadi_model(trained: TrainedModel | str | Path, symbolic: str = "SX") -> ca.Function:
     """The CasADi function x_next = f(x [ns], u [nu]) of a trained process model (or of the
-    model file at that path), in deviation units; see the module docstring.
+    model file at that path), in the process's units; see the module docstring.
 
     `symbolic="MX"` builds the function from matrix symbols: weight products stay dense matrix
     kernels instead of scalar operations, which evaluates (and differentiates) several times
     faster for wide or stacked models; "SX" gives the scalar graph. A model whose state/input
-    sizes disagree with its scalers or with `sizes` (the plant's), weights of the wrong shape,
+    sizes disagree with its scalers or variable names, weights of the wrong shape,
     or a model kind without a translation is a ValueError.
     """
     if not isinstance(trained, TrainedModel):
@@ -216,7 +212,7 @@ def casadi_model(trained: TrainedModel | str | Path,
     if name not in SHAPES:
         raise ValueError(f"no CasADi translation for process model {name!r}; "
                          f"supported: {', '.join(SHAPES)}")
-    _check_sizes(trained, sizes)
+    _check_sizes(trained)
     sequence = _sequence_for(name, trained.model.hparams)
     weights = _weights(trained, name)
     (s_mean, s_std), (u_mean, u_std) = (
@@ -225,7 +221,7 @@ def casadi_model(trained: TrainedModel | str | Path,
     if symbolic not in ("SX", "MX"):
         raise ValueError(f"symbolic must be 'SX' or 'MX', got {symbolic!r}")
     symbol = getattr(ca, symbolic)
-    x, u = symbol.sym("x", sizes[0]), symbol.sym("u", sizes[1])
+    x, u = symbol.sym("x", trained.model.state_size), symbol.sym("u", trained.model.input_size)
     z = ca.vertcat((x - s_mean) / s_std, (u - u_mean) / u_std)
     x_next = sequence(weights, z, trained.substeps, _layers(trained.model)) * s_std + s_mean
     return ca.Function(f"{name}_model", [x, u], [x_next], ["x", "u"], ["x_next"])

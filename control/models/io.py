@@ -1,5 +1,6 @@
-"""Trained process models on disk: plain data (weights, hyper-parameters, scalers, plant) that
-loads with torch.load(weights_only=True), and checks that a model fits the plant it is used for."""
+"""Trained process models on disk: plain data (weights, hyper-parameters, scalers, the process's
+name and variable names, the Lipschitz certificate computed at fit time) that loads with
+torch.load(weights_only=True), and checks that a model fits the process it is used for."""
 
 from __future__ import annotations
 
@@ -9,35 +10,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipctl.control.cstr_data import (
-    INPUT_NAMES,
-    PLANT_ID,
-    STATE_NAMES,
-    CSTRDataset,
-    Scaler,
-    encode,
-)
 from lipctl.control.files import atomic_write, load_data
 from lipctl.control.models.base import ProcessModel
 from lipctl.control.models.registry import build_model
+from lipctl.control.process_data import ProcessDataset, Scaler, encode
+from lipctl.envs.process import Process
 
-FORMAT = "lipctl-process-model-1"
+FORMAT = "lipctl-process-model-2"
 
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A process model with the scalers and plant it was fitted for."""
+    """A process model with the scalers and process it was fitted for, and the Lipschitz
+    certificate saved with it ({"upper", "lower", "method"}, or None if none was saved)."""
 
     model: ProcessModel
     state_scaler: Scaler
     input_scaler: Scaler
     plant_id: str
+    state_names: tuple[str, ...]
+    input_names: tuple[str, ...]
     sampling_period: float
     substeps: int
+    certificate: dict[str, float | str] | None = None
 
     @torch.no_grad()
     def predict(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """States [n, substeps, 2] (deviation units) over one period from x0 [n, 2], u [n, 2]."""
+        """States [n, substeps, ns] (process units) over one period from x0 [n, ns], u [n, nu]."""
         z = encode(x0, u, self.state_scaler, self.input_scaler, self.substeps)
         y = self.model.eval()(torch.from_numpy(z)).double().numpy()
         return self.state_scaler.inverse(y)
@@ -47,8 +46,10 @@ def _scaler_dict(scaler: Scaler) -> dict[str, list[float]]:
     return {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
 
 
-def save_model(path: str | Path, model: ProcessModel, data: CSTRDataset) -> None:
-    """Write the model, its hyper-parameters and the dataset's scalers and plant, atomically."""
+def save_model(path: str | Path, model: ProcessModel, data: ProcessDataset,
+               certificate: dict[str, float | str] | None = None) -> None:
+    """Write the model, its hyper-parameters, the dataset's scalers, process and names, and the
+    model's Lipschitz certificate ({"upper", "lower", "method"}), atomically."""
     sizes = (data.x0.shape[1], data.u.shape[1])
     if (model.state_size, model.input_size) != sizes:
         raise ValueError(f"model maps {model.state_size} states and {model.input_size} inputs, "
@@ -57,9 +58,10 @@ def save_model(path: str | Path, model: ProcessModel, data: CSTRDataset) -> None
         "format": FORMAT, "model": model.name, "hparams": dict(model.hparams),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "state_size": model.state_size, "input_size": model.input_size,
-        "plant_id": data.plant_id, "sampling_period": data.sampling_period,
+        "plant_id": data.plant_id, "state_names": list(data.state_names),
+        "input_names": list(data.input_names), "sampling_period": data.sampling_period,
         "substeps": data.substeps, "state_scaler": _scaler_dict(data.state_scaler),
-        "input_scaler": _scaler_dict(data.input_scaler),
+        "input_scaler": _scaler_dict(data.input_scaler), "certificate": certificate,
     }
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -78,14 +80,16 @@ def _scaler(saved: dict, size: int, what: str, path: Path) -> Scaler:
     return scaler
 
 
-def _check_fits(trained: TrainedModel, data: CSTRDataset, path: Path) -> None:
-    """Raise ValueError unless the model was fitted with the data's plant, timing and scalers."""
+def _check_fits(trained: TrainedModel, data: ProcessDataset, path: Path) -> None:
+    """Raise ValueError unless the model was fitted with the data's process, timing and
+    scalers."""
     if trained.plant_id != data.plant_id:
-        raise ValueError(f"{path} models plant {trained.plant_id!r}, the data {data.plant_id!r}")
+        raise ValueError(f"{path} models process {trained.plant_id!r}, the data "
+                         f"{data.plant_id!r}")
     if (trained.substeps, trained.sampling_period) != (data.substeps, data.sampling_period):
         raise ValueError(f"{path} was fitted for {trained.substeps} sub-steps of "
-                         f"{trained.sampling_period} h, the data has {data.substeps} of "
-                         f"{data.sampling_period} h")
+                         f"{trained.sampling_period}, the data has {data.substeps} of "
+                         f"{data.sampling_period}")
     for what in ("state", "input"):
         mine, theirs = getattr(trained, f"{what}_scaler"), getattr(data, f"{what}_scaler")
         if not (np.allclose(mine.mean, theirs.mean) and np.allclose(mine.std, theirs.std)):
@@ -93,19 +97,32 @@ def _check_fits(trained: TrainedModel, data: CSTRDataset, path: Path) -> None:
                              "(a model of another plant or dataset)")
 
 
-def load_model(path: str | Path, data: CSTRDataset | None = None,
-               plant_id: str = PLANT_ID) -> TrainedModel:
-    """Load a model saved by `save_model` as data only. A model of another plant, of other
-    state/input sizes, or (when `data` is given) of other scalers or timing is a ValueError."""
+def check_process(trained: TrainedModel, process: Process, where: str) -> None:
+    """ValueError unless the model was fitted for `process`: its name, variables and period."""
+    if trained.plant_id != process.name:
+        raise ValueError(f"{where} models process {trained.plant_id!r}, expected "
+                         f"{process.name!r}")
+    names = (trained.state_names, trained.input_names)
+    expected = (process.state_names, process.input_names)
+    if names != expected:
+        raise ValueError(f"{where} maps states/inputs {names}, the process has {expected}")
+    if not np.isclose(trained.sampling_period, process.sampling_period):
+        raise ValueError(f"{where} predicts {trained.sampling_period} {process.time_unit} "
+                         f"ahead, the process samples every {process.sampling_period}")
+
+
+def load_model(path: str | Path, data: ProcessDataset | None = None,
+               process: Process | None = None) -> TrainedModel:
+    """Load a model saved by `save_model` as data only. A model of another process (given
+    `process`: other name, variables or period) or (given `data`) of other scalers or timing is
+    a ValueError."""
     path = Path(path)
     state = _read(path)
-    if state["plant_id"] != plant_id:
-        raise ValueError(f"{path} models plant {state['plant_id']!r}, expected {plant_id!r}")
-    sizes, expected = (state["state_size"], state["input_size"]), (len(STATE_NAMES),
-                                                                  len(INPUT_NAMES))
-    if sizes != expected:
-        raise ValueError(f"{path} maps {sizes[0]} states and {sizes[1]} inputs, the plant has "
-                         f"{expected[0]} and {expected[1]}")
+    sizes = (state["state_size"], state["input_size"])
+    names = (tuple(state["state_names"]), tuple(state["input_names"]))
+    if tuple(map(len, names)) != sizes:
+        raise ValueError(f"{path} names {len(names[0])} states and {len(names[1])} inputs for a "
+                         f"model of {sizes[0]} and {sizes[1]}")
     model = build_model(state["model"], *sizes, **state["hparams"])
     try:
         model.load_state_dict(state["state_dict"])
@@ -115,7 +132,10 @@ def load_model(path: str | Path, data: CSTRDataset | None = None,
     trained = TrainedModel(
         model.eval(), _scaler(state["state_scaler"], sizes[0], "state", path),
         _scaler(state["input_scaler"], sizes[1], "input", path), state["plant_id"],
-        float(state["sampling_period"]), int(state["substeps"]))
+        *names, float(state["sampling_period"]), int(state["substeps"]),
+        state.get("certificate"))
+    if process is not None:
+        check_process(trained, process, str(path))
     if data is not None:
         _check_fits(trained, data, path)
     return trained

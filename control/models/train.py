@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipctl.control.cstr_data import CSTRDataset
 from lipctl.control.models.base import ProcessModel
+from lipctl.control.process_data import ProcessDataset
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def mse(model: ProcessModel, z: Tensor, y: Tensor) -> Tensor:
         model.train(training)
 
 
-def _tensors(data: CSTRDataset, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
+def _tensors(data: ProcessDataset, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
     return tuple(torch.from_numpy(a).to(device) for a in data.sequences(split))
 
 
@@ -52,7 +52,7 @@ def _check(epochs: int, lr: float, batch_size: int, target_noise_sigma: float,
         raise ValueError(f"target_noise_sigma must be >= 0, got {target_noise_sigma}")
 
 
-def fit(model: ProcessModel, data: CSTRDataset, epochs: int = 200, lr: float = 1e-2,
+def fit(model: ProcessModel, data: ProcessDataset, epochs: int = 200, lr: float = 1e-2,
         batch_size: int = 128, target_noise_sigma: float = 0.0, seed: int = 0,
         patience: int | None = 20) -> FitResult:
     """Train `model` in place on the dataset's train rows and keep its best-validation weights.

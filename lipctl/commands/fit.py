@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.config import ConfigError, require_number, user_errors
-from lipctl.control.cstr_data import CSTRDataset, load_dataset
+from lipctl.control.process_data import ProcessDataset, load_dataset
 from lipctl.control.models import MODELS, build_model, certify_model, fit, save_model
 
 
@@ -27,7 +27,7 @@ def validate(cfg: DictConfig) -> None:
     require_number(cfg, "seed", 0, integer=True)
 
 
-def read_data(path: str) -> CSTRDataset:
+def read_data(path: str) -> ProcessDataset:
     """The dataset at `path`, a malformed file being a ConfigError."""
     try:
         return load_dataset(path)
@@ -40,15 +40,17 @@ def fit_model(cfg: DictConfig) -> None:
     data = read_data(cfg.data)
     hparams = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
     try:
-        model = build_model(cfg.model.name, 2, 2, **hparams)
+        model = build_model(cfg.model.name, len(data.state_names), len(data.input_names),
+                            **hparams)
     except ValueError as error:
         raise ConfigError("model", str(error)) from None
     result = fit(model, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                  target_noise_sigma=cfg.noise, seed=cfg.seed, patience=cfg.patience)
     z, _ = data.sequences("test")
     certificate = certify_model(model, torch.from_numpy(z[:512]))
-    save_model(cfg.out, model, data)
-    print(f"{cfg.out}: {cfg.model.name}, noise {cfg.noise}, test MSE {result.test_mse:.5f} "
+    save_model(cfg.out, model, data, {"upper": certificate.upper, "lower": certificate.lower,
+                                      "method": certificate.method})
+    print(f"{cfg.out}: {cfg.model.name} of {data.plant_id}, noise {cfg.noise}, test MSE {result.test_mse:.5f} "
           f"(scaled), best epoch {result.best_epoch}, {result.seconds:.1f} s; Lipschitz upper "
           f"{certificate.upper:.4g} ({certificate.method}), sampled lower {certificate.lower:.4g}")
 

@@ -1,60 +1,104 @@
-"""lipctl mpc model=NAME: closed-loop Lyapunov MPC of the CSTR on a process model."""
+"""lipctl mpc env=NAME model=NAME: closed-loop MPC of a process on its ODE or a fitted model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from lipctl.config import ConfigError, require_number, solver_options, user_errors
-from lipctl.control.cstr_closed_loop import FIRST_PRINCIPLES, cstr_closed_loop, cstr_mpc
+from lipctl.config import ConfigError, process_of, require_number, solver_options, user_errors
 from lipctl.control.models import MODELS, TrainedModel, load_model
+from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
+from lipctl.envs.process import Process
 
 
-def validate(cfg: DictConfig) -> None:
+def _vector(cfg: DictConfig, key: str, process: Process, minimum: float | None) -> None:
+    """cfg[key] holds one number per state (or is null where `minimum` is not None)."""
+    value = cfg[key]
+    if value is None and minimum is not None:
+        return
+    names = ", ".join(process.state_names)
+    if value is None or len(value) != process.state_size:
+        raise ConfigError(key, f"must hold {process.state_size} numbers [{names}], got "
+                               f"{None if value is None else list(value)}")
+    for i in range(process.state_size):
+        require_number(cfg, f"{key}.{i}", minimum)
+
+
+def validate(cfg: DictConfig) -> Process:
+    """Check the config; the process it controls."""
+    process = process_of(cfg)
     if cfg.model.name != FIRST_PRINCIPLES and cfg.model.name not in MODELS:
         raise ConfigError("model.name", f"unknown model '{cfg.model.name}'; choose from "
                                    f"{', '.join([FIRST_PRINCIPLES, *MODELS])}")
+    if cfg.model.name == FIRST_PRINCIPLES and not process.has_model:
+        raise ConfigError("model", f"process {process.name!r} has no first-principles model; "
+                                   "use a fitted one (model=iclrnn model_file=...)")
     if cfg.model.name != FIRST_PRINCIPLES and not Path(cfg.model_file).is_file():
         raise ConfigError("model_file", f"model file not found: {cfg.model_file} "
                                         "(fit one with lipctl fit)")
+    if process.env_id is None:
+        raise ConfigError("env", f"process {process.name!r} has no simulated plant to run")
     require_number(cfg, "horizon", 1, integer=True)
     require_number(cfg, "steps", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
-    for key in ("start", "obs_noise_std", "disturbance_std"):
-        if len(cfg[key]) != 2:
-            raise ConfigError(key, f"must hold 2 numbers [CA, T], got {list(cfg[key])}")
-        for i in range(2):
-            require_number(cfg, f"{key}.{i}", 0 if key != "start" else None)
+    _vector(cfg, "start", process, None)
+    for key in ("obs_noise_std", "disturbance_std"):
+        _vector(cfg, key, process, 0)
+    for step, setpoint in (cfg.setpoints or {}).items():
+        if not isinstance(step, int) or step < 0:
+            raise ConfigError("setpoints", f"keys must be steps >= 0, got {step!r}")
+        if setpoint is not None and setpoint not in process.operating_points:
+            raise ConfigError(f"setpoints.{step}", f"unknown operating point {setpoint!r}; "
+                              f"{process.name} has {', '.join(process.operating_points) or 'none'}")
+    if cfg.contraction and process.lyapunov_matrix is None:
+        raise ConfigError("contraction", f"process {process.name!r} has no Lyapunov function")
     solver_options(cfg, "solver")
+    return process
 
 
-def read_model(path: str) -> TrainedModel:
-    """The fitted model at `path`; one fitted for another plant is a ConfigError."""
+def read_model(path: str, process: Process) -> TrainedModel:
+    """The fitted model at `path`; one fitted for another process is a ConfigError."""
     try:
-        return load_model(path)
+        return load_model(path, process=process)
     except ValueError as error:
         raise ConfigError("model_file", str(error)) from None
 
 
-def closed_loop(cfg: DictConfig) -> None:
+def describe_certificate(trained: TrainedModel | None) -> str:
+    """The model's Lipschitz certificate saved at fit time, as one phrase."""
+    if trained is None:
+        return "no network"
+    if trained.certificate is None:
+        return "no certificate saved with the model"
+    c = trained.certificate
+    return f"Lipschitz upper {c['upper']:.4g} ({c['method']}), sampled lower {c['lower']:.4g}"
+
+
+def closed_loop(cfg: DictConfig, process: Process) -> None:
     torch.set_num_threads(cfg.torch_threads)
-    trained = None if cfg.model.name == FIRST_PRINCIPLES else read_model(cfg.model_file)
-    controller = cstr_mpc(trained, cfg.horizon, cfg.contraction,
-                          solver=solver_options(cfg, "solver"))
-    _, metrics = cstr_closed_loop(controller, cfg.start, cfg.steps, cfg.obs_noise_std,
-                                  cfg.disturbance_std, cfg.seed)
+    trained = None if cfg.model.name == FIRST_PRINCIPLES else read_model(cfg.model_file, process)
+    setpoints = OmegaConf.to_container(cfg.setpoints) if cfg.setpoints else None
+    controller = process_mpc(process, trained, cfg.horizon, cfg.contraction,
+                             solver=solver_options(cfg, "solver"),
+                             setpoint=(setpoints or {}).get(0))
+    plant_kwargs = OmegaConf.select(cfg, "env.kwargs", default=None)
+    _, metrics = mpc_episode(controller, cfg.start, cfg.steps, cfg.obs_noise_std,
+                             cfg.disturbance_std, cfg.seed, setpoints,
+                             OmegaConf.to_container(plant_kwargs) if plant_kwargs else None)
     reached = "never" if metrics.reached_step is None else f"at step {metrics.reached_step}"
-    print(f"{cfg.model.name} MPC, horizon {cfg.horizon} ({controller.options.symbolic} graph, "
-          f"{controller.options.hessian} Hessian{', JIT' if controller.options.jit else ''}), "
-          f"start {list(cfg.start)}: target reached "
-          f"{reached}; cost {metrics.integrated_cost:.4g}; solve {metrics.solve_ms_median:.1f} ms "
-          f"median, {metrics.solve_ms_p95:.1f} ms p95; fallbacks {metrics.fallbacks}; "
-          f"input-bound violations {metrics.bound_violations}")
+    print(f"{process.name}: {cfg.model.name} MPC ({describe_certificate(trained)}), horizon "
+          f"{cfg.horizon} ({controller.options.symbolic} graph, {controller.options.hessian} "
+          f"Hessian{', JIT' if controller.options.jit else ''}), start {list(cfg.start)}: target "
+          f"{'of the last setpoint ' if setpoints else ''}reached {reached}; cost "
+          f"{metrics.integrated_cost:.4g}; solve {metrics.solve_ms_median:.1f} ms median, "
+          f"{metrics.solve_ms_p95:.1f} ms p95; fallbacks {metrics.fallbacks}; input-bound "
+          f"violations {metrics.bound_violations}; state-box violations "
+          f"{metrics.state_violations}")
 
 
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl mpc"):
-        validate(cfg)
-        closed_loop(cfg)
+        process = validate(cfg)
+        closed_loop(cfg, process)
