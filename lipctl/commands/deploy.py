@@ -20,20 +20,20 @@ from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import (
     ConfigError,
     instantiate_settings,
+    process_of,
     require_choice,
     require_number,
     solver_options,
     user_errors,
 )
-from lipctl.control.cstr_closed_loop import cstr_mpc
 from lipctl.control.files import atomic_write
 from lipctl.control.loop import Controller
-from lipctl.control.opcua_plant import CSTR_INPUTS, OpcUaPlant, PlantUnavailable, quiet_asyncua
+from lipctl.control.opcua_plant import OpcUaPlant, PlantUnavailable, quiet_asyncua
 from lipctl.control.policy import ModuleController
+from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import HOLD, DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
 from lipctl.envs import UnknownEnvError, env_spaces, make_env
-from lipctl.envs.cstr import ENV_ID as CSTR_ID
-from lipctl.envs.cstr import in_target
+from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import POLICY, PROCESS_MODEL, Network, read_network
 from lipctl.planning import build_planner, read_planning_parts
@@ -41,14 +41,15 @@ from lipctl.planning import build_planner, read_planning_parts
 PLANNING_AGENT = "MBPO agent checkpoint"
 NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL,  # controller -> file kind
                     "planner": PLANNING_AGENT}
-CSTR_CONTROLLERS = ("mpc", "model_mpc")
+PROCESS_CONTROLLERS = ("mpc", "model_mpc")
 FALLBACKS = (HOLD, "mpc")
 PLANT_KINDS = ("gym", "opcua")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # end the run after the current step
 
 
-def _plant_is_cstr(cfg: DictConfig) -> bool:
-    return cfg.plant.kind == "opcua" or cfg.plant.id == CSTR_ID
+def plant_process(cfg: DictConfig) -> Process | None:
+    """The plant's process description (plant.process), None for a plant without one."""
+    return None if cfg.plant.get("process") is None else process_of(cfg, "plant.process")
 
 
 def measurement_range(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray] | None:
@@ -75,7 +76,7 @@ def validate(cfg: DictConfig) -> None:
                                             f"(a {NEEDS_CHECKPOINT[controller]} file)")
         if not Path(cfg.checkpoint).is_file():
             raise CheckpointError(f"checkpoint not found: {cfg.checkpoint}")
-    if controller in CSTR_CONTROLLERS:
+    if controller in PROCESS_CONTROLLERS:
         require_number(cfg, "controller.horizon", 1, integer=True)
         solver_options(cfg, "controller.solver")
     if controller == "planner":
@@ -101,16 +102,25 @@ def validate(cfg: DictConfig) -> None:
         require_number(cfg, "plant.reconnect_delay_s", 0)
     require_number(cfg, "plant.stale_after_periods", 0)
     measurement_range(cfg)
-    cstr_only = [f"controller={controller}"] if controller in CSTR_CONTROLLERS else []
-    cstr_only += ["fallback=mpc"] if cfg.fallback == "mpc" else []
-    if cstr_only and not _plant_is_cstr(cfg):
-        raise ConfigError("plant", f"{' and '.join(cstr_only)} control the CSTR only; "
-                                   f"plant.id is {cfg.plant.id!r} (use plant=cstr or plant=opcua)")
+    needs_process = [f"controller={controller}"] if controller in PROCESS_CONTROLLERS else []
+    needs_process += ["fallback=mpc"] if cfg.fallback == "mpc" else []
+    process = plant_process(cfg)
+    if cfg.plant.kind == "opcua" and process is None:
+        needs_process.append("plant=opcua")
+    if needs_process and process is None:
+        raise ConfigError("plant", f"{' and '.join(needs_process)} need a plant with a process "
+                                   f"description (plant.process); plant {cfg.plant.name!r} has "
+                                   "none (use plant=cstr, plant=quadtank or plant=opcua)")
+    if "mpc" in (controller, cfg.fallback) and not process.has_model:
+        raise ConfigError("plant.process", f"process {process.name!r} has no first-principles "
+                                           "model for controller=mpc or fallback=mpc")
 
 
-def build_controller(cfg: DictConfig, network: Network | None) -> tuple[Controller, str | None]:
-    """The controller to deploy and the env it was made for (None: not made for one); a strict
-    MPC, so a failed solve is the runtime's to handle."""
+def build_controller(cfg: DictConfig, network: Network | None, process: Process | None
+                     ) -> tuple[Controller, str | None]:
+    """The controller to deploy and the env it was made for (None: not made for one, or a
+    process model, which is checked against `process`); a strict MPC, so a failed solve is the
+    runtime's to handle."""
     if cfg.controller.name == "policy":
         return ModuleController(network.module), network.env_id
     if cfg.controller.name == "planner":
@@ -119,14 +129,26 @@ def build_controller(cfg: DictConfig, network: Network | None) -> tuple[Controll
         return build_planner(parts, settings, cfg.controller.terminal_value,
                              cfg.controller.proposal), parts.env_id
     trained = None if network is None else network.trained
-    controller = cstr_mpc(trained, cfg.controller.horizon, cfg.controller.contraction, strict=True,
-                          solver=solver_options(cfg, "controller.solver"))
-    return controller, None if network is None else network.env_id
+    try:
+        controller = process_mpc(process, trained, cfg.controller.horizon,
+                                 cfg.controller.contraction, strict=True,
+                                 solver=solver_options(cfg, "controller.solver"),
+                                 setpoint=cfg.controller.get("setpoint"))
+    except ValueError as error:
+        raise ConfigError("checkpoint" if trained else "controller", str(error)) from None
+    return controller, None
 
 
-def build_plant(cfg: DictConfig) -> tuple[Plant, float, np.ndarray, str]:
-    """The plant, the control period (s), the input held before the first action (zero,
-    clipped into the action bounds) and the plant's env id."""
+def initial_input(process: Process | None, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The input held before the first action: the process's steady input, or zero for a plant
+    without a process description, clipped into the bounds."""
+    rest = np.zeros(low.shape) if process is None else process.steady_input
+    return np.clip(rest, low, high).astype(np.float64)
+
+
+def build_plant(cfg: DictConfig, process: Process | None) -> tuple[Plant, float, np.ndarray, str]:
+    """The plant, the control period (s), the input held before the first action and the
+    plant's env id (an OPC UA plant: its process's)."""
     if cfg.plant.kind == "gym":
         kwargs = OmegaConf.to_container(cfg.plant.kwargs, resolve=True)
         try:
@@ -136,17 +158,18 @@ def build_plant(cfg: DictConfig) -> tuple[Plant, float, np.ndarray, str]:
         except (TypeError, ValueError) as error:  # a keyword the env does not take, a bad value
             raise ConfigError("plant.kwargs", str(error).splitlines()[0]) from None
         _, _, low, high = env_spaces(env)
-        initial = np.clip(np.zeros(low.shape), low, high).astype(np.float64)
         plant = GymPlant(env, cfg.plant.period_s, seed=cfg.plant.seed)
-        return plant, cfg.plant.period_s, initial, cfg.plant.id
+        return plant, cfg.plant.period_s, initial_input(process, low, high), cfg.plant.id
     plant = OpcUaPlant(cfg.plant.url, cfg.plant.timeout_s, cfg.plant.reconnect_attempts,
-                       cfg.plant.reconnect_delay_s)
+                       cfg.plant.reconnect_delay_s, state_names=process.state_names,
+                       input_names=process.input_names)
     try:
         period = cfg.plant.period_s or plant.period_s()
     except PlantUnavailable as error:
         plant.close()
         raise ConfigError("plant.url", f"{error} (start it with lipctl plant serve)") from None
-    return plant, period, np.zeros(len(CSTR_INPUTS)), CSTR_ID
+    initial = initial_input(process, process.input_low, process.input_high)
+    return plant, period, initial, process.env_id or process.name
 
 
 def _ms(seconds: float | None) -> str:
@@ -182,13 +205,15 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
             lipschitz_gate(certificate, cfg.lipschitz_max)
         except DeploymentRefused as refused:
             raise ConfigError("lipschitz_max", str(refused)) from None
-    controller, made_for = build_controller(cfg, network)
-    plant, period, initial_action, plant_env = build_plant(cfg)
+    process = plant_process(cfg)
+    controller, made_for = build_controller(cfg, network, process)
+    plant, period, initial_action, plant_env = build_plant(cfg, process)
     if made_for is not None and made_for != plant_env:
         plant.close()
         raise ConfigError("plant", f"the {expected} was made for {made_for}, "
                                    f"the plant is {plant_env}")
-    backup = cstr_mpc(None, cfg.controller.get("horizon", 2)) if cfg.fallback == "mpc" else HOLD
+    backup = (process_mpc(process, None, cfg.controller.get("horizon", 2))
+              if cfg.fallback == "mpc" else HOLD)
     out = Path(cfg.out)
     runtime = Runtime(
         controller, plant, period, cfg.steps, out / "steps.jsonl",
@@ -216,8 +241,9 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
                 "stopped_by_signal": received[0] if received else None,
                 "certificate": None if certificate is None else certificate.to_dict()}
     valid = [r["measurement"] for r in runtime.records if r["fallback"] is None]
-    if plant_env == CSTR_ID and valid:
-        summary["final_in_target"] = bool(in_target(np.asarray(valid[-1])))
+    if process is not None and valid:
+        x_ref = getattr(controller, "x_ref", None)  # an MPC's setpoint, else the steady state
+        summary["final_in_target"] = bool(process.in_target(np.asarray(valid[-1]), x_ref))
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
     atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
     print(_summary_line(summary))

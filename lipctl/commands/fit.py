@@ -1,4 +1,4 @@
-"""lipctl fit model=NAME: train a process model and certify its Lipschitz constant."""
+"""lipctl fit env=NAME model=NAME: train a process model and certify its Lipschitz constant."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.config import ConfigError, require_number, user_errors
-from lipctl.control.process_data import ProcessDataset, load_dataset
+from lipctl.config import ConfigError, process_of, require_number, user_errors
 from lipctl.control.models import MODELS, build_model, certify_model, fit, save_model
+from lipctl.control.process_data import ProcessDataset, load_dataset
+from lipctl.envs.process import Process
 
 
 def validate(cfg: DictConfig) -> None:
@@ -27,17 +28,17 @@ def validate(cfg: DictConfig) -> None:
     require_number(cfg, "seed", 0, integer=True)
 
 
-def read_data(path: str) -> ProcessDataset:
-    """The dataset at `path`, a malformed file being a ConfigError."""
+def read_data(path: str, process: Process) -> ProcessDataset:
+    """The dataset at `path`; a malformed file or data of another process is a ConfigError."""
     try:
-        return load_dataset(path)
+        return load_dataset(path, process)
     except ValueError as error:
         raise ConfigError("data", str(error)) from None
 
 
 def fit_model(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
-    data = read_data(cfg.data)
+    data = read_data(cfg.data, process_of(cfg))
     hparams = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
     try:
         model = build_model(cfg.model.name, len(data.state_names), len(data.input_names),
@@ -50,9 +51,10 @@ def fit_model(cfg: DictConfig) -> None:
     certificate = certify_model(model, torch.from_numpy(z[:512]))
     save_model(cfg.out, model, data, {"upper": certificate.upper, "lower": certificate.lower,
                                       "method": certificate.method})
-    print(f"{cfg.out}: {cfg.model.name} of {data.plant_id}, noise {cfg.noise}, test MSE {result.test_mse:.5f} "
-          f"(scaled), best epoch {result.best_epoch}, {result.seconds:.1f} s; Lipschitz upper "
-          f"{certificate.upper:.4g} ({certificate.method}), sampled lower {certificate.lower:.4g}")
+    print(f"{cfg.out}: {cfg.model.name} of {data.plant_id}, noise {cfg.noise}, test MSE "
+          f"{result.test_mse:.5f} (scaled), best epoch {result.best_epoch}, "
+          f"{result.seconds:.1f} s; Lipschitz upper {certificate.upper:.4g} "
+          f"({certificate.method}), sampled lower {certificate.lower:.4g}")
 
 
 def main(cfg: DictConfig) -> None:
