@@ -30,6 +30,7 @@ STABILITY_LEVEL = 372.0  # the stability region is V(x) <= STABILITY_LEVEL
 TARGET_HALF_WIDTHS = np.array([0.1, 3.0])  # the target ellipse (CA / 0.1)^2 + (T / 3)^2 <= 1
 STATE_WEIGHTS = (1000.0, 1.0)  # stage cost 1000 CA^2 + T^2 ...
 INPUT_WEIGHTS = (1.0, 3e-10)  # ... + CA0^2 + 3e-10 Q^2 (the reference LMPC cost)
+PUBLISHED_STARTS = ((1.5, -70.0), (-1.5, 70.0), (-1.25, 50.0), (1.25, -50.0))  # of the reference
 
 
 @dataclass(frozen=True)

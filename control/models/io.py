@@ -15,6 +15,7 @@ from lipctl.control.models.base import ProcessModel
 from lipctl.control.models.registry import build_model
 from lipctl.control.process_data import ProcessDataset, Scaler, encode
 from lipctl.envs.process import Process
+from lipctl.lipschitz.certificates import Certificate
 
 FORMAT = "lipctl-process-model-2"
 
@@ -22,7 +23,7 @@ FORMAT = "lipctl-process-model-2"
 @dataclass(frozen=True)
 class TrainedModel:
     """A process model with the scalers and process it was fitted for, and the Lipschitz
-    certificate saved with it ({"upper", "lower", "method"}, or None if none was saved)."""
+    certificate computed when it was fitted (None if none was saved)."""
 
     model: ProcessModel
     state_scaler: Scaler
@@ -32,7 +33,7 @@ class TrainedModel:
     input_names: tuple[str, ...]
     sampling_period: float
     substeps: int
-    certificate: dict[str, float | str] | None = None
+    certificate: Certificate | None = None
 
     @torch.no_grad()
     def predict(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -47,9 +48,9 @@ def _scaler_dict(scaler: Scaler) -> dict[str, list[float]]:
 
 
 def save_model(path: str | Path, model: ProcessModel, data: ProcessDataset,
-               certificate: dict[str, float | str] | None = None) -> None:
+               certificate: Certificate | None = None) -> None:
     """Write the model, its hyper-parameters, the dataset's scalers, process and names, and the
-    model's Lipschitz certificate ({"upper", "lower", "method"}), atomically."""
+    model's Lipschitz certificate, atomically."""
     sizes = (data.x0.shape[1], data.u.shape[1])
     if (model.state_size, model.input_size) != sizes:
         raise ValueError(f"model maps {model.state_size} states and {model.input_size} inputs, "
@@ -61,7 +62,8 @@ def save_model(path: str | Path, model: ProcessModel, data: ProcessDataset,
         "plant_id": data.plant_id, "state_names": list(data.state_names),
         "input_names": list(data.input_names), "sampling_period": data.sampling_period,
         "substeps": data.substeps, "state_scaler": _scaler_dict(data.state_scaler),
-        "input_scaler": _scaler_dict(data.input_scaler), "certificate": certificate,
+        "input_scaler": _scaler_dict(data.input_scaler),
+        "certificate": None if certificate is None else certificate.to_dict(),
     }
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -133,7 +135,7 @@ def load_model(path: str | Path, data: ProcessDataset | None = None,
         model.eval(), _scaler(state["state_scaler"], sizes[0], "state", path),
         _scaler(state["input_scaler"], sizes[1], "input", path), state["plant_id"],
         *names, float(state["sampling_period"]), int(state["substeps"]),
-        state.get("certificate"))
+        None if state["certificate"] is None else Certificate.from_dict(state["certificate"]))
     if process is not None:
         check_process(trained, process, str(path))
     if data is not None:

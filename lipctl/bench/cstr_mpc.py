@@ -35,13 +35,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.bench.report import read_csv, write_csv
 from lipctl.config import ConfigError, require_number
-from lipctl.control.cstr_closed_loop import (
-    FIRST_PRINCIPLES,
-    PUBLISHED_STARTS,
-    cstr_closed_loop,
-    cstr_mpc,
-)
-from lipctl.control.cstr_data import generate, load_dataset, save_dataset
 from lipctl.control.files import atomic_write
 from lipctl.control.models import (
     MODELS,
@@ -52,7 +45,15 @@ from lipctl.control.models import (
     save_model,
 )
 from lipctl.control.mpc import SolverOptions
-from lipctl.envs.cstr import LYAPUNOV_P, STABILITY_LEVEL, TARGET_HALF_WIDTHS, rk4_step
+from lipctl.control.process_data import generate, load_dataset, save_dataset
+from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
+from lipctl.envs.cstr import (
+    CSTR,
+    LYAPUNOV_P,
+    PUBLISHED_STARTS,
+    STABILITY_LEVEL,
+    TARGET_HALF_WIDTHS,
+)
 
 STAGES = ("models", "closed_loop", "solve_time", "budget")
 HISTORY_ROWS = 50  # history rows kept per run file
@@ -129,12 +130,12 @@ def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out:
     data = load_dataset(data_path)
     torch.manual_seed(seed)
     kind, hparams = _architecture(exp, model)
-    net = build_model(kind, 2, 2, **hparams)
+    net = build_model(kind, len(data.state_names), len(data.input_names), **hparams)
     result = fit(net, data, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
                  target_noise_sigma=sigma, seed=seed, patience=exp.patience)
     z_test, _ = data.sequences("test")
     certificate = certify_model(net, torch.from_numpy(z_test[:512]))
-    save_model(model_path(Path(work), model, sigma, seed), net, data)
+    save_model(model_path(Path(work), model, sigma, seed), net, data, certificate)
     constrained = getattr(net, "constrained", None)
     every = max(1, len(result.history) // HISTORY_ROWS)
     record = {
@@ -160,7 +161,7 @@ def fit_models(exp: DictConfig, out: Path, work: Path) -> None:
     """Every model x sigma x seed whose run file is missing, `exp.jobs` processes at once."""
     data_path = work / "cstr.npz"
     if not data_path.is_file():
-        save_dataset(generate(rk4_step, seed=exp.data_seed, **OmegaConf.to_container(exp.data)),
+        save_dataset(generate(CSTR, seed=exp.data_seed, **OmegaConf.to_container(exp.data)),
                      data_path)
     data = load_dataset(data_path)
     print(f"data: {len(data.x0)} rows ({len(data.rows('train'))} train, "
@@ -264,12 +265,12 @@ def run_controllers(exp: DictConfig, work: Path) -> tuple[list[dict], dict]:
     rows, paths = [], {}
     for name, trained in _mpc_models(exp, work).items():
         for horizon in exp.horizons:
-            controller = cstr_mpc(trained, horizon=horizon, solver=_own_solver(exp, name))
+            controller = process_mpc(CSTR, trained, horizon, solver=_own_solver(exp, name))
             for noisy in (False, True):
                 noise = list(exp.measurement_noise_std) if noisy else [0.0, 0.0]
                 for start in PUBLISHED_STARTS:
-                    trajectory, m = cstr_closed_loop(controller, start, exp.steps,
-                                                     obs_noise_std=noise, seed=exp.seeds[0])
+                    trajectory, m = mpc_episode(controller, start, exp.steps,
+                                                obs_noise_std=noise, seed=exp.seeds[0])
                     if horizon == exp.horizons[0] and not noisy:
                         paths[(name, start)] = np.array([i["state"] for i in trajectory.infos])
                     rows.append({"model": name, "horizon": horizon,
@@ -294,12 +295,12 @@ def solve_times(exp: DictConfig, work: Path) -> list[dict]:
         for option in exp.solver_options:
             for name, trained in models.items():
                 started = time.perf_counter()
-                controller = cstr_mpc(trained, horizon=horizon, solver=_solver(exp, option))
+                controller = process_mpc(CSTR, trained, horizon, solver=_solver(exp, option))
                 build = time.perf_counter() - started
                 times, iterations, reached, failures = [], [], [], 0
                 for start in PUBLISHED_STARTS:
-                    _, m = cstr_closed_loop(controller, start, exp.solve_time_steps,
-                                            seed=exp.seeds[0])
+                    _, m = mpc_episode(controller, start, exp.solve_time_steps,
+                                       seed=exp.seeds[0])
                     times += [1e3 * s.solve_time for s in controller.stats]
                     iterations += [s.iterations for s in controller.stats]
                     reached.append(m.reached_step)
@@ -332,11 +333,11 @@ def budgeted_runs(exp: DictConfig, work: Path) -> list[dict]:
     rows = []
     for budget_ms in exp.budget_ms:
         for name, trained in _mpc_models(exp, work).items():
-            controller = cstr_mpc(trained, horizon=exp.horizons[0],
-                                  solver=_own_solver(exp, name),
-                                  ipopt_options={"max_wall_time": budget_ms / 1e3})
+            controller = process_mpc(CSTR, trained, exp.horizons[0],
+                                     solver=_own_solver(exp, name),
+                                     ipopt_options={"max_wall_time": budget_ms / 1e3})
             for start in PUBLISHED_STARTS:
-                _, m = cstr_closed_loop(controller, start, exp.steps, seed=exp.seeds[0])
+                _, m = mpc_episode(controller, start, exp.steps, seed=exp.seeds[0])
                 rows.append({"model": name, "budget_ms": budget_ms, "start_CA": start[0],
                              "start_T": start[1], "steps": exp.steps,
                              "steps_solved": exp.steps - m.fallbacks,

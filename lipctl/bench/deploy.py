@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lipctl.control.cstr_closed_loop import cstr_mpc
-from lipctl.control.cstr_data import generate
 from lipctl.control.faults import FaultyController, FaultyPlant
 from lipctl.control.models import build_model, fit, save_model
 from lipctl.control.opcua_plant import OpcUaPlant, quiet_asyncua
+from lipctl.control.process_data import generate
+from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import Runtime
-from lipctl.envs.cstr import in_target, rk4_step
+from lipctl.envs.cstr import CSTR
 from lipctl.networks import read_network
 
 SCENARIOS = ("first_principles", "iclrnn", "iclrnn_faults")
@@ -118,7 +118,7 @@ def fit_iclrnn(s: Settings, path: Path) -> Path:
     """The ICLRNN of the cstr_mpc benchmark's cpu preset at `path` (fitted once, then reused)."""
     if path.is_file():
         return path
-    data = generate(rk4_step, states_per_axis=15, inputs_per_axis=6, chains=64, periods=40,
+    data = generate(CSTR, states_per_axis=15, inputs_per_axis=6, chains=64, periods=40,
                     seed=s.seed)
     model = build_model("iclrnn", 2, 2, hidden=s.hidden)
     result = fit(model, data, epochs=s.epochs, lr=0.01, batch_size=128, seed=s.seed,
@@ -131,7 +131,7 @@ def fit_iclrnn(s: Settings, path: Path) -> Path:
 def reached_step(records: list[dict[str, Any]]) -> int | None:
     """First step from which every valid measurement (no fallback) is in the target region."""
     valid = [(r["step"], r["measurement"]) for r in records if r["fallback"] is None]
-    inside = [bool(in_target(np.asarray(m))) for _, m in valid]
+    inside = [bool(CSTR.in_target(np.asarray(m))) for _, m in valid]
     if not inside or not inside[-1]:
         return None
     last_outside = max((i for i, ok in enumerate(inside) if not ok), default=-1)
@@ -145,11 +145,13 @@ def run_scenario(name: str, s: Settings, model_path: Path, log_path: Path,
     server = PlantProcess(s.period_s, server_log)
     network = None if name == "first_principles" else read_network(model_path)
     certificate = None if network is None else network.certificate
-    controller = cstr_mpc(None if network is None else network.trained, s.horizon, strict=True)
+    controller = process_mpc(CSTR, None if network is None else network.trained, s.horizon,
+                             strict=True)
     restart: dict[str, Any] = {}
     try:
         url = server.start(s.start)
-        client = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0)
+        client = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0,
+                            state_names=CSTR.state_names, input_names=CSTR.input_names)
         plant = client
         if faulty:
             controller = FaultyController(controller, fail_steps={s.solver_failure_step},

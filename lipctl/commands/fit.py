@@ -49,8 +49,7 @@ def fit_model(cfg: DictConfig) -> None:
                  target_noise_sigma=cfg.noise, seed=cfg.seed, patience=cfg.patience)
     z, _ = data.sequences("test")
     certificate = certify_model(model, torch.from_numpy(z[:512]))
-    save_model(cfg.out, model, data, {"upper": certificate.upper, "lower": certificate.lower,
-                                      "method": certificate.method})
+    save_model(cfg.out, model, data, certificate)
     print(f"{cfg.out}: {cfg.model.name} of {data.plant_id}, noise {cfg.noise}, test MSE "
           f"{result.test_mse:.5f} (scaled), best epoch {result.best_epoch}, "
           f"{result.seconds:.1f} s; Lipschitz upper {certificate.upper:.4g} "

@@ -73,7 +73,8 @@ def describe_certificate(trained: TrainedModel | None) -> str:
     if trained.certificate is None:
         return "no certificate saved with the model"
     c = trained.certificate
-    return f"Lipschitz upper {c['upper']:.4g} ({c['method']}), sampled lower {c['lower']:.4g}"
+    lower = "" if c.lower is None else f", sampled lower {c.lower:.4g}"
+    return f"certified Lipschitz upper bound {c.upper:.4g} ({c.method}){lower}"
 
 
 def closed_loop(cfg: DictConfig, process: Process) -> None:
