@@ -1,4 +1,4 @@
-"""A simulated gymnasium plant served over OPC UA, and the OPC UA client that controls it.
+"""A simulated gymnasium plant served over OPC UA, and the OPC UA client that controls any plant.
 
 Server (`PlantServer`): an asyncua server running in a background thread with its own event
 loop, so synchronous code starts and stops it. Under the object `Plant` (namespace
@@ -7,16 +7,21 @@ NAMESPACE_URI) it exposes the measured states as read-only Double variables (CA,
 produced) and `Period` (wall seconds per plant step), and the inputs as writable Double
 variables (CA0, Q). Its own clock steps the env every `step_period_s` seconds of wall time with
 the inputs last written, whether or not a client keeps up. A method `Reset` restarts the
-episode and zeroes the inputs. It binds to loopback only unless `allow_remote=True`; it offers
-no security (no encryption, anonymous users only, no remote admin), which is the reason for
-that rule.
+episode and zeroes the inputs. It binds to loopback only unless `allow_remote=True`. Without
+`security` it offers no security (no encryption, anonymous users); with it, the policy's
+endpoint only, trusted client certificates only and, given credentials, that user only
+(see opcua_security).
 
 Client (`OpcUaPlant`): the Plant protocol (`read`, `write`, `reset`, `close`) over asyncua's
-async client, driven from a private event-loop thread. A request that fails for lack of a
-server drops the connection and reconnects, up to `reconnect_attempts` times; when all fail it
-raises `PlantUnavailable` rather than returning a stale measurement (the caller, e.g. the
-runtime's fallback, decides what to apply). The next call tries afresh, so the client recovers
-by itself once the server is back.
+async client, driven from a private event-loop thread. It talks to lipctl's own server, or to
+any server through a `TagMap` (a node id or browse path per state and input, optional
+heartbeat and timestamp tags), resolved once per connection. Writes are clipped into the input
+bounds and never carry a non-finite value. A request that fails for lack of a server drops the
+connection and reconnects, up to `reconnect_attempts` times; when all fail it raises
+`PlantUnavailable` rather than returning a stale measurement (the caller, e.g. the runtime's
+fallback, decides what to apply). The next call tries afresh, so the client recovers by itself
+once the server is back. A server that refuses the connection (user, certificate, policy) is
+`PlantRefused`, a tag that cannot be used is `TagError`: neither is an outage.
 
 `lipctl plant serve env=cstr` serves the CSTR with a PlantServer until SIGINT/SIGTERM.
 """
@@ -27,16 +32,27 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
-from asyncua import Client, Node, Server, ua
+from asyncua import Client, Server, ua
+
+from lipctl.control.opcua_security import (
+    INSECURE,
+    Security,
+    SettingError,
+    refusal,
+    secure_client,
+    secure_server,
+)
 
 NAMESPACE_URI = "urn:lipctl:plant"
 OBJECT_NAME = "Plant"
@@ -104,15 +120,16 @@ class PlantServer:
     """Serves a gymnasium env as an OPC UA plant with its own clock; see the module docstring.
 
     `port=0` picks a free port (`url` then tells which). `x0`, if given, is passed to the env's
-    reset as options["x0"]. `snapshot` is what clients read now. Use as a context manager, or
-    call `start` and `stop`.
+    reset as options["x0"]. `security`: see the module docstring (default: none). `snapshot`
+    is what clients read now. Use as a context manager, or call `start` and `stop`.
     """
 
     def __init__(self, env: gym.Env, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  step_period_s: float = 0.05, x0: Sequence[float] | None = None,
                  state_names: Sequence[str] = CSTR_STATES,
                  input_names: Sequence[str] = CSTR_INPUTS,
-                 allow_remote: bool = False, seed: int | None = None) -> None:
+                 allow_remote: bool = False, seed: int | None = None,
+                 security: Security = INSECURE) -> None:
         if not (allow_remote or is_loopback(host)):
             raise ValueError(f"refusing to serve the plant on non-loopback host '{host}' "
                              "(pass allow_remote=True to expose it beyond this machine)")
@@ -123,6 +140,7 @@ class PlantServer:
         self.state_names, self.input_names = tuple(state_names), tuple(input_names)
         self._options = None if x0 is None else {"x0": list(x0)}
         self._seed = seed
+        self.security = security
         self._server: Server | None = None
         self._loop: _LoopThread | None = None
         self._clock: asyncio.Task | None = None
@@ -170,7 +188,7 @@ class PlantServer:
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name("lipctl plant")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        await secure_server(server, self.security)
         server.allow_remote_admin(False)
         self._namespace = await server.register_namespace(NAMESPACE_URI)
         plant = await server.nodes.objects.add_object(ua.NodeId(OBJECT_NAME, self._namespace),
@@ -265,56 +283,213 @@ class PlantServer:
 
 
 _OUTAGE = (OSError, asyncio.TimeoutError, ua.UaError)
+HEARTBEAT_WRAP = 32768  # the heartbeat counts 1, 2, ..., 32767, 0, 1, ...: fits any integer type
+_NUMERIC = range(ua.VariantType.SByte.value, ua.VariantType.Double.value + 1)  # SByte..Double
+_INTEGER = range(ua.VariantType.SByte.value, ua.VariantType.UInt64.value + 1)
+_WRITABLE = 1 << ua.AccessLevel.CurrentWrite
+
+
+class TagError(LookupError):
+    """A tag of the tag map is not on the server, or cannot be used there (one line)."""
+
+
+NodeRef = ua.NodeId | list[ua.QualifiedName]
+
+
+def parse_node(key: str, text: Any) -> NodeRef:
+    """A node id ("ns=2;s=Tank1.Level", "ns=3;i=1007", "nsu=urn:vendor;s=LT101") or else a
+    browse path from the Objects folder ("2:QuadTank/2:h1"); SettingError naming `key`."""
+    if not isinstance(text, str) or not text.strip():
+        raise SettingError(key, f"must be a node id or a browse path, got {text!r}")
+    with contextlib.suppress(ua.UaStringParsingError):
+        return ua.NodeId.from_string(text)
+    try:
+        path = [ua.QualifiedName.from_string(part) for part in text.split("/")]
+    except (ValueError, ua.UaStringParsingError):
+        path = []
+    if not path or not all(name.Name for name in path):
+        raise SettingError(key, f"{text!r} is neither a node id (ns=2;s=Name, ns=3;i=1007, "
+                                "nsu=URI;s=Name) nor a browse path (2:Folder/2:Name)")
+    return path
+
+
+@dataclass(frozen=True)
+class TagMap:
+    """Where a plant's variables live on an OPC UA server: a node (see `parse_node`) for each
+    state and each input, by name; optionally a heartbeat tag (an integer the client writes
+    with every write, counting up) and a timestamp tag (when the measurement was taken: a
+    DateTime or Unix seconds)."""
+
+    states: Mapping[str, str]
+    inputs: Mapping[str, str]
+    heartbeat: str | None = None
+    timestamp: str | None = None
+
+    def check(self, state_names: Sequence[str], input_names: Sequence[str]) -> None:
+        """SettingError unless the map names exactly the plant's states and inputs and every
+        node parses."""
+        for group, names in (("states", state_names), ("inputs", input_names)):
+            mapped = getattr(self, group)
+            missing = [n for n in names if n not in mapped]
+            unknown = sorted(set(mapped) - set(names))
+            if missing or unknown:
+                raise SettingError(group, f"must map each of {', '.join(names)} to a node"
+                                   + (f"; missing {', '.join(missing)}" if missing else "")
+                                   + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+        for key, text in self.labelled(state_names, input_names):
+            parse_node(key, text)
+
+    def labelled(self, state_names: Sequence[str],
+                 input_names: Sequence[str]) -> list[tuple[str, str]]:
+        """(key, node) of every tag: states and inputs in the plant's order, then the
+        timestamp and heartbeat tags if set."""
+        tags = [(f"states.{n}", self.states[n]) for n in state_names]
+        tags += [(f"inputs.{n}", self.inputs[n]) for n in input_names]
+        return tags + [(key, node) for key in ("timestamp", "heartbeat")
+                       if (node := getattr(self, key)) is not None]
+
+
+def tag_map(raw: Mapping[str, Any], state_names: Sequence[str],
+            input_names: Sequence[str]) -> TagMap:
+    """A checked TagMap from config keys states, inputs, heartbeat, timestamp."""
+    if not isinstance(raw, Mapping):
+        raise SettingError("states", f"the tag map must be a mapping {{states: ..., inputs: ...}}, "
+                                     f"got {raw!r}")
+    unknown = sorted(set(raw) - {"states", "inputs", "heartbeat", "timestamp"})
+    if unknown:
+        raise SettingError(unknown[0], "unknown tag map key (states, inputs, heartbeat, "
+                                       "timestamp)")
+    groups = {}
+    for group in ("states", "inputs"):
+        if not isinstance(raw.get(group), Mapping):
+            raise SettingError(group, f"must map names to nodes, got {raw.get(group)!r}")
+        groups[group] = {str(k): v for k, v in raw[group].items()}
+    tags = TagMap(groups["states"], groups["inputs"], raw.get("heartbeat"), raw.get("timestamp"))
+    tags.check(state_names, input_names)
+    return tags
+
+
+def own_tags(state_names: Sequence[str], input_names: Sequence[str]) -> TagMap:
+    """The tag map of lipctl's own PlantServer layout."""
+    node = f"nsu={NAMESPACE_URI};s={OBJECT_NAME}.{{}}".format
+    return TagMap({n: node(n) for n in state_names}, {n: node(n) for n in input_names},
+                  timestamp=node(TIMESTAMP))
+
+
+@dataclass(frozen=True)
+class _Nodes:
+    """The tag map resolved on one connection."""
+
+    states: list[ua.NodeId]
+    inputs: list[ua.NodeId]
+    input_types: list[ua.VariantType]
+    timestamp: ua.NodeId | None = None
+    heartbeat: ua.NodeId | None = None
+    heartbeat_type: ua.VariantType | None = None
+    period: ua.NodeId | None = None  # lipctl's own server only ...
+    reset: ua.NodeId | None = None  # ... as is its Reset method
+
+
+def _number(value: ua.DataValue) -> float:
+    """A good numeric value as a float; NaN for a bad one (e.g. a failed sensor)."""
+    good = value.StatusCode is None or value.StatusCode.is_good()
+    content = value.Value.Value if value.Value is not None else None
+    if good and isinstance(content, (int, float)) and not isinstance(content, bool):
+        return float(content)
+    return math.nan
+
+
+def _seconds(stamp: Any) -> float:
+    """Unix seconds from a DateTime (naive: UTC) or a number; NaN for anything else."""
+    if isinstance(stamp, datetime):
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).timestamp()
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+        return float(stamp)
+    return math.nan
+
+
+def _data_value(value: float, variant: ua.VariantType) -> ua.DataValue:
+    """`value` as a DataValue of the tag's own type (integers rounded), without timestamps."""
+    number = int(round(value)) if variant.value in _INTEGER else float(value)
+    return ua.DataValue(ua.Variant(number, variant))
 
 
 class OpcUaPlant:
-    """The Plant protocol over OPC UA: read -> (measurement, server timestamp), write(action),
+    """The Plant protocol over OPC UA: read -> (measurement, timestamp), write(action),
     reset(), close(); see the module docstring for reconnection and `PlantUnavailable`.
 
     Each request waits at most `timeout_s`; a call that finds the server gone tries
     `reconnect_attempts` reconnections `reconnect_delay_s` apart before raising, so it blocks
-    at most about (1 + reconnect_attempts) * (timeout_s + reconnect_delay_s). The timestamp
-    is the server's wall clock (Unix seconds) when the measurement was produced: an unchanged
-    one means no new plant step. `reconnects` counts successful reconnections.
+    at most about (1 + reconnect_attempts) * (timeout_s + reconnect_delay_s). `reconnects`
+    counts successful reconnections.
+
+    tags: where the states and inputs are (None: lipctl's own PlantServer layout); resolved
+      once per connection, a missing or unusable tag is a TagError naming it.
+    input_bounds: (low, high); every write is clipped into them first (`clipped_writes`
+      counts the writes that needed it); a non-finite input is never written (ValueError).
+    security: policy, certificates and user (default: none); a refused connection is
+      PlantRefused, not retried.
+    The timestamp is the timestamp tag's value, else the oldest SourceTimestamp of the
+    states, else the time of the read; an unchanged one means no new measurement.
     """
 
     def __init__(self, url: str, timeout_s: float = 1.0, reconnect_attempts: int = 3,
                  reconnect_delay_s: float = 0.2, state_names: Sequence[str] = CSTR_STATES,
-                 input_names: Sequence[str] = CSTR_INPUTS) -> None:
+                 input_names: Sequence[str] = CSTR_INPUTS, *, tags: TagMap | None = None,
+                 input_bounds: tuple[Any, Any] | None = None,
+                 security: Security = INSECURE) -> None:
         if timeout_s <= 0 or reconnect_attempts < 0 or reconnect_delay_s < 0:
             raise ValueError("timeout_s must be > 0, reconnect_attempts and reconnect_delay_s "
                              f">= 0; got {timeout_s}, {reconnect_attempts}, {reconnect_delay_s}")
         self.url, self.timeout_s = url, timeout_s
         self.reconnect_attempts, self.reconnect_delay_s = reconnect_attempts, reconnect_delay_s
         self.state_names, self.input_names = tuple(state_names), tuple(input_names)
-        self.reconnects = 0
+        self.own_layout = tags is None
+        self.tags = own_tags(state_names, input_names) if tags is None else tags
+        self.tags.check(self.state_names, self.input_names)
+        self.input_bounds = None if input_bounds is None else self._bounds(input_bounds)
+        self.security = security
+        self.reconnects = self.clipped_writes = self.heartbeat = 0
         self._loop: _LoopThread | None = _LoopThread("opcua-plant-client")
         self._client: Client | None = None
-        self._nodes: dict[str, Node] = {}
+        self._nodes: _Nodes | None = None
         self._connected_before = False
 
+    def _bounds(self, bounds: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+        low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64), (len(self.input_names),))
+                     for b in bounds)
+        if not np.all(low <= high):
+            raise ValueError(f"input bounds need low <= high, got {low}, {high}")
+        return low, high
+
+    def connect(self) -> None:
+        """Connect and resolve the tags now (otherwise the first request does)."""
+        self._request(self._connected)
+
     def read(self) -> tuple[np.ndarray, float]:
-        """The latest measurement and the server timestamp of the step that produced it."""
-        names = (*self.state_names, TIMESTAMP)
-        values = self._request(lambda c: c.read_values([self._nodes[n] for n in names]))
-        return np.array(values[:-1], dtype=np.float64), float(values[-1])
+        """The latest measurement (NaN where a value is bad) and its timestamp."""
+        return self._request(self._read)
 
     def write(self, action: np.ndarray) -> None:
-        """Set the inputs (all in one request); the plant applies them from its next step."""
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (len(self.input_names),) or not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be {len(self.input_names)} finite numbers "
-                             f"{self.input_names}, got {action}")
-        self._request(lambda c: c.write_values([self._nodes[n] for n in self.input_names],
-                                               [float(a) for a in action]))
+        """Set the inputs, clipped into the input bounds, and the heartbeat, in one request;
+        the plant applies them from its next step."""
+        command = self._command(action)
+        self._request(lambda c: self._write(c, command))
 
     def period_s(self) -> float:
-        """The server's step period: wall seconds between two plant steps."""
-        return float(self._request(lambda c: self._nodes[PERIOD].read_value()))
+        """lipctl's own server's step period: wall seconds between two plant steps."""
+        if not self.own_layout:
+            raise ValueError("a tag-mapped plant publishes no step period: give the control "
+                             "period (plant.period_s)")
+        return float(self._request(lambda c: c.get_node(self._nodes.period).read_value()))
 
     def reset(self) -> None:
-        """Restart the plant's episode on the server (its initial state, zero inputs)."""
-        self._request(lambda c: c.nodes.objects.call_method(self._nodes[RESET]))
+        """On lipctl's own server, restart the plant's episode (its initial state, zero
+        inputs); a tag-mapped plant is not reset by its controller: this only connects."""
+        if self.own_layout:
+            self._request(lambda c: c.nodes.objects.call_method(self._nodes.reset))
+        else:
+            self.connect()
 
     def close(self) -> None:
         """Disconnect and stop the client's event loop (idempotent)."""
@@ -329,6 +504,48 @@ class OpcUaPlant:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _command(self, action: np.ndarray) -> np.ndarray:
+        """The action to write: checked (ValueError), then clipped into the input bounds."""
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (len(self.input_names),) or not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be {len(self.input_names)} finite numbers "
+                             f"{self.input_names}, got {action}")
+        if self.input_bounds is None:
+            return action
+        command = np.clip(action, *self.input_bounds)
+        self.clipped_writes += bool(np.any(command != action))
+        return command
+
+    async def _connected(self, client: Client) -> None:
+        """Nothing more than the connection `_attempt` makes."""
+
+    async def _read(self, client: Client) -> tuple[np.ndarray, float]:
+        nodes = self._nodes
+        stamp = [] if nodes.timestamp is None else [nodes.timestamp]
+        values = await client.uaclient.read_attributes([*nodes.states, *stamp],
+                                                       ua.AttributeIds.Value)
+        states = values[:len(nodes.states)]
+        measurement = np.array([_number(v) for v in states], dtype=np.float64)
+        if stamp:
+            value = values[-1]
+            good = value.StatusCode is None or value.StatusCode.is_good()
+            return measurement, _seconds(value.Value.Value) if good else math.nan
+        sources = [v.SourceTimestamp for v in states]
+        if all(s is not None for s in sources):
+            return measurement, min(_seconds(s) for s in sources)
+        return measurement, time.time()
+
+    async def _write(self, client: Client, command: np.ndarray) -> None:
+        nodes = self._nodes
+        ids = list(nodes.inputs)
+        values = [_data_value(u, t) for u, t in zip(command, nodes.input_types, strict=True)]
+        if nodes.heartbeat is not None:
+            self.heartbeat = (self.heartbeat + 1) % HEARTBEAT_WRAP
+            ids.append(nodes.heartbeat)
+            values.append(_data_value(self.heartbeat, nodes.heartbeat_type))
+        for status in await client.uaclient.write_attributes(ids, values, ua.AttributeIds.Value):
+            status.check()
 
     def _request(self, operation: Callable[[Client], Awaitable[T]]) -> T:
         """Run `operation` on a live connection, reconnecting after an outage."""
@@ -353,18 +570,55 @@ class OpcUaPlant:
         return await operation(self._client)
 
     async def _connect(self) -> None:
+        """Connect securely as configured (PlantRefused when refused) and resolve the tags."""
         client = Client(self.url, timeout=self.timeout_s)
-        await client.connect()
         try:
-            namespace = await client.get_namespace_index(NAMESPACE_URI)
+            await secure_client(client, self.security)
+            await client.connect()
+        except ua.UaStatusCodeError as error:
+            raise refusal(self.url, error) from None
+        try:
+            self._nodes = await self._resolve(client)
         except BaseException:
             await client.disconnect()
             raise
-        names = (*self.state_names, TIMESTAMP, PERIOD, *self.input_names, RESET)
-        self._nodes = {n: client.get_node(_node_id(n, namespace)) for n in names}
         self._client = client
         self.reconnects += self._connected_before
         self._connected_before = True
+
+    async def _resolve(self, client: Client) -> _Nodes:
+        """The tags' node ids on this server, checked: each exists, inputs and heartbeat are
+        writable numbers; TagError naming the first that is not."""
+        tags = self.tags.labelled(self.state_names, self.input_names)
+        parsed = {key: parse_node(key, text) for key, text in tags}
+        namespaces = await client.get_namespace_array()
+        ids = await _node_ids(client, dict(tags), parsed, namespaces)
+        kinds = await client.uaclient.read_attributes(list(ids.values()), ua.AttributeIds.DataType)
+        for (key, text), kind in zip(tags, kinds, strict=True):
+            if not kind.StatusCode.is_good():
+                raise TagError(f"tag {key} {text!r} is not on the server "
+                               f"({kind.StatusCode.name})")
+        types = {key: kind.Value.Value for (key, _), kind in zip(tags, kinds, strict=True)}
+        written = [key for key, _ in tags if key.startswith("inputs.") or key == "heartbeat"]
+        access = await client.uaclient.read_attributes([ids[k] for k in written],
+                                                       ua.AttributeIds.UserAccessLevel)
+        variants = {}
+        for key, level in zip(written, access, strict=True):
+            text = dict(tags)[key]
+            if not (level.StatusCode.is_good() and level.Value.Value & _WRITABLE):
+                raise TagError(f"tag {key} {text!r} is not writable by this client")
+            kind = types[key]
+            if kind.NamespaceIndex != 0 or kind.Identifier not in _NUMERIC:
+                raise TagError(f"tag {key} {text!r} has data type {kind.to_string()}, "
+                               "not a number")
+            variants[key] = ua.VariantType(kind.Identifier)
+        own = (ua.NodeId(f"{OBJECT_NAME}.{n}", namespaces.index(NAMESPACE_URI))
+               if self.own_layout else None for n in (PERIOD, RESET))
+        return _Nodes([ids[f"states.{n}"] for n in self.state_names],
+                      [ids[f"inputs.{n}"] for n in self.input_names],
+                      [variants[f"inputs.{n}"] for n in self.input_names],
+                      ids.get("timestamp"), ids.get("heartbeat"), variants.get("heartbeat"),
+                      *own)
 
     def _forget(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -376,6 +630,32 @@ class OpcUaPlant:
         if client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), self.timeout_s)
+
+
+async def _node_ids(client: Client, tags: Mapping[str, str], parsed: Mapping[str, NodeRef],
+                    namespaces: Sequence[str]) -> dict[str, ua.NodeId]:
+    """Each tag's node id on this server: namespace URIs looked up, browse paths translated
+    (all in one request); TagError naming the first that cannot be."""
+    paths = [key for key, ref in parsed.items() if isinstance(ref, list)]
+    found = (await client.nodes.objects.get_children_by_path(
+        [parsed[k] for k in paths], raise_on_partial_error=False)) if paths else []
+    targets = dict(zip(paths, found, strict=True))
+    ids = {}
+    for key, ref in parsed.items():
+        if isinstance(ref, list):
+            if not targets[key]:
+                raise TagError(f"tag {key} {tags[key]!r}: no such browse path from the "
+                               "Objects folder")
+            ids[key] = targets[key][0].nodeid
+        elif isinstance(ref, ua.ExpandedNodeId) and ref.NamespaceUri:
+            if ref.NamespaceUri not in namespaces:
+                raise TagError(f"tag {key} {tags[key]!r}: namespace {ref.NamespaceUri} is not "
+                               "on the server")
+            ids[key] = ua.NodeId(ref.Identifier, namespaces.index(ref.NamespaceUri),
+                                 ref.NodeIdType)
+        else:
+            ids[key] = ua.NodeId(ref.Identifier, ref.NamespaceIndex, ref.NodeIdType)
+    return ids
 
 
 def quiet_asyncua() -> None:

@@ -11,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asyncua import ua
 
 from lipctl.bench.deploy import PlantProcess
-from lipctl.control.cstr_closed_loop import cstr_mpc
-from lipctl.control.opcua_plant import OpcUaPlant, PlantServer, PlantUnavailable, is_loopback
+from lipctl.control.opcua_plant import (
+    OpcUaPlant,
+    PlantServer,
+    PlantUnavailable,
+    TagError,
+    is_loopback,
+)
+from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import Runtime
-from lipctl.envs.cstr import CSTREnv, in_target, rk4_step
+from lipctl.envs.cstr import CSTR, CSTREnv, rk4_step
 
 X0 = np.array([1.5, -70.0])
 PUSH = np.array([3.5, 5e5])  # the largest feed and heat inputs
@@ -84,7 +89,7 @@ def test_client_reads_initial_state_and_written_input_changes_evolution(served: 
 
 def test_measured_states_are_read_only(served: PlantServer):
     with OpcUaPlant(served.url, timeout_s=2.0, input_names=("CA", "T")) as plant:
-        with pytest.raises(ua.UaStatusCodeError):
+        with pytest.raises(TagError, match="inputs.CA .* not writable"):
             plant.write(np.zeros(2))
 
 
@@ -92,7 +97,7 @@ def _settled(records: list[dict], steps: int) -> bool:
     """The last `steps` records are valid measurements inside the target region."""
     recent = records[-steps:]
     return len(recent) == steps and all(
-        r["fallback"] is None and in_target(np.array(r["measurement"])) for r in recent)
+        r["fallback"] is None and CSTR.in_target(np.array(r["measurement"])) for r in recent)
 
 
 def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
@@ -105,8 +110,9 @@ def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
     try:
         url = server.start(X0)
         plant = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0)
-        runtime = Runtime(cstr_mpc(None), plant, period_s=period, max_steps=round(limit_s / period),
-                          log_path=tmp_path / "steps.jsonl", initial_action=np.zeros(2),
+        runtime = Runtime(process_mpc(CSTR), plant, period_s=period,
+                          max_steps=round(limit_s / period), log_path=tmp_path / "steps.jsonl",
+                          initial_action=np.zeros(2),
                           stale_after_s=2.5 * period, realtime=True)
 
         def restart_then_wait_for_recovery() -> None:
@@ -128,7 +134,7 @@ def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
     finally:
         server.kill()
     assert not watcher.is_alive()
-    assert not in_target(restart["state"])  # restarted mid-way, before reaching the target
+    assert not CSTR.in_target(restart["state"])  # restarted mid-way, before reaching the target
     causes = summary["fallbacks_by_cause"]
     assert causes.get("read_error", 0) >= 1  # the outage was seen ...
     assert plant.reconnects == 1  # ... and the client came back to the new server

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.commands.plant_serve import security_config
 from lipctl.config import (
     ConfigError,
     instantiate_settings,
@@ -28,7 +29,15 @@ from lipctl.config import (
 )
 from lipctl.control.files import atomic_write
 from lipctl.control.loop import Controller
-from lipctl.control.opcua_plant import OpcUaPlant, PlantUnavailable, quiet_asyncua
+from lipctl.control.opcua_plant import (
+    OpcUaPlant,
+    PlantUnavailable,
+    TagError,
+    TagMap,
+    quiet_asyncua,
+    tag_map,
+)
+from lipctl.control.opcua_security import CLIENT_URI, PlantRefused, SettingError
 from lipctl.control.policy import ModuleController
 from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import HOLD, DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
@@ -114,6 +123,9 @@ def validate(cfg: DictConfig) -> None:
     if "mpc" in (controller, cfg.fallback) and not process.has_model:
         raise ConfigError("plant.process", f"process {process.name!r} has no first-principles "
                                            "model for controller=mpc or fallback=mpc")
+    if cfg.plant.kind == "opcua":
+        opcua_tags(cfg, process)
+        security_config(cfg, "plant.security", CLIENT_URI)
 
 
 def build_controller(cfg: DictConfig, network: Network | None, process: Process | None
@@ -146,6 +158,26 @@ def initial_input(process: Process | None, low: np.ndarray, high: np.ndarray) ->
     return np.clip(rest, low, high).astype(np.float64)
 
 
+def opcua_tags(cfg: DictConfig, process: Process) -> TagMap | None:
+    """plant.tags for the process's states and inputs (None: lipctl's own server layout);
+    ConfigError naming the key of a wrong one, or of a missing plant.period_s."""
+    if cfg.plant.tags is None:
+        return None
+    if cfg.plant.period_s is None:
+        raise ConfigError("plant.period_s", "a plant reached through plant.tags publishes no "
+                                            "step period: give the control period in seconds")
+    raw = cfg.plant.tags
+    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else raw
+    try:
+        return tag_map(raw, process.state_names, process.input_names)
+    except SettingError as error:
+        raise ConfigError(f"plant.tags.{error.key}", error.message) from None
+
+
+OPCUA_REFUSALS = {PlantUnavailable: "plant.url", PlantRefused: "plant.security",
+                  TagError: "plant.tags"}  # a failed first connection -> the key to look at
+
+
 def build_plant(cfg: DictConfig, process: Process | None) -> tuple[Plant, float, np.ndarray, str]:
     """The plant, the control period (s), the input held before the first action and the
     plant's env id (an OPC UA plant: its process's)."""
@@ -162,12 +194,15 @@ def build_plant(cfg: DictConfig, process: Process | None) -> tuple[Plant, float,
         return plant, cfg.plant.period_s, initial_input(process, low, high), cfg.plant.id
     plant = OpcUaPlant(cfg.plant.url, cfg.plant.timeout_s, cfg.plant.reconnect_attempts,
                        cfg.plant.reconnect_delay_s, state_names=process.state_names,
-                       input_names=process.input_names)
+                       input_names=process.input_names, tags=opcua_tags(cfg, process),
+                       input_bounds=(process.input_low, process.input_high),
+                       security=security_config(cfg, "plant.security", CLIENT_URI))
     try:
+        plant.connect()
         period = cfg.plant.period_s or plant.period_s()
-    except PlantUnavailable as error:
+    except tuple(OPCUA_REFUSALS) as error:
         plant.close()
-        raise ConfigError("plant.url", f"{error} (start it with lipctl plant serve)") from None
+        raise ConfigError(OPCUA_REFUSALS[type(error)], str(error)) from None
     initial = initial_input(process, process.input_low, process.input_high)
     return plant, period, initial, process.env_id or process.name
 
@@ -237,6 +272,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
             signal.signal(signum, handler)
         plant.close()
     summary |= {"controller": cfg.controller.name, "plant": cfg.plant.name, "env_id": plant_env,
+                "clipped_writes": getattr(plant, "clipped_writes", None),
                 "interrupted": bool(received),
                 "stopped_by_signal": received[0] if received else None,
                 "certificate": None if certificate is None else certificate.to_dict()}

@@ -1,14 +1,16 @@
-"""lipctl plant serve env=cstr: serve the simulated CSTR over OPC UA until SIGINT/SIGTERM."""
+"""lipctl plant serve env=cstr: serve the simulated CSTR over OPC UA until SIGINT/SIGTERM,
+secured as `security` says; allow_remote=true requires a security policy and a user."""
 
 from __future__ import annotations
 
 import signal
 import threading
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lipctl.config import ConfigError, require_number, user_errors
 from lipctl.control.opcua_plant import PlantServer, quiet_asyncua
+from lipctl.control.opcua_security import SERVER_URI, Security, SettingError, security_settings
 from lipctl.envs.cstr import ENV_ID, CSTREnv
 
 
@@ -24,6 +26,17 @@ def require_pair(cfg: DictConfig, key: str, minimum: float | None = None,
         require_number(cfg, f"{key}.{i}", minimum)
 
 
+def security_config(cfg: DictConfig, key: str, application_uri: str) -> Security:
+    """The OPC UA security settings at cfg[key] (the password read from where they say);
+    ConfigError naming the key of a wrong one."""
+    raw = OmegaConf.select(cfg, key)
+    try:
+        return security_settings(None if raw is None else OmegaConf.to_container(raw, resolve=True),
+                                 application_uri)
+    except SettingError as error:
+        raise ConfigError(f"{key}.{error.key}", error.message) from None
+
+
 def validate(cfg: DictConfig) -> None:
     if cfg.env.id != ENV_ID:
         raise ConfigError("env", f"only {ENV_ID} can be served (env=cstr), got '{cfg.env.id}'")
@@ -35,6 +48,11 @@ def validate(cfg: DictConfig) -> None:
     require_pair(cfg, "x0", allow_none=True)
     require_pair(cfg, "obs_noise_std", 0)
     require_pair(cfg, "disturbance_std", 0)
+    security = security_config(cfg, "security", SERVER_URI)
+    if cfg.allow_remote and not (security.secure and security.credentials):
+        raise ConfigError("allow_remote", "a plant served beyond this machine must be secured: "
+                                          "set security.policy (e.g. Basic256Sha256), its "
+                                          "certificates and security.username with a password")
 
 
 def serve(cfg: DictConfig) -> None:
@@ -49,7 +67,8 @@ def serve(cfg: DictConfig) -> None:
     try:
         server = PlantServer(env, cfg.host, cfg.port, cfg.period_s,
                              None if cfg.x0 is None else list(cfg.x0),
-                             allow_remote=cfg.allow_remote, seed=cfg.seed)
+                             allow_remote=cfg.allow_remote, seed=cfg.seed,
+                             security=security_config(cfg, "security", SERVER_URI))
     except ValueError as error:
         raise ConfigError("host", str(error)) from None
     try:
