@@ -14,16 +14,13 @@ from lipctl.envs import make_env
 from lipctl.envs.cstr import (
     ACTION_HIGH,
     ACTION_LOW,
+    CSTR,
     ENV_ID,
     PARAMS,
     SAMPLING_PERIOD,
     STABILITY_LEVEL,
     cstr_rhs,
-    in_target,
-    lyapunov,
     rk4_step,
-    stage_cost,
-    target_lyapunov_level,
 )
 
 # (state, input) pairs across the stability region and the input box, bounds included.
@@ -54,11 +51,11 @@ def test_rk4_agrees_with_solve_ivp_over_one_period(x, u):
 
 def test_casadi_and_numpy_definitions_agree():
     xs, us = ca.SX.sym("x", 2), ca.SX.sym("u", 2)
-    symbolic = ca.Function("f", [xs, us], [cstr_rhs(xs, us), rk4_step(xs, us), lyapunov(xs),
-                                           stage_cost(xs, us)])
+    symbolic = ca.Function("f", [xs, us], [cstr_rhs(xs, us), rk4_step(xs, us), CSTR.lyapunov(xs),
+                                           CSTR.stage_cost(xs, us)])
     for x, u in CASES:
         x, u = np.array(x), np.array(u)
-        numeric = [cstr_rhs(x, u), rk4_step(x, u), lyapunov(x), stage_cost(x, u)]
+        numeric = [cstr_rhs(x, u), rk4_step(x, u), CSTR.lyapunov(x), CSTR.stage_cost(x, u)]
         for sym, num in zip(symbolic(x, u), numeric, strict=True):
             np.testing.assert_allclose(np.asarray(sym).ravel(), num, rtol=1e-12)
 
@@ -68,16 +65,16 @@ def test_numpy_definitions_batch_over_leading_axes():
     batched = rk4_step(x, u)
     assert batched.shape == (len(CASES), 2)
     np.testing.assert_allclose(batched[1], rk4_step(x[1], u[1]), rtol=1e-14)
-    np.testing.assert_allclose(lyapunov(x), [313.0, 313.0, 206.25, 567.4])
+    np.testing.assert_allclose(CSTR.lyapunov(x), [313.0, 313.0, 206.25, 567.4])
 
 
 def test_target_level_set_lies_in_the_target_ellipse():
-    level = target_lyapunov_level()
+    level = CSTR.target_lyapunov_level()
     angles = np.linspace(0, 2 * np.pi, 721)
     boundary = np.stack([0.1 * np.cos(angles), 3.0 * np.sin(angles)], axis=-1)
-    assert lyapunov(boundary).min() == pytest.approx(level, rel=1e-4)
-    assert in_target(np.array([[0.0, 0.0], [0.09, 0.0], [0.0, 2.9]])).all()
-    assert not in_target(np.array([[0.08, 2.0], [0.11, 0.0]])).any()
+    assert CSTR.lyapunov(boundary).min() == pytest.approx(level, rel=1e-4)
+    assert CSTR.in_target(np.array([[0.0, 0.0], [0.09, 0.0], [0.0, 2.9]])).all()
+    assert not CSTR.in_target(np.array([[0.08, 2.0], [0.11, 0.0]])).any()
 
 
 @pytest.mark.filterwarnings("ignore:.*symmetric and normalized", "ignore:.*infinity")
@@ -109,8 +106,8 @@ def test_env_is_registered_and_passes_both_env_checkers_with_only_the_documented
 def test_initial_states_come_from_options_or_the_stability_region():
     env = make_env(ENV_ID)
     starts = np.array([env.reset(seed=seed)[0] for seed in range(200)])
-    assert np.all(lyapunov(starts) <= STABILITY_LEVEL)
-    assert lyapunov(starts).max() > 0.8 * STABILITY_LEVEL  # spread over the region
+    assert np.all(CSTR.lyapunov(starts) <= STABILITY_LEVEL)
+    assert CSTR.lyapunov(starts).max() > 0.8 * STABILITY_LEVEL  # spread over the region
     observation, info = env.reset(options={"x0": [1.5, -70.0]})
     np.testing.assert_array_equal(observation, [1.5, -70.0])
     fixed = make_env(ENV_ID, x0=[-1.25, 50.0])
@@ -157,7 +154,7 @@ def test_actions_are_clipped_flagged_and_counted():
     _, reward, _, _, info = env.step(np.array([10.0, -2e6]))
     assert info["clipped"] and info["clip_count"] == 1
     np.testing.assert_array_equal(info["action"], [3.5, -5e5])
-    assert reward == pytest.approx(-stage_cost(np.array([0.5, -20.0]), np.array([3.5, -5e5])))
+    assert reward == pytest.approx(-CSTR.stage_cost(np.array([0.5, -20.0]), np.array([3.5, -5e5])))
     np.testing.assert_allclose(info["state"], rk4_step(np.array([0.5, -20.0]), info["action"]))
     _, _, _, _, info = env.step(np.array([1.0, 0.0]))
     assert not info["clipped"] and info["clip_count"] == 1

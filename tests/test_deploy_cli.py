@@ -17,16 +17,18 @@ import torch
 
 from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.agents.sac import SAC
-from lipctl.control.cstr_data import generate
 from lipctl.control.models import build_model, save_model
-from lipctl.envs.cstr import in_target, rk4_step
+from lipctl.control.process_data import generate
+from lipctl.envs.cstr import CSTR
+from lipctl.envs.quadtank import quadtank_process
 from lipctl.networks import read_network
 from tests.helpers import assert_user_error, lipctl
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    """An untrained SAC policy checkpoint for Pendulum-v1 and an untrained ICLRNN of the CSTR."""
+    """An untrained SAC policy checkpoint for Pendulum-v1 and untrained ICLRNNs of the CSTR and
+    of the quadruple tank."""
     folder = tmp_path_factory.mktemp("deploy")
     torch.manual_seed(0)
     agent = SAC(3, 1, hidden=[16, 16])
@@ -34,8 +36,11 @@ def files(tmp_path_factory) -> Path:
     save_checkpoint(folder / "policy.pt", {
         "agent": agent.state_dict(), "step": 0, "certificates": {},
         "config": {"env": {"id": "Pendulum-v1"}, "agent": {"learner": learner}}})
-    data = generate(rk4_step, states_per_axis=3, inputs_per_axis=2, chains=2, periods=2, seed=0)
+    data = generate(CSTR, states_per_axis=3, inputs_per_axis=2, chains=2, periods=2, seed=0)
     save_model(folder / "iclrnn.pt", build_model("iclrnn", 2, 2, hidden=8), data)
+    tanks = generate(quadtank_process(), states_per_axis=2, inputs_per_axis=2, chains=2,
+                     periods=2, seed=0)
+    save_model(folder / "quadtank-iclrnn.pt", build_model("iclrnn", 4, 2, hidden=8), tanks)
     return folder
 
 
@@ -113,7 +118,17 @@ def test_deploy_over_opcua_against_lipctl_plant_serve(files):
     assert summary["period"]["p50"] == pytest.approx(0.1, abs=0.02)
     assert summary["final_in_target"]
     stopped = out.split()
-    assert stopped[:2] == ["stopped", "at"] and in_target(np.array(stopped[2:4], float))
+    assert stopped[:2] == ["stopped", "at"] and CSTR.in_target(np.array(stopped[2:4], float))
+
+
+def test_deploy_mpc_on_the_quadruple_tank_to_another_operating_point(files):
+    lipctl("deploy", "controller=mpc", "plant=quadtank", "controller.horizon=10",
+           "controller.setpoint=high", "steps=40", "out=tank_run", cwd=files, check=True)
+    summary = json.loads((files / "tank_run" / "summary.json").read_text())
+    assert summary["env_id"] == "lipctl/QuadTank-v0" and summary["final_in_target"]
+    high = quadtank_process().operating_points["high"][0]
+    final = np.asarray(_records(files / "tank_run")[-1]["measurement"])
+    assert quadtank_process().in_target(final, high)
 
 
 def test_ctrl_c_stops_deploy_with_a_summary_of_the_logged_steps(files):
@@ -144,6 +159,11 @@ def test_users_mistakes_are_one_line_and_exit_code_2(files):
         (["plant", "serve", "host=0.0.0.0"], "non-loopback host"),
         (["deploy", "controller=mpc", "controller.solver={hessian:newton}"],
          "controller.solver: hessian must be one of"),
+        (["deploy", "controller=mpc", "plant=gym"], "need a plant with a process description"),
+        (["deploy", "controller=model_mpc", "checkpoint=quadtank-iclrnn.pt"],
+         "models process 'quadtank', expected 'cstr'"),
+        (["deploy", "controller=mpc", "plant=quadtank", "controller.setpoint=top"],
+         "no operating point 'top'"),
     ]
     for args, expected in cases:
         assert_user_error(lipctl(*args, cwd=files, timeout=120), expected)

@@ -9,27 +9,23 @@ from lipctl.control import (
     SolverOptions,
     SolveStats,
     Trajectory,
-    cstr_metrics,
+    process_metrics,
     reached_step,
     run,
 )
+from lipctl.control.process_mpc import mpc_episode, process_mpc
 from lipctl.envs import make_env
-from lipctl.envs.cstr import (
-    ACTION_HIGH,
-    ACTION_LOW,
-    ENV_ID,
-    lyapunov,
-    rk4_step,
-    target_lyapunov_level,
-)
+from lipctl.envs.cstr import CSTR, ENV_ID, PUBLISHED_STARTS
+from lipctl.envs.quadtank import quadtank_process
 
-STARTS = [[1.5, -70.0], [-1.5, 70.0], [-1.25, 50.0], [1.25, -50.0]]  # published, deviation form
+STARTS = [list(start) for start in PUBLISHED_STARTS]  # deviation form
+ACTION_LOW, ACTION_HIGH = CSTR.input_low, CSTR.input_high
 
 
 @pytest.fixture(scope="module")
 def lmpc() -> MPC:
     """First-principles LMPC, horizon 2, built once for the module (run() resets it)."""
-    return MPC(rk4_step)
+    return MPC(CSTR.step, CSTR)
 
 
 def _episode(controller: MPC, start: list[float], steps: int = 30) -> Trajectory:
@@ -40,36 +36,36 @@ def _episode(controller: MPC, start: list[float], steps: int = 30) -> Trajectory
 @pytest.mark.parametrize("start", STARTS)
 def test_first_principles_lmpc_reaches_and_keeps_the_target(lmpc, start):
     trajectory = _episode(lmpc, start)
-    metrics = cstr_metrics(trajectory, lmpc.stats)
+    metrics = process_metrics(CSTR, trajectory, lmpc.stats)
     assert metrics.reached_step is not None and metrics.reached_step <= 20
     assert metrics.fallbacks == 0 and metrics.bound_violations == 0
     assert len(lmpc.stats) == len(trajectory) == 30
     # Noise-free plant = model, so the contraction constraint holds on the closed loop.
-    v = lyapunov(trajectory.observations)
-    bound = np.maximum(v[:-1], target_lyapunov_level())
+    v = CSTR.lyapunov(trajectory.observations)
+    bound = np.maximum(v[:-1], CSTR.target_lyapunov_level())
     assert np.all(v[1:] <= bound * (1 + 1e-4))
 
 
 def test_mpc_without_contraction_also_reaches_the_target():
-    mpc = MPC(rk4_step, contraction=False)
+    mpc = MPC(CSTR.step, CSTR, contraction=False)
     trajectory = _episode(mpc, STARTS[0])
-    assert reached_step(trajectory.observations) is not None
-    assert cstr_metrics(trajectory, mpc.stats).fallbacks == 0
+    assert reached_step(CSTR, trajectory.observations) is not None
+    assert process_metrics(CSTR, trajectory, mpc.stats).fallbacks == 0
 
 
 @pytest.mark.parametrize("horizon", [2, 10])
 def test_solve_time_by_horizon(horizon):
-    mpc = MPC(rk4_step, horizon=horizon)
-    metrics = cstr_metrics(_episode(mpc, STARTS[0], steps=20), mpc.stats)
+    mpc = MPC(CSTR.step, CSTR, horizon=horizon)
+    metrics = process_metrics(CSTR, _episode(mpc, STARTS[0], steps=20), mpc.stats)
     print(f"\nLMPC horizon {horizon}: solve median {metrics.solve_ms_median:.1f} ms, "
           f"p95 {metrics.solve_ms_p95:.1f} ms, reached step {metrics.reached_step}")
     assert metrics.fallbacks == 0 and metrics.reached_step is not None
 
 
 def test_failed_solves_fall_back_without_crashing_the_loop():
-    mpc = MPC(rk4_step, ipopt_options={"max_iter": 1})
+    mpc = MPC(CSTR.step, CSTR, ipopt_options={"max_iter": 1})
     trajectory = _episode(mpc, STARTS[0], steps=5)
-    metrics = cstr_metrics(trajectory, mpc.stats)
+    metrics = process_metrics(CSTR, trajectory, mpc.stats)
     assert len(trajectory) == 5 and metrics.fallbacks == 5
     assert metrics.status_counts == {"Maximum_Iterations_Exceeded": 5}
     np.testing.assert_array_equal(trajectory.actions, 0.0)  # no plan yet: zero input
@@ -93,19 +89,21 @@ def test_fallback_applies_the_shifted_previous_plan(lmpc):
 
 def test_bad_mpc_settings_are_value_errors():
     with pytest.raises(ValueError, match="horizon"):
-        MPC(rk4_step, horizon=0)
+        MPC(CSTR.step, CSTR, horizon=0)
     with pytest.raises(ValueError, match="model must return a state of size 2"):
-        MPC(lambda x, u: x[0])
-    with pytest.raises(ValueError, match="low < high"):
-        MPC(rk4_step, action_low=ACTION_HIGH, action_high=ACTION_LOW)
+        MPC(lambda x, u: x[0], CSTR)
+    with pytest.raises(ValueError, match="has no Lyapunov function"):
+        MPC(quadtank_process().step, quadtank_process(), contraction=True)
 
 
 def test_reached_step_needs_the_state_to_stay():
     inside, outside = [0.0, 0.0], [1.0, 0.0]
-    assert reached_step(np.array([outside, inside, inside])) == 1
-    assert reached_step(np.array([outside, inside, outside, inside])) == 3
-    assert reached_step(np.array([inside, inside])) == 0
-    assert reached_step(np.array([inside, outside])) is None
+    assert reached_step(CSTR, np.array([outside, inside, inside])) == 1
+    assert reached_step(CSTR, np.array([outside, inside, outside, inside])) == 3
+    assert reached_step(CSTR, np.array([inside, inside])) == 0
+    assert reached_step(CSTR, np.array([inside, outside])) is None
+    shifted = np.array([outside, inside]) + 5.0  # around another reference
+    assert reached_step(CSTR, shifted, x_ref=np.full(2, 5.0)) == 1
 
 
 def test_metrics_count_bound_violations_cost_and_solver_figures():
@@ -117,13 +115,13 @@ def test_metrics_count_bound_violations_cost_and_solver_figures():
     )
     stats = [SolveStats(0.001 * k, "Solve_Succeeded", False) for k in (1, 2)]
     stats.append(SolveStats(0.010, "Maximum_Iterations_Exceeded", True))
-    metrics = cstr_metrics(trajectory, stats)
+    metrics = process_metrics(CSTR, trajectory, stats)
     assert metrics.bound_violations == 2 and metrics.fallbacks == 1
     assert metrics.integrated_cost == pytest.approx(0.005 * 6.0)
     assert metrics.solve_ms_median == pytest.approx(2.0)
     assert metrics.solve_ms_p95 == pytest.approx(9.2)
     assert metrics.status_counts == {"Solve_Succeeded": 2, "Maximum_Iterations_Exceeded": 1}
-    assert np.isnan(cstr_metrics(trajectory).solve_ms_median)
+    assert np.isnan(process_metrics(CSTR, trajectory).solve_ms_median)
 
 
 @pytest.mark.parametrize("options", [
@@ -132,7 +130,7 @@ def test_metrics_count_bound_violations_cost_and_solver_figures():
     SolverOptions(symbolic="MX", warm_duals=True),
 ])
 def test_every_solver_option_plans_what_the_default_plans(lmpc, options):
-    other = MPC(rk4_step, solver=options)
+    other = MPC(CSTR.step, CSTR, solver=options)
     for start in STARTS:
         lmpc.reset()
         other.reset()
@@ -144,7 +142,7 @@ def test_every_solver_option_plans_what_the_default_plans(lmpc, options):
 
 
 def test_warm_duals_are_kept_after_a_success_and_cleared_by_reset():
-    mpc = MPC(rk4_step, solver=SolverOptions(warm_duals=True))
+    mpc = MPC(CSTR.step, CSTR, solver=SolverOptions(warm_duals=True))
     mpc.act(np.array(STARTS[0]))
     assert set(mpc._multipliers) == {"lam_x0", "lam_g0"}
     assert mpc._multipliers["lam_x0"].shape == (2 * 2,)
@@ -158,8 +156,8 @@ def _linear(x, u):
 
 
 def test_jit_compiled_mpc_gives_the_interpreted_plan():
-    interpreted = MPC(_linear, contraction=False)
-    compiled = MPC(_linear, contraction=False, solver=SolverOptions(jit=True))
+    interpreted = MPC(_linear, CSTR, contraction=False)
+    compiled = MPC(_linear, CSTR, contraction=False, solver=SolverOptions(jit=True))
     assert compiled._solver.is_a("Nlpsol") and compiled.options.jit
     start = np.array(STARTS[1])
     np.testing.assert_allclose(compiled.act(start), interpreted.act(start), rtol=1e-6)
@@ -168,7 +166,7 @@ def test_jit_compiled_mpc_gives_the_interpreted_plan():
 def test_jit_without_a_compiler_warns_and_runs_interpreted(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.warns(RuntimeWarning, match="no C compiler on PATH"):
-        mpc = MPC(_linear, contraction=False, solver=SolverOptions(jit=True))
+        mpc = MPC(_linear, CSTR, contraction=False, solver=SolverOptions(jit=True))
     assert np.all(np.isfinite(mpc.act(np.array(STARTS[1]))))
 
 
@@ -186,3 +184,18 @@ def test_solve_stats_count_ipopt_iterations(lmpc):
     solved, skipped = lmpc.stats
     assert 1 <= solved.iterations <= 100 and not solved.fallback
     assert skipped.iterations == 0 and skipped.fallback
+
+
+def test_quadruple_tank_mpc_follows_a_setpoint_change_without_leaving_bounds():
+    """The generic MPC on a second process: no Lyapunov function, absolute levels, a reference
+    switched mid-episode without rebuilding the problem."""
+    process = quadtank_process()
+    low, high = (process.operating_points[name][0] for name in ("low", "high"))
+    mpc = process_mpc(process, horizon=10, setpoint="low")
+    assert not mpc.contraction
+    trajectory, metrics = mpc_episode(mpc, low, steps=50, schedule={0: "low", 20: "high"})
+    states = np.array([info["state"] for info in trajectory.infos])
+    assert process.in_target(states[20], low) and not process.in_target(states[20], high)
+    assert metrics.reached_step is not None and metrics.reached_step <= 45
+    assert metrics.bound_violations == metrics.state_violations == metrics.fallbacks == 0
+    np.testing.assert_allclose(mpc.x_ref, high)

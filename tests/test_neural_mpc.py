@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from lipctl.control import MPC, cstr_metrics, run
-from lipctl.control.cstr_data import PLANT_ID, SUBSTEPS, Scaler, generate
+from lipctl.control import MPC, process_metrics, run
 from lipctl.control.models import TrainedModel, build_model, casadi_model, fit, save_model
 from lipctl.control.models.base import ProcessModel
+from lipctl.control.process_data import Scaler, generate
 from lipctl.envs import make_env
-from lipctl.envs.cstr import ACTION_HIGH, ACTION_LOW, ENV_ID, SAMPLING_PERIOD, rk4_step
+from lipctl.envs.cstr import CSTR, ENV_ID, PUBLISHED_STARTS
 
-STARTS = [[1.5, -70.0], [-1.5, 70.0], [-1.25, 50.0], [1.25, -50.0]]  # published, deviation form
+STARTS = [list(start) for start in PUBLISHED_STARTS]  # deviation form
+ACTION_LOW, ACTION_HIGH = CSTR.input_low, CSTR.input_high
 KINDS = {"iclrnn": {}, "icrnn": {}, "rnn": {}, "rnn-relu": {"nonlinearity": "relu"}, "lstm": {},
          "iclrnn-stacked": {"layers": 2}, "rnn-stacked": {"layers": 2},
          "lstm-stacked": {"layers": 2}}
@@ -29,8 +30,8 @@ INPUT_SCALER = Scaler(np.array([0.1, 1e4]), np.array([2.0, 2.9e5]))
 
 def _trained(model: ProcessModel, state_scaler: Scaler = STATE_SCALER,
              input_scaler: Scaler = INPUT_SCALER) -> TrainedModel:
-    return TrainedModel(model.eval(), state_scaler, input_scaler, PLANT_ID, SAMPLING_PERIOD,
-                        SUBSTEPS)
+    return TrainedModel(model.eval(), state_scaler, input_scaler, CSTR.name, CSTR.state_names,
+                        CSTR.input_names, CSTR.sampling_period, CSTR.substeps)
 
 
 def _untrained(kind: str, hidden: int = 8) -> TrainedModel:
@@ -133,7 +134,7 @@ def test_models_that_do_not_fit_are_value_errors():
     with pytest.raises(ValueError, match=r"sizes do not match: model \(3, 2\).*scalers \(2, 2\)"):
         casadi_model(_trained(model))
     three = Scaler(np.zeros(3), np.ones(3))
-    with pytest.raises(ValueError, match=r"plant \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"names \(2, 2\)"):
         casadi_model(_trained(model, state_scaler=three))
     broken = build_model("icrnn", 2, 2, hidden=4)
     broken.U[0] = torch.nn.Parameter(torch.ones(4, 5))
@@ -144,13 +145,13 @@ def test_models_that_do_not_fit_are_value_errors():
 
 
 def test_a_model_file_of_other_sizes_is_a_value_error(tmp_path: Path):
-    data = generate(rk4_step, states_per_axis=6, inputs_per_axis=3, chains=4, periods=3)
+    data = generate(CSTR, states_per_axis=6, inputs_per_axis=3, chains=4, periods=3)
     path = tmp_path / "model.pt"
     save_model(path, build_model("rnn", 2, 2, hidden=4), data)
     assert casadi_model(path).size1_out(0) == 2
     state = torch.load(path, weights_only=True)
     torch.save({**state, "input_size": 3}, path)
-    with pytest.raises(ValueError, match="maps 2 states and 3 inputs"):
+    with pytest.raises(ValueError, match="names 2 states and 2 inputs for a model of 2 and 3"):
         casadi_model(path)
 
 
@@ -158,7 +159,7 @@ def test_a_model_file_of_other_sizes_is_a_value_error(tmp_path: Path):
 def iclrnn() -> TrainedModel:
     """An ICLRNN of 16 units fitted for ~3 s on 1340 generated rows (938 train): test MSE
     ~2e-3 (scaled), enough for the MPC; ~1e-2 after 40 epochs on ~500 rows was not."""
-    data = generate(rk4_step, states_per_axis=12, inputs_per_axis=5, chains=32, periods=20,
+    data = generate(CSTR, states_per_axis=12, inputs_per_axis=5, chains=32, periods=20,
                     seed=0)
     torch.manual_seed(0)
     model = build_model("iclrnn", 2, 2, hidden=16)
@@ -166,12 +167,12 @@ def iclrnn() -> TrainedModel:
     print(f"\nICLRNN fit: {len(data.rows('train'))} train rows, {result.seconds:.1f} s, "
           f"test MSE {result.test_mse:.2e}")
     return TrainedModel(model.eval(), data.state_scaler, data.input_scaler, data.plant_id,
-                        data.sampling_period, data.substeps)
+                        data.state_names, data.input_names, data.sampling_period, data.substeps)
 
 
 def _closed_loop(mpc: MPC, start: list[float], steps: int = 30):
     (trajectory,) = run(mpc, make_env(ENV_ID, x0=start, max_episode_steps=steps), seed=0)
-    return cstr_metrics(trajectory, mpc.stats)
+    return process_metrics(CSTR, trajectory, mpc.stats)
 
 
 def test_fitted_iclrnn_matches_torch(iclrnn):
@@ -181,7 +182,7 @@ def test_fitted_iclrnn_matches_torch(iclrnn):
 
 
 def test_iclrnn_mpc_reaches_the_target_from_every_published_start(iclrnn):
-    mpc = MPC(casadi_model(iclrnn), horizon=2)
+    mpc = MPC(casadi_model(iclrnn), CSTR, horizon=2)
     results = {tuple(start): _closed_loop(mpc, start) for start in STARTS}
     for start, metrics in results.items():
         print(f"ICLRNN-MPC N=2 from {start}: reached step {metrics.reached_step}, solve median "
@@ -193,7 +194,7 @@ def test_iclrnn_mpc_reaches_the_target_from_every_published_start(iclrnn):
 
 
 def test_iclrnn_mpc_solve_time_at_horizon_ten(iclrnn):
-    mpc = MPC(casadi_model(iclrnn), horizon=10)
+    mpc = MPC(casadi_model(iclrnn), CSTR, horizon=10)
     metrics = _closed_loop(mpc, STARTS[0], steps=20)
     print(f"\nICLRNN-MPC N=10 from {STARTS[0]}: reached step {metrics.reached_step}, solve "
           f"median {metrics.solve_ms_median:.1f} ms (p95 {metrics.solve_ms_p95:.1f})")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from lipctl.control.cstr_data import generate
 from lipctl.control.models import (
     ICLRNN,
     MODELS,
@@ -22,7 +21,10 @@ from lipctl.control.models import (
     sequence_lower_bound,
     sequence_upper_bound,
 )
-from lipctl.envs.cstr import rk4_step
+from lipctl.control.process_data import generate
+from lipctl.envs.cstr import CSTR
+from lipctl.envs.quadtank import quadtank_process
+from lipctl.lipschitz.certificates import Certificate
 
 HIDDEN = 32
 EPOCHS = 60
@@ -31,7 +33,7 @@ MSE_THRESHOLD = 0.05
 
 @pytest.fixture(scope="module")
 def data():
-    return generate(rk4_step, states_per_axis=12, inputs_per_axis=5, chains=32, periods=20,
+    return generate(CSTR, states_per_axis=12, inputs_per_axis=5, chains=32, periods=20,
                     seed=0)
 
 
@@ -197,8 +199,11 @@ def test_lstm_has_a_sampled_lower_bound_but_no_weight_bound(trained, held_out_in
 def test_save_load_round_trip_gives_identical_outputs(trained, data, held_out_inputs, name,
                                                       tmp_path: Path):
     model = trained[name][0].eval()
-    save_model(tmp_path / "model.pt", model, data)
+    certificate = Certificate(upper=3.5, lower=1.25, method="recurrent spectral product",
+                              seconds=0.1)
+    save_model(tmp_path / "model.pt", model, data, certificate)
     loaded = load_model(tmp_path / "model.pt", data)
+    assert loaded.certificate == certificate
     assert type(loaded.model) is type(model)
     with torch.no_grad():
         assert torch.equal(loaded.model(held_out_inputs), model(held_out_inputs))
@@ -211,15 +216,16 @@ def test_save_load_round_trip_gives_identical_outputs(trained, data, held_out_in
 def test_a_model_for_another_plant_or_sizes_is_refused(trained, data, tmp_path: Path):
     path = tmp_path / "model.pt"
     save_model(path, trained["iclrnn"][0], data)
-    with pytest.raises(ValueError, match="expected 'lipctl/Other-v0'"):
-        load_model(path, plant_id="lipctl/Other-v0")
-    other = generate(rk4_step, states_per_axis=8, inputs_per_axis=3, chains=8, periods=5,
+    with pytest.raises(ValueError, match="models process 'cstr', expected 'quadtank'"):
+        load_model(path, process=quadtank_process())
+    assert load_model(path, process=CSTR).state_names == ("CA", "T")
+    other = generate(CSTR, states_per_axis=8, inputs_per_axis=3, chains=8, periods=5,
                      seed=3)
     with pytest.raises(ValueError, match="other state scalers"):
         load_model(path, other)
     state = torch.load(path, weights_only=True)
     torch.save({**state, "state_size": 3}, path)
-    with pytest.raises(ValueError, match="maps 3 states and 2 inputs"):
+    with pytest.raises(ValueError, match="names 2 states and 2 inputs for a model of 3 and 2"):
         load_model(path)
     torch.save({**state, "model": "transformer"}, path)
     with pytest.raises(ValueError, match="unknown model 'transformer'"):

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from lipctl.control import reached_step
-from lipctl.control.cstr_closed_loop import PUBLISHED_STARTS, cstr_mpc
 from lipctl.control.faults import FaultyController
 from lipctl.control.mpc import MPC
+from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
 from lipctl.envs import make_env
-from lipctl.envs.cstr import ENV_ID, SAMPLING_PERIOD, rk4_step
+from lipctl.envs.cstr import CSTR, ENV_ID, PUBLISHED_STARTS, SAMPLING_PERIOD
 from lipctl.lipschitz.certificates import Certificate
 
 PERIOD = SAMPLING_PERIOD * 3600  # seconds
@@ -84,12 +84,12 @@ def test_deployment_refused_without_a_certificate():
 
 def test_first_principles_mpc_through_the_runtime_reaches_the_target(tmp_path):
     plant = _cstr(PUBLISHED_STARTS[1])
-    runtime = Runtime(cstr_mpc(None), plant, PERIOD, 20, tmp_path / "steps.jsonl",
+    runtime = Runtime(process_mpc(CSTR), plant, PERIOD, 20, tmp_path / "steps.jsonl",
                       initial_action=[0.0, 0.0],
                       measurement_range=([-5.0, -200.0], [5.0, 200.0]))
     summary = runtime.run()
     states = [r["measurement"] for r in runtime.records] + [plant.info["state"].tolist()]
-    reached = reached_step(np.asarray(states))
+    reached = reached_step(CSTR, np.asarray(states))
     assert reached is not None and reached <= 16
     assert summary["steps"] == 20 and summary["fallbacks"] == 0
     assert summary["deadline_misses"] == 0
@@ -111,7 +111,7 @@ def test_realtime_pacing_holds_the_period(tmp_path):
 
 
 def test_failed_solves_of_a_strict_mpc_are_solver_failures(tmp_path):
-    mpc = MPC(rk4_step, ipopt_options={"max_iter": 0}, strict=True)  # IPOPT never succeeds
+    mpc = MPC(CSTR.step, CSTR, ipopt_options={"max_iter": 0}, strict=True)  # IPOPT never succeeds
     runtime = Runtime(mpc, _cstr(), PERIOD, 3, tmp_path / "steps.jsonl",
                       initial_action=[0.5, 0.0])
     assert runtime.run()["fallbacks_by_cause"] == {"solver_failure": 3}

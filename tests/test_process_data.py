@@ -1,42 +1,43 @@
-"""CSTR open-loop data: generation, the seeded split, train-only scalers and the .npz record."""
+"""Open-loop process data: generation (CSTR and quadruple tank), the seeded split, train-only
+scalers and the .npz record."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lipctl.control.cstr_data import (
-    INPUT_HIGH,
-    INPUT_LOW,
-    PLANT_ID,
-    STABILITY_LEVEL,
-    SUBSTEPS,
+from lipctl.control.process_data import (
     Scaler,
     generate,
     grid_samples,
     load_dataset,
-    lyapunov,
     make_dataset,
     random_samples,
+    random_split,
     sane_rows,
     save_dataset,
     state_grid,
 )
-from lipctl.envs.cstr import rk4_step
+from lipctl.envs.cstr import CSTR, SUBSTEPS, cstr_rhs, rk4_step
+from lipctl.envs.quadtank import quadtank_process
+
+INPUT_LOW, INPUT_HIGH, STABILITY_LEVEL = CSTR.input_low, CSTR.input_high, CSTR.stability_level
+lyapunov = CSTR.lyapunov
 
 SMALL = dict(states_per_axis=10, inputs_per_axis=4, chains=16, periods=10)
 
 
 @pytest.fixture(scope="module")
 def dataset():
-    return generate(rk4_step, **SMALL, seed=0)
+    return generate(CSTR, **SMALL, seed=0)
 
 
 def test_grid_samples_start_inside_the_region_and_span_the_inputs():
-    x0, u, targets = grid_samples(rk4_step, states_per_axis=10, inputs_per_axis=4)
-    states = len(state_grid(10))
+    x0, u, targets = grid_samples(CSTR, states_per_axis=10, inputs_per_axis=4)
+    states = len(state_grid(CSTR, 10))
     assert states > 10
     assert x0.shape == u.shape == (states * 16, 2)
     assert targets.shape == (states * 16, SUBSTEPS, 2)
@@ -48,7 +49,7 @@ def test_grid_samples_start_inside_the_region_and_span_the_inputs():
 
 def test_random_chains_go_on_from_the_reached_state_and_restart_inside_the_region():
     chains, periods = 8, 5
-    x0, u, targets = random_samples(rk4_step, chains=chains, periods=periods, seed=1)
+    x0, u, targets = random_samples(CSTR, chains=chains, periods=periods, seed=1)
     assert x0.shape == (chains * periods, 2) and targets.shape == (chains * periods, SUBSTEPS, 2)
     assert (lyapunov(x0) <= STABILITY_LEVEL).all()
     assert ((u >= INPUT_LOW) & (u <= INPUT_HIGH)).all()
@@ -59,23 +60,39 @@ def test_random_chains_go_on_from_the_reached_state_and_restart_inside_the_regio
 
 
 def test_generation_drops_non_finite_and_insane_rows():
-    def flaky_step(x: np.ndarray, u: np.ndarray, dt: float) -> np.ndarray:
-        out = rk4_step(x, u, dt)
-        out[u[:, 0] > 3] = np.nan  # the top CA0 row of the input grid blows up
-        out[u[:, 1] < -4.9e5, 1] += 1e4  # the bottom Q row leaves the sane range
+    def flaky_rhs(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        out = cstr_rhs(x, u)
+        out[u[..., 0] > 3] = np.nan  # the top CA0 row of the input grid blows up
+        out[u[..., 1] < -4.9e5, 1] += 1e7  # the bottom Q row leaves the sane range
         return out
 
-    clean, flaky = generate(rk4_step, **SMALL), generate(flaky_step, **SMALL)
+    flaky_plant = dataclasses.replace(CSTR, rhs=flaky_rhs)
+    clean, flaky = generate(CSTR, **SMALL), generate(flaky_plant, **SMALL)
     assert len(flaky.x0) < len(clean.x0)
     assert np.isfinite(flaky.targets).all()
-    assert sane_rows(flaky.x0, flaky.targets).all()
-    assert not sane_rows(np.zeros((1, 2)), np.full((1, SUBSTEPS, 2), np.nan)).any()
+    assert sane_rows(CSTR, flaky.x0, flaky.targets).all()
+    assert not sane_rows(CSTR, np.zeros((1, 2)), np.full((1, SUBSTEPS, 2), np.nan)).any()
+
+
+def test_quadruple_tank_data_has_its_own_sizes_names_and_timing(tmp_path: Path):
+    process = quadtank_process()
+    data = generate(process, states_per_axis=3, inputs_per_axis=3, chains=8, periods=5)
+    assert data.x0.shape[1] == 4 and data.u.shape[1] == 2
+    assert data.targets.shape[1:] == (process.substeps, 4)
+    assert (data.plant_id, data.state_names, data.input_names) == (
+        "quadtank", ("h1", "h2", "h3", "h4"), ("v1", "v2"))
+    z, y = data.sequences("train")
+    assert z.shape[2] == 6 and y.shape[2] == 4
+    save_dataset(data, tmp_path / "quadtank.npz")
+    assert load_dataset(tmp_path / "quadtank.npz", process).sampling_period == 10.0
+    with pytest.raises(ValueError, match="holds data of process 'quadtank', expected 'cstr'"):
+        load_dataset(tmp_path / "quadtank.npz", CSTR)
 
 
 def test_split_is_fixed_by_the_seed(dataset):
     x0, u, targets = dataset.x0, dataset.u, dataset.targets
-    again = make_dataset(x0, u, targets, seed=0)
-    other = make_dataset(x0, u, targets, seed=1)
+    again = make_dataset(CSTR, x0, u, targets, random_split(len(x0), 0, (0.7, 0.15, 0.15)))
+    other = make_dataset(CSTR, x0, u, targets, random_split(len(x0), 1, (0.7, 0.15, 0.15)))
     np.testing.assert_array_equal(again.split, dataset.split)
     assert (other.split != dataset.split).any()
     counts = np.bincount(dataset.split, minlength=3) / len(x0)
@@ -112,7 +129,8 @@ def test_save_load_round_trip(dataset, tmp_path: Path):
     for name in ("x0", "u", "targets", "split"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(dataset, name))
     np.testing.assert_array_equal(loaded.state_scaler.std, dataset.state_scaler.std)
-    assert (loaded.plant_id, loaded.substeps, loaded.sampling_period) == (PLANT_ID, 10, 0.005)
+    assert (loaded.plant_id, loaded.substeps, loaded.sampling_period) == ("cstr", 10, 0.005)
+    assert (loaded.state_names, loaded.input_names) == (("CA", "T"), ("CA0", "Q"))
 
 
 def _tampered(dataset, tmp_path: Path, **changes) -> Path:
@@ -132,19 +150,21 @@ def test_non_finite_rows_are_a_clear_error(dataset, tmp_path: Path):
     with pytest.raises(ValueError, match=f"3 of {n} data rows hold non-finite"):
         load_dataset(_tampered(dataset, tmp_path, targets=targets))
     with pytest.raises(ValueError, match=f"3 of {n} data rows hold non-finite"):
-        make_dataset(dataset.x0, dataset.u, targets)
+        make_dataset(CSTR, dataset.x0, dataset.u, targets, dataset.split)
 
 
 def test_wrong_plant_schema_or_shape_is_refused(dataset, tmp_path: Path):
     path = _tampered(dataset, tmp_path)
-    with pytest.raises(ValueError, match="expected 'lipctl/Other-v0'"):
-        load_dataset(path, plant_id="lipctl/Other-v0")
-    with pytest.raises(ValueError, match="holds data of plant 'gym/Pendulum-v1'"):
-        load_dataset(_tampered(dataset, tmp_path, plant_id=np.array("gym/Pendulum-v1")))
+    with pytest.raises(ValueError, match="expected 'quadtank'"):
+        load_dataset(path, quadtank_process())
+    with pytest.raises(ValueError, match="holds data of process 'pendulum'"):
+        load_dataset(_tampered(dataset, tmp_path, plant_id=np.array("pendulum")), CSTR)
+    with pytest.raises(ValueError, match="names states/inputs"):
+        load_dataset(_tampered(dataset, tmp_path, state_names=np.array(["C", "T"])), CSTR)
     with pytest.raises(ValueError, match="schema version 99"):
         load_dataset(_tampered(dataset, tmp_path, schema_version=np.array(99)))
     with pytest.raises(ValueError, match="targets must be"):
         load_dataset(_tampered(dataset, tmp_path, targets=dataset.targets[:, :5]))
-    with pytest.raises(ValueError, match="is not a CSTR dataset record"):
+    with pytest.raises(ValueError, match="is not a process dataset record"):
         np.savez(path, x0=dataset.x0)
         load_dataset(path)
