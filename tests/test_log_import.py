@@ -4,6 +4,8 @@ one-line errors, and a model fitted on an imported log against one fitted on sim
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -11,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from lipctl.cli import main
 from lipctl.control.log_import import time_split
 from lipctl.control.models import build_model, fit
 from lipctl.control.process_data import (
@@ -20,7 +23,7 @@ from lipctl.control.process_data import (
     make_dataset,
 )
 from lipctl.envs.quadtank import ENV_ID, quadtank_process
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import assert_user_error
 
 PROCESS = quadtank_process()
 PERIOD = PROCESS.sampling_period
@@ -30,6 +33,28 @@ COLUMNS = ("log.columns={time:stamp,states:{h1:LT101,h2:LT102,h3:LT103,h4:LT104}
            "inputs:{v1:P1_V,v2:P2_V}}")
 VOLTS = (2.2, 3.6)  # keeps the levels inside the tanks
 HOLD = (3, 9)  # periods a voltage pair is held
+
+
+@pytest.fixture
+def lipctl_data(tmp_path, monkeypatch, capsys):
+    """`lipctl data ARGS` run in tmp_path by the CLI's own main, in this process (a subprocess
+    per bad log would take seconds each); its result as a CompletedProcess."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands its arguments to Hydra
+
+    def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            main(["data", *args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"lipctl data {' '.join(args)} failed:\n{out}\n{err}")
+        return subprocess.CompletedProcess(["lipctl", "data", *args], code, out, err)
+
+    return run
 
 
 def excite(periods: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,13 +129,13 @@ def fitted_error(name: str, data: ProcessDataset, test: tuple[np.ndarray, ...], 
 
 
 @pytest.mark.slow
-def test_a_model_fitted_on_an_imported_log_predicts_like_one_fitted_on_the_simulator(tmp_path):
+def test_a_model_fitted_on_an_imported_log_predicts_like_one_fitted_on_the_simulator(
+        tmp_path, lipctl_data):
     periods = 900
     nan_runs = ((400, 4, ("LT102",)), (900, 3, ("P1_V", "LT101")),
                 (2000, 60, tuple(TAGS.values())))
     write_log(tmp_path / "log.csv", periods, seed=1, noise=0.02, iso=True, nan_runs=nan_runs)
-    result = lipctl("data", "env=quadtank", "import=log.csv", COLUMNS, "out=log.npz",
-                    cwd=tmp_path, check=True)
+    result = lipctl_data("env=quadtank", "import=log.csv", COLUMNS, "out=log.npz", check=True)
     assert report_counts(result.stdout)["long gaps"] == 1
     imported = load_dataset(tmp_path / "log.npz", PROCESS)
     assert imported.substeps == 1 and len(imported.x0) > 0.9 * (periods - 20)
@@ -131,12 +156,12 @@ def test_a_model_fitted_on_an_imported_log_predicts_like_one_fitted_on_the_simul
             assert errors[0] < 0.3 * unchanged
 
 
-def test_short_gaps_are_interpolated_and_a_long_gap_splits_the_log(tmp_path):
+def test_short_gaps_are_interpolated_and_a_long_gap_splits_the_log(tmp_path, lipctl_data):
     nan_runs = ((100, 3, ("LT101",)), (300, 4, ("P2_V",)), (302, 2, ("LT104",)),
                 (500, 40, ("LT103",)))
     write_log(tmp_path / "log.csv", 300, seed=4, noise=0.0, nan_runs=nan_runs)
-    result = lipctl("data", "env=quadtank", "import=log.csv", COLUMNS, "out=log.npz",
-                    "log.min_segment_periods=5", cwd=tmp_path, check=True)
+    result = lipctl_data("env=quadtank", "import=log.csv", COLUMNS, "out=log.npz",
+                    "log.min_segment_periods=5", check=True)
     counts = report_counts(result.stdout)
     assert counts == {"short gaps interpolated": 2, "long gaps": 1, "segments kept": 2,
                       "too short": 0}, result.stdout
@@ -150,16 +175,15 @@ def test_short_gaps_are_interpolated_and_a_long_gap_splits_the_log(tmp_path):
     assert list(data.split) == sorted(data.split)  # train, then val, then test, in time order
 
 
-def test_columns_named_like_the_process_need_no_map(tmp_path):
+def test_columns_named_like_the_process_need_no_map(tmp_path, lipctl_data):
     frame = write_log(tmp_path / "tags.csv", 60, seed=5, noise=0.0)
     names = {tag: name for name, tag in TAGS.items()} | {"stamp": "time"}
     frame.rename(columns=names).to_csv(tmp_path / "log.csv", index=False)
-    result = lipctl("data", "env=quadtank", "import=log.csv", "out=log.npz", cwd=tmp_path,
-                    check=True)
+    result = lipctl_data("env=quadtank", "import=log.csv", "out=log.npz", check=True)
     assert "log.npz: " in result.stdout and len(load_dataset(tmp_path / "log.npz").x0) >= 55
 
 
-def test_bad_logs_are_one_line_and_exit_code_2(tmp_path):
+def test_bad_logs_are_one_line_and_exit_code_2(tmp_path, lipctl_data):
     frame = write_log(tmp_path / "good.csv", 60, seed=6, noise=0.0)
     frame.drop(columns="LT103").to_csv(tmp_path / "missing.csv", index=False)
     swapped = frame.copy()
@@ -177,11 +201,9 @@ def test_bad_logs_are_one_line_and_exit_code_2(tmp_path):
         ("nope.csv", "log file not found: nope.csv"),
     ]
     for log, expected in cases:
-        result = lipctl("data", "env=quadtank", f"import={log}", COLUMNS, "out=bad.npz",
-                        cwd=tmp_path)
+        result = lipctl_data("env=quadtank", f"import={log}", COLUMNS, "out=bad.npz")
         assert_user_error(result, expected)
         assert "lipctl data: error: import: " in result.stderr
     assert not (tmp_path / "bad.npz").exists()
-    bad_map = lipctl("data", "env=quadtank", "import=good.csv", "log.columns={states:{h9:X}}",
-                     cwd=tmp_path)
+    bad_map = lipctl_data("env=quadtank", "import=good.csv", "log.columns={states:{h9:X}}")
     assert_user_error(bad_map, "log.columns: states: process 'quadtank' has no state 'h9'")
