@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench import cstr_mpc, lipschitz_bc, planning, variant_sweep
+from lipctl.bench import cstr_mpc, lipschitz_bc, planning, quadtank_mpc, variant_sweep
 from lipctl.bench.variant_sweep import run_overrides, seeds_of
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
@@ -16,8 +16,9 @@ from lipctl.config import ConfigError, check_overrides, require_number, user_err
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_regulariser_strength",
           "gail_lipschitz", "gail_lipschitz_paper")
 CSTR = ("cstr_mpc", "cstr_mpc_fast", "cstr_mpc_paper")
-EXPERIMENTS = (*CSTR, "lipschitz_bc", "planning", *SWEEPS)
-REPLOTTABLE = (*CSTR, "lipschitz_bc", "planning", *SWEEPS)  # tables, figures from out/runs/
+OWN_MODULES = {"lipschitz_bc": lipschitz_bc, "planning": planning,
+               "quadtank_mpc": quadtank_mpc}  # experiments with a module of their own
+EXPERIMENTS = (*CSTR, *OWN_MODULES, *SWEEPS)  # each rebuilds its tables from out/runs/
 
 
 def known_variants() -> list[str]:
@@ -57,9 +58,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("experiment", f"unknown experiment '{cfg.experiment.name}'; "
                                         f"choose from {', '.join(EXPERIMENTS)}")
     require_number(cfg, "torch_threads", 1, integer=True)
-    if cfg.replot and cfg.experiment.name not in REPLOTTABLE:
-        raise ConfigError("replot", f"experiment {cfg.experiment.name} has no per-run files to "
-                                    f"rebuild from; replot works for {', '.join(REPLOTTABLE)}")
     if cfg.replot and not (Path(cfg.out) / "runs").is_dir():
         raise ConfigError("replot", f"no per-run files in {cfg.out}/runs/")
     if cfg.experiment.name in SWEEPS:
@@ -70,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
         planning.validate(cfg.experiment)
     if cfg.experiment.name in CSTR:
         cstr_mpc.validate(cfg)
+    if cfg.experiment.name == "quadtank_mpc" and not cfg.replot:
+        quadtank_mpc.validate(cfg)
 
 
 def bench(cfg: DictConfig) -> None:
@@ -77,19 +77,16 @@ def bench(cfg: DictConfig) -> None:
     if cfg.replot:
         if cfg.experiment.name in CSTR:
             cstr_mpc.report(Path(cfg.out))
-        elif cfg.experiment.name in ("lipschitz_bc", "planning"):
-            {"lipschitz_bc": lipschitz_bc, "planning": planning}[cfg.experiment.name].report(
-                Path(cfg.out))
+        elif cfg.experiment.name in OWN_MODULES:
+            OWN_MODULES[cfg.experiment.name].report(Path(cfg.out))
         else:
             variant_sweep.report(cfg.experiment, Path(cfg.out))
         print(f"tables and figures rebuilt from {cfg.out}/runs/")
         return
     if cfg.experiment.name in CSTR:
         run_benchmark = cstr_mpc.run_benchmark
-    elif cfg.experiment.name == "lipschitz_bc":
-        run_benchmark = lipschitz_bc.run_benchmark
-    elif cfg.experiment.name == "planning":
-        run_benchmark = planning.run_benchmark
+    elif cfg.experiment.name in OWN_MODULES:
+        run_benchmark = OWN_MODULES[cfg.experiment.name].run_benchmark
     else:
         run_benchmark = variant_sweep.run_benchmark
     run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
