@@ -43,10 +43,27 @@ def test_first_principles_mpc_reaches_the_target(workdir):
 def test_mpc_on_a_fitted_model_runs_the_closed_loop(fitted):
     result = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=3", cwd=fitted,
                     check=True)
-    assert "iclrnn MPC, horizon 2 (MX graph, exact Hessian)" in result.stdout
+    assert "cstr: iclrnn MPC (certified Lipschitz upper bound" in result.stdout
+    assert "horizon 2 (MX graph, exact Hessian)" in result.stdout
     chosen = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=2",
                     "solver={symbolic:SX,hessian:limited-memory}", cwd=fitted, check=True)
     assert "(SX graph, limited-memory Hessian)" in chosen.stdout
+
+
+def test_the_quadruple_tank_from_the_same_commands(fitted):
+    """data -> fit -> mpc for a second process, chosen by env=quadtank alone."""
+    lipctl("data", "env=quadtank", "states_per_axis=2", "inputs_per_axis=2", "chains=4",
+           "periods=5", cwd=fitted, check=True)
+    fit = lipctl("fit", "env=quadtank", "model=rnn", "epochs=2", "model.hidden=8", cwd=fitted,
+                 check=True)
+    assert "models/quadtank-rnn-noise0.0.pt: rnn of quadtank" in fit.stdout
+    result = lipctl("mpc", "env=quadtank", "model=rnn", "steps=3", "horizon=2", cwd=fitted,
+                    check=True)
+    assert result.stdout.startswith("quadtank: rnn MPC (certified Lipschitz upper bound")
+    assert "input-bound violations 0" in result.stdout
+    refused = lipctl("mpc", "env=quadtank", "model=iclrnn", "model_file=iclrnn.pt",
+                     cwd=fitted, timeout=120)
+    assert_user_error(refused, "models process 'cstr', expected 'quadtank'")
 
 
 def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
@@ -69,7 +86,7 @@ def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
         (["fit", "model=nosuch"], "model/nosuch"),
         (["fit", "data=nonfinite.npz", "out=x.pt"], "non-finite"),
         (["fit", "data=missing.npz"], "data file not found"),
-        (["data", "env=pendulum"], "no data generator for 'Pendulum-v1'"),
+        (["data", "env=pendulum"], "env.process: this env has no process description"),
         (["bench", "experiment.horizons=[0]"], "experiment.horizons"),
     ]
     for args, expected in cases:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
@@ -47,3 +47,14 @@ class ProcessModel(nn.Module):
     def recurrent_weights(self) -> RecurrentWeights | None:
         """The matrices of the recurrent Lipschitz bound, or None where it does not apply."""
         return None
+
+    @property
+    def layers(self) -> int:
+        """Stacked recurrent cells."""
+        return int(self.hparams.get("layers", 1))
+
+    def casadi_sequence(self, z: Any, steps: int) -> Any:
+        """The scaled output after `steps` sub-steps with the constant scaled input z (a CasADi
+        column of `features` rows): the model's own CasADi expression of `forward`, used by
+        MPC. ValueError for a model without one."""
+        raise ValueError(f"no CasADi translation for process model {self.name!r}")

@@ -20,11 +20,14 @@ which bounds the Lipschitz constant of the map (see `lipctl.control.models.certi
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import casadi as ca
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipctl.control.models import casadi_ops as cx
 from lipctl.control.models.base import ProcessModel, RecurrentWeights
 from lipctl.lipschitz.layers import SIGMA_MARGIN
 
@@ -79,6 +82,26 @@ class InputConvexRNN(ProcessModel):
                   *(w.detach().double() for w in self.W[1:])]
         return RecurrentWeights(tuple(inputs), tuple(u.detach().double() for u in self.U),
                                 self.V.detach().double())
+
+    def casadi_sequence(self, z: Any, steps: int) -> Any:
+        """h^l_t = relu(W_l x^l_t + U_l h^l_{t-1} + b_l) from h_0 = 0 and x^1_t = [z, -z];
+        the output V h^L_T + c."""
+        hidden = int(self.hparams["hidden"])
+        shapes = {"V": (self.state_size, hidden), "c": (self.state_size,)}
+        for layer in range(self.layers):
+            shapes |= {f"W.{layer}": (hidden, 2 * self.features if layer == 0 else hidden),
+                       f"U.{layer}": (hidden, hidden), f"b.{layer}": (hidden,)}
+        p = cx.weights(self, self.name, shapes)
+
+        def drive(layer: int, x: Any) -> Any:
+            x = ca.vertcat(x, -x) if layer == 0 else x
+            return cx.affine(p[f"W.{layer}"], x, p[f"b.{layer}"])
+
+        def cell(layer: int, d: Any, h: Any) -> tuple[Any, Any]:
+            h = cx.relu(d if h is None else d + ca.mtimes(p[f"U.{layer}"], h))
+            return h, h
+
+        return cx.affine(p["V"], cx.stack(z, steps, self.layers, drive, cell), p["c"])
 
 
 class ICLRNN(InputConvexRNN):

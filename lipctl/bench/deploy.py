@@ -151,7 +151,8 @@ def run_scenario(name: str, s: Settings, model_path: Path, log_path: Path,
     try:
         url = server.start(s.start)
         client = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0,
-                            state_names=CSTR.state_names, input_names=CSTR.input_names)
+                            state_names=CSTR.state_names, input_names=CSTR.input_names,
+                            input_bounds=(CSTR.input_low, CSTR.input_high))
         plant = client
         if faulty:
             controller = FaultyController(controller, fail_steps={s.solver_failure_step},

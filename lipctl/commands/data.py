@@ -6,21 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.config import ConfigError, process_of, require_number, user_errors
 from lipctl.control.log_import import Columns, LogError, LogPolicy, import_log
 from lipctl.control.process_data import SPLITS, ProcessDataset, generate, random_split, save_dataset
 from lipctl.envs.process import Process
-
-
-def build_process(cfg: DictConfig) -> Process:
-    """The env's process description (env.process); ConfigError for an env without one."""
-    if OmegaConf.select(cfg, "env.process") is None:
-        raise ConfigError("env", f"no data generator for '{cfg.env.id}': its config has no "
-                                 "process description (env.process)")
-    return instantiate(cfg.env.process)
 
 
 def fractions(cfg: DictConfig) -> tuple[float, float, float]:
@@ -47,7 +38,7 @@ def columns(cfg: DictConfig) -> dict | None:
 
 
 def validate(cfg: DictConfig) -> None:
-    process = build_process(cfg)
+    process = process_of(cfg)
     require_number(cfg, "seed", 0, integer=True)
     fractions(cfg)
     if cfg["import"] is None:
@@ -81,7 +72,7 @@ def import_data(cfg: DictConfig, process: Process) -> ProcessDataset:
 
 
 def make_data(cfg: DictConfig) -> None:
-    process = build_process(cfg)
+    process = process_of(cfg)
     if cfg["import"] is None:
         data = generate(process, states_per_axis=cfg.states_per_axis,
                         inputs_per_axis=cfg.inputs_per_axis, chains=cfg.chains,
