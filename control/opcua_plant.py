@@ -2,15 +2,16 @@
 
 Server (`PlantServer`): an asyncua server running in a background thread with its own event
 loop, so synchronous code starts and stops it. Under the object `Plant` (namespace
-NAMESPACE_URI) it exposes the measured states as read-only Double variables (CA, T for the CSTR),
+NAMESPACE_URI) it exposes the measured states of the env's process (`env.unwrapped.process`)
+as read-only Double variables named like the process's states (CA, T for the CSTR),
 `Step` (steps since the last reset), `Timestamp` (Unix seconds at which the measurement was
 produced) and `Period` (wall seconds per plant step), and the inputs as writable Double
-variables (CA0, Q). Its own clock steps the env every `step_period_s` seconds of wall time with
-the inputs last written, whether or not a client keeps up. A method `Reset` restarts the
-episode and zeroes the inputs. It binds to loopback only unless `allow_remote=True`. Without
-`security` it offers no security (no encryption, anonymous users); with it, the policy's
-endpoint only, trusted client certificates only and, given credentials, that user only
-(see opcua_security).
+variables named like its inputs (CA0, Q). Its own clock steps the env every `step_period_s`
+seconds of wall time with the inputs last written, whether or not a client keeps up. A method
+`Reset` restarts the episode and zeroes the inputs. It binds to loopback only unless
+`allow_remote=True`. Without `security` it offers no security (no encryption, anonymous
+users); with it, the policy's endpoint only, trusted client certificates only and, given
+credentials, that user only (see opcua_security).
 
 Client (`OpcUaPlant`): the Plant protocol (`read`, `write`, `reset`, `close`) over asyncua's
 async client, driven from a private event-loop thread. It talks to lipctl's own server, or to
@@ -23,7 +24,7 @@ fallback, decides what to apply). The next call tries afresh, so the client reco
 once the server is back. A server that refuses the connection (user, certificate, policy) is
 `PlantRefused`, a tag that cannot be used is `TagError`: neither is an outage.
 
-`lipctl plant serve env=cstr` serves the CSTR with a PlantServer until SIGINT/SIGTERM.
+`lipctl plant serve env=NAME` serves a simulated process with a PlantServer until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -53,11 +54,10 @@ from lipctl.control.opcua_security import (
     secure_client,
     secure_server,
 )
+from lipctl.envs.process import Process
 
 NAMESPACE_URI = "urn:lipctl:plant"
 OBJECT_NAME = "Plant"
-CSTR_STATES = ("CA", "T")
-CSTR_INPUTS = ("CA0", "Q")
 STEP, TIMESTAMP, PERIOD, RESET = "Step", "Timestamp", "Period", "Reset"
 DEFAULT_PORT = 4840
 
@@ -126,8 +126,6 @@ class PlantServer:
 
     def __init__(self, env: gym.Env, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  step_period_s: float = 0.05, x0: Sequence[float] | None = None,
-                 state_names: Sequence[str] = CSTR_STATES,
-                 input_names: Sequence[str] = CSTR_INPUTS,
                  allow_remote: bool = False, seed: int | None = None,
                  security: Security = INSECURE) -> None:
         if not (allow_remote or is_loopback(host)):
@@ -137,7 +135,11 @@ class PlantServer:
             raise ValueError(f"step_period_s must be > 0, got {step_period_s}")
         self.env, self.host, self.port = env, host, port
         self.step_period_s = step_period_s
-        self.state_names, self.input_names = tuple(state_names), tuple(input_names)
+        process = getattr(env.unwrapped, "process", None)
+        if not isinstance(process, Process):
+            raise ValueError("PlantServer serves a process plant (a ProcessEnv), got "
+                             f"{type(env.unwrapped).__name__}")
+        self.state_names, self.input_names = process.state_names, process.input_names
         self._options = None if x0 is None else {"x0": list(x0)}
         self._seed = seed
         self.security = security
@@ -425,42 +427,35 @@ class OpcUaPlant:
 
     tags: where the states and inputs are (None: lipctl's own PlantServer layout); resolved
       once per connection, a missing or unusable tag is a TagError naming it.
-    input_bounds: (low, high); every write is clipped into them first (`clipped_writes`
-      counts the writes that needed it); a non-finite input is never written (ValueError).
+    process: the plant's description: its state and input names, in the order measurements
+      and actions use, and its input bounds; every write is clipped into them first
+      (`clipped_writes` counts the writes that needed it); a non-finite input is never written
+      (ValueError).
     security: policy, certificates and user (default: none); a refused connection is
       PlantRefused, not retried.
     The timestamp is the timestamp tag's value, else the oldest SourceTimestamp of the
     states, else the time of the read; an unchanged one means no new measurement.
     """
 
-    def __init__(self, url: str, timeout_s: float = 1.0, reconnect_attempts: int = 3,
-                 reconnect_delay_s: float = 0.2, state_names: Sequence[str] = CSTR_STATES,
-                 input_names: Sequence[str] = CSTR_INPUTS, *, tags: TagMap | None = None,
-                 input_bounds: tuple[Any, Any] | None = None,
-                 security: Security = INSECURE) -> None:
+    def __init__(self, url: str, process: Process, timeout_s: float = 1.0,
+                 reconnect_attempts: int = 3, reconnect_delay_s: float = 0.2, *,
+                 tags: TagMap | None = None, security: Security = INSECURE) -> None:
         if timeout_s <= 0 or reconnect_attempts < 0 or reconnect_delay_s < 0:
             raise ValueError("timeout_s must be > 0, reconnect_attempts and reconnect_delay_s "
                              f">= 0; got {timeout_s}, {reconnect_attempts}, {reconnect_delay_s}")
         self.url, self.timeout_s = url, timeout_s
         self.reconnect_attempts, self.reconnect_delay_s = reconnect_attempts, reconnect_delay_s
-        self.state_names, self.input_names = tuple(state_names), tuple(input_names)
+        self.state_names, self.input_names = process.state_names, process.input_names
         self.own_layout = tags is None
-        self.tags = own_tags(state_names, input_names) if tags is None else tags
+        self.tags = own_tags(self.state_names, self.input_names) if tags is None else tags
         self.tags.check(self.state_names, self.input_names)
-        self.input_bounds = None if input_bounds is None else self._bounds(input_bounds)
+        self.input_bounds = process.input_low, process.input_high
         self.security = security
         self.reconnects = self.clipped_writes = self.heartbeat = 0
         self._loop: _LoopThread | None = _LoopThread("opcua-plant-client")
         self._client: Client | None = None
         self._nodes: _Nodes | None = None
         self._connected_before = False
-
-    def _bounds(self, bounds: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
-        low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64), (len(self.input_names),))
-                     for b in bounds)
-        if not np.all(low <= high):
-            raise ValueError(f"input bounds need low <= high, got {low}, {high}")
-        return low, high
 
     def connect(self) -> None:
         """Connect and resolve the tags now (otherwise the first request does)."""
@@ -511,8 +506,6 @@ class OpcUaPlant:
         if action.shape != (len(self.input_names),) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be {len(self.input_names)} finite numbers "
                              f"{self.input_names}, got {action}")
-        if self.input_bounds is None:
-            return action
         command = np.clip(action, *self.input_bounds)
         self.clipped_writes += bool(np.any(command != action))
         return command

@@ -212,3 +212,18 @@ def process_of(cfg: DictConfig, key: str = "env.process") -> Process:
         raise ConfigError(key, f"must build a lipctl.envs.process.Process, got "
                                f"{type(process).__name__}")
     return process
+
+
+def require_state_vector(cfg: DictConfig, key: str, process: Process,
+                         minimum: float | None = None, allow_none: bool = False) -> None:
+    """cfg[key] holds one finite number (>= minimum) per state of `process`, or is null where
+    `allow_none`."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value is None and allow_none:
+        return
+    names = ", ".join(process.state_names)
+    if value is None or isinstance(value, str | int | float) or len(value) != process.state_size:
+        shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        raise ConfigError(key, f"must hold {process.state_size} numbers [{names}], got {shown}")
+    for i in range(process.state_size):
+        require_number(cfg, f"{key}.{i}", minimum)

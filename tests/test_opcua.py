@@ -3,6 +3,7 @@ survives a restart of the plant server process."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -43,7 +44,7 @@ def test_client_without_server_raises_plant_unavailable_in_bounded_time():
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with OpcUaPlant(f"opc.tcp://127.0.0.1:{port}", timeout_s=0.5, reconnect_attempts=2,
+    with OpcUaPlant(f"opc.tcp://127.0.0.1:{port}", CSTR, timeout_s=0.5, reconnect_attempts=2,
                     reconnect_delay_s=0.05) as plant:
         start = time.monotonic()
         with pytest.raises(PlantUnavailable, match="3 tries"):
@@ -72,7 +73,7 @@ def _next_measurement(plant: OpcUaPlant, after: float) -> tuple[np.ndarray, floa
 
 
 def test_client_reads_initial_state_and_written_input_changes_evolution(served: PlantServer):
-    with OpcUaPlant(served.url, timeout_s=2.0) as plant:
+    with OpcUaPlant(served.url, CSTR, timeout_s=2.0) as plant:
         plant.reset()
         assert plant.period_s() == served.step_period_s
         measurement, start = plant.read()
@@ -88,7 +89,8 @@ def test_client_reads_initial_state_and_written_input_changes_evolution(served: 
 
 
 def test_measured_states_are_read_only(served: PlantServer):
-    with OpcUaPlant(served.url, timeout_s=2.0, input_names=("CA", "T")) as plant:
+    with OpcUaPlant(served.url, dataclasses.replace(CSTR, input_names=("CA", "T")),
+                    timeout_s=2.0) as plant:
         with pytest.raises(TagError, match="inputs.CA .* not writable"):
             plant.write(np.zeros(2))
 
@@ -109,7 +111,7 @@ def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
     stop = threading.Event()
     try:
         url = server.start(X0)
-        plant = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0)
+        plant = OpcUaPlant(url, CSTR, timeout_s=0.5, reconnect_attempts=0)
         runtime = Runtime(process_mpc(CSTR), plant, period_s=period,
                           max_steps=round(limit_s / period), log_path=tmp_path / "steps.jsonl",
                           initial_action=np.zeros(2),

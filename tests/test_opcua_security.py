@@ -25,7 +25,7 @@ from lipctl.control.opcua_security import (
     read_password,
     security_settings,
 )
-from lipctl.envs.cstr import CSTREnv
+from lipctl.envs.cstr import CSTR, CSTREnv
 from tests.helpers import assert_user_error, lipctl
 from tests.opcua_certs import CertFiles, make_certificate
 
@@ -64,7 +64,7 @@ def secured(request, certs) -> Iterator[PlantServer]:
 
 
 def test_secured_client_reads_and_writes(secured: PlantServer, certs):
-    with OpcUaPlant(secured.url, timeout_s=5.0, reconnect_attempts=0,
+    with OpcUaPlant(secured.url, CSTR, timeout_s=5.0, reconnect_attempts=0,
                     security=_client_security(certs, secured.security.mode)) as plant:
         plant.reset()
         measurement, _ = plant.read()
@@ -82,7 +82,7 @@ def test_secured_client_reads_and_writes(secured: PlantServer, certs):
 ])
 def test_refusals_are_one_clear_line(secured: PlantServer, certs, change: dict, message: str):
     security = _client_security(certs, secured.security.mode, **change)
-    with OpcUaPlant(secured.url, timeout_s=5.0, reconnect_attempts=0,
+    with OpcUaPlant(secured.url, CSTR, timeout_s=5.0, reconnect_attempts=0,
                     security=security) as plant:
         with pytest.raises(PlantRefused) as refused:
             plant.write(np.zeros(2))
@@ -90,7 +90,7 @@ def test_refusals_are_one_clear_line(secured: PlantServer, certs, change: dict, 
 
 
 def test_an_insecure_client_finds_no_endpoint(secured: PlantServer):
-    with OpcUaPlant(secured.url, timeout_s=5.0, reconnect_attempts=0) as plant:
+    with OpcUaPlant(secured.url, CSTR, timeout_s=5.0, reconnect_attempts=0) as plant:
         with pytest.raises(PlantRefused, match="offers no endpoint with security None"):
             plant.write(np.zeros(2))
 

@@ -133,9 +133,7 @@ def vendor() -> Iterator[VendorServer]:
 
 
 def _client(url: str, tags: TagMap = TAGS, **kwargs) -> OpcUaPlant:
-    return OpcUaPlant(url, timeout_s=2.0, state_names=QUADTANK.state_names,
-                      input_names=QUADTANK.input_names, tags=tags,
-                      input_bounds=(QUADTANK.input_low, QUADTANK.input_high), **kwargs)
+    return OpcUaPlant(url, QUADTANK, timeout_s=2.0, tags=tags, **kwargs)
 
 
 def _settled(records: list[dict], steps: int) -> bool:

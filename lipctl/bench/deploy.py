@@ -150,9 +150,7 @@ def run_scenario(name: str, s: Settings, model_path: Path, log_path: Path,
     restart: dict[str, Any] = {}
     try:
         url = server.start(s.start)
-        client = OpcUaPlant(url, timeout_s=0.5, reconnect_attempts=0,
-                            state_names=CSTR.state_names, input_names=CSTR.input_names,
-                            input_bounds=(CSTR.input_low, CSTR.input_high))
+        client = OpcUaPlant(url, CSTR, timeout_s=0.5, reconnect_attempts=0)
         plant = client
         if faulty:
             controller = FaultyController(controller, fail_steps={s.solver_failure_step},

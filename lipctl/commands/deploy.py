@@ -192,10 +192,9 @@ def build_plant(cfg: DictConfig, process: Process | None) -> tuple[Plant, float,
         _, _, low, high = env_spaces(env)
         plant = GymPlant(env, cfg.plant.period_s, seed=cfg.plant.seed)
         return plant, cfg.plant.period_s, initial_input(process, low, high), cfg.plant.id
-    plant = OpcUaPlant(cfg.plant.url, cfg.plant.timeout_s, cfg.plant.reconnect_attempts,
-                       cfg.plant.reconnect_delay_s, state_names=process.state_names,
-                       input_names=process.input_names, tags=opcua_tags(cfg, process),
-                       input_bounds=(process.input_low, process.input_high),
+    plant = OpcUaPlant(cfg.plant.url, process, cfg.plant.timeout_s,
+                       cfg.plant.reconnect_attempts, cfg.plant.reconnect_delay_s,
+                       tags=opcua_tags(cfg, process),
                        security=security_config(cfg, "plant.security", CLIENT_URI))
     try:
         plant.connect()

@@ -7,23 +7,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.config import ConfigError, process_of, require_number, solver_options, user_errors
+from lipctl.config import (
+    ConfigError,
+    process_of,
+    require_number,
+    require_state_vector,
+    solver_options,
+    user_errors,
+)
 from lipctl.control.models import MODELS, TrainedModel, load_model
 from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
 from lipctl.envs.process import Process
-
-
-def _vector(cfg: DictConfig, key: str, process: Process, minimum: float | None) -> None:
-    """cfg[key] holds one number per state (or is null where `minimum` is not None)."""
-    value = cfg[key]
-    if value is None and minimum is not None:
-        return
-    names = ", ".join(process.state_names)
-    if value is None or len(value) != process.state_size:
-        raise ConfigError(key, f"must hold {process.state_size} numbers [{names}], got "
-                               f"{None if value is None else list(value)}")
-    for i in range(process.state_size):
-        require_number(cfg, f"{key}.{i}", minimum)
 
 
 def validate(cfg: DictConfig) -> Process:
@@ -43,9 +37,9 @@ def validate(cfg: DictConfig) -> Process:
     require_number(cfg, "horizon", 1, integer=True)
     require_number(cfg, "steps", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
-    _vector(cfg, "start", process, None)
+    require_state_vector(cfg, "start", process)
     for key in ("obs_noise_std", "disturbance_std"):
-        _vector(cfg, key, process, 0)
+        require_state_vector(cfg, key, process, minimum=0, allow_none=True)
     for step, setpoint in (cfg.setpoints or {}).items():
         if not isinstance(step, int) or step < 0:
             raise ConfigError("setpoints", f"keys must be steps >= 0, got {step!r}")

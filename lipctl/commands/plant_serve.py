@@ -1,5 +1,6 @@
-"""lipctl plant serve env=cstr: serve the simulated CSTR over OPC UA until SIGINT/SIGTERM,
-secured as `security` says; allow_remote=true requires a security policy and a user."""
+"""lipctl plant serve env=NAME: serve a simulated process (the env's process description) over
+OPC UA until SIGINT/SIGTERM, secured as `security` says; allow_remote=true requires a security
+policy and a user."""
 
 from __future__ import annotations
 
@@ -8,22 +9,16 @@ import threading
 
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.config import ConfigError, require_number, user_errors
+from lipctl.config import (
+    ConfigError,
+    process_of,
+    require_number,
+    require_state_vector,
+    user_errors,
+)
 from lipctl.control.opcua_plant import PlantServer, quiet_asyncua
 from lipctl.control.opcua_security import SERVER_URI, Security, SettingError, security_settings
-from lipctl.envs.cstr import ENV_ID, CSTREnv
-
-
-def require_pair(cfg: DictConfig, key: str, minimum: float | None = None,
-                 allow_none: bool = False) -> None:
-    """cfg[key] holds two finite numbers [CA, T] (each >= minimum)."""
-    value = cfg[key]
-    if value is None and allow_none:
-        return
-    if value is None or isinstance(value, (str, int, float)) or len(value) != 2:
-        raise ConfigError(key, f"must hold 2 numbers [CA, T], got {value}")
-    for i in range(2):
-        require_number(cfg, f"{key}.{i}", minimum)
+from lipctl.envs import make_env
 
 
 def security_config(cfg: DictConfig, key: str, application_uri: str) -> Security:
@@ -38,16 +33,17 @@ def security_config(cfg: DictConfig, key: str, application_uri: str) -> Security
 
 
 def validate(cfg: DictConfig) -> None:
-    if cfg.env.id != ENV_ID:
-        raise ConfigError("env", f"only {ENV_ID} can be served (env=cstr), got '{cfg.env.id}'")
+    process = process_of(cfg)
+    if process.env_id is None:
+        raise ConfigError("env", f"process {process.name!r} has no simulated plant to serve")
     require_number(cfg, "port", 0, integer=True)
     if cfg.port > 65535:
         raise ConfigError("port", f"must be <= 65535, got {cfg.port}")
     require_number(cfg, "period_s", 0, exclusive=True)
     require_number(cfg, "seed", 0, integer=True, allow_none=True)
-    require_pair(cfg, "x0", allow_none=True)
-    require_pair(cfg, "obs_noise_std", 0)
-    require_pair(cfg, "disturbance_std", 0)
+    require_state_vector(cfg, "x0", process, allow_none=True)
+    require_state_vector(cfg, "obs_noise_std", process, minimum=0, allow_none=True)
+    require_state_vector(cfg, "disturbance_std", process, minimum=0, allow_none=True)
     security = security_config(cfg, "security", SERVER_URI)
     if cfg.allow_remote and not (security.secure and security.credentials):
         raise ConfigError("allow_remote", "a plant served beyond this machine must be secured: "
@@ -62,8 +58,10 @@ def serve(cfg: DictConfig) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    env = CSTREnv(obs_noise_std=list(cfg.obs_noise_std),
-                  disturbance_std=list(cfg.disturbance_std))
+    kwargs = OmegaConf.select(cfg, "env.kwargs", default=None)
+    env = make_env(process_of(cfg).env_id, obs_noise_std=cfg.obs_noise_std,
+                   disturbance_std=cfg.disturbance_std,
+                   **(OmegaConf.to_container(kwargs) if kwargs else {}))
     try:
         server = PlantServer(env, cfg.host, cfg.port, cfg.period_s,
                              None if cfg.x0 is None else list(cfg.x0),
