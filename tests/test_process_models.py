@@ -12,10 +12,12 @@ import torch
 from lipctl.control.models import (
     ICLRNN,
     MODELS,
+    ProcessModel,
     build_model,
     certify_model,
     fit,
     load_model,
+    register_model,
     save_model,
     sequence_gain,
     sequence_lower_bound,
@@ -248,3 +250,32 @@ def test_bad_model_names_and_hyper_parameters_are_refused():
         build_model("iclrnn", 2, 2, spectral_cap=0.0)
     with pytest.raises(ValueError, match="layers must be at least 1, got 0"):
         build_model("rnn", 2, 2, layers=0)
+
+
+class _Persistence(ProcessModel):
+    """A model of one's own: the next state is the current one (no CasADi translation)."""
+
+    name = "persistence_for_tests"
+
+    def __init__(self, state_size: int, input_size: int, hidden: int = 1):
+        super().__init__(state_size, input_size, hidden=hidden)
+        self.gain = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.gain * z[..., :self.state_size]
+
+
+def test_a_registered_model_of_ones_own_saves_and_loads_by_name(data, tmp_path: Path):
+    register_model(_Persistence)
+    assert register_model(_Persistence) is _Persistence  # registering again is harmless
+    try:
+        model = build_model("persistence_for_tests", 2, 2)
+        save_model(tmp_path / "own.pt", model, data)
+        loaded = load_model(tmp_path / "own.pt", process=CSTR)
+        assert type(loaded.model) is _Persistence
+        with pytest.raises(ValueError, match="no CasADi translation for process model"):
+            loaded.model.casadi_sequence(None, 1)
+        with pytest.raises(ValueError, match="is taken by _Persistence"):
+            register_model(type("Other", (_Persistence,), {}))
+    finally:
+        MODELS.pop("persistence_for_tests")

@@ -12,7 +12,7 @@ from lipctl.control.models.certify import (
 )
 from lipctl.control.models.convex import ICLRNN, ICRNN, InputConvexRNN
 from lipctl.control.models.io import TrainedModel, load_model, save_model
-from lipctl.control.models.registry import MODELS, build_model
+from lipctl.control.models.registry import MODELS, build_model, register_model
 from lipctl.control.models.train import FitResult, fit, mse
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "fit",
     "load_model",
     "mse",
+    "register_model",
     "save_model",
     "sequence_gain",
     "sequence_lower_bound",

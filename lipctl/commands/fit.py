@@ -5,18 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.config import ConfigError, process_of, require_number, user_errors
-from lipctl.control.models import MODELS, build_model, certify_model, fit, save_model
+from lipctl.control.models import MODELS, ProcessModel, certify_model, fit, save_model
 from lipctl.control.process_data import ProcessDataset, load_dataset
 from lipctl.envs.process import Process
 
 
 def validate(cfg: DictConfig) -> None:
-    if cfg.model.name not in MODELS:
-        raise ConfigError("model.name", f"unknown model '{cfg.model.name}'; "
-                                        f"choose from {', '.join(MODELS)}")
+    if cfg.model.get("_target_") is None:
+        raise ConfigError("model", f"model {cfg.model.name!r} has no _target_ (the process "
+                                   "model class to fit)")
     if not Path(cfg.data).is_file():
         raise ConfigError("data", f"data file not found: {cfg.data} (make it with lipctl data)")
     require_number(cfg, "noise", 0)
@@ -36,15 +38,28 @@ def read_data(path: str, process: Process) -> ProcessDataset:
         raise ConfigError("data", str(error)) from None
 
 
+def build(cfg: DictConfig, data: ProcessDataset) -> ProcessModel:
+    """The model configured at `model` (its `_target_` class with its hyper-parameters) for the
+    data's sizes; a bad hyper-parameter, or a class not registered under `model.name` (whose
+    files could then not be loaded), is a ConfigError."""
+    node = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
+    try:
+        model = instantiate(node, state_size=len(data.state_names),
+                            input_size=len(data.input_names))
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        raise ConfigError("model", str(cause).splitlines()[0]) from None
+    if MODELS.get(cfg.model.name) is not type(model):
+        raise ConfigError("model.name", f"{type(model).__name__} is not registered as "
+                                        f"{cfg.model.name!r}: call lipctl.control.models."
+                                        "register_model on it where it is defined")
+    return model
+
+
 def fit_model(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     data = read_data(cfg.data, process_of(cfg))
-    hparams = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
-    try:
-        model = build_model(cfg.model.name, len(data.state_names), len(data.input_names),
-                            **hparams)
-    except ValueError as error:
-        raise ConfigError("model", str(error)) from None
+    model = build(cfg, data)
     result = fit(model, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                  target_noise_sigma=cfg.noise, seed=cfg.seed, patience=cfg.patience)
     z, _ = data.sequences("test")

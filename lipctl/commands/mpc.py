@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.config import (
@@ -23,6 +24,8 @@ from lipctl.envs.process import Process
 def validate(cfg: DictConfig) -> Process:
     """Check the config; the process it controls."""
     process = process_of(cfg)
+    if cfg.model.get("_target_"):  # importing a model's module registers its class
+        get_class(cfg.model._target_)
     if cfg.model.name != FIRST_PRINCIPLES and cfg.model.name not in MODELS:
         raise ConfigError("model.name", f"unknown model '{cfg.model.name}'; choose from "
                                    f"{', '.join([FIRST_PRINCIPLES, *MODELS])}")
