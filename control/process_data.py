@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -188,16 +189,22 @@ class ProcessDataset:
         return z, self.state_scaler.transform(self.targets[rows]).astype(np.float32)
 
     def check_process(self, process: Process, where: str = "the data") -> None:
-        """ValueError unless the data belongs to `process`: its name, state and input names and
-        sampling period."""
-        _require(self.plant_id == process.name,
-                 f"{where} holds data of process {self.plant_id!r}, expected {process.name!r}")
-        names = (self.state_names, self.input_names)
-        expected = (process.state_names, process.input_names)
-        _require(names == expected, f"{where} names states/inputs {names}, expected {expected}")
-        _require(np.isclose(self.sampling_period, process.sampling_period),
-                 f"{where} is sampled every {self.sampling_period} {process.time_unit}, the "
-                 f"process every {process.sampling_period}")
+        """ValueError unless the data belongs to `process` (see `check_origin`)."""
+        check_origin(self, process, where, "holds data of")
+
+
+def check_origin(record: Any, process: Process, where: str, verb: str) -> None:
+    """ValueError unless `record` (a dataset, or a model fitted on one: its plant_id,
+    state_names, input_names and sampling_period) belongs to `process`; the message reads
+    "<where> <verb> process '<plant_id>', expected ..."."""
+    _require(record.plant_id == process.name,
+             f"{where} {verb} process {record.plant_id!r}, expected {process.name!r}")
+    names = (record.state_names, record.input_names)
+    expected = (process.state_names, process.input_names)
+    _require(names == expected, f"{where} names states/inputs {names}, expected {expected}")
+    _require(np.isclose(record.sampling_period, process.sampling_period),
+             f"{where} is sampled every {record.sampling_period} {process.time_unit}, the "
+             f"process every {process.sampling_period}")
 
 
 def random_split(n: int, seed: int, fractions: tuple[float, float, float]) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from lipctl.control.files import atomic_write, load_data
 from lipctl.control.models.base import ProcessModel
 from lipctl.control.models.registry import build_model
-from lipctl.control.process_data import ProcessDataset, Scaler, encode
+from lipctl.control.process_data import ProcessDataset, Scaler, check_origin, encode
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import Certificate
 
@@ -101,16 +101,7 @@ def _check_fits(trained: TrainedModel, data: ProcessDataset, path: Path) -> None
 
 def check_process(trained: TrainedModel, process: Process, where: str) -> None:
     """ValueError unless the model was fitted for `process`: its name, variables and period."""
-    if trained.plant_id != process.name:
-        raise ValueError(f"{where} models process {trained.plant_id!r}, expected "
-                         f"{process.name!r}")
-    names = (trained.state_names, trained.input_names)
-    expected = (process.state_names, process.input_names)
-    if names != expected:
-        raise ValueError(f"{where} maps states/inputs {names}, the process has {expected}")
-    if not np.isclose(trained.sampling_period, process.sampling_period):
-        raise ValueError(f"{where} predicts {trained.sampling_period} {process.time_unit} "
-                         f"ahead, the process samples every {process.sampling_period}")
+    check_origin(trained, process, where, "models")
 
 
 def load_model(path: str | Path, data: ProcessDataset | None = None,
