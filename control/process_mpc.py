@@ -78,6 +78,7 @@ def mpc_episode(mpc: MPC, start: Sequence[float], steps: int = 30,
     plant = make_env(process.env_id, x0=list(start), obs_noise_std=obs_noise_std,
                      disturbance_std=disturbance_std, max_episode_steps=steps,
                      **(plant_kwargs or {}))
+    plant.unwrapped.set_setpoint(mpc.setpoint)  # the plant's cost around the MPC's setpoint
     controller = mpc if not schedule else SetpointSchedule(mpc, plant, schedule)
     (trajectory,) = run(controller, plant, seed=seed)
     plant.close()
