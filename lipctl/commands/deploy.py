@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import sys
@@ -14,6 +15,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.checkpoint import CheckpointError
@@ -28,31 +31,25 @@ from lipctl.config import (
     user_errors,
 )
 from lipctl.control.files import atomic_write
-from lipctl.control.loop import Controller
-from lipctl.control.opcua_plant import (
-    OpcUaPlant,
-    PlantUnavailable,
-    TagError,
-    TagMap,
-    quiet_asyncua,
-    tag_map,
-)
-from lipctl.control.opcua_security import CLIENT_URI, PlantRefused, SettingError
-from lipctl.control.policy import ModuleController
+from lipctl.control.opcua_plant import quiet_asyncua
+from lipctl.control.opcua_security import CLIENT_URI
 from lipctl.control.process_mpc import process_mpc
-from lipctl.control.runtime import HOLD, DeploymentRefused, GymPlant, Plant, Runtime, lipschitz_gate
-from lipctl.envs import UnknownEnvError, env_spaces, make_env
+from lipctl.control.runtime import HOLD, DeploymentRefused, Runtime, lipschitz_gate
+from lipctl.deployables import Deployment, PlantHandle, opcua_tags
+from lipctl.envs import make_env
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import TIERS
-from lipctl.networks import POLICY, PROCESS_MODEL, Network, read_network
-from lipctl.planning import build_planner, read_planning_parts
+from lipctl.networks import POLICY, PROCESS_MODEL, read_network
 
 PLANNING_AGENT = "MBPO agent checkpoint"
 NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL,  # controller -> file kind
                     "planner": PLANNING_AGENT}
 PROCESS_CONTROLLERS = ("mpc", "model_mpc")
 FALLBACKS = (HOLD, "mpc")
-PLANT_KINDS = ("gym", "opcua")
+OWN_KEYS = {  # keys deploy itself reads; the rest of each group are its builder's arguments
+    "controller": ("name",),
+    "plant": ("name", "kind", "process", "realtime", "stale_after_periods", "measurement_range"),
+}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # end the run after the current step
 
 
@@ -90,19 +87,21 @@ def validate(cfg: DictConfig) -> None:
         solver_options(cfg, "controller.solver")
     if controller == "planner":
         instantiate_settings(cfg, "controller.planner")
+    for group in OWN_KEYS:
+        if cfg[group].get("_target_") is None:
+            raise ConfigError(group, f"{group} {cfg[group].name!r} has no _target_ (its builder)")
     require_number(cfg, "steps", 1, integer=True)
     require_number(cfg, "deadline_s", 0, exclusive=True, allow_none=True)
     require_number(cfg, "lipschitz_max", 0, exclusive=True, allow_none=True)
     require_choice(cfg, "certificate_tier", TIERS)
     require_choice(cfg, "fallback", FALLBACKS)
     require_number(cfg, "torch_threads", 1, integer=True)
-    require_choice(cfg, "plant.kind", PLANT_KINDS)
     if cfg.plant.kind == "gym":
         if cfg.plant.id not in gym.registry:
             make_env(cfg.plant.id)  # raises UnknownEnvError with suggestions
         require_number(cfg, "plant.period_s", 0, exclusive=True)
         require_number(cfg, "plant.seed", 0, integer=True, allow_none=True)
-    else:
+    if cfg.plant.kind == "opcua":
         if not str(cfg.plant.url).startswith("opc.tcp://"):
             raise ConfigError("plant.url", f"must start with opc.tcp://, got {cfg.plant.url!r}")
         require_number(cfg, "plant.period_s", 0, exclusive=True, allow_none=True)
@@ -124,86 +123,25 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("plant.process", f"process {process.name!r} has no first-principles "
                                            "model for controller=mpc or fallback=mpc")
     if cfg.plant.kind == "opcua":
-        opcua_tags(cfg, process)
-        security_config(cfg, "plant.security", CLIENT_URI)
+        raw = OmegaConf.to_container(cfg.plant, resolve=True)
+        opcua_tags(process, raw["tags"], raw["period_s"])
+        security_config(raw["security"], "plant.security", CLIENT_URI)
 
 
-def build_controller(cfg: DictConfig, network: Network | None, process: Process | None
-                     ) -> tuple[Controller, str | None]:
-    """The controller to deploy and the env it was made for (None: not made for one, or a
-    process model, which is checked against `process`); a strict MPC, so a failed solve is the
-    runtime's to handle."""
-    if cfg.controller.name == "policy":
-        return ModuleController(network.module), network.env_id
-    if cfg.controller.name == "planner":
-        parts = read_planning_parts(cfg.checkpoint)
-        settings = instantiate_settings(cfg, "controller.planner")
-        return build_planner(parts, settings, cfg.controller.terminal_value,
-                             cfg.controller.proposal), parts.env_id
-    trained = None if network is None else network.trained
+def build(cfg: DictConfig, group: str, deployment: Deployment) -> Any:
+    """Build `group` by its `_target_` (a builder of lipctl.deployables' shape) from the
+    deployment and the group's keys other than deploy's own; a target that cannot be loaded,
+    or keys it does not take, is a ConfigError naming the group."""
+    own = OWN_KEYS[group]
+    node = {k: v for k, v in OmegaConf.to_container(cfg[group], resolve=True).items()
+            if k not in own}
     try:
-        controller = process_mpc(process, trained, cfg.controller.horizon,
-                                 cfg.controller.contraction, strict=True,
-                                 solver=solver_options(cfg, "controller.solver"),
-                                 setpoint=cfg.controller.get("setpoint"))
-    except ValueError as error:
-        raise ConfigError("checkpoint" if trained else "controller", str(error)) from None
-    return controller, None
-
-
-def initial_input(process: Process | None, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """The input held before the first action: the process's steady input, or zero for a plant
-    without a process description, clipped into the bounds."""
-    rest = np.zeros(low.shape) if process is None else process.steady_input
-    return np.clip(rest, low, high).astype(np.float64)
-
-
-def opcua_tags(cfg: DictConfig, process: Process) -> TagMap | None:
-    """plant.tags for the process's states and inputs (None: lipctl's own server layout);
-    ConfigError naming the key of a wrong one, or of a missing plant.period_s."""
-    if cfg.plant.tags is None:
-        return None
-    if cfg.plant.period_s is None:
-        raise ConfigError("plant.period_s", "a plant reached through plant.tags publishes no "
-                                            "step period: give the control period in seconds")
-    raw = cfg.plant.tags
-    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else raw
-    try:
-        return tag_map(raw, process.state_names, process.input_names)
-    except SettingError as error:
-        raise ConfigError(f"plant.tags.{error.key}", error.message) from None
-
-
-OPCUA_REFUSALS = {PlantUnavailable: "plant.url", PlantRefused: "plant.security",
-                  TagError: "plant.tags"}  # a failed first connection -> the key to look at
-
-
-def build_plant(cfg: DictConfig, process: Process | None) -> tuple[Plant, float, np.ndarray, str]:
-    """The plant, the control period (s), the input held before the first action and the
-    plant's env id (an OPC UA plant: its process's)."""
-    if cfg.plant.kind == "gym":
-        kwargs = OmegaConf.to_container(cfg.plant.kwargs, resolve=True)
-        try:
-            env = make_env(cfg.plant.id, **kwargs)
-        except UnknownEnvError:
-            raise
-        except (TypeError, ValueError) as error:  # a keyword the env does not take, a bad value
-            raise ConfigError("plant.kwargs", str(error).splitlines()[0]) from None
-        _, _, low, high = env_spaces(env)
-        plant = GymPlant(env, cfg.plant.period_s, seed=cfg.plant.seed)
-        return plant, cfg.plant.period_s, initial_input(process, low, high), cfg.plant.id
-    plant = OpcUaPlant(cfg.plant.url, process, cfg.plant.timeout_s,
-                       cfg.plant.reconnect_attempts, cfg.plant.reconnect_delay_s,
-                       tags=opcua_tags(cfg, process),
-                       security=security_config(cfg, "plant.security", CLIENT_URI))
-    try:
-        plant.connect()
-        period = cfg.plant.period_s or plant.period_s()
-    except tuple(OPCUA_REFUSALS) as error:
-        plant.close()
-        raise ConfigError(OPCUA_REFUSALS[type(error)], str(error)) from None
-    initial = initial_input(process, process.input_low, process.input_high)
-    return plant, period, initial, process.env_id or process.name
+        builder = instantiate(node, _partial_=True, _convert_="all")
+        inspect.signature(builder).bind(deployment=deployment)
+    except (InstantiationException, TypeError, ValueError) as error:
+        cause = str(getattr(error, "__cause__", None) or error).splitlines()[0]
+        raise ConfigError(group, f"cannot build {node['_target_']}: {cause}") from None
+    return builder(deployment=deployment)
 
 
 def _ms(seconds: float | None) -> str:
@@ -240,8 +178,10 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         except DeploymentRefused as refused:
             raise ConfigError("lipschitz_max", str(refused)) from None
     process = plant_process(cfg)
-    controller, made_for = build_controller(cfg, network, process)
-    plant, period, initial_action, plant_env = build_plant(cfg, process)
+    deployment = Deployment(process, cfg.checkpoint, network)
+    controller, made_for = build(cfg, "controller", deployment)
+    handle: PlantHandle = build(cfg, "plant", deployment)
+    plant, period, plant_env = handle.plant, handle.period_s, handle.env_id
     if made_for is not None and made_for != plant_env:
         plant.close()
         raise ConfigError("plant", f"the {expected} was made for {made_for}, "
@@ -251,7 +191,8 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     runtime = Runtime(
         controller, plant, period, cfg.steps, out / "steps.jsonl",
-        initial_action=initial_action, lipschitz_max=cfg.lipschitz_max, certificate=certificate,
+        initial_action=handle.initial_input, lipschitz_max=cfg.lipschitz_max,
+        certificate=certificate,
         measurement_range=measurement_range(cfg),
         stale_after_s=cfg.plant.stale_after_periods * period, fallback=backup,
         deadline_s=cfg.deadline_s, realtime=cfg.plant.realtime)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,15 +23,19 @@ from lipctl.control.opcua_security import SERVER_URI, Security, SettingError, se
 from lipctl.envs import make_env
 
 
-def security_config(cfg: DictConfig, key: str, application_uri: str) -> Security:
-    """The OPC UA security settings at cfg[key] (the password read from where they say);
-    ConfigError naming the key of a wrong one."""
-    raw = OmegaConf.select(cfg, key)
+def security_config(raw: Mapping[str, Any] | None, key: str, application_uri: str) -> Security:
+    """The OPC UA security settings `raw` (at config `key`; the password read from where they
+    say); ConfigError naming the key of a wrong one."""
     try:
-        return security_settings(None if raw is None else OmegaConf.to_container(raw, resolve=True),
-                                 application_uri)
+        return security_settings(raw, application_uri)
     except SettingError as error:
         raise ConfigError(f"{key}.{error.key}", error.message) from None
+
+
+def _security(cfg: DictConfig) -> Security:
+    raw = OmegaConf.select(cfg, "security")
+    return security_config(None if raw is None else OmegaConf.to_container(raw, resolve=True),
+                           "security", SERVER_URI)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -44,7 +50,7 @@ def validate(cfg: DictConfig) -> None:
     require_state_vector(cfg, "x0", process, allow_none=True)
     require_state_vector(cfg, "obs_noise_std", process, minimum=0, allow_none=True)
     require_state_vector(cfg, "disturbance_std", process, minimum=0, allow_none=True)
-    security = security_config(cfg, "security", SERVER_URI)
+    security = _security(cfg)
     if cfg.allow_remote and not (security.secure and security.credentials):
         raise ConfigError("allow_remote", "a plant served beyond this machine must be secured: "
                                           "set security.policy (e.g. Basic256Sha256), its "
@@ -66,7 +72,7 @@ def serve(cfg: DictConfig) -> None:
         server = PlantServer(env, cfg.host, cfg.port, cfg.period_s,
                              None if cfg.x0 is None else list(cfg.x0),
                              allow_remote=cfg.allow_remote, seed=cfg.seed,
-                             security=security_config(cfg, "security", SERVER_URI))
+                             security=_security(cfg))
     except ValueError as error:
         raise ConfigError("host", str(error)) from None
     try:
