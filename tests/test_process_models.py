@@ -229,6 +229,9 @@ def test_a_model_for_another_plant_or_sizes_is_refused(trained, data, tmp_path: 
     torch.save({**state, "state_size": 3}, path)
     with pytest.raises(ValueError, match="names 2 states and 2 inputs for a model of 3 and 2"):
         load_model(path)
+    torch.save({**state, "format": "lipctl-process-model-1"}, path)
+    with pytest.raises(ValueError, match="saved by an earlier lipctl.*fit it again"):
+        load_model(path)
     torch.save({**state, "model": "transformer"}, path)
     with pytest.raises(ValueError, match="unknown model 'transformer'"):
         load_model(path)

@@ -18,6 +18,7 @@ from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import Certificate
 
 FORMAT = "lipctl-process-model-2"
+EARLIER_FORMAT = "lipctl-process-model-1"  # refused with a clear line: refit
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,12 @@ def save_model(path: str | Path, model: ProcessModel, data: ProcessDataset,
 
 
 def _read(path: Path) -> dict:
-    return load_data(path, (FORMAT,), ValueError, "model file",
-                     f"a lipctl process model ({FORMAT})")
+    state = load_data(path, (FORMAT, EARLIER_FORMAT), ValueError, "model file",
+                      f"a lipctl process model ({FORMAT})")
+    if state["format"] == EARLIER_FORMAT:
+        raise ValueError(f"{path} was saved by an earlier lipctl ({EARLIER_FORMAT}: no process "
+                         "names or certificate); fit it again with lipctl fit")
+    return state
 
 
 def _scaler(saved: dict, size: int, what: str, path: Path) -> Scaler:
