@@ -21,7 +21,7 @@ from lipctl.commands.plant_serve import security_config
 from lipctl.config import ConfigError
 from lipctl.control.loop import Controller
 from lipctl.control.mpc import SolverOptions
-from lipctl.control.opcua_plant import OpcUaPlant, PlantUnavailable, TagError, tag_map
+from lipctl.control.opcua_plant import OpcUaPlant, PlantUnavailable, TagError, TagMap, tag_map
 from lipctl.control.opcua_security import CLIENT_URI, PlantRefused, SettingError
 from lipctl.control.planner import PlannerSettings
 from lipctl.control.policy import ModuleController
@@ -92,7 +92,7 @@ def initial_input(process: Process | None, low: np.ndarray, high: np.ndarray) ->
     return np.clip(rest, low, high).astype(np.float64)
 
 
-def gym_plant(deployment: Deployment, id: str, period_s: float,  # noqa: A002 (config key)
+def gym_plant(deployment: Deployment, id: str, period_s: float,
               kwargs: Mapping[str, Any] | None = None, seed: int | None = 0) -> PlantHandle:
     """A registered gymnasium env in-process, stepped once per control step."""
     try:
@@ -110,7 +110,8 @@ OPCUA_REFUSALS = {PlantUnavailable: "plant.url", PlantRefused: "plant.security",
                   TagError: "plant.tags"}  # a failed first connection -> the key to look at
 
 
-def opcua_tags(process: Process, tags: Mapping | None, period_s: float | None):
+def opcua_tags(process: Process, tags: Mapping | None, period_s: float | None
+               ) -> TagMap | None:
     """The tag map for the process's states and inputs (None: lipctl's own server layout);
     ConfigError naming the key of a wrong one, or of a missing plant.period_s."""
     if tags is None:
