@@ -96,12 +96,12 @@ def validate(cfg: DictConfig) -> None:
     require_choice(cfg, "certificate_tier", TIERS)
     require_choice(cfg, "fallback", FALLBACKS)
     require_number(cfg, "torch_threads", 1, integer=True)
-    if cfg.plant.kind == "gym":
+    if cfg.plant.get("kind") == "gym":
         if cfg.plant.id not in gym.registry:
             make_env(cfg.plant.id)  # raises UnknownEnvError with suggestions
         require_number(cfg, "plant.period_s", 0, exclusive=True)
         require_number(cfg, "plant.seed", 0, integer=True, allow_none=True)
-    if cfg.plant.kind == "opcua":
+    if cfg.plant.get("kind") == "opcua":
         if not str(cfg.plant.url).startswith("opc.tcp://"):
             raise ConfigError("plant.url", f"must start with opc.tcp://, got {cfg.plant.url!r}")
         require_number(cfg, "plant.period_s", 0, exclusive=True, allow_none=True)
@@ -113,7 +113,7 @@ def validate(cfg: DictConfig) -> None:
     needs_process = [f"controller={controller}"] if controller in PROCESS_CONTROLLERS else []
     needs_process += ["fallback=mpc"] if cfg.fallback == "mpc" else []
     process = plant_process(cfg)
-    if cfg.plant.kind == "opcua" and process is None:
+    if cfg.plant.get("kind") == "opcua" and process is None:
         needs_process.append("plant=opcua")
     if needs_process and process is None:
         raise ConfigError("plant", f"{' and '.join(needs_process)} need a plant with a process "
@@ -122,7 +122,7 @@ def validate(cfg: DictConfig) -> None:
     if "mpc" in (controller, cfg.fallback) and not process.has_model:
         raise ConfigError("plant.process", f"process {process.name!r} has no first-principles "
                                            "model for controller=mpc or fallback=mpc")
-    if cfg.plant.kind == "opcua":
+    if cfg.plant.get("kind") == "opcua":
         raw = OmegaConf.to_container(cfg.plant, resolve=True)
         opcua_tags(process, raw["tags"], raw["period_s"])
         security_config(raw["security"], "plant.security", CLIENT_URI)
@@ -196,7 +196,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         measurement_range=measurement_range(cfg),
         stale_after_s=cfg.plant.stale_after_periods * period, fallback=backup,
         deadline_s=cfg.deadline_s, realtime=cfg.plant.realtime)
-    print(f"deploying {cfg.controller.name} on {plant_env} ({cfg.plant.kind}), period "
+    print(f"deploying {cfg.controller.name} on {plant_env} ({cfg.plant.name}), period "
           f"{period:g} s, {cfg.steps} steps; step log {out / 'steps.jsonl'}", flush=True)
     stop, received = threading.Event(), []
 
