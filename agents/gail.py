@@ -3,13 +3,15 @@
 The discriminator learns to tell expert transitions from the learner's replay; every training
 batch the loop samples is relabelled with rewards from the discriminator as it is at that moment.
 Its Lipschitzness is kept by a gradient penalty and/or spectral normalisation (Blondé, Strasser &
-Kalousis, 2022); optionally the reward is preconditioned pessimistically by a learned forward
-model (see agents/preconditioning.py).
+Kalousis, 2022), with the reference recipe's entropy bonus and one-sided label smoothing;
+optionally the reward is preconditioned pessimistically by a learned forward model (see
+agents/preconditioning.py), and the scale it applies is reported.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,8 +39,10 @@ class GAILSettings:
     penalty: where the gradient penalty on D's input gradient is held ("none", "interpolate"
     between expert and policy rows, "expert" or "policy" rows plus Gaussian noise of
     `penalty_noise_std`); `penalty_k` is its target norm, `penalty_weight` its weight.
-    preconditioning: scale rewards by clamp(target / ||J||, floor, 1), J the input Jacobian of a
-    forward model learned on the replay.
+    entropy_weight: bonus on the entropy of D's outputs; expert_label_min/max: expert rows are
+    labelled uniformly in this range (one-sided label smoothing; 1, 1: none).
+    preconditioning: scale each relabelled batch's rewards by clamp(exp(-p / std(p)), floor, 1),
+    p the forward model's gradient penalty (norms above `precondition_target`) on the batch.
     """
 
     absorbing: bool = True
@@ -51,8 +55,11 @@ class GAILSettings:
     penalty_weight: float = 10.0
     penalty_one_sided: bool = True
     penalty_noise_std: float = 0.1
+    entropy_weight: float = 0.0
+    expert_label_min: float = 1.0
+    expert_label_max: float = 1.0
     preconditioning: bool = False
-    precondition_target: float = 1.0
+    precondition_target: float = 9.0
     precondition_floor: float = 0.7
     model_lr: float = 1e-3
 
@@ -62,15 +69,19 @@ class GAILSettings:
                              f"got {self.reward_form!r}")
         if self.penalty not in PENALTY_POINTS:
             raise ValueError(f"penalty must be one of {PENALTY_POINTS}, got {self.penalty!r}")
-        for name in ("lr", "model_lr", "precondition_target"):
+        for name in ("lr", "model_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("penalty_k", "penalty_weight", "penalty_noise_std"):
+        for name in ("penalty_k", "penalty_weight", "penalty_noise_std", "entropy_weight",
+                     "precondition_target"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "update_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.expert_label_min <= self.expert_label_max:
+            raise ValueError(f"expert_label_min must be in [0, expert_label_max = "
+                             f"{self.expert_label_max}], got {self.expert_label_min}")
         if not 0 < self.precondition_floor <= 1:
             raise ValueError(f"precondition_floor must be in (0, 1], got "
                              f"{self.precondition_floor}")
@@ -90,6 +101,9 @@ def expert_batch(demos: Demos, action_low: np.ndarray, action_high: np.ndarray, 
     if not absorbing:
         return batch
     return absorb(batch._replace(obs=with_indicator(obs), next_obs=with_indicator(next_obs)))
+
+
+SCALE_WINDOW = 1000  # relabelled batches the reported preconditioning scale covers
 
 
 def _inputs(batch: Batch) -> Tensor:
@@ -115,6 +129,7 @@ class GAILReward:
                                               s.precondition_floor).to(self.device)
             self.model_optimizer = torch.optim.Adam(self.forward_model.parameters(),
                                                     lr=s.model_lr)
+        self.applied_scales: deque[float] = deque(maxlen=SCALE_WINDOW)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.seconds = {"discriminator": 0.0, "relabel": 0.0}  # cumulative
@@ -139,7 +154,8 @@ class GAILReward:
             self.discriminator, self._expert_rows(s.batch_size), _inputs(policy),
             penalty=s.penalty, k=s.penalty_k, weight=s.penalty_weight,
             one_sided=s.penalty_one_sided, noise_std=s.penalty_noise_std,
-            generator=self.generator)
+            entropy_weight=s.entropy_weight,
+            expert_labels=(s.expert_label_min, s.expert_label_max), generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -149,8 +165,21 @@ class GAILReward:
             model_loss.backward()
             self.model_optimizer.step()
             metrics["forward_model_loss"] = model_loss.detach()
+            metrics.update(self.preconditioning_report())
         self.seconds["discriminator"] += time.perf_counter() - start
         return metrics
+
+    def preconditioning_report(self) -> dict[str, float]:
+        """The reward scale preconditioning applied to the last SCALE_WINDOW relabelled batches
+        (mean, minimum, fraction of batches scaled below 1) and the forward model's mean
+        gradient norm on the latest one."""
+        if not self.applied_scales:
+            return {}
+        scales = torch.tensor(list(self.applied_scales))
+        return {"precondition_scale_mean": float(scales.mean()),
+                "precondition_scale_min": float(scales.min()),
+                "precondition_fraction_scaled": float((scales < 1.0).float().mean()),
+                "precondition_gradient_norm": self.forward_model.last_gradient_norm}
 
     @torch.no_grad()
     def rewards(self, batch: Batch) -> Tensor:
@@ -158,7 +187,9 @@ class GAILReward:
         rewards = self.reward_fn(self.discriminator(_inputs(batch)))
         if self.forward_model is not None:
             with torch.enable_grad():
-                rewards = rewards * self.forward_model.reward_scale(_inputs(batch))
+                scale = self.forward_model.reward_scale(_inputs(batch))
+            self.applied_scales.append(float(scale))
+            rewards = rewards * scale
         return rewards
 
     def relabel(self, batch: Batch) -> Batch:
@@ -183,7 +214,8 @@ class GAILReward:
     def state_dict(self) -> dict:
         state = {"discriminator": self.discriminator.state_dict(),
                  "optimizer": self.optimizer.state_dict(),
-                 "generator": self.generator.get_state(), "seconds": dict(self.seconds)}
+                 "generator": self.generator.get_state(), "seconds": dict(self.seconds),
+                 "applied_scales": list(self.applied_scales)}
         if self.forward_model is not None:
             state.update(forward_model=self.forward_model.state_dict(),
                          model_optimizer=self.model_optimizer.state_dict())
@@ -194,6 +226,7 @@ class GAILReward:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.seconds = dict(state["seconds"])
+        self.applied_scales = deque(state["applied_scales"], maxlen=SCALE_WINDOW)
         if self.forward_model is not None:
             self.forward_model.load_state_dict(state["forward_model"])
             self.model_optimizer.load_state_dict(state["model_optimizer"])

@@ -168,14 +168,75 @@ def test_logit_reward_form_and_state_round_trip():
     assert torch.equal(restored.relabel(batch).reward, rewards)
 
 
-def test_preconditioning_scales_rewards_by_the_model_jacobian():
-    model = ForwardModel(2, 1, target=1.0, floor=0.7, hidden=())  # one linear layer: J = W
-    inputs = torch.randn(8, 3)
-    for steepest, scale in ((4.0, 0.7), (0.8, 1.0), (1.25, 0.8)):
-        with torch.no_grad():
-            model.net[-1].weight.copy_(torch.tensor([[steepest, 0.0, 0.0], [0.0, 0.1, 0.0]]))
-        assert torch.allclose(model.jacobian_norms(inputs), torch.full((8,), steepest))
-        assert torch.allclose(model.reward_scale(inputs), torch.full((8,), scale))
+def _linear_forward_model(weight: list[list[float]], target: float) -> ForwardModel:
+    """One linear layer predicting the state change: d sum f / d(s, a) = 1_s + W^T 1."""
+    model = ForwardModel(2, 1, target=target, floor=0.7, hidden=())
+    with torch.no_grad():
+        model.net[-1].weight.copy_(torch.tensor(weight))
+        model.net[-1].bias.zero_()
+    return model
+
+
+def test_preconditioning_scales_rewards_down_only_where_the_model_is_steep():
+    inputs = torch.randn(64, 3)
+    flat = _linear_forward_model([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], target=2.0)
+    assert torch.allclose(flat.gradient_norms(inputs), torch.full((64,), 2 ** 0.5))
+    steep = _linear_forward_model([[5.0, 0.0, 3.0], [0.0, 0.0, 4.0]], target=2.0)
+    # gradient (1 + 5, 1 + 0, 0 + 3 + 4) has norm sqrt(86)
+    assert torch.allclose(steep.gradient_norms(inputs), torch.full((64,), 86 ** 0.5))
+    flat_scales = [float(flat.reward_scale(inputs)) for _ in range(5)]
+    steep_scales = [float(steep.reward_scale(inputs[i::5])) for i in range(5)]
+    assert flat_scales == [1.0] * 5  # no norm above the target: rewards untouched
+    # one constant penalty: std 0, penalty / std large, every batch scaled down to the floor
+    assert steep.penalty_moments[0] == 5 and steep.penalty_std() == 0.0
+    assert steep_scales == pytest.approx([0.7] * 5)
+
+
+def test_preconditioning_scale_is_reported_and_lowered_by_a_steep_model():
+    gail = _gail(GAILSettings(batch_size=64, preconditioning=True, precondition_target=0.5))
+    with torch.no_grad():  # a steep forward model: every gradient norm far above the target
+        gail.forward_model.net[-1].weight.mul_(0).add_(3.0)
+    for step in range(1, 4):
+        gail.relabel(gail.buffer.sample(64))
+        metrics = gail.on_env_step(step)
+    assert metrics["precondition_scale_mean"] < 1.0
+    assert metrics["precondition_scale_min"] == pytest.approx(0.7)
+    assert metrics["precondition_fraction_scaled"] == 1.0
+    assert metrics["precondition_gradient_norm"] > 0.5
+
+
+def test_discriminator_label_smoothing_and_entropy_bonus_enter_the_loss():
+    torch.manual_seed(0)
+    discriminator = Discriminator(2, 1, hidden=(16,))
+    expert, policy = torch.randn(128, 3), torch.randn(128, 3)
+    def loss(**options) -> float:
+        value, metrics = discriminator_loss(discriminator, expert, policy, penalty="none",
+                                            generator=torch.Generator().manual_seed(0),
+                                            **options)
+        return float(value), metrics
+    hard, metrics = loss()
+    smoothed, _ = loss(expert_labels=(0.7, 1.2))
+    bonus, _ = loss(entropy_weight=0.5)
+    assert smoothed != hard
+    assert bonus == pytest.approx(hard - 0.5 * float(metrics["disc_entropy"]), rel=1e-6)
+    assert 0 < float(metrics["disc_entropy"]) <= np.log(2) + 1e-6
+
+
+def test_hidden_spectral_discriminator_has_normalised_hidden_layers_and_a_free_head():
+    torch.manual_seed(0)
+    free = Discriminator(4, 1, hidden=(32, 32), hidden_bound=1.0).eval()
+    capped = Discriminator(4, 1, hidden=(32, 32), hidden_bound=1.0, head_bound=0.5).eval()
+    with torch.no_grad():
+        for net in (free, capped):
+            net.net[-1].weight.mul_(0).add_(1.0)  # a head of spectral norm sqrt(32)
+    data = torch.randn(256, 5)
+    free_certificate, capped_certificate = certify(free.net, data), certify(capped.net, data)
+    assert free_certificate.upper > 1.0  # the head is free: D is not 1-Lipschitz
+    assert capped_certificate.lower <= capped_certificate.upper <= 0.5 * (1 + 1e-5)
+    with pytest.raises(ValueError, match="either bound"):
+        Discriminator(4, 1, bound=1.0, hidden_bound=1.0)
+    with pytest.raises(ValueError, match="give hidden_bound too"):
+        Discriminator(4, 1, head_bound=1.0)
 
 
 def test_gail_cli_errors(workdir):
@@ -192,6 +253,13 @@ def test_gail_cli_errors(workdir):
     assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
                              "agent.gail.precondition_floor=1.5", cwd=workdir),
                       "agent.gail.precondition_floor: must be in (0, 1]")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.discriminator.bound=1", "agent.discriminator.hidden_bound=1",
+                             cwd=workdir),
+                      "agent.discriminator.hidden_bound: give either bound")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.gail.expert_label_min=1.3", cwd=workdir),
+                      "agent.gail.expert_label_min: must be in [0, expert_label_max = 1.2]")
 
 
 GAIL_IP = ["agent=gail", "env=inverted_pendulum", f"demos={DEMOS}", "agent.demo_episodes=4",
