@@ -83,13 +83,18 @@ def strip(batch: Batch) -> Batch:
                  done[keep])
 
 
-class RealStateActor(nn.Module):
-    """An actor trained on observations with the absorbing indicator, called on the env's own
-    observations (appending a constant feature leaves its Lipschitz constant unchanged)."""
+class RealStatePolicy(nn.Module):
+    """A policy trained on observations with the absorbing indicator, called on the env's own
+    observations (appending a constant feature leaves its Lipschitz constant unchanged, so the
+    policy's `mlp` still bounds it)."""
 
-    def __init__(self, actor: nn.Module):
+    def __init__(self, policy: nn.Module):
         super().__init__()
-        self.actor = actor
+        self.policy = policy
 
-    def deterministic(self, obs: Tensor) -> Tensor:
-        return self.actor.deterministic(with_indicator(obs))
+    @property
+    def mlp(self) -> nn.Module:
+        return self.policy.mlp
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.policy(with_indicator(obs))

@@ -11,7 +11,7 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from lipctl.agents.buffer import Batch, ReplayBuffer
@@ -27,6 +27,11 @@ class Learner(Protocol):
     """An off-policy learner the loop can drive (SAC is the reference one)."""
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
+
+    def policy(self) -> nn.Module:
+        """The deterministic policy: observations [B, n] -> actions in [-1, 1] [B, m]; its
+        `mlp` attribute is the un-squashed network whose certified bound bounds it."""
+        ...
 
     def update(self, batch: Batch) -> dict[str, Tensor]: ...
 

@@ -15,26 +15,24 @@ from lipctl.lipschitz.certificates import Certificate, certify, pair_ratio_ascen
 
 
 class ScaledPolicy(nn.Module):
-    """obs [B, n] -> action [B, m] = center + half_range * module.<method>(obs), where the
-    method answers in [-1, 1] (e.g. an actor's tanh-squashed `deterministic` map) and
-    center, half_range come from the action bounds."""
+    """obs [B, n] -> action [B, m] = center + half_range * module(obs), where the module
+    answers in [-1, 1] (e.g. a learner's tanh-squashed deterministic policy) and center,
+    half_range come from the action bounds."""
 
     def __init__(self, module: nn.Module, action_low: Sequence[float] | np.ndarray,
-                 action_high: Sequence[float] | np.ndarray, method: str = "deterministic"):
+                 action_high: Sequence[float] | np.ndarray):
         super().__init__()
-        if not callable(getattr(module, method, None)):
-            raise ValueError(f"{type(module).__name__} has no method {method!r}")
         low = torch.as_tensor(np.asarray(action_low, dtype=np.float64))
         high = torch.as_tensor(np.asarray(action_high, dtype=np.float64))
         if low.shape != high.shape or low.ndim != 1 or not torch.all(low < high):
             raise ValueError(f"action bounds must be 1-D with low < high, got {low} and {high}")
-        self.module, self.method = module, method
+        self.module = module
         self.register_buffer("center", ((high + low) / 2).float())
         self.register_buffer("half_range", ((high - low) / 2).float())
         self.train(module.training)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.center + self.half_range * getattr(self.module, self.method)(obs)
+        return self.center + self.half_range * self.module(obs)
 
 
 class LinearFeedback(nn.Module):

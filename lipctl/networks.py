@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from lipctl.agents.absorbing import RealStateActor
+from lipctl.agents.absorbing import RealStatePolicy
 from lipctl.agents.bc import KIND as BC_KIND
 from lipctl.agents.bc import BCPolicy
 from lipctl.agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
@@ -79,18 +79,20 @@ def bc_policy(run_cfg: DictConfig, env: gym.Env, weights: dict | None = None) ->
     return policy
 
 
-def _sac_policy(run_cfg: DictConfig, env: gym.Env, weights: dict
-                ) -> tuple[ScaledPolicy, nn.Module]:
-    """The deterministic policy of a SAC checkpoint (on the env's own observations, also when
-    its actor was trained with the absorbing-state indicator) and the actor MLP it squashes."""
+def _learner_policy(run_cfg: DictConfig, env: gym.Env, weights: dict
+                    ) -> tuple[ScaledPolicy, nn.Module]:
+    """The deterministic policy of an off-policy learner's checkpoint (on the env's own
+    observations, also when it was trained with the absorbing-state indicator) and the MLP
+    whose certified bound bounds it."""
     obs_dim, act_dim, low, high = env_spaces(env)
     absorbing = uses_absorbing_states(run_cfg)
     agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim + int(absorbing),
                         act_dim=act_dim, device="cpu")
     agent.load_state_dict(weights)
-    actor = agent.actor.eval()
-    module = RealStateActor(actor) if absorbing else actor
-    return ScaledPolicy(module, low, high), nn.Sequential(actor.trunk, actor.head)
+    policy = agent.policy().eval()
+    if absorbing:
+        policy = RealStatePolicy(policy)
+    return ScaledPolicy(policy, low, high), policy.mlp
 
 
 def _policy(state: dict, path: Path, tier: str) -> Network:
@@ -109,7 +111,7 @@ def _policy(state: dict, path: Path, tier: str) -> Network:
             policy = freeze_spectral(bc_policy(run_cfg, env, weights)).eval()  # exportable
             certificate = policy.certificate(observations, tier)
         else:
-            policy, mlp = _sac_policy(run_cfg, env, weights)
+            policy, mlp = _learner_policy(run_cfg, env, weights)
             certificate = policy_certificate(mlp, policy, observations, tier=tier)
     except (InstantiationException, RuntimeError, AttributeError, KeyError) as error:
         message = str(error).splitlines()[0]

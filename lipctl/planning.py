@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lipctl.agents.checkpoint import CheckpointError, load_checkpoint
+from lipctl.agents.critic_learner import CriticLearner
 from lipctl.agents.dynamics import DynamicsEnsemble
-from lipctl.agents.sac import SAC
 from lipctl.agents.termination import TerminationFn, termination_fn
 from lipctl.control.planner import Planner, PlannerSettings
 from lipctl.envs import env_spaces, make_env
@@ -30,7 +30,7 @@ class PlanningParts:
 
     env_id: str
     model: DynamicsEnsemble
-    agent: SAC
+    agent: CriticLearner
     termination: TerminationFn
     action_low: np.ndarray
     action_high: np.ndarray
@@ -56,7 +56,7 @@ def read_planning_parts(path: str | Path) -> PlanningParts:
     model.load_state_dict(state["batch_source"]["model"])
     agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device="cpu")
     agent.load_state_dict(state["agent"])
-    agent.actor.eval()
+    agent.policy().eval()
     agent.critic.eval()
     observations = state["buffer"]["fields"]["obs"]
     return PlanningParts(run_cfg.env.id, model.eval(), agent, termination_fn(run_cfg.env.id),
@@ -93,15 +93,15 @@ def build_planner(parts: PlanningParts, settings: PlannerSettings, terminal_valu
                   proposal: bool = True, seed: int = 0) -> Planner:
     """A planner on the checkpoint's model; its critic (the smaller twin at the actor's action)
     as terminal value and its deterministic actor as proposal where asked."""
-    agent = parts.agent
+    agent, actor = parts.agent, parts.agent.policy()
     center = torch.as_tensor((parts.action_high + parts.action_low) / 2, dtype=torch.float32)
     half_range = torch.as_tensor((parts.action_high - parts.action_low) / 2, dtype=torch.float32)
 
     def value(state: Tensor) -> Tensor:
-        return agent.critic(state, agent.actor.deterministic(state)).min(0).values
+        return agent.critic(state, actor(state)).min(0).values
 
     def policy(state: Tensor) -> Tensor:
-        return center + half_range * agent.actor.deterministic(state)
+        return center + half_range * actor(state)
 
     return Planner(LearnedModel(parts.model, parts.action_low, parts.action_high),
                    parts.action_low, parts.action_high, settings,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lipctl.agents.sac import SAC, TwinCritic
+from lipctl.agents.critic_learner import TwinCritic
+from lipctl.agents.sac import SAC
 from lipctl.lipschitz import SpectralLinear, certify, shared_spectral_weights
 from tests.test_sac import random_batch
 

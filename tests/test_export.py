@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipctl.agents.sac import Actor
+from lipctl.agents.sac import SAC
 from lipctl.control.export import FORMATS, export_module, export_parity
 from lipctl.control.models import build_model
 from lipctl.control.policy import ModuleController, ScaledPolicy, policy_certificate
@@ -15,9 +15,9 @@ TOLERANCE = 1e-5
 
 
 def _policy() -> tuple[torch.nn.Module, torch.Tensor]:
-    """A small SAC actor's deterministic map in action units, on 4 observations of size 3."""
+    """A small SAC learner's deterministic policy in action units, on 4 observations of size 3."""
     torch.manual_seed(0)
-    policy = ScaledPolicy(Actor(3, 2, [16, 16]).eval(), [-2.0, 0.0], [2.0, 5.0])
+    policy = ScaledPolicy(SAC(3, 2, hidden=(16, 16)).policy().eval(), [-2.0, 0.0], [2.0, 5.0])
     return policy, torch.randn(4, 3)
 
 
@@ -57,8 +57,7 @@ def test_scaled_policy_acts_in_action_units_and_is_certified():
     assert torch.all((actions >= low) & (actions <= high))
     assert float(actions.std(0).min()) > 0.1  # not stuck at a bound
     actor = policy.module
-    certificate = policy_certificate(torch.nn.Sequential(actor.trunk, actor.head), policy,
-                                     observations)
+    certificate = policy_certificate(actor.mlp, policy, observations)
     assert 0 < certificate.lower <= certificate.upper
     # the upper bound holds on random pairs; it scales with the action range
     x1, x2 = torch.randn(512, 3), torch.randn(512, 3)
@@ -66,10 +65,8 @@ def test_scaled_policy_acts_in_action_units_and_is_certified():
         ratios = (policy(x1) - policy(x2)).norm(dim=1) / (x1 - x2).norm(dim=1)
     assert float(ratios.max()) <= certificate.upper
     wide = ScaledPolicy(actor, [-20.0, 0.0], [20.0, 5.0])
-    assert policy_certificate(torch.nn.Sequential(actor.trunk, actor.head), wide,
-                              observations).upper == pytest.approx(8 * certificate.upper)
-    with pytest.raises(ValueError, match="no method 'greedy'"):
-        ScaledPolicy(actor, [-1.0], [1.0], method="greedy")
+    assert policy_certificate(actor.mlp, wide, observations).upper == pytest.approx(
+        8 * certificate.upper)
 
 
 def test_module_controller_answers_one_action_in_float64():

@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.buffer import ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.critic_learner import EPS_UNITS
 from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
 from lipctl.agents.mbpo import MBPOSettings, MBPOSource
-from lipctl.agents.sac import EPS_UNITS
 from lipctl.agents.sources import BatchSource, RewardSource
 from lipctl.agents.termination import TERMINATIONS, termination_fn
 from lipctl.agents.trainer import Learner, LoopSettings, OffPolicyTrainer

@@ -1,0 +1,235 @@
+"""What the off-policy actor-critic learners share: twin critics held as one batched ensemble
+module, their target, optimiser, Lipschitz regularisers, certificates and controller."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lipctl.agents.buffer import Batch
+from lipctl.agents.policies import PolicyController
+from lipctl.lipschitz import (
+    Certificate,
+    certify,
+    lipschitz_mlp,
+    robust_loss,
+    shared_spectral_weights,
+)
+
+EPS_UNITS = ("std", "raw")  # robust_eps in units of the states' per-dimension std, or raw
+
+
+class TwinCritic(nn.Module):
+    """E Q-networks in one batched MLP; each may be held to a spectral Lipschitz bound."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], ensemble_size: int = 2,
+                 bound: float | None = None, mode: str = "normalize",
+                 layer_bound: float | None = None, free_output: bool = False):
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        self.net = lipschitz_mlp(obs_dim + act_dim, 1, hidden, bound=bound, mode=mode,
+                                 ensemble_size=ensemble_size, layer_bound=layer_bound,
+                                 free_output=free_output)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        """Q-values of shape [E, B]."""
+        x = torch.cat([obs, action], dim=-1)
+        return self.net(x.expand(self.ensemble_size, *x.shape)).squeeze(-1)
+
+
+class CriticLearner(ABC):
+    """An actor-critic learner on actions in [-1, 1] with twin critics and optional Lipschitz
+    critic regularisers.
+
+    Critic options: `critic_bound` holds every critic to a certified global Lipschitz bound by
+    spectral normalisation of each layer, or `critic_layer_bound` holds each layer to that
+    spectral norm (`critic_mode="cap"`: sigma <= bound; `critic_free_output`: the output layer
+    unconstrained); `robust_weight > 0` adds the adversarial robust loss, penalising the change
+    of Q under a PGD perturbation of the state within `robust_eps` (`robust_eps_units="std"`:
+    in units of the per-dimension std of the training states, tracked as an exponential moving
+    average of the batches' std; "raw": in the state's own units), on the first `robust_batch`
+    rows of each batch (None: all). Spectral weights are computed once per update (one power
+    iteration) and shared by every forward of its critic loss and its actor loss; the target
+    critic is a plain network averaging the critic's effective weights (Polyak `tau`).
+
+    `actor` (built by the subclass before the critics) is moved to `device`.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        actor: nn.Module,
+        device: torch.device | str = "cpu",
+        hidden: Sequence[int] = (256, 256),
+        critic_lr: float = 3e-4,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        critic_bound: float | None = None,
+        critic_mode: str = "normalize",
+        critic_layer_bound: float | None = None,
+        critic_free_output: bool = False,
+        robust_weight: float = 0.0,
+        robust_eps: float = 0.0,
+        robust_norm: str = "l2",
+        robust_steps: int = 1,
+        robust_eps_units: str = "std",
+        robust_batch: int | None = None,
+        certificate_tier: str = "eclipse",
+    ):
+        if robust_eps_units not in EPS_UNITS:
+            raise ValueError(f"robust_eps_units must be one of {EPS_UNITS}, got "
+                             f"{robust_eps_units!r}")
+        if robust_batch is not None and robust_batch < 1:
+            raise ValueError(f"robust_batch must be >= 1 or None, got {robust_batch!r}")
+        self.device = torch.device(device)
+        self.gamma, self.tau = gamma, tau
+        self.robust = dict(eps=robust_eps, norm=robust_norm, steps=robust_steps)
+        self.robust_weight, self.robust_batch = robust_weight, robust_batch
+        self.robust_eps_units = robust_eps_units
+        # per-dimension std of the training states (EMA of batch stds), the robust loss's unit
+        self.state_scale = torch.ones(obs_dim, device=self.device)
+        self._state_scale_seen = torch.zeros((), device=self.device)
+        self.certificate_tier = certificate_tier
+        self.actor = actor.to(self.device)
+        self.critic = TwinCritic(obs_dim, act_dim, hidden, bound=critic_bound, mode=critic_mode,
+                                 layer_bound=critic_layer_bound,
+                                 free_output=critic_free_output).to(self.device)
+        # The target averages the critic's effective weights (spectral norms applied), so it is
+        # a plain network: no power iteration per target call, and an average of capped
+        # matrices is itself capped.
+        self.critic_target = TwinCritic(obs_dim, act_dim, hidden).to(self.device)
+        self.critic_target.requires_grad_(False)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, fused=True)
+        self._target = list(self.critic_target.parameters())
+        with torch.no_grad(), shared_spectral_weights(self.critic, detach=True) as weights:
+            torch._foreach_copy_(self._target, self._effective_parameters(weights))
+
+    @abstractmethod
+    def policy(self) -> nn.Module:
+        """The deterministic policy: observations [B, n] -> actions in [-1, 1] [B, m]; its
+        `mlp` is the un-squashed network whose certified bound bounds it."""
+
+    @abstractmethod
+    def _explore(self, obs: Tensor) -> Tensor:
+        """Exploratory actions in [-1, 1] for observations [B, n]."""
+
+    @abstractmethod
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One learning step on a batch; returns detached metrics."""
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Action in [-1, 1] for one observation."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+        action = self.policy()(x) if deterministic else self._explore(x)
+        return action.squeeze(0).cpu().numpy()
+
+    def _critic_step(self, batch: Batch, target: Tensor
+                     ) -> tuple[dict[nn.Module, Tensor], dict[str, Tensor]]:
+        """One gradient step of the critics towards `target` [B]; returns the critic's
+        effective weights of this step (for the actor loss and the target) and detached
+        metrics."""
+        metrics = {}
+        with shared_spectral_weights(self.critic) as weights:
+            q = self.critic(batch.obs, batch.action)
+            critic_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
+            if self.robust_weight > 0:
+                penalty = self._robust_penalty(batch, q)
+                critic_loss = critic_loss + self.robust_weight * penalty
+                metrics["robust_loss"] = penalty.detach()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        metrics.update(critic_loss=critic_loss.detach(), q_mean=q.detach().mean())
+        return weights, metrics
+
+    def _policy_value(self, obs: Tensor, action: Tensor, weights: dict[nn.Module, Tensor]
+                      ) -> Tensor:
+        """Q [E, B] through the critic's effective `weights`, differentiable in `action` only
+        (an actor loss needs no critic weight gradients)."""
+        self.critic.requires_grad_(False)
+        with shared_spectral_weights(self.critic, detach=True, weights=weights):
+            q = self.critic(obs, action)
+        self.critic.requires_grad_(True)
+        return q
+
+    @torch.no_grad()
+    def _update_critic_target(self, weights: dict[nn.Module, Tensor]) -> None:
+        """Polyak-average the critic's effective `weights` into the target."""
+        torch._foreach_lerp_(self._target, self._effective_parameters(weights), self.tau)
+
+    def _effective_parameters(self, weights: dict[nn.Module, Tensor]) -> list[Tensor]:
+        """The critic's parameters in the target's order, each constrained weight replaced by
+        its effective weight from `weights` (detached)."""
+        replaced = {id(layer.weight): w.detach() for layer, w in weights.items()}
+        return [replaced.get(id(p), p.detach()) for p in self.critic.parameters()]
+
+    def _robust_penalty(self, batch: Batch, q: Tensor) -> Tensor:
+        """The robust loss on the first `robust_batch` rows, with the state perturbed in units
+        of `state_scale` (robust_eps_units="std") or raw units; q [E, B] are the critics'
+        values on the batch, the loss's reference."""
+        rows = slice(None) if self.robust_batch is None else slice(self.robust_batch)
+        obs, action, reference = batch.obs[rows], batch.action[rows], q[:, rows]
+        if self.robust_eps_units == "raw":
+            return robust_loss(lambda s: self.critic(s, action), obs, reference=reference,
+                               **self.robust)
+        with torch.no_grad():
+            std = obs.std(0).clamp_min(1e-6)
+            first = self._state_scale_seen == 0
+            self.state_scale.copy_(torch.where(first, std, self.state_scale.lerp(std, 0.01)))
+            self._state_scale_seen.add_(1)
+        scale = self.state_scale
+        return robust_loss(lambda z: self.critic(z * scale, action), obs / scale,
+                           reference=reference, **self.robust)
+
+    def critic_state_lipschitz(self, obs: Tensor, action: Tensor) -> dict[str, float]:
+        """Per critic, the largest input-gradient norm ||dQ/ds||_2 over the rows of (obs,
+        action), in eval mode with the action held fixed: a sampled lower bound of the critic's
+        Lipschitz constant with respect to the state."""
+        self.critic.eval()
+        try:
+            obs = obs.detach().clone().requires_grad_(True)
+            q = self.critic(obs, action.detach())
+            norms = {}
+            for i in range(self.critic.ensemble_size):
+                (grad,) = torch.autograd.grad(q[i].sum(), obs, retain_graph=True)
+                norms[f"critic{i}"] = float(torch.linalg.vector_norm(grad, dim=-1).max())
+        finally:
+            self.critic.train()
+        return norms
+
+    def critic_certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]:
+        """Certified upper (and sampled lower, given critic inputs) bound of each critic."""
+        return {
+            f"critic{i}": certify(self.critic.net, inputs, tier=self.certificate_tier, member=i)
+            for i in range(self.critic.ensemble_size)
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "state_scale": self.state_scale.cpu(),
+            "state_scale_seen": self._state_scale_seen.cpu(),
+            "critic_opt": self.critic_opt.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.state_scale.copy_(state["state_scale"])
+            self._state_scale_seen.copy_(state["state_scale_seen"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+
+    def controller(self, action_low: np.ndarray, action_high: np.ndarray,
+                   deterministic: bool = True) -> PolicyController:
+        """This policy as a closed-loop controller acting in the env's action units."""
+        return PolicyController(self, action_low, action_high, deterministic)

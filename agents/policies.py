@@ -1,0 +1,55 @@
+"""Deterministic policies as modules, and any learner's policy as a closed-loop controller."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from torch import Tensor, nn
+
+
+def relu_trunk(in_features: int, hidden: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """Linear + ReLU layers of the given widths, and the width of their output."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    return nn.Sequential(*layers), width
+
+
+class TanhPolicy(nn.Module):
+    """obs [B, n] -> tanh(mlp(obs)[:, :act_dim]) in [-1, 1]. Taking the first outputs and tanh
+    are 1-Lipschitz, so `mlp`'s certified bound bounds the policy."""
+
+    def __init__(self, mlp: nn.Module, act_dim: int):
+        super().__init__()
+        self.mlp, self.act_dim = mlp, act_dim
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.mlp(obs)[..., :self.act_dim].tanh()
+
+
+class Acting(Protocol):
+    """A learner's action in [-1, 1] for one observation."""
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
+
+
+class PolicyController:
+    """Adapter from a learned policy to control's `act(observation) -> action` protocol."""
+
+    def __init__(self, agent: Acting, action_low: np.ndarray, action_high: np.ndarray,
+                 deterministic: bool = True):
+        self.agent = agent
+        self.deterministic = deterministic
+        self.center = (action_high + action_low) / 2
+        self.half_range = (action_high - action_low) / 2
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        unit = self.agent.act(observation, deterministic=self.deterministic)
+        return (self.center + self.half_range * unit).astype(np.float32)
+
+    def reset(self) -> None:
+        pass
