@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from lipctl.agents.buffer import ReplayBuffer
+from lipctl.agents.checkpoint import load_checkpoint, save_checkpoint
+from lipctl.agents.td3 import TD3
+from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
+from lipctl.envs import make_env
+from lipctl.lipschitz import certify, upper_bound
+from lipctl.logger import Logger
+from tests.test_sac import random_batch
+
+
+def parameters(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return all(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def unchanged(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_target_smoothing_noise_is_clipped():
+    torch.manual_seed(0)
+    agent = TD3(3, 1, hidden=(16, 16), target_noise=10.0, noise_clip=0.3)
+    obs = torch.randn(2000, 3)
+    with torch.no_grad():
+        plain = agent.policy()(obs)  # the target starts as a copy of the actor
+        smoothed = agent.smoothed_target_action(obs)
+    gap = (smoothed - plain).abs()
+    assert float(gap.max()) <= 0.3 + 1e-6
+    assert float(gap.max()) > 0.29  # the noise is there, and reaches the clip
+    assert torch.all(smoothed.abs() <= 1.0)
+
+
+def test_actor_and_targets_change_only_every_policy_delay_updates():
+    torch.manual_seed(0)
+    agent = TD3(3, 1, hidden=(16, 16), policy_delay=2)
+    buffer = random_batch()
+    for update in range(1, 5):
+        critic = parameters(agent.critic)
+        frozen = {"actor": parameters(agent.actor), "actor_target": parameters(agent.actor_target),
+                  "critic_target": parameters(agent.critic_target)}
+        metrics = agent.update(buffer.sample(32))
+        assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in metrics.values())
+        assert changed(critic, agent.critic)
+        for name, before in frozen.items():
+            module = getattr(agent, name)
+            if update % 2 == 0:
+                assert changed(before, module), (update, name)
+            else:
+                assert unchanged(before, module), (update, name)
+        assert ("actor_loss" in metrics) == (update % 2 == 0)
+
+
+def test_exploration_noise_stays_in_bounds():
+    torch.manual_seed(0)
+    agent = TD3(3, 2, hidden=(16, 16), exploration_noise=5.0)
+    obs = np.array([0.1, -0.3, 0.5], dtype=np.float32)
+    actions = np.stack([agent.act(obs) for _ in range(200)])
+    assert np.all(np.abs(actions) <= 1.0)
+    assert actions.std(0).min() > 0.5  # noisy, and clipped rather than squashed to the mean
+    mean = agent.act(obs, deterministic=True)
+    np.testing.assert_array_equal(mean, agent.act(obs, deterministic=True))
+
+
+def test_state_dict_round_trip_gives_identical_actions_and_updates(tmp_path):
+    torch.manual_seed(0)
+    agent, other = TD3(3, 1, hidden=(16, 16)), TD3(3, 1, hidden=(16, 16))
+    buffer = random_batch()
+    for _ in range(3):
+        agent.update(buffer.sample(16))
+    save_checkpoint(tmp_path / "agent.pt", agent.state_dict())
+    other.load_state_dict(load_checkpoint(tmp_path / "agent.pt"))
+    obs = np.array([0.1, -0.3, 0.5], dtype=np.float32)
+    np.testing.assert_array_equal(agent.act(obs, deterministic=True),
+                                  other.act(obs, deterministic=True))
+    batch = buffer.sample(16)  # the third update was the odd one: the next moves the actor
+    torch.manual_seed(1)
+    agent.update(batch)
+    torch.manual_seed(1)
+    other.update(batch)
+    for a, b in zip(agent.actor_target.parameters(), other.actor_target.parameters(),
+                    strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(agent.act(obs, deterministic=True),
+                                  other.act(obs, deterministic=True))
+
+
+def test_policy_matches_the_controller_and_its_mlp_certifies_it():
+    torch.manual_seed(0)
+    agent = TD3(3, 2, hidden=(32, 32))
+    buffer = random_batch(act_dim=2)
+    for _ in range(20):
+        agent.update(buffer.sample(32))
+    policy = agent.policy()
+    low, high = np.array([-2.0, 0.0]), np.array([2.0, 5.0])
+    controller = agent.controller(low, high)
+    obs = torch.randn(8, 3)
+    with torch.no_grad():
+        unit = policy(obs).numpy()
+    scaled = (high + low) / 2 + (high - low) / 2 * unit
+    for row, action in zip(obs.numpy(), scaled, strict=True):
+        np.testing.assert_allclose(controller.act(row), action, rtol=1e-6, atol=1e-6)
+    bound = certify(policy.mlp).upper
+    x1, x2 = 3 * torch.randn(4096, 3), 3 * torch.randn(4096, 3)
+    near = x1 + 0.01 * torch.randn(4096, 3)
+    with torch.no_grad():
+        ratios = torch.cat([(policy(x1) - policy(x)).norm(dim=1) / (x1 - x).norm(dim=1)
+                            for x in (x2, near)])
+    assert 0 < float(ratios.max()) <= bound
+
+
+def test_spectral_critics_are_certified_below_their_bound_after_training():
+    torch.manual_seed(0)
+    agent = TD3(3, 1, hidden=(32, 32), critic_bound=5.0, robust_weight=1.0, robust_eps=0.05,
+                robust_steps=2)
+    buffer = random_batch()
+    for _ in range(30):
+        metrics = agent.update(buffer.sample(32))
+    assert "robust_loss" in metrics
+    agent.critic.eval()
+    for member in range(2):
+        assert upper_bound(agent.critic.net, member=member) <= 5.0
+    inputs = torch.cat([buffer.sample(64).obs, buffer.sample(64).action], -1)
+    for name, certificate in agent.critic_certificates(inputs).items():
+        assert certificate.lower <= certificate.upper <= 5.0, name
+    states = agent.critic_state_lipschitz(inputs[:, :3], inputs[:, 3:])
+    assert set(states) == {"critic0", "critic1"} and all(v > 0 for v in states.values())
+
+
+def test_invalid_td3_options_are_refused():
+    with pytest.raises(ValueError, match="policy_delay must be >= 1"):
+        TD3(3, 1, policy_delay=0)
+    with pytest.raises(ValueError, match="noise_clip must be >= 0"):
+        TD3(3, 1, noise_clip=-0.1)
+
+
+def test_learner_group_selects_td3_without_sac_keys(tmp_path):
+    variant = tmp_path / "variant" / "gail_td3_check.yaml"
+    variant.parent.mkdir()
+    variant.write_text("# @package _global_\ndefaults:\n  - override /agent: gail\n"
+                       "  - override /agent/learner: td3\nvariant: gail_td3_check\n")
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        td3 = compose("train", overrides=["agent=td3"]).agent
+        gail = compose("train", overrides=["agent=gail", "agent/learner=td3"]).agent
+        variant = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]",
+                                              "variant=gail_td3_check"]).agent
+        sac = compose("train").agent
+        mbpo = compose("train", overrides=["agent=mbpo"]).agent
+    assert td3.name == "td3" and gail.name == variant.name == "gail"
+    for agent in (td3, gail, variant):
+        assert agent.learner._target_ == "lipctl.agents.td3.TD3"
+        assert "init_alpha" not in agent.learner and "alpha_lr" not in agent.learner
+    assert {k: v for k, v in td3.items() if k not in ("learner", "name")} == {
+        k: v for k, v in sac.items() if k not in ("learner", "name")}
+    assert sac.learner._target_ == mbpo.learner._target_ == "lipctl.agents.sac.SAC"
+
+
+@pytest.mark.slow
+def test_td3_learns_pendulum_within_10k_steps(tmp_path):
+    settings = LoopSettings(total_steps=10_000, warmup_steps=1000, batch_size=256,
+                            eval_every=1000, eval_episodes=10, checkpoint_every=10_000,
+                            log_every=1000, seed=0, target_return=-250)
+    torch.manual_seed(settings.seed)
+    env, eval_env = make_env("Pendulum-v1", seed=settings.seed), make_env("Pendulum-v1")
+    agent = TD3(3, 1, hidden=(64, 64), actor_lr=1e-3, critic_lr=1e-3)
+    buffer = ReplayBuffer(settings.total_steps, 3, 1, "cpu", seed=settings.seed)
+    trainer = OffPolicyTrainer(agent, env, eval_env, buffer, settings, Logger(tmp_path),
+                               progress=False)
+    start = time.perf_counter()
+    final = trainer.train()
+    seconds = time.perf_counter() - start
+    assert final >= -250, (f"mean deterministic eval return {final:.1f} after {trainer.step} "
+                           f"steps ({seconds:.0f} s)")
