@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,15 @@ from lipctl.agents.checkpoint import load_checkpoint, save_checkpoint
 from lipctl.agents.td3 import TD3
 from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.envs import make_env
+from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify, upper_bound
 from lipctl.logger import Logger
+from lipctl.networks import read_network
+from tests.helpers import TINY_TRAIN, lipctl
 from tests.test_sac import random_batch
+
+ENV_ID = "InvertedPendulum-v5"
+DEMOS = Path(__file__).resolve().parents[1] / "demos" / f"{ENV_ID}-lqr.npz"
 
 
 def parameters(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -182,3 +190,62 @@ def test_td3_learns_pendulum_within_10k_steps(tmp_path):
     seconds = time.perf_counter() - start
     assert final >= -250, (f"mean deterministic eval return {final:.1f} after {trainer.step} "
                            f"steps ({seconds:.0f} s)")
+
+
+@pytest.fixture(scope="module")
+def td3_run(tmp_path_factory) -> Path:
+    """A folder holding run/checkpoint.pt of a short agent=td3 run on InvertedPendulum-v5."""
+    folder = tmp_path_factory.mktemp("td3")
+    lipctl("train", "agent=td3", "env=inverted_pendulum", *TINY_TRAIN, "hydra.run.dir=run",
+           cwd=folder, check=True)
+    return folder
+
+
+def test_td3_checkpoint_evaluates(td3_run):
+    agent = load_checkpoint(td3_run / "run" / "checkpoint.pt")["agent"]
+    assert agent["updates"] == 251 and "actor_target" in agent  # steps 50 to 300 update
+    result = lipctl("eval", "checkpoint=run/checkpoint.pt", "episodes=2", cwd=td3_run,
+                    check=True)
+    assert f"{ENV_ID} | step 300 | 2 episodes | return" in result.stdout
+    assert sum(line.startswith("critic") for line in result.stdout.splitlines()) == 2
+
+
+def test_td3_checkpoint_exports(td3_run):
+    lipctl("export", "checkpoint=run/checkpoint.pt", "format=onnx", cwd=td3_run, check=True)
+    described = json.loads((td3_run / "run" / "checkpoint.onnx.json").read_text())
+    assert described["input"]["shape"] == [1, 4] and described["output"]["shape"] == [1, 1]
+    assert described["parity_max_abs_diff"] < 1e-5
+    certificate = described["certificate"]
+    assert 0 < certificate["lower"] <= certificate["upper"]
+
+
+def test_td3_checkpoint_records_demonstrations_of_its_policy(td3_run):
+    lipctl("demos", "env=inverted_pendulum", "expert=checkpoint", "episodes=2",
+           "expert_checkpoint=run/checkpoint.pt", "out=td3.npz", cwd=td3_run, check=True)
+    recorded = load_demos(td3_run / "td3.npz", env=ENV_ID)
+    assert recorded.num_episodes == 2 and recorded.expert == "checkpoint"
+    policy = read_network(td3_run / "run" / "checkpoint.pt").module
+    with torch.no_grad():
+        expected = policy(torch.as_tensor(recorded.observations[:20], dtype=torch.float32))
+    np.testing.assert_allclose(recorded.actions[:20], expected.numpy(), atol=1e-5)
+
+
+def test_td3_checkpoint_robustness_report(td3_run):
+    lipctl("robustness", "checkpoint=run/checkpoint.pt", "eps=[0.05]", "episodes=1",
+           "attack_steps=2", "out=report.json", cwd=td3_run, check=True)
+    report = json.loads((td3_run / "report.json").read_text())
+    network = read_network(td3_run / "run" / "checkpoint.pt")
+    assert report["lipschitz_upper"] == pytest.approx(network.certificate.upper)
+    assert len(report["rows"]) == 1
+
+
+def test_gail_trains_with_td3_as_its_learner(workdir):
+    lipctl("train", "agent=gail", "agent/learner=td3", "env=inverted_pendulum",
+           f"demos={DEMOS}", *TINY_TRAIN, "hydra.run.dir=run", cwd=workdir, check=True)
+    state = load_checkpoint(workdir / "run" / "checkpoint.pt")
+    assert state["config"]["agent"]["learner"]["_target_"] == "lipctl.agents.td3.TD3"
+    assert state["step"] == 300 and state["agent"]["updates"] == 251
+    assert "discriminator" in state["certificates"]
+    network = read_network(workdir / "run" / "checkpoint.pt")  # without the absorbing indicator
+    assert network.example.shape == (1, 4)
+    assert 0 < network.certificate.lower <= network.certificate.upper
