@@ -157,17 +157,64 @@ def test_imitation_returns_are_normalised_by_the_expert_return():
     (row,) = summarize(runs, exp)
     assert row["expert_return"] == 1000.0
     assert row["final_normalized_mean"] == 0.6 and row["best_normalized_mean"] == 0.6
+    for name in ("final", "best"):
+        low, high = row[f"{name}_normalized_ci_low"], row[f"{name}_normalized_ci_high"]
+        assert row[f"{name}_normalized_iqm"] == 0.6 and 0.5 <= low <= 0.6 <= high <= 0.7
     assert row["time_vs_gail_no_penalty"] == 1.0
+
+
+PENALTY_POINTS = {"gail_no_penalty": "none", "gail_spectral_hidden": "none",
+                  "gail_gp_expert": "expert", "gail_gp_policy": "policy"}
 
 
 @pytest.mark.parametrize("preset", ["gail_lipschitz", "gail_lipschitz_paper"])
 def test_gail_variants_keep_their_own_discriminator_settings(preset):
+    """Every run is TD3 + the reference discriminator recipe; variants differ only in what keeps
+    D Lipschitz."""
     for _, variant, cfg in preset_runs(preset):
         assert cfg.agent.name == "gail" and cfg.demos is not None
-        penalised = "gradient_penalty" in variant
-        assert (cfg.agent.gail.penalty == "interpolate") == penalised, variant
-        assert (cfg.agent.discriminator.bound is not None) == ("spectral" in variant)
-        assert cfg.agent.gail.preconditioning == ("pessimistic" in variant)
+        assert cfg.agent.learner._target_ == "lipctl.agents.td3.TD3", variant
+        assert cfg.agent.gail.entropy_weight > 0 and cfg.agent.gail.expert_label_min < 1
+        gail, discriminator = cfg.agent.gail, cfg.agent.discriminator
+        assert gail.penalty == PENALTY_POINTS.get(variant, "interpolate"), variant
+        assert discriminator.bound is None and discriminator.head_bound is None
+        assert (discriminator.hidden_bound == 1.0) == ("spectral_hidden" in variant), variant
+        assert gail.preconditioning == ("pessimistic" in variant), variant
+        assert gail.penalty_one_sided == (variant != "gail_gp_two_sided"), variant
+
+
+def test_gail_paper_preset_passes_the_benchmark_validation(tmp_path):
+    """Every run of the paper preset composes and passes `lipctl train`'s checks, given
+    demonstrations of each env (here short ones of a zero-action policy)."""
+    from lipctl.control import run
+    from lipctl.envs import make_env
+    from lipctl.envs.demos import from_episodes, save_demos
+
+    class Zero:
+        def __init__(self, size: int):
+            self.size = size
+
+        def act(self, observation: np.ndarray) -> np.ndarray:
+            return np.zeros(self.size, dtype=np.float32)
+
+        def reset(self) -> None:
+            pass
+
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        cfg = compose("bench", overrides=["experiment=gail_lipschitz_paper"])
+        envs = {env: compose("train", overrides=[f"env={env}"]).env.id
+                for env in cfg.experiment.envs}
+    assert set(envs.values()) == {"Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"}
+    for env, env_id in envs.items():
+        plant = make_env(env_id)
+        path = tmp_path / f"{env_id}.npz"
+        episodes = run(Zero(plant.action_space.shape[0]), plant, 4, seed=0, max_steps=50)
+        save_demos(path, from_episodes(episodes, plant, "zero"))
+        cfg.experiment.envs[env] = [f"demos={path}"]
+    bench.validate(cfg)
+    experiment = cfg.experiment
+    assert all(seeds_of(experiment, v) == [0, 1, 2, 3, 4] for v in experiment.variants)
+    assert "loop.total_steps=1000000" in experiment.overrides
 
 
 @pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"])

@@ -5,14 +5,18 @@ and `gail_lipschitz` (off-policy GAIL with and without a Lipschitz discriminator
 The experiment config names the variants, seeds (`seeds`, or a variant's own list in
 `variant_seeds`), envs and overrides, the `baseline` variant that
 times are compared with, the summary.json figures reported as medians over seeds (`medians`), the
-train.csv columns whose last value is reported (`last_train_metrics`). Where an env's runs imitate
-demonstrations (a `demos=PATH` override), returns are also reported as fractions of the mean
-episode return in that file.
+train.csv columns whose last value (`last_train_metrics`) or mean over training
+(`mean_train_metrics`) is reported. Where an env's runs imitate demonstrations (a `demos=PATH`
+override), returns are also reported as fractions of the mean episode return in that file (IQM
+and CI of the final and of the best evaluation), and `ablation` names variants whose rows are
+also written to ablation.csv.
 
 Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, summary.json
 and downsampled train.csv), and from those files alone (`report`, also `lipctl bench ...
-replot=true`) summary.csv (one row per env x variant), curves.png (returns) and lipschitz.png (the
-critics' Lipschitz constant w.r.t. the state); bench.json (settings, machine, wall time).
+replot=true`) summary.csv (one row per env x variant), curves.png (returns), lipschitz.png (the
+critics' Lipschitz constant w.r.t. the state) and, for runs with a discriminator,
+discriminator_lipschitz.png (its sampled Lipschitz constant); bench.json (settings, machine, wall
+time).
 """
 
 from __future__ import annotations
@@ -93,9 +97,18 @@ def run_sweeps(exp: DictConfig, work: Path) -> None:
             print(f"[{env}] done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def _values(rows: list[dict[str, str]], column: str) -> list[float]:
+    return [float(row[column]) for row in rows if row.get(column)]
+
+
 def _last(rows: list[dict[str, str]], column: str) -> float:
-    values = [float(row[column]) for row in rows if row.get(column)]
+    values = _values(rows, column)
     return values[-1] if values else float("nan")
+
+
+def _mean(rows: list[dict[str, str]], column: str) -> float:
+    values = _values(rows, column)
+    return float(np.mean(values)) if values else float("nan")
 
 
 def copy_runs(exp: DictConfig, work: Path, out: Path) -> None:
@@ -131,7 +144,10 @@ def collect(exp: DictConfig, runs_dir: Path) -> dict[tuple[str, str], list[dict]
                     "steps": np.array([int(row["step"]) for row in evals]),
                     "returns": np.array([float(row["return_mean"]) for row in evals]),
                     "state_lipschitz": _state_lipschitz(evals),
+                    "discriminator_lipschitz": np.array(_values(evals, "discriminator_lower")),
                     **{name: _last(train_rows, name) for name in exp.last_train_metrics},
+                    **{f"{name}_mean": _mean(train_rows, name)
+                       for name in exp.get("mean_train_metrics", [])},
                     **summary,
                 })
     return runs
@@ -174,8 +190,9 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
         final = np.array([run["returns"][-1] for run in seeds])
         steps = int(np.median([run["env_steps"] for run in seeds]))
         point, low, high = interval_estimate(final, "iqm")
+        averaged = [f"{name}_mean" for name in exp.get("mean_train_metrics", [])]
         median = {key: float(np.median([run.get(key, np.nan) for run in seeds]))
-                  for key in (*exp.medians, *exp.last_train_metrics)}
+                  for key in (*exp.medians, *exp.last_train_metrics, *averaged)}
         row = {
             "env": env, "variant": variant, "seeds": len(seeds), "env_steps": steps,
             "final_return_mean": round(float(final.mean()), 1),
@@ -183,10 +200,15 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
             "ci_low": round(low, 1), "ci_high": round(high, 1),
         }
         if expert is not None:
+            best = np.array([run["returns"].max() for run in seeds])
             row.update(expert_return=round(expert, 1),
                        final_normalized_mean=round(float(final.mean()) / expert, 3),
-                       best_normalized_mean=round(float(np.mean(
-                           [run["returns"].max() for run in seeds])) / expert, 3))
+                       best_normalized_mean=round(float(best.mean()) / expert, 3))
+            for name, values in (("final", final), ("best", best)):
+                point, low, high = interval_estimate(values / expert, "iqm")
+                row |= {f"{name}_normalized_iqm": round(point, 3),
+                        f"{name}_normalized_ci_low": round(low, 3),
+                        f"{name}_normalized_ci_high": round(high, 3)}
         row["seconds_per_1k_steps"] = round(1000 * median.pop("wall_seconds") / steps, 1)
         for key in [key for key in median if key.endswith("_seconds")]:  # the time's split
             row[f"{key}_per_1k_steps"] = round(1000 * median.pop(key) / steps, 1)
@@ -269,13 +291,26 @@ def plot_state_lipschitz(runs: dict[tuple[str, str], list[dict]], path: Path) ->
                        yscale="log")
 
 
+def plot_discriminator_lipschitz(runs: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    """The discriminator's sampled Lipschitz constant (lower bound) over training."""
+    plot_over_training(runs, "discriminator_lipschitz", path,
+                       {env: "D's sampled Lipschitz constant (IQM, 95% CI)" for env, _ in runs},
+                       yscale="log")
+
+
 def report(exp: DictConfig, out: Path) -> list[dict]:
-    """summary.csv, curves.png and lipschitz.png from out/runs/ alone."""
+    """summary.csv, curves.png, lipschitz.png (and discriminator_lipschitz.png, ablation.csv
+    where the runs have them) from out/runs/ alone."""
     runs = collect(exp, out / "runs")
     rows = summarize(runs, exp)
     write_csv(out / "summary.csv", rows)
     plot_curves(runs, exp, out / "curves.png")
     plot_state_lipschitz(runs, out / "lipschitz.png")
+    if any(len(run["discriminator_lipschitz"]) for seeds in runs.values() for run in seeds):
+        plot_discriminator_lipschitz(runs, out / "discriminator_lipschitz.png")
+    ablation = exp.get("ablation")
+    if ablation:
+        write_csv(out / "ablation.csv", [row for row in rows if row["variant"] in ablation])
     return rows
 
 
