@@ -18,7 +18,7 @@ from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify, upper_bound
 from lipctl.logger import Logger
 from lipctl.networks import read_network
-from tests.helpers import TINY_TRAIN, lipctl
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 from tests.test_sac import random_batch
 
 ENV_ID = "InvertedPendulum-v5"
@@ -146,11 +146,13 @@ def test_spectral_critics_are_certified_below_their_bound_after_training():
     assert set(states) == {"critic0", "critic1"} and all(v > 0 for v in states.values())
 
 
-def test_invalid_td3_options_are_refused():
+def test_invalid_td3_options_are_refused(workdir):
     with pytest.raises(ValueError, match="policy_delay must be >= 1"):
         TD3(3, 1, policy_delay=0)
     with pytest.raises(ValueError, match="noise_clip must be >= 0"):
         TD3(3, 1, noise_clip=-0.1)
+    assert_user_error(lipctl("train", "agent=td3", "agent.learner.policy_delay=0", cwd=workdir),
+                      "agent.learner.policy_delay: must be >= 1, got 0")
 
 
 def test_learner_group_selects_td3_without_sac_keys(tmp_path):

@@ -81,6 +81,10 @@ def validate_off_policy(cfg: DictConfig) -> None:
     require_number(cfg, "loop.warmup_steps", 0, integer=True)
     require_number(cfg, "loop.target_return", allow_none=True)
     require_number(cfg, "agent.buffer_size", 1, integer=True)
+    if "policy_delay" in cfg.agent.learner:  # TD3
+        require_number(cfg, "agent.learner.policy_delay", 1, integer=True)
+        for key in ("exploration_noise", "target_noise", "noise_clip"):
+            require_number(cfg, f"agent.learner.{key}", 0)
     require_number(cfg, "lipschitz.robust_weight", 0)
     require_number(cfg, "lipschitz.robust_eps", 0)
     require_number(cfg, "lipschitz.robust_steps", 1, integer=True)
