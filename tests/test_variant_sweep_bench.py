@@ -169,11 +169,12 @@ PENALTY_POINTS = {"gail_no_penalty": "none", "gail_spectral_hidden": "none",
 
 @pytest.mark.parametrize("preset", ["gail_lipschitz", "gail_lipschitz_paper"])
 def test_gail_variants_keep_their_own_discriminator_settings(preset):
-    """Every run is TD3 + the reference discriminator recipe; variants differ only in what keeps
-    D Lipschitz."""
+    """Every run has the reference discriminator recipe (and, in the paper preset, TD3);
+    variants differ only in what keeps D Lipschitz."""
+    learner = {"gail_lipschitz": "SAC", "gail_lipschitz_paper": "TD3"}[preset]
     for _, variant, cfg in preset_runs(preset):
         assert cfg.agent.name == "gail" and cfg.demos is not None
-        assert cfg.agent.learner._target_ == "lipctl.agents.td3.TD3", variant
+        assert cfg.agent.learner._target_.endswith(f".{learner}"), variant
         assert cfg.agent.gail.entropy_weight > 0 and cfg.agent.gail.expert_label_min < 1
         gail, discriminator = cfg.agent.gail, cfg.agent.discriminator
         assert gail.penalty == PENALTY_POINTS.get(variant, "interpolate"), variant

@@ -129,8 +129,18 @@ def validate_imitation(cfg: DictConfig) -> None:
                                    "pass demos=PATH (a file written by `lipctl demos`)")
     require_number(cfg, "agent.demo_episodes", 1, integer=True, allow_none=True)
     require_number(cfg, "agent.demo_subsample", 1, integer=True)
-    require_number(cfg, "agent.discriminator.bound", 0, allow_none=True, exclusive=True)
+    for key in ("bound", "hidden_bound", "head_bound"):
+        require_number(cfg, f"agent.discriminator.{key}", 0, allow_none=True, exclusive=True)
+    discriminator = cfg.agent.discriminator
+    if discriminator.bound is not None and discriminator.hidden_bound is not None:
+        raise ConfigError("agent.discriminator.hidden_bound", "give either bound (every layer) "
+                                                               "or hidden_bound, not both")
+    if discriminator.head_bound is not None and discriminator.hidden_bound is None:
+        raise ConfigError("agent.discriminator.head_bound", "caps the head of a network whose "
+                                                             "hidden layers are normalised: set "
+                                                             "hidden_bound too")
     for key in ("lr", "model_lr", "penalty_k", "penalty_weight", "penalty_noise_std",
+                "entropy_weight", "expert_label_min", "expert_label_max",
                 "precondition_target", "precondition_floor"):
         require_number(cfg, f"agent.gail.{key}")  # ranges: GAILSettings
     for key in ("batch_size", "update_every"):
