@@ -7,6 +7,7 @@ import torch
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
+from lipctl.agents.td3 import TD3
 from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.envs import make_env
 from lipctl.lipschitz import adversarial_perturbation, upper_bound
@@ -47,10 +48,11 @@ def test_update_changes_every_network_and_returns_tensor_metrics():
     assert float(agent.log_alpha.detach().exp()) != pytest.approx(1.0)
 
 
-def test_spectral_critics_are_certified_below_their_bound_after_training():
+@pytest.mark.parametrize("learner", [SAC, TD3])
+def test_spectral_critics_are_certified_below_their_bound_after_training(learner):
     torch.manual_seed(0)
-    agent = SAC(3, 1, hidden=(32, 32), critic_bound=5.0, robust_weight=1.0, robust_eps=0.05,
-                robust_steps=2)
+    agent = learner(3, 1, hidden=(32, 32), critic_bound=5.0, robust_weight=1.0,
+                    robust_eps=0.05, robust_steps=2)
     buffer = random_batch()
     for _ in range(30):
         metrics = agent.update(buffer.sample(32))
@@ -61,6 +63,8 @@ def test_spectral_critics_are_certified_below_their_bound_after_training():
     inputs = torch.cat([buffer.sample(64).obs, buffer.sample(64).action], -1)
     for name, certificate in agent.critic_certificates(inputs).items():
         assert certificate.lower <= certificate.upper <= 5.0, name
+    states = agent.critic_state_lipschitz(inputs[:, :3], inputs[:, 3:])
+    assert set(states) == {"critic0", "critic1"} and all(v > 0 for v in states.values())
 
 
 def test_state_dict_round_trip_gives_the_same_policy():
