@@ -213,7 +213,7 @@ def test_discriminator_label_smoothing_and_entropy_bonus_enter_the_loss():
         value, metrics = discriminator_loss(discriminator, expert, policy, penalty="none",
                                             generator=torch.Generator().manual_seed(0),
                                             **options)
-        return float(value), metrics
+        return float(value.detach()), metrics
     hard, metrics = loss()
     smoothed, _ = loss(expert_labels=(0.7, 1.2))
     bonus, _ = loss(entropy_weight=0.5)
