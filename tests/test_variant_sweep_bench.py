@@ -160,6 +160,11 @@ def test_imitation_returns_are_normalised_by_the_expert_return():
     for name in ("final", "best"):
         low, high = row[f"{name}_normalized_ci_low"], row[f"{name}_normalized_ci_high"]
         assert row[f"{name}_normalized_iqm"] == 0.6 and 0.5 <= low <= 0.6 <= high <= 0.7
+    assert row["auc_normalized_iqm"] == pytest.approx((0.6 - 0.9) / 2)  # evals -900 and 600
+    assert row["runs_reaching_solved"] == 0 and np.isnan(row["steps_to_solved_median"])
+    runs[("inverted_pendulum", "gail_no_penalty")][2]["returns"] = np.array([950.0, 700.0])
+    (row,) = summarize(runs, exp)
+    assert row["runs_reaching_solved"] == 1 and row["steps_to_solved_median"] == 500
     assert row["time_vs_gail_no_penalty"] == 1.0
 
 

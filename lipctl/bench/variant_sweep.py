@@ -8,8 +8,9 @@ times are compared with, the summary.json figures reported as medians over seeds
 train.csv columns whose last value (`last_train_metrics`) or mean over training
 (`mean_train_metrics`) is reported. Where an env's runs imitate demonstrations (a `demos=PATH`
 override), returns are also reported as fractions of the mean episode return in that file (IQM
-and CI of the final and of the best evaluation), and `ablation` names variants whose rows are
-also written to ablation.csv.
+and CI of the final evaluation, of the best, and of the mean over all evaluations, the area under
+the learning curve; how many runs reached 0.9 of it and after how many steps), and `ablation`
+names variants whose rows are also written to ablation.csv.
 
 Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, summary.json
 and downsampled train.csv), and from those files alone (`report`, also `lipctl bench ...
@@ -44,6 +45,7 @@ from lipctl.bench.report import (
 from lipctl.envs.demos import load_demos
 
 TRAIN_ROWS = 200  # train.csv rows kept per run under out/runs/
+SOLVED_FRACTION = 0.9  # of the expert's return: the level imitation runs are timed to
 
 
 def run_overrides(exp: DictConfig, env: str) -> list[str]:
@@ -204,11 +206,13 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
             row.update(expert_return=round(expert, 1),
                        final_normalized_mean=round(float(final.mean()) / expert, 3),
                        best_normalized_mean=round(float(best.mean()) / expert, 3))
-            for name, values in (("final", final), ("best", best)):
+            area = np.array([run["returns"].mean() for run in seeds])
+            for name, values in (("final", final), ("best", best), ("auc", area)):
                 point, low, high = interval_estimate(values / expert, "iqm")
                 row |= {f"{name}_normalized_iqm": round(point, 3),
                         f"{name}_normalized_ci_low": round(low, 3),
                         f"{name}_normalized_ci_high": round(high, 3)}
+            row |= _steps_to_reach(seeds, SOLVED_FRACTION * expert)
         row["seconds_per_1k_steps"] = round(1000 * median.pop("wall_seconds") / steps, 1)
         for key in [key for key in median if key.endswith("_seconds")]:  # the time's split
             row[f"{key}_per_1k_steps"] = round(1000 * median.pop(key) / steps, 1)
@@ -230,6 +234,15 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
         row |= dict(zip((f"p_improvement_vs_{exp.baseline}", "p_improvement_ci_low",
                          "p_improvement_ci_high"), estimate, strict=True))
     return rows
+
+
+def _steps_to_reach(seeds: list[dict], level: float) -> dict[str, float | int]:
+    """How many runs had an evaluation at or above `level`, and the median over those runs of
+    the env steps of the first such evaluation (NaN if none did)."""
+    first = [int(run["steps"][np.argmax(run["returns"] >= level)]) for run in seeds
+             if np.any(run["returns"] >= level)]
+    return {"runs_reaching_solved": len(first),
+            "steps_to_solved_median": float(np.median(first)) if first else float("nan")}
 
 
 def _state_lipschitz_columns(seeds: list[dict]) -> dict[str, float]:
