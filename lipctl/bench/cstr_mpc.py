@@ -5,7 +5,8 @@ Stages (`experiment.stages`, in this order), each writing under the output folde
 - `models`: every model x target-noise sigma x seed fitted on one generated dataset, one process
   per job with one torch thread; one JSON per run in runs/<model>/sigma<s>-seed<k>.json (clean
   test MSE, final noisy train MSE, certified and sampled Lipschitz bounds, the smallest
-  constrained weight, a downsampled history). A run whose file exists is not fitted again.
+  constrained weight, a downsampled history). A run whose file exists, with a model file that
+  loads and belongs to the CSTR, is not fitted again (nor is a kept dataset generated again).
   models.csv (mean and std over seeds) and robustness.png are rebuilt from runs/ alone
   (`report`, also `lipctl bench ... replot=true`).
 - `closed_loop`: MPC on each model (noise 0, first seed) and on the plant's own ODE from the four
@@ -24,9 +25,10 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -45,7 +47,7 @@ from lipctl.control.models import (
     save_model,
 )
 from lipctl.control.mpc import SolverOptions
-from lipctl.control.process_data import generate, load_dataset, save_dataset
+from lipctl.control.process_data import check_origin, generate, load_dataset, save_dataset
 from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
 from lipctl.envs.cstr import (
     CSTR,
@@ -157,10 +159,24 @@ def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out:
     return record
 
 
+def _usable(path: Path, load: Callable[[Path], Any]) -> bool:
+    """Whether the file at `path` loads and belongs to the CSTR as this lipctl names it (files
+    kept from an earlier run may be of an earlier format or name); says why not."""
+    if not path.is_file():
+        return False
+    try:
+        check_origin(load(path), CSTR, str(path), "belongs to")
+    except ValueError as error:
+        print(f"{path} is not used: {str(error).splitlines()[0]}", flush=True)
+        return False
+    return True
+
+
 def fit_models(exp: DictConfig, out: Path, work: Path) -> None:
-    """Every model x sigma x seed whose run file is missing, `exp.jobs` processes at once."""
+    """Every model x sigma x seed whose run file or usable model file is missing, `exp.jobs`
+    processes at once; the dataset is generated again unless the kept one is usable."""
     data_path = work / "cstr.npz"
-    if not data_path.is_file():
+    if not _usable(data_path, load_dataset):
         save_dataset(generate(CSTR, seed=exp.data_seed, **OmegaConf.to_container(exp.data)),
                      data_path)
     data = load_dataset(data_path)
@@ -168,7 +184,7 @@ def fit_models(exp: DictConfig, out: Path, work: Path) -> None:
           f"{len(data.rows('val'))} val, {len(data.rows('test'))} test)", flush=True)
     runs = _all_runs(exp)
     todo = [r for r in runs if not ((out / "runs" / f"{run_name(*r)}.json").is_file()
-                                    and model_path(work, *r).is_file())]
+                                    and _usable(model_path(work, *r), load_model))]
     print(f"models: {len(runs) - len(todo)} of {len(runs)} runs already done", flush=True)
     settings = OmegaConf.to_container(exp, resolve=True)
     started = time.perf_counter()
