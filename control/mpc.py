@@ -1,4 +1,4 @@
-"""MPC of any process on any discrete-time CasADi model, built once, solved by IPOPT.
+"""MPC of any process on any discrete-time CasADi model, built once, solved by IPOPT or SQP.
 
 Problem, for the measured state x, the reference (x_r, u_r) and horizon N (single shooting,
 inputs as decision variables), with the process's stage cost (lipctl.envs.process):
@@ -12,17 +12,28 @@ reference) is the usual two-mode LMPC in one expression: outside the level set {
 V may not increase along the plan; inside it the plan stays in it. rho_min defaults to the
 largest level set inside the process's target ellipse, so the constraint is feasible at (and
 near) the reference, where V(x) -> 0 would ask the impossible. Inputs are optimised scaled to
-[-1, 1] (the CSTR's Q spans 1e6 kJ/h, CA0 7 kmol/m3) and the constraint is normalised to
-V(x_j) / bound <= 1, so IPOPT sees numbers of order one. The reference is a parameter of the
-problem: `set_setpoint` changes it without rebuilding.
+[-1, 1] (the CSTR's Q spans 1e6 kJ/h, CA0 7 kmol/m3), the constraint is normalised to
+V(x_j) / bound <= 1 and the cost is divided by the stage cost of the measured state at the
+reference input (at least COST_SCALE_MIN), so the solver sees numbers of order one (and the
+SQP method's absolute tolerances mean the same far from the reference as near it). The
+reference is a parameter of the problem: `set_setpoint` changes it without rebuilding.
 
-`SolverOptions` choose how the problem is built and solved: as one scalar (SX) expression graph
-or a matrix (MX) graph in which a model given as a CasADi Function stays one call node per
-horizon step (dense weight products then run as matrix kernels, and the model's derivatives are
-built once and shared by the horizon steps); IPOPT's exact Hessian or its limited-memory
-(L-BFGS) approximation; C code generation of the NLP's functions compiled by the system's C
-compiler (JIT; without one, or if compiling fails, the interpreted functions are used and a
-warning says so); and warm starts of the multipliers from the previous solve.
+`SolverOptions` choose how the problem is built and solved:
+- the method: IPOPT (interior point) or CasADi's SQP method with its active-set QP solver qrqp.
+  With few inputs and a short horizon an SQP step is cheap and, started from the shifted plan,
+  few are needed; IPOPT has to walk its barrier parameter down at every solve;
+- the graph: one scalar (SX) expression graph, or a matrix (MX) graph in which a model given as a
+  CasADi Function stays one call node per horizon step (dense weight products then run as matrix
+  kernels, and the model's derivatives are built once and shared by the horizon steps);
+- the Hessian of the Lagrangian: exact; a limited-memory (L-BFGS) approximation; or Gauss-Newton,
+  T' H T, where H is the Hessian of the Lagrangian in the planned states and inputs taken as free
+  variables (the cost and the Lyapunov constraint are quadratic in them) and T the Jacobian of
+  the planned states and inputs in the decision variables. Gauss-Newton drops the model's second
+  derivatives only, so it is exact almost everywhere for a piecewise-affine model (a ReLU
+  network such as the ICLRNN), and positive semi-definite with non-negative multipliers;
+- C code generation of the NLP's functions compiled by the system's C compiler (JIT; without
+  one, or if compiling fails, the interpreted functions are used and a warning says so);
+- warm starts of the multipliers from the previous solve.
 """
 
 from __future__ import annotations
@@ -43,8 +54,14 @@ Model = Callable[[Any, Any], Any]
 """model(x, u) -> x_next on CasADi columns: the state one sampling period later."""
 
 DEFAULT_IPOPT = {"max_iter": 100, "tol": 1e-6, "acceptable_tol": 1e-4}
+COST_SCALE_MIN = 1.0  # the cost is divided by max(stage cost of the measured state, this)
+DEFAULT_SQP = {"max_iter": 100, "tol_pr": 1e-6, "tol_du": 1e-6}  # IPOPT's tolerance
+QUIET_SQP = {"print_header": False, "print_iteration": False, "print_status": False,
+             "qpsol": "qrqp", "qpsol_options": {"print_iter": False, "print_header": False,
+                                                "print_info": False, "error_on_fail": False}}
+METHODS = {"ipopt": "ipopt", "sqp": "sqpmethod"}  # option value -> CasADi nlpsol plugin
 SYMBOLICS = {"SX": ca.SX, "MX": ca.MX}
-HESSIANS = ("exact", "limited-memory")
+HESSIANS = ("exact", "limited-memory", "gauss-newton")
 JIT_FLAGS = ["-O2"]
 
 
@@ -53,25 +70,36 @@ class SolverOptions:
     """How the MPC problem is built and solved (see the module docstring)."""
 
     symbolic: str = "SX"      # "SX" or "MX"
-    hessian: str = "exact"    # "exact" or "limited-memory"
+    hessian: str = "exact"    # "exact", "limited-memory" or "gauss-newton"
     jit: bool = False         # compile the NLP's functions with the C compiler
-    warm_duals: bool = False  # start IPOPT's multipliers from the previous solve's
+    warm_duals: bool = False  # start the multipliers from the previous solve's
+    method: str = "ipopt"     # "ipopt" or "sqp"
 
     def __post_init__(self) -> None:
-        if self.symbolic not in SYMBOLICS:
-            raise ValueError(f"symbolic must be one of {tuple(SYMBOLICS)}, got {self.symbolic!r}")
-        if self.hessian not in HESSIANS:
-            raise ValueError(f"hessian must be one of {HESSIANS}, got {self.hessian!r}")
+        for field, value, allowed in (("symbolic", self.symbolic, tuple(SYMBOLICS)),
+                                      ("hessian", self.hessian, HESSIANS),
+                                      ("method", self.method, tuple(METHODS))):
+            if value not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
 
     def casadi_options(self, ipopt_options: dict[str, Any]) -> dict[str, Any]:
-        """nlpsol options: IPOPT's settings and, when `jit` is on and a C compiler is found,
-        code generation."""
-        ipopt = {"print_level": 0, "sb": "yes", **DEFAULT_IPOPT,
-                 "hessian_approximation": self.hessian, **ipopt_options}
-        if self.warm_duals:
-            ipopt |= {"warm_start_init_point": "yes", "warm_start_bound_push": 1e-6,
-                      "warm_start_mult_bound_push": 1e-6}
-        options: dict[str, Any] = {"print_time": False, "error_on_fail": False, "ipopt": ipopt}
+        """nlpsol options: the method's settings (`ipopt_options` override IPOPT's; they are a
+        ValueError for SQP) and, when `jit` is on and a C compiler is found, code generation."""
+        # with Gauss-Newton the solver takes the provided Hessian as exact
+        approximation = "limited-memory" if self.hessian == "limited-memory" else "exact"
+        options: dict[str, Any] = {"print_time": False, "error_on_fail": False}
+        if self.method == "sqp":
+            if ipopt_options:
+                raise ValueError(f"ipopt_options {sorted(ipopt_options)} apply to method "
+                                 "'ipopt', not 'sqp'")
+            options |= {**QUIET_SQP, **DEFAULT_SQP, "hessian_approximation": approximation}
+        else:
+            ipopt = {"print_level": 0, "sb": "yes", **DEFAULT_IPOPT,
+                     "hessian_approximation": approximation, **ipopt_options}
+            if self.warm_duals:
+                ipopt |= {"warm_start_init_point": "yes", "warm_start_bound_push": 1e-6,
+                          "warm_start_mult_bound_push": 1e-6}
+            options["ipopt"] = ipopt
         if self.jit and _compiler_found():
             options |= {"jit": True, "compiler": "shell",
                         "jit_options": {"flags": JIT_FLAGS, "verbose": False}}
@@ -87,13 +115,14 @@ def _compiler_found() -> bool:
 
 
 class SolveFailed(RuntimeError):
-    """IPOPT found no solution (raised by a strict MPC instead of applying its shifted plan)."""
+    """The solver found no solution (raised by a strict MPC instead of applying its shifted
+    plan)."""
 
 
 @dataclass(frozen=True)
 class SolveStats:
-    """One MPC step: solver wall time (s), IPOPT's return status, whether a fallback was applied
-    and IPOPT's iteration count (0 where no solve ran)."""
+    """One MPC step: solver wall time (s), the solver's return status, whether a fallback was
+    applied and the solver's iteration count (0 where no solve ran)."""
 
     solve_time: float
     status: str
@@ -113,10 +142,11 @@ class MPC:
     (`process.step` is the first-principles model); its cost, input bounds, reference and
     Lyapunov function come from `process`. `contraction` (default: on where the process has a
     Lyapunov function) adds the Lyapunov constraint; `level_min` is rho_min and `ipopt_options`
-    override DEFAULT_IPOPT. Each solve starts IPOPT from the previous plan shifted by one step
-    (its last input held). A failed solve (IPOPT reports no success, or the observation is not
-    finite) never raises from `act`: the controller applies that shifted plan, or the
-    reference input when there is none since `reset`, and records a fallback in `stats`.
+    override DEFAULT_IPOPT (IPOPT only). Each solve starts from the previous plan shifted by one
+    step (its last input held). A failed solve (the solver reports no success, or the
+    observation is not finite) never raises from `act`: the controller applies that shifted
+    plan, or the reference input when there is none since `reset`, and records a fallback in
+    `stats`.
     `strict=True` raises SolveFailed instead (after shifting the plan, so the next solve still
     starts from it), for a runtime that applies its own fallback and logs the failure.
     `stats` and `plan` hold the current episode and are cleared by `reset`. `solver` picks
@@ -166,26 +196,66 @@ class MPC:
         scaled = symbol.sym("v", self._nu, self.horizon)
         x0, bound = symbol.sym("x0", self._nx), symbol.sym("bound")
         x_ref, u_ref = symbol.sym("x_ref", self._nx), symbol.sym("u_ref", self._nu)
-        x, cost, constraints = x0, 0, []
+        parameters = ca.vertcat(x0, bound, x_ref, u_ref, symbol.sym("cost_scale"))
+        x, states = x0, []
         for j in range(self.horizon):
-            u = self._center + self._scale * scaled[:, j]
-            x = model(x, u)
+            x = model(x, self._center + self._scale * scaled[:, j])
             if x.shape != (self._nx, 1):
                 raise ValueError(f"model must return a state of size {self._nx}, got {x.shape}")
-            cost += self.process.stage_cost(x, u, x_ref, u_ref)
-            if self.contraction:
-                constraints.append(self.process.lyapunov(x, x_ref) / bound)
-        nlp = {"x": ca.vec(scaled), "p": ca.vertcat(x0, bound, x_ref, u_ref), "f": cost,
-               "g": ca.vertcat(*constraints)}
+            states.append(x)
+        cost, constraints = self._objective(states, scaled, parameters)
+        nlp = {"x": ca.vec(scaled), "p": parameters, "f": cost, "g": constraints}
         options = self.options.casadi_options(ipopt_options)
+        if self.options.hessian == "gauss-newton":
+            options["hess_lag"] = self._gauss_newton_hessian(symbol, states, scaled, parameters)
+        method = METHODS[self.options.method]
         try:
-            return ca.nlpsol("mpc", "ipopt", nlp, options)
+            return ca.nlpsol("mpc", method, nlp, options)
         except RuntimeError as error:
             if not options.get("jit"):
                 raise
             warnings.warn(f"JIT compilation of the MPC failed, running it interpreted: "
                           f"{str(error).splitlines()[0]}", RuntimeWarning, stacklevel=3)
-            return ca.nlpsol("mpc", "ipopt", nlp, {**options, "jit": False})
+            return ca.nlpsol("mpc", method, nlp, {**options, "jit": False})
+
+    def _objective(self, states: list, scaled: Any, parameters: Any) -> tuple[Any, Any]:
+        """The cost and the stacked constraints of the plan `scaled` (inputs, [nu, horizon])
+        whose states are `states` (one column per horizon step), for the NLP's parameters."""
+        nx, nu = self._nx, self._nu
+        bound, x_ref = parameters[nx], parameters[nx + 1:2 * nx + 1]
+        u_ref, cost_scale = parameters[2 * nx + 1:2 * nx + 1 + nu], parameters[-1]
+        cost, constraints = 0, []
+        for j, x in enumerate(states):
+            u = self._center + self._scale * scaled[:, j]
+            cost += self.process.stage_cost(x, u, x_ref, u_ref)
+            if self.contraction:
+                constraints.append(self.process.lyapunov(x, x_ref) / bound)
+        return cost / cost_scale, ca.vertcat(*constraints)
+
+    def _gauss_newton_hessian(self, symbol: Any, states: list, scaled: Any,
+                              parameters: Any) -> ca.Function:
+        """hess_lag(x, p, lam_f, lam_g) = triu(T' H T) (see the module docstring): H from the
+        objective with the states as free symbols, T = d(states, inputs)/d(inputs)."""
+        free = symbol.sym("states", self._nx, self.horizon)
+        cost, constraints = self._objective([free[:, j] for j in range(self.horizon)],
+                                            scaled, parameters)
+        lam_f, lam_g = symbol.sym("lam_f"), symbol.sym("lam_g", constraints.numel())
+        planned = ca.vertcat(ca.vec(free), ca.vec(scaled))
+        lagrangian = lam_f * cost + ca.dot(lam_g, constraints)
+        in_plan = ca.Function("lagrangian_hessian", [free, scaled, parameters, lam_f, lam_g],
+                              [ca.hessian(lagrangian, planned)[0]])
+        inputs = ca.vec(scaled)
+        jacobian = ca.vertcat(ca.jacobian(ca.vertcat(*states), inputs),
+                              ca.DM.eye(inputs.numel()))
+        hessian = ca.mtimes([jacobian.T, in_plan(ca.horzcat(*states), scaled, parameters,
+                                                 lam_f, lam_g), jacobian])
+        # IPOPT takes the upper triangle, sqpmethod the whole symmetric matrix
+        if self.options.method == "ipopt":
+            return ca.Function("hess_lag", [inputs, parameters, lam_f, lam_g],
+                               [ca.triu(hessian)], ["x", "p", "lam_f", "lam_g"],
+                               ["triu_hess_gamma_x_x"])
+        return ca.Function("hess_lag", [inputs, parameters, lam_f, lam_g], [hessian],
+                           ["x", "p", "lam_f", "lam_g"], ["hess_gamma_x_x"])
 
     def reset(self) -> None:
         self.plan = None
@@ -208,16 +278,22 @@ class MPC:
             raise SolveFailed(status)
         return self._rest.copy() if self.plan is None else self.plan[0].copy()
 
+    def parameters(self, x: np.ndarray) -> np.ndarray:
+        """The NLP's parameters for the measured state x: [x, the contraction bound, x_ref,
+        u_ref, the cost scale] (see the module docstring)."""
+        bound = (max(float(self.process.lyapunov(x, self.x_ref)), self.level_min)
+                 if self.contraction else 1.0)
+        scale = max(float(self.process.stage_cost(x, self.u_ref, self.x_ref, self.u_ref)),
+                    COST_SCALE_MIN)
+        return np.concatenate([x, [bound], self.x_ref, self.u_ref, [scale]])
+
     def _solve(self, x: np.ndarray, guess: np.ndarray | None) -> tuple[str, np.ndarray | None]:
         """Solve from the initial point `guess` (inputs [horizon, nu], default the reference
-        input): IPOPT's status and the scaled plan, None unless it succeeded."""
+        input): the solver's status and the scaled plan, None unless it succeeded."""
         if guess is None:
             guess = np.tile(self._rest, (self.horizon, 1))
         start = ((guess - self._center) / self._scale).ravel()
-        bound = (max(float(self.process.lyapunov(x, self.x_ref)), self.level_min)
-                 if self.contraction else 1.0)
-        parameters = np.concatenate([x, [bound], self.x_ref, self.u_ref])
-        solution = self._solver(x0=start, p=parameters, lbx=-1.0, ubx=1.0, ubg=1.0,
+        solution = self._solver(x0=start, p=self.parameters(x), lbx=-1.0, ubx=1.0, ubg=1.0,
                                 **self._multipliers)
         stats = self._solver.stats()
         if not stats["success"]:
@@ -227,6 +303,6 @@ class MPC:
             self._multipliers = {
                 "lam_x0": _shift(np.asarray(solution["lam_x"]).reshape(self.horizon, -1)).ravel(),
                 "lam_g0": _shift(np.asarray(solution["lam_g"]).reshape(self.horizon, -1)).ravel()}
-        # IPOPT may relax bounds by ~1e-8; project back so applied inputs are never out of bounds.
+        # the solver may relax bounds by ~1e-8: projected back, applied inputs stay in bounds
         scaled = np.clip(np.asarray(solution["x"]).reshape(self.horizon, self._nu), -1.0, 1.0)
         return str(stats["return_status"]), scaled

@@ -128,6 +128,9 @@ def test_metrics_count_bound_violations_cost_and_solver_figures():
     SolverOptions(symbolic="MX"),
     SolverOptions(hessian="limited-memory"),
     SolverOptions(symbolic="MX", warm_duals=True),
+    SolverOptions(hessian="gauss-newton"),
+    SolverOptions(method="sqp", hessian="gauss-newton"),
+    SolverOptions(method="sqp", hessian="gauss-newton", warm_duals=True),
 ])
 def test_every_solver_option_plans_what_the_default_plans(lmpc, options):
     other = MPC(CSTR.step, CSTR, solver=options)
@@ -175,9 +178,43 @@ def test_bad_solver_options_are_value_errors():
         SolverOptions(symbolic="sx")
     with pytest.raises(ValueError, match="hessian must be one of"):
         SolverOptions(hessian="bfgs")
+    with pytest.raises(ValueError, match="method must be one of"):
+        SolverOptions(method="sqpmethod")
+    with pytest.raises(ValueError, match="apply to method 'ipopt'"):
+        MPC(_linear, CSTR, solver=SolverOptions(method="sqp"),
+            ipopt_options={"max_wall_time": 0.01})
 
 
-def test_solve_stats_count_ipopt_iterations(lmpc):
+def _lagrangian_hessians(mpc_exact: MPC, mpc_gauss_newton: MPC, points: int = 20,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The two builds' Hessians of the Lagrangian [points, n, n] at random plans, states and
+    non-negative multipliers (upper triangles, as IPOPT takes them)."""
+    rng = np.random.default_rng(seed)
+    exact = mpc_exact._solver.get_function("nlp_hess_l")
+    gauss_newton = mpc_gauss_newton._solver.get_function("nlp_hess_l")
+    ours, reference = [], []
+    for _ in range(points):
+        v = rng.uniform(-1, 1, size=2 * mpc_exact.horizon)
+        x = np.array(STARTS[rng.integers(len(STARTS))]) * rng.uniform(0.2, 1.0)
+        p = mpc_exact.parameters(x)
+        lam_g = rng.uniform(0, 1, size=mpc_exact.horizon)
+        reference.append(np.triu(np.asarray(exact(v, p, 1.0, lam_g))))
+        ours.append(np.triu(np.asarray(gauss_newton(v, p, 1.0, lam_g))))
+    return np.array(ours), np.array(reference)
+
+
+def test_gauss_newton_hessian_is_an_approximation_for_a_smooth_model():
+    """On the CSTR's ODE the model's second derivatives are not zero: Gauss-Newton differs
+    from the exact Hessian (the test of the ReLU model below can fail)."""
+    ours, reference = _lagrangian_hessians(
+        MPC(CSTR.step, CSTR), MPC(CSTR.step, CSTR, solver=SolverOptions(hessian="gauss-newton")))
+    assert np.abs(ours - reference).max() > 1e-3 * np.abs(reference).max()
+    for hessian in ours:  # positive semi-definite with non-negative multipliers
+        assert np.linalg.eigvalsh(hessian + np.triu(hessian, 1).T).min() >= -1e-9 * np.abs(
+            hessian).max()
+
+
+def test_solve_stats_count_solver_iterations(lmpc):
     lmpc.reset()
     lmpc.act(np.array(STARTS[0]))
     lmpc.act(np.array([np.nan, 0.0]))

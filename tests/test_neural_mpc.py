@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipctl.control import MPC, process_metrics, run
+from lipctl.control import MPC, SolverOptions, process_metrics, run
 from lipctl.control.models import TrainedModel, build_model, casadi_model, fit, save_model
 from lipctl.control.models.base import ProcessModel
 from lipctl.control.process_data import Scaler, generate
@@ -191,6 +191,43 @@ def test_iclrnn_mpc_reaches_the_target_from_every_published_start(iclrnn):
     for metrics in results.values():
         assert metrics.reached_step is not None and metrics.reached_step <= 25
         assert metrics.bound_violations == 0
+
+
+def test_gauss_newton_hessian_is_exact_for_a_relu_network():
+    """The ICLRNN is piecewise affine: its second derivatives vanish almost everywhere, so the
+    Gauss-Newton Hessian of the Lagrangian equals the exact one at random points."""
+    model = casadi_model(_untrained("iclrnn-stacked"), symbolic="MX")
+    builds = [MPC(model, CSTR, solver=SolverOptions(symbolic="MX", hessian=hessian))
+              for hessian in ("exact", "gauss-newton")]
+    exact, gauss_newton = (build._solver.get_function("nlp_hess_l") for build in builds)
+    rng = np.random.default_rng(0)
+    largest = 0.0
+    for _ in range(20):
+        v = rng.uniform(-1, 1, size=4)
+        p = builds[0].parameters(STATE_SCALER.mean + STATE_SCALER.std * rng.normal(size=2))
+        lam_g = rng.uniform(0, 1, size=2)
+        reference = np.triu(np.asarray(exact(v, p, 1.0, lam_g)))
+        ours = np.triu(np.asarray(gauss_newton(v, p, 1.0, lam_g)))
+        np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-9 * np.abs(reference).max())
+        largest = max(largest, np.abs(reference).max())
+    assert largest > 0
+
+
+@pytest.mark.parametrize("options", [
+    SolverOptions(symbolic="MX", method="sqp", hessian="gauss-newton"),
+    SolverOptions(symbolic="MX", method="sqp", hessian="gauss-newton", jit=True),
+], ids=["sqp-gauss-newton", "sqp-gauss-newton-jit"])
+def test_sqp_plans_what_ipopt_plans_on_a_network(iclrnn, options):
+    ipopt, sqp = (MPC(casadi_model(iclrnn, symbolic="MX"), CSTR, solver=solver)
+                  for solver in (SolverOptions(symbolic="MX"), options))
+    span = np.asarray(ACTION_HIGH) - np.asarray(ACTION_LOW)
+    for start in STARTS:
+        for mpc in (ipopt, sqp):
+            mpc.reset()
+        for _ in range(3):
+            expected, ours = ipopt.act(np.array(start)), sqp.act(np.array(start))
+            np.testing.assert_allclose(ours / span, expected / span, atol=2e-3)
+    assert not any(s.fallback for s in sqp.stats)
 
 
 def test_iclrnn_mpc_solve_time_at_horizon_ten(iclrnn):
