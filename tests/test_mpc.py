@@ -141,7 +141,7 @@ def test_every_solver_option_plans_what_the_default_plans(lmpc, options):
             expected, ours = lmpc.act(np.array(start)), other.act(np.array(start))
             span = np.asarray(ACTION_HIGH) - np.asarray(ACTION_LOW)
             np.testing.assert_allclose(ours / span, expected / span, atol=2e-3)
-        assert not any(s.fallback for s in other.stats)
+        assert not any(s.fallback for s in other.stats)  # reset clears stats: checked per start
 
 
 def test_warm_duals_are_kept_after_a_success_and_cleared_by_reset():
@@ -205,7 +205,8 @@ def _lagrangian_hessians(mpc_exact: MPC, mpc_gauss_newton: MPC, points: int = 20
 
 def test_gauss_newton_hessian_is_an_approximation_for_a_smooth_model():
     """On the CSTR's ODE the model's second derivatives are not zero: Gauss-Newton differs
-    from the exact Hessian (the test of the ReLU model below can fail)."""
+    from the exact Hessian (so the test that a ReLU model's are equal, in test_neural_mpc.py,
+    can fail)."""
     ours, reference = _lagrangian_hessians(
         MPC(CSTR.step, CSTR), MPC(CSTR.step, CSTR, solver=SolverOptions(hessian="gauss-newton")))
     assert np.abs(ours - reference).max() > 1e-3 * np.abs(reference).max()
