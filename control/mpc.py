@@ -82,6 +82,11 @@ class SolverOptions:
             if value not in allowed:
                 raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
 
+    def describe(self) -> str:
+        """E.g. "MX graph, SQP, gauss-newton Hessian, JIT"."""
+        return (f"{self.symbolic} graph, {self.method.upper()}, {self.hessian} Hessian"
+                f"{', JIT' if self.jit else ''}{', warm duals' if self.warm_duals else ''}")
+
     def casadi_options(self, ipopt_options: dict[str, Any]) -> dict[str, Any]:
         """nlpsol options: the method's settings (`ipopt_options` override IPOPT's; they are a
         ValueError for SQP) and, when `jit` is on and a C compiler is found, code generation."""

@@ -44,10 +44,13 @@ def test_mpc_on_a_fitted_model_runs_the_closed_loop(fitted):
     result = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=3", cwd=fitted,
                     check=True)
     assert "cstr: iclrnn MPC (certified Lipschitz upper bound" in result.stdout
-    assert "horizon 2 (MX graph, exact Hessian)" in result.stdout
+    assert "horizon 2 (MX graph, IPOPT, exact Hessian)" in result.stdout
     chosen = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=2",
                     "solver={symbolic:SX,hessian:limited-memory}", cwd=fitted, check=True)
-    assert "(SX graph, limited-memory Hessian)" in chosen.stdout
+    assert "(SX graph, IPOPT, limited-memory Hessian)" in chosen.stdout
+    sqp = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=2",
+                 "solver={symbolic:MX,method:sqp,hessian:gauss-newton}", cwd=fitted, check=True)
+    assert "(MX graph, SQP, gauss-newton Hessian)" in sqp.stdout
 
 
 def test_the_quadruple_tank_from_the_same_commands(fitted):
@@ -102,8 +105,12 @@ TINY_BENCH = ["experiment.data.states_per_axis=10", "experiment.data.inputs_per_
               "experiment.solver={default:mx,first_principles:sx}"]
 
 
+def tiny_bench(work: str) -> list[str]:
+    return ["bench", "experiment=cstr_mpc", "out=results/cstr_mpc", f"work={work}", *TINY_BENCH]
+
+
 def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
-    args = ["bench", "experiment=cstr_mpc", "out=results/cstr_mpc", "work=work", *TINY_BENCH]
+    args = tiny_bench("work")
     lipctl(*args, cwd=workdir, check=True)
     out = workdir / "results" / "cstr_mpc"
     runs = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").glob("*/*"))
@@ -137,6 +144,13 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     lipctl("bench", "experiment=cstr_mpc", "out=results/cstr_mpc", "replot=true", cwd=workdir,
            check=True)
     assert read_csv(out / "models.csv") == models
+    # the MPC stages alone, without model files, fit only the models they plan on
+    alone = lipctl(*tiny_bench("fresh"), "experiment.stages=[solve_time]", cwd=workdir,
+                   check=True)
+    assert "models: 0 of 3 runs already done" in alone.stdout
+    assert sorted(p.name for p in (workdir / "fresh" / "models").iterdir()) == [
+        "iclrnn-sigma0.0-seed0.pt", "iclrnn_1x64-sigma0.0-seed0.pt", "rnn-sigma0.0-seed0.pt"]
+    assert len(read_csv(out / "models.csv")) == len(models)
 
 
 @pytest.mark.parametrize("args,expected", [

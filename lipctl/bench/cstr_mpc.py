@@ -9,7 +9,8 @@ Stages (`experiment.stages`, in this order), each writing under the output folde
   loads and belongs to the CSTR, is not fitted again (nor is a kept dataset generated again).
   models.csv (mean and std over seeds) and robustness.png are rebuilt from runs/ alone
   (`report`, also `lipctl bench ... replot=true`).
-- `closed_loop`: MPC on each model (noise 0, first seed) and on the plant's own ODE from the four
+- `closed_loop`: MPC on each model (noise 0, first seed; fitted first where its model file is
+  missing, also without the `models` stage) and on the plant's own ODE from the four
   published starts, with and without measurement noise: closed_loop.csv, closed_loop.png.
 - `solve_time`: the MPCs of `solve_time_models` built with every `solver_options` entry, side by
   side from the same starts: solve_time.csv and `solve_time_file` (JSON), with ratios to
@@ -116,11 +117,17 @@ def _architecture(exp: DictConfig, model: str) -> tuple[str, dict]:
     return extra.pop("name"), extra
 
 
+def _mpc_runs(exp: DictConfig) -> list[tuple[str, float, int]]:
+    """(model, sigma, seed) of the models the MPC stages plan on: every model at sigma 0 and the
+    first seed."""
+    return [(m, 0.0, int(exp.seeds[0])) for m in [*exp.models, *(exp.extra_models or {})]]
+
+
 def _all_runs(exp: DictConfig) -> list[tuple[str, float, int]]:
     """(model, sigma, seed) of every fit: the sweep and each extra model at sigma 0 and the
-    first seed, the models the MPC stages use (sigma 0, first seed) first."""
+    first seed, the models the MPC stages use first."""
     sweep = [(m, float(s), int(k)) for m in exp.models for s in exp.noise for k in exp.seeds]
-    first = [(m, 0.0, int(exp.seeds[0])) for m in [*exp.models, *(exp.extra_models or {})]]
+    first = _mpc_runs(exp)
     return first + [run for run in sweep if run not in first]
 
 
@@ -172,9 +179,11 @@ def _usable(path: Path, load: Callable[[Path], Any]) -> bool:
     return True
 
 
-def fit_models(exp: DictConfig, out: Path, work: Path) -> None:
-    """Every model x sigma x seed whose run file or usable model file is missing, `exp.jobs`
-    processes at once; the dataset is generated again unless the kept one is usable."""
+def fit_models(exp: DictConfig, out: Path, work: Path,
+               runs: list[tuple[str, float, int]] | None = None) -> None:
+    """Each of `runs` (default: every model x sigma x seed) whose run file or usable model file
+    is missing, `exp.jobs` processes at once; the dataset is generated again unless the kept one
+    is usable."""
     data_path = work / "cstr.npz"
     if not _usable(data_path, load_dataset):
         save_dataset(generate(CSTR, seed=exp.data_seed, **OmegaConf.to_container(exp.data)),
@@ -182,7 +191,7 @@ def fit_models(exp: DictConfig, out: Path, work: Path) -> None:
     data = load_dataset(data_path)
     print(f"data: {len(data.x0)} rows ({len(data.rows('train'))} train, "
           f"{len(data.rows('val'))} val, {len(data.rows('test'))} test)", flush=True)
-    runs = _all_runs(exp)
+    runs = _all_runs(exp) if runs is None else runs
     todo = [r for r in runs if not ((out / "runs" / f"{run_name(*r)}.json").is_file()
                                     and _usable(model_path(work, *r), load_model))]
     print(f"models: {len(runs) - len(todo)} of {len(runs)} runs already done", flush=True)
@@ -397,9 +406,9 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if "models" in exp.stages:
-        fit_models(exp, out, work)
-        report(out)
+    # the models stage fits every run; the MPC stages alone, only the models they plan on
+    fit_models(exp, out, work, None if "models" in exp.stages else _mpc_runs(exp))
+    report(out)
     if "closed_loop" in exp.stages:
         loop_rows, paths = run_controllers(exp, work)
         write_csv(out / "closed_loop.csv", loop_rows)

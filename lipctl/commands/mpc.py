@@ -87,8 +87,7 @@ def closed_loop(cfg: DictConfig, process: Process) -> None:
                              OmegaConf.to_container(plant_kwargs) if plant_kwargs else None)
     reached = "never" if metrics.reached_step is None else f"at step {metrics.reached_step}"
     print(f"{process.name}: {cfg.model.name} MPC ({describe_certificate(trained)}), horizon "
-          f"{cfg.horizon} ({controller.options.symbolic} graph, {controller.options.hessian} "
-          f"Hessian{', JIT' if controller.options.jit else ''}), start {list(cfg.start)}: target "
+          f"{cfg.horizon} ({controller.options.describe()}), start {list(cfg.start)}: target "
           f"{'of the last setpoint ' if setpoints else ''}reached {reached}; cost "
           f"{metrics.integrated_cost:.4g}; solve {metrics.solve_ms_median:.1f} ms median, "
           f"{metrics.solve_ms_p95:.1f} ms p95; fallbacks {metrics.fallbacks}; input-bound "
