@@ -147,7 +147,9 @@ class MPC:
     (`process.step` is the first-principles model); its cost, input bounds, reference and
     Lyapunov function come from `process`. `contraction` (default: on where the process has a
     Lyapunov function) adds the Lyapunov constraint; `level_min` is rho_min and `ipopt_options`
-    override DEFAULT_IPOPT (IPOPT only). Each solve starts from the previous plan shifted by one
+    override DEFAULT_IPOPT (IPOPT only). `time_budget` (seconds) makes a solve that takes longer
+    a failed one, whatever the method: a real-time loop cannot wait for it (IPOPT is also told
+    to stop there, its max_wall_time). Each solve starts from the previous plan shifted by one
     step (its last input held). A failed solve (the solver reports no success, or the
     observation is not finite) never raises from `act`: the controller applies that shifted
     plan, or the reference input when there is none since `reset`, and records a fallback in
@@ -163,9 +165,12 @@ class MPC:
                  level_min: float | None = None,
                  ipopt_options: dict[str, Any] | None = None,
                  strict: bool = False,
-                 solver: SolverOptions = SolverOptions()) -> None:
+                 solver: SolverOptions = SolverOptions(),
+                 time_budget: float | None = None) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if time_budget is not None and not time_budget > 0:
+            raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
         if contraction is None:
             contraction = process.lyapunov_matrix is not None
         if contraction and process.lyapunov_matrix is None:
@@ -182,7 +187,9 @@ class MPC:
                 raise ValueError(f"level_min must be > 0, got {self.level_min}")
         self._center, self._scale = (high + low) / 2, (high - low) / 2
         self._nx, self._nu = process.state_size, process.input_size
-        self.options = solver
+        self.options, self.time_budget = solver, time_budget
+        if time_budget is not None and solver.method == "ipopt":
+            ipopt_options = {"max_wall_time": time_budget, **(ipopt_options or {})}
         self._solver = self._build(model, ipopt_options or {})
         self.set_setpoint(setpoint)
         self.plan: np.ndarray | None = None  # [horizon, nu] inputs, the next one first
@@ -277,6 +284,8 @@ class MPC:
         else:
             status, scaled, iterations = "Non_Finite_Observation", None, 0
         solve_time = time.perf_counter() - start
+        if scaled is not None and self.time_budget is not None and solve_time > self.time_budget:
+            status, scaled, self._multipliers = "Time_Budget_Exceeded", None, {}
         self.plan = shifted if scaled is None else self._center + self._scale * scaled
         self.stats.append(SolveStats(solve_time, status, scaled is None, iterations))
         if self.strict and scaled is None:

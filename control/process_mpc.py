@@ -29,11 +29,12 @@ def recommended_solver(trained: TrainedModel | None) -> SolverOptions:
 def process_mpc(process: Process, trained: TrainedModel | None = None, horizon: int = 2,
                 contraction: bool | None = None, strict: bool = False,
                 solver: SolverOptions | None = None, ipopt_options: dict | None = None,
-                setpoint: str | None = None) -> MPC:
+                setpoint: str | None = None, time_budget: float | None = None) -> MPC:
     """MPC of `process` on its own ODE (`trained=None`) or on a fitted process model (which must
     have been fitted for this process), built and solved as `solver` says (default:
     `recommended_solver`); contraction defaults to on where the process has a Lyapunov
-    function. A strict one raises SolveFailed when IPOPT finds no solution."""
+    function. A strict one raises SolveFailed when the solver finds no solution (or none
+    within `time_budget` seconds)."""
     solver = solver or recommended_solver(trained)
     if trained is None:
         model = process.step
@@ -41,7 +42,8 @@ def process_mpc(process: Process, trained: TrainedModel | None = None, horizon: 
         check_process(trained, process, "the process model")
         model = casadi_model(trained, symbolic=solver.symbolic)
     return MPC(model, process, horizon=horizon, contraction=contraction, strict=strict,
-               solver=solver, ipopt_options=ipopt_options, setpoint=setpoint)
+               solver=solver, ipopt_options=ipopt_options, setpoint=setpoint,
+               time_budget=time_budget)
 
 
 class SetpointSchedule:

@@ -72,6 +72,21 @@ def test_failed_solves_fall_back_without_crashing_the_loop():
     assert metrics.bound_violations == 0
 
 
+@pytest.mark.parametrize("method,status", [("ipopt", "Maximum_WallTime_Exceeded"),
+                                           ("sqp", "Time_Budget_Exceeded")])
+def test_a_solve_over_the_time_budget_falls_back(method, status):
+    """A budget no solve can meet fails every step (IPOPT stops at it, SQP's late answer is
+    discarded); a generous one fails none."""
+    solver = SolverOptions(method=method)
+    tight = MPC(CSTR.step, CSTR, solver=solver, time_budget=1e-9)
+    trajectory = _episode(tight, STARTS[0], steps=3)
+    assert [(s.fallback, s.status) for s in tight.stats] == [(True, status)] * 3
+    np.testing.assert_array_equal(trajectory.actions, 0.0)  # no plan yet: zero input
+    generous = MPC(CSTR.step, CSTR, solver=solver, time_budget=60.0)
+    _episode(generous, STARTS[0], steps=3)
+    assert [s.fallback for s in generous.stats] == [False] * 3
+
+
 def test_fallback_applies_the_shifted_previous_plan(lmpc):
     lmpc.reset()
     first = lmpc.act(np.array([0.05, 2.0]))
@@ -90,6 +105,8 @@ def test_fallback_applies_the_shifted_previous_plan(lmpc):
 def test_bad_mpc_settings_are_value_errors():
     with pytest.raises(ValueError, match="horizon"):
         MPC(CSTR.step, CSTR, horizon=0)
+    with pytest.raises(ValueError, match="time_budget must be > 0"):
+        MPC(CSTR.step, CSTR, time_budget=0.0)
     with pytest.raises(ValueError, match="model must return a state of size 2"):
         MPC(lambda x, u: x[0], CSTR)
     with pytest.raises(ValueError, match="has no Lyapunov function"):

@@ -101,8 +101,11 @@ TINY_BENCH = ["experiment.data.states_per_axis=10", "experiment.data.inputs_per_
               "experiment.seeds=[0,1]", "experiment.hidden=8", "experiment.epochs=3",
               "experiment.extra_models.iclrnn_1x64.hidden=4", "experiment.steps=3",
               "experiment.solve_time_steps=2", "experiment.budget_ms=[50]",
-              "~experiment.solver_options", "+experiment.solver_options={sx:{},mx:{symbolic:MX}}",
-              "experiment.solver={default:mx,first_principles:sx}"]
+              "~experiment.solver_options",
+              "+experiment.solver_options={sx:{},mx:{symbolic:MX},sqp:{method:sqp}}",
+              "experiment.solver={default:mx,first_principles:sx}", "~experiment.budget_builds",
+              "+experiment.budget_builds={ipopt:{default:mx,first_principles:sx},"
+              "sqp:{default:sqp}}"]
 
 
 def tiny_bench(work: str) -> list[str]:
@@ -128,13 +131,19 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     assert len(closed_loop) == 4 * 2 * 4  # 4 controllers x noise on/off x 4 starts
     solve = read_csv(out / "solve_time.csv")
     assert {(r["model"], r["options"]) for r in solve} == {
-        (m, o) for m in ("first_principles", "iclrnn", "iclrnn_1x64") for o in ("sx", "mx")}
+        (m, o) for m in ("first_principles", "iclrnn", "iclrnn_1x64")
+        for o in ("sx", "mx", "sqp")}
     fp_sx = next(r for r in solve if r["model"] == "first_principles" and r["options"] == "sx")
     assert float(fp_sx["ratio_to_first_principles_same_options"]) == 1.0
     table = json.loads((workdir / "results" / "mpc_solve_time.json").read_text())
     assert [(r["model"], r["options"], r["solve_ms_median"]) for r in table] == [
         (r["model"], r["options"], float(r["solve_ms_median"])) for r in solve]
-    assert len(read_csv(out / "budget.csv")) == 4 * 4
+    budget = read_csv(out / "budget.csv")
+    assert len(budget) == 2 * 4 * 4  # 2 builds x 4 controllers x 4 starts
+    assert {(r["build"], r["model"], r["options"]) for r in budget if r["start_CA"] == "1.5"} == {
+        ("ipopt", "first_principles", "sx"), ("sqp", "first_principles", "sqp"),
+        *((b, m, o) for b, o in (("ipopt", "mx"), ("sqp", "sqp"))
+          for m in ("iclrnn", "rnn", "iclrnn_1x64"))}
     for figure in ("closed_loop.png", "robustness.png"):
         assert (out / figure).stat().st_size > 0
     # a second invocation refits nothing and rebuilds the table from runs/ alone
@@ -159,6 +168,8 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     (["experiment.patience=0"], "experiment.patience: must be >= 1"),
     (["experiment.noise=[-0.1]"], "experiment.noise: must be a non-empty list of numbers >= 0"),
     (["experiment.solver.default=nosuch"], "experiment.solver.default: must name"),
+    (["experiment.budget_builds.sqp.default=nosuch"],
+     "experiment.budget_builds.sqp.default: must name"),
     (["experiment.solver_options.mx.symbolic=XX"],
      "experiment.solver_options.mx: symbolic must be one of"),
     (["experiment.solve_time_models=[iclrnn]"], "experiment.solve_time_models: must include"),

@@ -15,8 +15,9 @@ Stages (`experiment.stages`, in this order), each writing under the output folde
 - `solve_time`: the MPCs of `solve_time_models` built with every `solver_options` entry, side by
   side from the same starts: solve_time.csv and `solve_time_file` (JSON), with ratios to
   first-principles MPC.
-- `budget`: closed loops under an IPOPT wall-clock budget per step: budget.csv (steps solved
-  within the budget, whether and when the target was reached).
+- `budget`: closed loops of each `budget_builds` entry under a wall-clock budget per step (a
+  solve not finished inside it fails and the fallback applies): budget.csv (steps solved within
+  the budget, whether and when the target was reached).
 summary.json holds the settings, the machine and the wall time.
 """
 
@@ -84,12 +85,15 @@ def validate(cfg: DictConfig) -> None:
         if not values or any(isinstance(v, bool) or not v >= minimum for v in values):
             raise ConfigError(f"experiment.{key}", f"must be a non-empty list of numbers >= "
                                                    f"{minimum}, got {list(values)}")
-    for model, option in exp.solver.items():
-        if option not in exp.solver_options:
-            raise ConfigError(f"experiment.solver.{model}", f"must name a solver_options entry "
-                                                            f"({', '.join(exp.solver_options)})")
-    if "default" not in exp.solver:
-        raise ConfigError("experiment.solver", "needs a default entry")
+    builds = {"experiment.solver": exp.solver,
+              **{f"experiment.budget_builds.{k}": v for k, v in exp.budget_builds.items()}}
+    for key, build in builds.items():
+        for model, option in build.items():
+            if option not in exp.solver_options:
+                raise ConfigError(f"{key}.{model}", f"must name a solver_options entry "
+                                                    f"({', '.join(exp.solver_options)})")
+        if "default" not in build:
+            raise ConfigError(key, "needs a default entry")
     if FIRST_PRINCIPLES not in exp.solve_time_models:
         raise ConfigError("experiment.solve_time_models",
                           f"must include {FIRST_PRINCIPLES} (the ratios are to it)")
@@ -279,10 +283,11 @@ def _solver(exp: DictConfig, option: str) -> SolverOptions:
     return SolverOptions(**OmegaConf.to_container(exp.solver_options[option]))
 
 
-def _own_solver(exp: DictConfig, model: str) -> SolverOptions:
-    """The options a controller runs with in the closed-loop and budget stages: its entry in
-    `experiment.solver`, else the `default` entry."""
-    return _solver(exp, exp.solver.get(model, exp.solver.default))
+def _own_solver(exp: DictConfig, model: str, build: DictConfig | None = None) -> SolverOptions:
+    """The options a controller runs with: its entry in `build` (default: `experiment.solver`,
+    the closed-loop stage's), else that map's `default` entry."""
+    build = exp.solver if build is None else build
+    return _solver(exp, build.get(model, build.default))
 
 
 def run_controllers(exp: DictConfig, work: Path) -> tuple[list[dict], dict]:
@@ -353,24 +358,27 @@ def solve_times(exp: DictConfig, work: Path) -> list[dict]:
 
 
 def budgeted_runs(exp: DictConfig, work: Path) -> list[dict]:
-    """Closed loops whose solves are cut at a wall-clock budget (IPOPT's max_wall_time); a
-    solve that does not finish inside it applies the fallback (the shifted previous plan)."""
+    """Closed loops of every `budget_builds` entry under a wall-clock budget per step: a solve
+    not finished inside it is a failed one and applies the fallback (the shifted previous
+    plan)."""
     rows = []
-    for budget_ms in exp.budget_ms:
-        for name, trained in _mpc_models(exp, work).items():
-            controller = process_mpc(CSTR, trained, exp.horizons[0],
-                                     solver=_own_solver(exp, name),
-                                     ipopt_options={"max_wall_time": budget_ms / 1e3})
-            for start in PUBLISHED_STARTS:
-                _, m = mpc_episode(controller, start, exp.steps, seed=exp.seeds[0])
-                rows.append({"model": name, "budget_ms": budget_ms, "start_CA": start[0],
-                             "start_T": start[1], "steps": exp.steps,
-                             "steps_solved": exp.steps - m.fallbacks,
-                             "reached": m.reached_step is not None,
-                             "reached_step": m.reached_step, "cost": m.integrated_cost})
-                print(f"budget {budget_ms} ms {name} start {start}: solved "
-                      f"{rows[-1]['steps_solved']}/{exp.steps}, reached {m.reached_step}",
-                      flush=True)
+    for build_name, build in exp.budget_builds.items():
+        for budget_ms in exp.budget_ms:
+            for name, trained in _mpc_models(exp, work).items():
+                solver = _own_solver(exp, name, build)
+                controller = process_mpc(CSTR, trained, exp.horizons[0], solver=solver,
+                                         time_budget=budget_ms / 1e3)
+                for start in PUBLISHED_STARTS:
+                    _, m = mpc_episode(controller, start, exp.steps, seed=exp.seeds[0])
+                    rows.append({"build": build_name, "options": build.get(name, build.default),
+                                 "model": name, "budget_ms": budget_ms, "start_CA": start[0],
+                                 "start_T": start[1], "steps": exp.steps,
+                                 "steps_solved": exp.steps - m.fallbacks,
+                                 "reached": m.reached_step is not None,
+                                 "reached_step": m.reached_step, "cost": m.integrated_cost})
+                    print(f"budget {build_name} {budget_ms} ms {name} start {start}: solved "
+                          f"{rows[-1]['steps_solved']}/{exp.steps}, reached {m.reached_step}",
+                          flush=True)
     return rows
 
 
