@@ -135,6 +135,9 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
         for o in ("sx", "mx", "sqp")}
     fp_sx = next(r for r in solve if r["model"] == "first_principles" and r["options"] == "sx")
     assert float(fp_sx["ratio_to_first_principles_same_options"]) == 1.0
+    for row in solve:  # first-principles MPC runs the closed loops with sx
+        assert float(row["ratio_to_first_principles_closed_loop_options"]) == pytest.approx(
+            float(row["solve_ms_median"]) / float(fp_sx["solve_ms_median"]))
     table = json.loads((workdir / "results" / "mpc_solve_time.json").read_text())
     assert [(r["model"], r["options"], r["solve_ms_median"]) for r in table] == [
         (r["model"], r["options"], float(r["solve_ms_median"])) for r in solve]

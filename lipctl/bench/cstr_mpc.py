@@ -14,7 +14,8 @@ Stages (`experiment.stages`, in this order), each writing under the output folde
   published starts, with and without measurement noise: closed_loop.csv, closed_loop.png.
 - `solve_time`: the MPCs of `solve_time_models` built with every `solver_options` entry, side by
   side from the same starts: solve_time.csv and `solve_time_file` (JSON), with ratios to
-  first-principles MPC.
+  first-principles MPC with the same options, with the closed-loop stage's options and with its
+  fastest options.
 - `budget`: closed loops of each `budget_builds` entry under a wall-clock budget per step (a
   solve not finished inside it fails and the fallback applies): budget.csv (steps solved within
   the budget, whether and when the target was reached).
@@ -346,12 +347,16 @@ def solve_times(exp: DictConfig, work: Path) -> list[dict]:
                              "reached_all": all(r is not None for r in reached)})
                 print(f"solve time {name} N={horizon} {option}: median "
                       f"{rows[-1]['solve_ms_median']:.1f} ms, build {build:.1f} s", flush=True)
+    default = exp.solver.get(FIRST_PRINCIPLES, exp.solver.default)
     for row in rows:
         same = [r for r in rows if r["model"] == FIRST_PRINCIPLES
                 and r["horizon"] == row["horizon"]]
         own = next(r for r in same if r["options"] == row["options"])
         row["ratio_to_first_principles_same_options"] = (row["solve_ms_median"]
                                                          / own["solve_ms_median"])
+        closed_loop = next((r for r in same if r["options"] == default), None)
+        row["ratio_to_first_principles_closed_loop_options"] = (
+            row["solve_ms_median"] / closed_loop["solve_ms_median"] if closed_loop else None)
         row["ratio_to_fastest_first_principles"] = (
             row["solve_ms_median"] / min(r["solve_ms_median"] for r in same))
     return rows
