@@ -354,9 +354,9 @@ def solve_times(exp: DictConfig, work: Path) -> list[dict]:
         own = next(r for r in same if r["options"] == row["options"])
         row["ratio_to_first_principles_same_options"] = (row["solve_ms_median"]
                                                          / own["solve_ms_median"])
-        closed_loop = next((r for r in same if r["options"] == default), None)
-        row["ratio_to_first_principles_closed_loop_options"] = (
-            row["solve_ms_median"] / closed_loop["solve_ms_median"] if closed_loop else None)
+        closed_loop = next(r for r in same if r["options"] == default)
+        row["ratio_to_first_principles_closed_loop_options"] = (row["solve_ms_median"]
+                                                                / closed_loop["solve_ms_median"])
         row["ratio_to_fastest_first_principles"] = (
             row["solve_ms_median"] / min(r["solve_ms_median"] for r in same))
     return rows
