@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from lipctl.bench import cstr_mpc
 from lipctl.bench.report import read_csv
 from tests.helpers import assert_user_error, lipctl
 
@@ -163,6 +165,14 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     assert sorted(p.name for p in (workdir / "fresh" / "models").iterdir()) == [
         "iclrnn-sigma0.0-seed0.pt", "iclrnn_1x64-sigma0.0-seed0.pt", "rnn-sigma0.0-seed0.pt"]
     assert len(read_csv(out / "models.csv")) == len(models)
+
+
+def test_bench_models_take_the_experiment_architecture_unless_an_extra_model_names_its_own():
+    exp = OmegaConf.create({"extra_models": None, "hidden": 32, "layers": 1})  # the fast preset
+    assert cstr_mpc._architecture(exp, "iclrnn") == ("iclrnn", {"hidden": 32, "layers": 1})
+    exp.extra_models = {"wide": {"name": "icrnn", "hidden": 64, "layers": 1}}
+    assert cstr_mpc._architecture(exp, "wide") == ("icrnn", {"hidden": 64, "layers": 1})
+    assert cstr_mpc._architecture(exp, "rnn") == ("rnn", {"hidden": 32, "layers": 1})
 
 
 @pytest.mark.parametrize("args,expected", [

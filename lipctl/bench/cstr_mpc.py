@@ -116,9 +116,10 @@ def model_path(work: Path, model: str, sigma: float, seed: int) -> Path:
 def _architecture(exp: DictConfig, model: str) -> tuple[str, dict]:
     """(registered model name, hyper-parameters) of a model of this experiment: one of
     `models` with the experiment's hidden and layers, or an `extra_models` entry."""
-    extra = OmegaConf.to_container(exp.extra_models or {}).get(model)
-    if extra is None:
+    extras = exp.extra_models or {}
+    if model not in extras:
         return model, {"hidden": exp.hidden, "layers": exp.layers}
+    extra = OmegaConf.to_container(extras[model])
     return extra.pop("name"), extra
 
 
