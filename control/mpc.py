@@ -19,7 +19,8 @@ SQP method's absolute tolerances mean the same far from the reference as near it
 reference is a parameter of the problem: `set_setpoint` changes it without rebuilding.
 
 `SolverOptions` choose how the problem is built and solved:
-- the method: IPOPT (interior point) or CasADi's SQP method with its active-set QP solver qrqp.
+- the method: IPOPT (interior point) or CasADi's SQP method with the active-set QP solver
+  qpOASES (CasADi's own qrqp returned steps outside the input bounds on some CSTR models).
   With few inputs and a short horizon an SQP step is cheap and, started from the shifted plan,
   few are needed; IPOPT has to walk its barrier parameter down at every solve;
 - the graph: one scalar (SX) expression graph, or a matrix (MX) graph in which a model given as a
@@ -38,10 +39,12 @@ reference is a parameter of the problem: `set_setpoint` changes it without rebui
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +60,7 @@ DEFAULT_IPOPT = {"max_iter": 100, "tol": 1e-6, "acceptable_tol": 1e-4}
 COST_SCALE_MIN = 1.0  # the cost is divided by max(stage cost of the measured state, this)
 DEFAULT_SQP = {"max_iter": 100, "tol_pr": 1e-6, "tol_du": 1e-6}  # IPOPT's tolerance
 QUIET_SQP = {"print_header": False, "print_iteration": False, "print_status": False,
-             "qpsol": "qrqp", "qpsol_options": {"print_iter": False, "print_header": False,
-                                                "print_info": False, "error_on_fail": False}}
+             "qpsol": "qpoases", "qpsol_options": {"printLevel": "none", "error_on_fail": False}}
 METHODS = {"ipopt": "ipopt", "sqp": "sqpmethod"}  # option value -> CasADi nlpsol plugin
 SYMBOLICS = {"SX": ca.SX, "MX": ca.MX}
 HESSIANS = ("exact", "limited-memory", "gauss-newton")
@@ -109,6 +111,14 @@ class SolverOptions:
             options |= {"jit": True, "compiler": "shell",
                         "jit_options": {"flags": JIT_FLAGS, "verbose": False}}
         return options
+
+
+@contextlib.contextmanager
+def _casadi_output_dropped() -> Iterator[None]:
+    """Drop what CasADi's C++ code prints (CasADi writes it to sys.stdout) meanwhile: qpOASES
+    prints its licence notice when CasADi creates it, before its printLevel option applies."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _compiler_found() -> bool:
@@ -222,13 +232,15 @@ class MPC:
             options["hess_lag"] = self._gauss_newton_hessian(symbol, states, scaled, parameters)
         method = METHODS[self.options.method]
         try:
-            return ca.nlpsol("mpc", method, nlp, options)
+            with _casadi_output_dropped():
+                return ca.nlpsol("mpc", method, nlp, options)
         except RuntimeError as error:
             if not options.get("jit"):
                 raise
             warnings.warn(f"JIT compilation of the MPC failed, running it interpreted: "
                           f"{str(error).splitlines()[0]}", RuntimeWarning, stacklevel=3)
-            return ca.nlpsol("mpc", method, nlp, {**options, "jit": False})
+            with _casadi_output_dropped():
+                return ca.nlpsol("mpc", method, nlp, {**options, "jit": False})
 
     def _objective(self, states: list, scaled: Any, parameters: Any) -> tuple[Any, Any]:
         """The cost and the stacked constraints of the plan `scaled` (inputs, [nu, horizon])

@@ -190,6 +190,14 @@ def test_jit_without_a_compiler_warns_and_runs_interpreted(monkeypatch):
     assert np.all(np.isfinite(mpc.act(np.array(STARTS[1]))))
 
 
+def test_an_sqp_build_prints_nothing(capfd):
+    """qpOASES's licence notice (printed as CasADi creates it) stays out of the output."""
+    mpc = MPC(CSTR.step, CSTR, solver=SolverOptions(method="sqp"))
+    mpc.act(np.array(STARTS[0]))
+    assert capfd.readouterr().out == ""
+    assert mpc.stats[-1].status == "Solve_Succeeded"
+
+
 def test_bad_solver_options_are_value_errors():
     with pytest.raises(ValueError, match="symbolic must be one of"):
         SolverOptions(symbolic="sx")
