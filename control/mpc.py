@@ -20,7 +20,7 @@ reference is a parameter of the problem: `set_setpoint` changes it without rebui
 
 `SolverOptions` choose how the problem is built and solved:
 - the method: IPOPT (interior point) or CasADi's SQP method with the active-set QP solver
-  qpOASES (CasADi's own qrqp returned steps outside the input bounds on some CSTR models).
+  qpOASES (CasADi's own qrqp returned steps outside the input bounds on a fitted CSTR model).
   With few inputs and a short horizon an SQP step is cheap and, started from the shifted plan,
   few are needed; IPOPT has to walk its barrier parameter down at every solve;
 - the graph: one scalar (SX) expression graph, or a matrix (MX) graph in which a model given as a
@@ -231,15 +231,14 @@ class MPC:
         if self.options.hessian == "gauss-newton":
             options["hess_lag"] = self._gauss_newton_hessian(symbol, states, scaled, parameters)
         method = METHODS[self.options.method]
-        try:
-            with _casadi_output_dropped():
+        with _casadi_output_dropped():
+            try:
                 return ca.nlpsol("mpc", method, nlp, options)
-        except RuntimeError as error:
-            if not options.get("jit"):
-                raise
-            warnings.warn(f"JIT compilation of the MPC failed, running it interpreted: "
-                          f"{str(error).splitlines()[0]}", RuntimeWarning, stacklevel=3)
-            with _casadi_output_dropped():
+            except RuntimeError as error:
+                if not options.get("jit"):
+                    raise
+                warnings.warn(f"JIT compilation of the MPC failed, running it interpreted: "
+                              f"{str(error).splitlines()[0]}", RuntimeWarning, stacklevel=3)
                 return ca.nlpsol("mpc", method, nlp, {**options, "jit": False})
 
     def _objective(self, states: list, scaled: Any, parameters: Any) -> tuple[Any, Any]:
