@@ -285,11 +285,15 @@ def _solver(exp: DictConfig, option: str) -> SolverOptions:
     return SolverOptions(**OmegaConf.to_container(exp.solver_options[option]))
 
 
-def _own_solver(exp: DictConfig, model: str, build: DictConfig | None = None) -> SolverOptions:
-    """The options a controller runs with: its entry in `build` (default: `experiment.solver`,
-    the closed-loop stage's), else that map's `default` entry."""
-    build = exp.solver if build is None else build
-    return _solver(exp, build.get(model, build.default))
+def _option(build: DictConfig, model: str) -> str:
+    """The solver_options entry a build (controller -> entry, as `experiment.solver`) gives a
+    controller: its own, else the build's `default`."""
+    return build.get(model, build.default)
+
+
+def _own_solver(exp: DictConfig, model: str) -> SolverOptions:
+    """The options a controller runs with in the closed-loop stage."""
+    return _solver(exp, _option(exp.solver, model))
 
 
 def run_controllers(exp: DictConfig, work: Path) -> tuple[list[dict], dict]:
@@ -348,7 +352,7 @@ def solve_times(exp: DictConfig, work: Path) -> list[dict]:
                              "reached_all": all(r is not None for r in reached)})
                 print(f"solve time {name} N={horizon} {option}: median "
                       f"{rows[-1]['solve_ms_median']:.1f} ms, build {build:.1f} s", flush=True)
-    default = exp.solver.get(FIRST_PRINCIPLES, exp.solver.default)
+    default = _option(exp.solver, FIRST_PRINCIPLES)
     for row in rows:
         same = [r for r in rows if r["model"] == FIRST_PRINCIPLES
                 and r["horizon"] == row["horizon"]]
@@ -367,16 +371,17 @@ def budgeted_runs(exp: DictConfig, work: Path) -> list[dict]:
     """Closed loops of every `budget_builds` entry under a wall-clock budget per step: a solve
     not finished inside it is a failed one and applies the fallback (the shifted previous
     plan)."""
-    rows = []
+    rows, models = [], _mpc_models(exp, work)
     for build_name, build in exp.budget_builds.items():
         for budget_ms in exp.budget_ms:
-            for name, trained in _mpc_models(exp, work).items():
-                solver = _own_solver(exp, name, build)
-                controller = process_mpc(CSTR, trained, exp.horizons[0], solver=solver,
+            for name, trained in models.items():
+                option = _option(build, name)
+                controller = process_mpc(CSTR, trained, exp.horizons[0],
+                                         solver=_solver(exp, option),
                                          time_budget=budget_ms / 1e3)
                 for start in PUBLISHED_STARTS:
                     _, m = mpc_episode(controller, start, exp.steps, seed=exp.seeds[0])
-                    rows.append({"build": build_name, "options": build.get(name, build.default),
+                    rows.append({"build": build_name, "options": option,
                                  "model": name, "budget_ms": budget_ms, "start_CA": start[0],
                                  "start_T": start[1], "steps": exp.steps,
                                  "steps_solved": exp.steps - m.fallbacks,
