@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.config import ConfigError, process_of, require_number, user_errors
-from lipctl.control.log_import import Columns, LogError, LogPolicy, import_log
+from lipctl.config import ConfigError, process_of, require_choice, require_number, user_errors
+from lipctl.control.log_import import RANGE_CHECKS, Columns, LogError, LogPolicy, import_log
 from lipctl.control.process_data import SPLITS, ProcessDataset, generate, random_split, save_dataset
 from lipctl.envs.process import Process
 
@@ -25,10 +25,12 @@ def fractions(cfg: DictConfig) -> tuple[float, float, float]:
 
 
 def log_policy(cfg: DictConfig) -> LogPolicy:
-    """The gap, segment and period settings (log.*) and the split fractions of an import."""
+    """The gap, segment, period and range settings (log.*) and the split fractions of an
+    import."""
     return LogPolicy(max_gap_periods=cfg.log.max_gap_periods,
                      min_segment_periods=cfg.log.min_segment_periods,
-                     period_tolerance=cfg.log.period_tolerance, fractions=fractions(cfg))
+                     period_tolerance=cfg.log.period_tolerance, fractions=fractions(cfg),
+                     range_check=cfg.log.range_check)
 
 
 def columns(cfg: DictConfig) -> dict | None:
@@ -55,6 +57,7 @@ def validate(cfg: DictConfig) -> None:
     require_number(cfg, "log.max_gap_periods", 0, exclusive=True)
     require_number(cfg, "log.min_segment_periods", 1, integer=True)
     require_number(cfg, "log.period_tolerance", 0)
+    require_choice(cfg, "log.range_check", RANGE_CHECKS)
     try:
         Columns.of(process, columns(cfg))
     except ValueError as error:
