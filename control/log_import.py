@@ -260,42 +260,36 @@ def numbers(frame: pd.DataFrame, tag: str, path: str | Path) -> tuple[np.ndarray
     return values, Cells(int(empty.sum()), int(inf.sum()), int(text.size), first)
 
 
-def implausible(values: np.ndarray, low: float, high: float) -> bool:
-    """Whether more than OUTSIDE_FRACTION of the numbers lie outside [low, high] widened by
-    BOX_MARGIN of its width on each side."""
-    margin = BOX_MARGIN * (high - low)
+def share_within(values: np.ndarray, low: float, high: float, margin: float = 0.0) -> float:
+    """The fraction of the numbers within [low - margin, high + margin]."""
     finite = values[np.isfinite(values)]
-    return bool(np.mean((finite < low - margin) | (finite > high + margin)) > OUTSIDE_FRACTION)
-
-
-def inside(values: np.ndarray, low: float, high: float) -> float:
-    """The fraction of the numbers inside [low, high]."""
-    finite = values[np.isfinite(values)]
-    return float(np.mean((finite >= low) & (finite <= high)))
+    return float(np.mean((finite >= low - margin) & (finite <= high + margin)))
 
 
 def range_problem(values: np.ndarray, name: str, tag: str, unit: str, target: str,
                   bounds: tuple[float, float], box: str, path: str | Path) -> str | None:
     """None if a column's numbers (in `unit`) fit variable `name`'s `bounds` (in `target`, the
-    process's `box` of it); else why not, with the units that would make them fit (the one
-    that puts most of them inside the bounds first)."""
-    converted = convert(values, unit, target)
-    if not implausible(converted, *bounds):
-        return None
+    process's `box` of it) widened by BOX_MARGIN; else why not, with the units that would make
+    them fit (the one that puts most of them inside the bounds first)."""
     low, high = bounds
     margin = BOX_MARGIN * (high - low)
-    finite = converted[np.isfinite(converted)]
-    outside = np.mean((finite < low - margin) | (finite > high + margin))
+
+    def outside(source: str) -> float:
+        return 1 - share_within(convert(values, source, target), low, high, margin)
+
+    if outside(unit) <= OUTSIDE_FRACTION:
+        return None
     fits = sorted((other for other in same_quantity(target)
-                   if other != unit and not implausible(convert(values, other, target), *bounds)),
-                  key=lambda other: -inside(convert(values, other, target), *bounds))
+                   if other != unit and outside(other) <= OUTSIDE_FRACTION),
+                  key=lambda other: -share_within(convert(values, other, target), low, high))
     hint = (f"values look like {' or '.join(fits)}: declare units: {{{name}: {fits[0]}}} in "
             f"log.columns" if fits else "check its unit and its column in log.columns")
     read = "" if unit == target else f", read in {unit}"
-    return (f"{path}: column {tag!r} ({name}{read}) has {outside:.0%} of its values outside "
-            f"[{low - margin:.4g}, {high + margin:.4g}] {target} ({name}'s {box} [{low:.4g}, "
-            f"{high:.4g}] widened by {BOX_MARGIN:.0%} each side), median "
-            f"{np.median(finite):.4g} {target}; {hint}")
+    median = np.nanmedian(convert(values, unit, target))
+    return (f"{path}: column {tag!r} ({name}{read}) has {outside(unit):.0%} of its values "
+            f"outside [{low - margin:.4g}, {high + margin:.4g}] {target} ({name}'s {box} "
+            f"[{low:.4g}, {high:.4g}] widened by {BOX_MARGIN:.0%} each side), median "
+            f"{median:.4g} {target}; {hint}")
 
 
 def check_spacing(times: np.ndarray, process: Process, tolerance: float,
