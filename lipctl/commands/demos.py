@@ -1,16 +1,15 @@
 """lipctl demos env=NAME expert=NAME: record an expert's episodes into a demonstrations file.
 
 Experts: the env's analytic experts (envs/experts.py), a trained lipctl agent's deterministic
-policy (`expert=checkpoint`), or a stable-baselines3 policy (`expert=sb3`).
+policy (`expert=checkpoint`), or a stable-baselines3 policy (`expert=sb3`), read without running
+code from its .zip unless `sb3_trust=true`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
@@ -19,7 +18,7 @@ from lipctl.control import Controller, returns, run
 from lipctl.control.policy import ModuleController
 from lipctl.envs import make_env
 from lipctl.envs.demos import from_episodes, load_demos, save_demos
-from lipctl.envs.experts import available_experts, make_expert
+from lipctl.envs.experts import SB3Expert, available_experts, make_expert, read_sb3_policy
 from lipctl.extras import require_extra
 from lipctl.networks import POLICY, read_network
 
@@ -27,17 +26,28 @@ TRAINED = ("checkpoint", "sb3")  # experts read from `expert_checkpoint`
 SB3_ALGORITHMS = ("sac", "td3", "ddpg", "ppo", "a2c")
 
 
-class SB3Expert:
-    """A stable-baselines3 model's deterministic policy as a Controller."""
+def read_sb3_expert(cfg: DictConfig, env: gym.Env) -> object:
+    """The stable-baselines3 policy in `expert_checkpoint`: read as data (`read_sb3_policy`), or
+    with `sb3_trust=true` by stable-baselines3's own loader, which runs code from the file."""
+    algorithm = cfg.sb3_algorithm.upper()
+    if not cfg.sb3_trust:
+        try:
+            return read_sb3_policy(cfg.expert_checkpoint, cfg.sb3_algorithm, env)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+    import stable_baselines3  # the sb3 extra, checked by validate
 
-    def __init__(self, model: Any):  # a stable_baselines3 BaseAlgorithm
-        self.model = model
-
-    def act(self, observation: np.ndarray) -> np.ndarray:
-        return self.model.predict(observation, deterministic=True)[0]
-
-    def reset(self) -> None:
-        """Feed-forward policy: nothing to reset."""
+    try:
+        model = getattr(stable_baselines3, algorithm).load(cfg.expert_checkpoint, device="cpu")
+    except Exception as error:  # zip, pickle and shape errors of a foreign file
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"cannot load {cfg.expert_checkpoint} as a stable-baselines3 "
+                              f"{algorithm} model: {message}") from None
+    if model.observation_space.shape != env.observation_space.shape:
+        raise CheckpointError(f"{cfg.expert_checkpoint} observes shape "
+                              f"{model.observation_space.shape}, {cfg.env.id} gives "
+                              f"{env.observation_space.shape}")
+    return model.policy
 
 
 def build_expert(cfg: DictConfig, env: gym.Env) -> Controller:
@@ -45,20 +55,7 @@ def build_expert(cfg: DictConfig, env: gym.Env) -> Controller:
     if cfg.expert not in TRAINED:
         return make_expert(cfg.expert, env)
     if cfg.expert == "sb3":
-        import stable_baselines3  # the sb3 extra, checked by validate
-
-        algorithm = getattr(stable_baselines3, cfg.sb3_algorithm.upper())
-        try:
-            model = algorithm.load(cfg.expert_checkpoint, device="cpu")
-        except Exception as error:  # zip, pickle and shape errors of a foreign file
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise CheckpointError(f"cannot load {cfg.expert_checkpoint} as a stable-baselines3 "
-                                  f"{cfg.sb3_algorithm.upper()} model: {message}") from None
-        if model.observation_space.shape != env.observation_space.shape:
-            raise CheckpointError(f"{cfg.expert_checkpoint} observes shape "
-                                  f"{model.observation_space.shape}, {cfg.env.id} gives "
-                                  f"{env.observation_space.shape}")
-        return SB3Expert(model)
+        return SB3Expert(read_sb3_expert(cfg, env))
     network = read_network(cfg.expert_checkpoint)
     if network.kind != POLICY or network.env_id != cfg.env.id:
         raise CheckpointError(f"{cfg.expert_checkpoint} holds a {network.kind} for "
@@ -80,6 +77,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.expert == "sb3" and cfg.sb3_algorithm not in SB3_ALGORITHMS:
         raise ConfigError("sb3_algorithm", f"must be one of {', '.join(SB3_ALGORITHMS)}, got "
                                            f"{cfg.sb3_algorithm!r}")
+    if not isinstance(cfg.sb3_trust, bool):
+        raise ConfigError("sb3_trust", f"must be true or false, got {cfg.sb3_trust!r}")
     require_number(cfg, "episodes", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
     require_number(cfg, "max_steps", 1, integer=True, allow_none=True)
