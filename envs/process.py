@@ -248,3 +248,17 @@ class Process:
             raise ValueError(f"{what} must be {self.state_size} finite numbers "
                              f"[{', '.join(self.state_names)}], got {x}")
         return state
+
+    def box_violations(self, x: Sequence[float]) -> str | None:
+        """Which states of x (finite, of the state's size) lie outside the state box, with the
+        bound each breaks, as one phrase ("CA = 100 is above the upper bound 1.697 kmol/m3,
+        ..."); None inside."""
+        state = self.check_state(x)
+        broken = [f"{name} = {value:g} is {side} {bound:.4g} {unit}"
+                  for name, unit, value, low, high in zip(self.state_names, self.state_units,
+                                                           state, self.state_low,
+                                                           self.state_high, strict=True)
+                  for side, bound, out in (("below the lower bound", low, value < low),
+                                           ("above the upper bound", high, value > high))
+                  if out]
+        return ", ".join(broken) or None

@@ -41,6 +41,9 @@ def validate(cfg: DictConfig) -> Process:
     require_number(cfg, "steps", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
     require_state_vector(cfg, "start", process)
+    outside = process.box_violations(list(cfg.start))
+    if outside:
+        raise ConfigError("start", f"{outside} of the {process.name} state box")
     for key in ("obs_noise_std", "disturbance_std"):
         require_state_vector(cfg, key, process, minimum=0, allow_none=True)
     for step, setpoint in (cfg.setpoints or {}).items():

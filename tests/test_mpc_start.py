@@ -1,0 +1,50 @@
+"""An MPC start outside the process's state box is refused before any work, naming the states
+and the bounds they break."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from lipctl.commands.mpc import validate
+from lipctl.config import ConfigError
+from lipctl.envs.cstr import CSTR
+from lipctl.envs.quadtank import quadtank_process
+from tests.helpers import assert_user_error, lipctl
+
+
+def mpc_config(*overrides: str):
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        return compose("mpc", overrides=list(overrides))
+
+
+def test_box_violations_name_each_state_and_bound():
+    quadtank = quadtank_process()
+    assert CSTR.box_violations([1.5, -70.0]) is None
+    assert CSTR.box_violations([100.0, -70.0]) == "CA = 100 is above the upper bound 1.697 kmol/m3"
+    assert quadtank.box_violations([3.0, 12.0, 1.0, 9.0]) == (
+        "h1 = 3 is below the lower bound 4 cm, h4 = 9 is above the upper bound 8 cm")
+    assert quadtank.box_violations(quadtank.state_low) is None  # the bounds belong to the box
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["env=cstr", "start=[100.0,1000.0]"],
+     "start: CA = 100 is above the upper bound 1.697 kmol/m3, T = 1000 is above the upper bound "
+     "76.6 K of the cstr state box"),
+    (["env=quadtank", "start=[12.0,12.0,1.0,-0.5]"],
+     "start: h4 = -0.5 is below the lower bound 0 cm of the quadtank state box"),
+])
+def test_validate_refuses_a_start_outside_the_box(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate(mpc_config(*overrides))
+    assert str(error.value) == message
+
+
+def test_validate_accepts_the_default_starts():
+    for env in ("cstr", "quadtank"):
+        assert validate(mpc_config(f"env={env}")).name == env
+
+
+def test_cli_exits_2_for_a_start_outside_the_box(workdir):
+    assert_user_error(lipctl("mpc", "env=cstr", "start=[100.0,1000.0]", cwd=workdir),
+                      "lipctl mpc: error: start: CA = 100 is above the upper bound 1.697 kmol/m3")
