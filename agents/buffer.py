@@ -84,11 +84,15 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        size = state["size"]
+        """Restore `state_dict`. A full buffer loaded into a larger one (a resumed run given more
+        steps) has its rows put oldest first, and fills on after them."""
+        size, position = state["size"], state["position"]
         if size > self.capacity:
             raise ValueError(f"checkpoint buffer holds {size} rows, capacity is {self.capacity}")
+        grown = size < self.capacity and position != size
         for name, t in self._fields.items():
-            t[:size] = state["fields"][name].to(self.device)
-        self.position = state["position"]
+            rows = state["fields"][name]
+            t[:size] = (rows.roll(-position, 0) if grown else rows).to(self.device)
+        self.position = size if grown else position
         self.size = size
         self.generator.set_state(state["generator"])

@@ -6,6 +6,7 @@ import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +22,16 @@ def _to_floats(metrics: Mapping[str, float | Tensor | None]) -> dict[str, float]
         stacked = torch.stack([t.detach().float().reshape(()) for t in tensors.values()])
         values.update(zip(tensors, stacked.cpu().tolist(), strict=True))
     return values
+
+
+def run_name(cfg: Mapping[str, Any]) -> str:
+    """A run's name for tracking backends, from what sets it apart from its neighbours:
+    `<env id>/<variant, or agent-lipschitz[-L<bound>]>/seed<seed>`."""
+    label = cfg.get("variant") or f"{cfg['agent']['name']}-{cfg['lipschitz']['name']}"
+    bound = cfg["lipschitz"].get("L")
+    if bound is not None and f"L{bound}" not in label:
+        label += f"-L{bound:g}"
+    return f"{cfg['env']['id']}/{label}/seed{cfg['seed']}"
 
 
 class CsvWriter:

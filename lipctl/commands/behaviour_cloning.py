@@ -19,7 +19,7 @@ from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.envs.files import atomic_write
 from lipctl.lipschitz import lipschitz_mlp
-from lipctl.logger import Logger
+from lipctl.logger import Logger, run_name
 from lipctl.networks import bc_policy
 from lipctl.runtime import resolve_device, seed_everything
 
@@ -60,12 +60,16 @@ def run_config(cfg: DictConfig) -> dict:
             if OmegaConf.is_config(cfg[key]) else cfg[key] for key in RUN_KEYS}
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Fit the policy, certify it, run it in closed loop; write checkpoint.pt, summary.json and
-    train.csv (per-epoch MSE) in `run_dir`. Returns the mean closed-loop return."""
+def require_new(run_dir: Path) -> None:
+    """ConfigError if `run_dir` already holds a finished fit (behaviour cloning never resumes)."""
     if (run_dir / CHECKPOINT_NAME).exists():
         raise ConfigError("hydra.run.dir", f"{run_dir} already holds a run; set hydra.run.dir "
                                            "to start another")
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Fit the policy, certify it, run it in closed loop; write checkpoint.pt, summary.json and
+    train.csv (per-epoch MSE) in `run_dir`. Returns the mean closed-loop return."""
     torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -73,7 +77,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     demos = load_demos(cfg.demos, env=env)
     policy = bc_policy(cfg, env).to(device)
     resolved = run_config(cfg)
-    logger = Logger(run_dir, cfg.logger.backends, config=resolved, run_name=run_dir.name,
+    logger = Logger(run_dir, cfg.logger.backends, config=resolved, run_name=run_name(cfg),
                     wandb_project=cfg.logger.wandb_project, wandb_mode=cfg.logger.wandb_mode)
     log.info("bc on %s from %d demonstrations (%d episodes) | L %s | device %s | run dir %s",
              cfg.env.id, len(demos), demos.num_episodes, cfg.lipschitz.L, device, run_dir)

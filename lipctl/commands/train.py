@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -33,7 +35,7 @@ from lipctl.envs import env_spaces, make_env
 from lipctl.envs.demos import Demos, load_demos
 from lipctl.extras import EXTRAS, require_extra
 from lipctl.lipschitz import TIERS
-from lipctl.logger import BACKENDS, Logger
+from lipctl.logger import BACKENDS, Logger, run_name
 from lipctl.networks import is_behaviour_cloning
 from lipctl.runtime import (
     make_agent_env,
@@ -45,12 +47,28 @@ from lipctl.runtime import (
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
+# Keys a resumed run may change: they affect neither the learning nor the files' meaning.
+RESUMABLE_KEYS = ("resume", "progress", "logger", "device", "torch_threads")
+# Keys that reach a run only through loop.total_steps (checked there).
+BUDGET_SOURCES = ("env.total_steps", "env.mbpo.total_steps", "agent.total_steps")
+# What a run writes besides its checkpoint and Hydra's job log; an earlier attempt's copies are
+# moved aside when a new run starts in the same folder.
+RUN_OUTPUTS = ("*.csv", "tensorboard", "wandb", "summary.json", ".hydra")
+
+
+class _Unset:
+    """A key one config has and the other lacks."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+_UNSET = _Unset()
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for any impossible value, before anything is built."""
-    if cfg.env.id not in gym.registry:
-        make_env(cfg.env.id)  # raises UnknownEnvError with suggestions
+    make_env(cfg.env.id).close()  # UnknownEnvError: unknown id, or no continuous actions
     require_number(cfg, "seed", 0, integer=True)
     require_number(cfg, "torch_threads", 1, integer=True)
     require_number(cfg, "lipschitz.L", 0, allow_none=True, exclusive=True)
@@ -81,10 +99,7 @@ def validate_off_policy(cfg: DictConfig) -> None:
     require_number(cfg, "loop.warmup_steps", 0, integer=True)
     require_number(cfg, "loop.target_return", allow_none=True)
     require_number(cfg, "agent.buffer_size", 1, integer=True)
-    if "policy_delay" in cfg.agent.learner:  # TD3
-        require_number(cfg, "agent.learner.policy_delay", 1, integer=True)
-        for key in ("exploration_noise", "target_noise", "noise_clip"):
-            require_number(cfg, f"agent.learner.{key}", 0)
+    validate_learner(cfg)
     require_number(cfg, "lipschitz.robust_weight", 0)
     require_number(cfg, "lipschitz.robust_eps", 0)
     require_number(cfg, "lipschitz.robust_steps", 1, integer=True)
@@ -100,6 +115,37 @@ def validate_off_policy(cfg: DictConfig) -> None:
                                                    "constrained; use layer_cap")
 
 
+def validate_learner(cfg: DictConfig) -> None:
+    """The SAC or TD3 learner's network widths, learning rates, discount and target rate."""
+    learner = cfg.agent.learner
+    require_widths(cfg, "agent.learner.hidden")
+    for key in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
+        if key in learner:
+            require_number(cfg, f"agent.learner.{key}", 0, exclusive=True)
+    require_number(cfg, "agent.learner.gamma", 0)
+    if learner.gamma >= 1:
+        raise ConfigError("agent.learner.gamma", f"must be < 1, got {learner.gamma!r}")
+    require_number(cfg, "agent.learner.tau", 0, exclusive=True)
+    if learner.tau > 1:
+        raise ConfigError("agent.learner.tau", f"must be <= 1, got {learner.tau!r}")
+    if "target_entropy" in learner:  # SAC
+        require_number(cfg, "agent.learner.target_entropy", allow_none=True)
+    if "policy_delay" in learner:  # TD3
+        require_number(cfg, "agent.learner.policy_delay", 1, integer=True)
+        for key in ("exploration_noise", "target_noise", "noise_clip"):
+            require_number(cfg, f"agent.learner.{key}", 0)
+
+
+def require_widths(cfg: DictConfig, key: str) -> None:
+    """cfg[key] is a non-empty list of positive integer layer widths."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    widths = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    if not (isinstance(widths, list) and widths and all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+        raise ConfigError(key, f"must be a non-empty list of positive layer widths such as "
+                               f"[256, 256], got {widths!r}")
+
+
 def validate_model_based(cfg: DictConfig) -> None:
     """The dynamics model and MBPO schedule of a model-based agent."""
     if cfg.env.id not in TERMINATIONS:
@@ -108,6 +154,7 @@ def validate_model_based(cfg: DictConfig) -> None:
     if "mbpo" not in cfg.env:
         raise ConfigError("env.mbpo", f"the env config of '{cfg.env.id}' has no mbpo section "
                                       "(total_steps, warmup_steps, updates_per_step, ...)")
+    require_widths(cfg, "agent.dynamics.hidden")
     require_number(cfg, "agent.dynamics.ensemble_size", 1, integer=True)
     require_number(cfg, "agent.dynamics.elites", 1, integer=True)
     if cfg.agent.dynamics.elites > cfg.agent.dynamics.ensemble_size:
@@ -129,6 +176,7 @@ def validate_imitation(cfg: DictConfig) -> None:
                                    "pass demos=PATH (a file written by `lipctl demos`)")
     require_number(cfg, "agent.demo_episodes", 1, integer=True, allow_none=True)
     require_number(cfg, "agent.demo_subsample", 1, integer=True)
+    require_widths(cfg, "agent.discriminator.hidden")
     for key in ("bound", "hidden_bound", "head_bound"):
         require_number(cfg, f"agent.discriminator.{key}", 0, allow_none=True, exclusive=True)
     discriminator = cfg.agent.discriminator
@@ -189,21 +237,90 @@ def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
 
 
-def _previous_state(run_dir: Path, resume: bool) -> dict | None:
+def previous_state(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The checkpoint `cfg` resumes (None: a new run); ConfigError if the folder holds a run
+    and resume=false, or if `cfg` changes the checkpoint's config (`check_resumable`)."""
     path = run_dir / CHECKPOINT_NAME
     if not path.exists():
-        if resume:
+        if cfg.resume:
             log.warning("resume=true but %s holds no checkpoint: starting a new run", run_dir)
         return None
-    if not resume:
+    if not cfg.resume:
         raise ConfigError("resume", f"{run_dir} already holds a run; pass resume=true to "
                                     "continue it or set hydra.run.dir to start another")
-    return load_checkpoint(path)
+    state = load_checkpoint(path)
+    check_resumable(state["config"], OmegaConf.to_container(cfg, resolve=True), run_dir)
+    return state
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Build env, agent, buffer and logger from `cfg` and run the loop in `run_dir`."""
-    state = _previous_state(run_dir, cfg.resume)
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: leaf value}; lists are leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for name, child in tree.items():
+        flat.update(_flat(child, f"{prefix}.{name}" if prefix else str(name)))
+    return flat
+
+
+def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
+    """ConfigError naming the keys where the resolved `config` differs from the `saved` one of
+    the checkpoint it would resume. Free to change: RESUMABLE_KEYS, and loop.total_steps upwards
+    (the replay buffer grows with it, its rows kept in order)."""
+    old, new = _flat(saved), _flat(config)
+    free = RESUMABLE_KEYS + BUDGET_SOURCES
+    changed = [key for key in sorted(old.keys() | new.keys())
+               if old.get(key, _UNSET) != new.get(key, _UNSET)
+               and not any(key == k or key.startswith(f"{k}.") for k in free)]
+    total = "loop.total_steps"
+    if total in changed and isinstance(old.get(total), int) and new[total] > old[total]:
+        changed.remove(total)
+    if changed:
+        values = ", ".join(f"{key} {old.get(key, _UNSET)!r} -> {new.get(key, _UNSET)!r}"
+                           for key in changed)
+        raise ConfigError(", ".join(changed), f"resume=true cannot change the config of the run "
+                                              f"in {run_dir} ({values}); only "
+                                              f"{', '.join(RESUMABLE_KEYS)} may change, and "
+                                              f"loop.total_steps grow (set hydra.run.dir for a "
+                                              f"new run)")
+
+
+def accept_run(cfg: DictConfig, run_dir: Path, resumed: bool) -> None:
+    """Make `run_dir` the accepted run's folder: a new run moves an earlier attempt's outputs
+    aside (`set_aside`), then the config is written to .hydra/ as Hydra would have."""
+    if not resumed:
+        aside = set_aside(run_dir)
+        if aside is not None:
+            log.warning("%s held the logs of an earlier attempt but no checkpoint: moved them "
+                        "to %s; starting a new run", run_dir, aside)
+    hydra = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", {"hydra": hydra}),
+                       ("overrides.yaml", hydra.overrides.task)):
+        text = OmegaConf.to_yaml(node)
+        atomic_write(folder / name, lambda f, text=text: f.write(text.encode()))
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move the RUN_OUTPUTS in `run_dir` into a new `previous-<n>/` inside it (nothing is
+    deleted); returns that folder, or None when there was nothing to move."""
+    outputs = sorted({path for pattern in RUN_OUTPUTS for path in run_dir.glob(pattern)})
+    if not outputs:
+        return None
+    n = 1
+    while (run_dir / f"previous-{n}").exists():
+        n += 1
+    aside = run_dir / f"previous-{n}"
+    aside.mkdir()
+    for path in outputs:
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def train(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> float | None:
+    """Build env, agent, buffer and logger from `cfg` and run the loop in `run_dir`, from the
+    checkpoint `state` where given."""
     reset_peak_rss()
     torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
@@ -216,7 +333,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     buffer = ReplayBuffer(capacity, obs_dim, act_dim, device, seed=cfg.seed)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = Logger(run_dir, cfg.logger.backends, resume_step=state and state["step"],
-                    config=resolved, run_name=run_dir.name,
+                    config=resolved, run_name=run_name(cfg),
                     wandb_project=cfg.logger.wandb_project, wandb_mode=cfg.logger.wandb_mode,
                     wandb_id=state and state["extra"].get("wandb_id"))
     trainer = OffPolicyTrainer(agent, env, eval_env, buffer, settings, logger,
@@ -241,9 +358,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
 
 
 def main(cfg: DictConfig) -> float | None:
+    """Check the config and the run folder, and only then write to it and train."""
     with user_errors("lipctl train"):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         validate(cfg)
         if is_behaviour_cloning(cfg):
+            behaviour_cloning.require_new(run_dir)
+            accept_run(cfg, run_dir, resumed=False)
             return behaviour_cloning.train(cfg, run_dir)
-        return train(cfg, run_dir)
+        state = previous_state(cfg, run_dir)
+        accept_run(cfg, run_dir, resumed=state is not None)
+        return train(cfg, run_dir, state)
