@@ -1,28 +1,34 @@
 """A simulated gymnasium plant served over OPC UA, and the OPC UA client that controls any plant.
 
 Server (`PlantServer`): an asyncua server running in a background thread with its own event
-loop, so synchronous code starts and stops it. Under the object `Plant` (namespace
-NAMESPACE_URI) it exposes the measured states of the env's process (`env.unwrapped.process`)
-as read-only Double variables named like the process's states (CA, T for the CSTR),
-`Step` (steps since the last reset), `Timestamp` (Unix seconds at which the measurement was
-produced) and `Period` (wall seconds per plant step), and the inputs as writable Double
-variables named like its inputs (CA0, Q). Its own clock steps the env every `step_period_s`
-seconds of wall time with the inputs last written, whether or not a client keeps up. A method
-`Reset` restarts the episode and zeroes the inputs. It binds to loopback only unless
-`allow_remote=True`. Without `security` it offers no security (no encryption, anonymous
-users); with it, the policy's endpoint only, trusted client certificates only and, given
-credentials, that user only (see opcua_security).
+loop, so synchronous code starts and stops it. Namespace 1 is the server's application URI and
+namespace 2 the plant's (NAMESPACE_URI), with and without security, so `2:Plant/2:CA` is a
+browse path to a state. Under the object `Plant` it exposes the measured states of the env's
+process (`env.unwrapped.process`) as read-only Double variables named like the process's
+states (CA, T for the CSTR), `Step` (steps since the last reset), `Timestamp` (Unix seconds at
+which the measurement was produced) and `Period` (wall seconds per plant step), and the inputs
+as writable Double variables named like its inputs (CA0, Q). States and inputs are analog
+items: an `EURange` property (the process's state box, or its input bounds) and an
+`EngineeringUnits` property (the process's unit). A write to an input that is not a finite
+number within the input bounds is refused (BadOutOfRange; BadTypeMismatch for no number) and
+leaves the input as it was, so an input reads back as what the plant applies. Its own clock
+steps the env every `step_period_s` seconds of wall time with the inputs last written, whether
+or not a client keeps up. A method `Reset` restarts the episode and zeroes the inputs (clipped
+into the bounds). It binds to loopback only unless `allow_remote=True`. Without `security` it
+offers no security (no encryption, anonymous users); with it, the policy's endpoint only,
+trusted client certificates only and, given credentials, that user only (see opcua_security).
 
 Client (`OpcUaPlant`): the Plant protocol (`read`, `write`, `reset`, `close`) over asyncua's
 async client, driven from a private event-loop thread. It talks to lipctl's own server, or to
 any server through a `TagMap` (a node id or browse path per state and input, optional
-heartbeat and timestamp tags), resolved once per connection. Writes are clipped into the input
-bounds and never carry a non-finite value. A request that fails for lack of a server drops the
-connection and reconnects, up to `reconnect_attempts` times; when all fail it raises
-`PlantUnavailable` rather than returning a stale measurement (the caller, e.g. the runtime's
-fallback, decides what to apply). The next call tries afresh, so the client recovers by itself
-once the server is back. A server that refuses the connection (user, certificate, policy) is
-`PlantRefused`, a tag that cannot be used is `TagError`: neither is an outage.
+heartbeat and timestamp tags), resolved and type-checked once per connection. Writes are
+clipped into the input bounds and never carry a non-finite value. A request that fails for
+lack of a server drops the connection and reconnects, up to `reconnect_attempts` times; when
+all fail it raises `PlantUnavailable` rather than returning a stale measurement (the caller,
+e.g. the runtime's fallback, decides what to apply). The next call tries afresh, so the client
+recovers by itself once the server is back. A server that refuses the connection (user,
+certificate, policy) is `PlantRefused`, a tag that cannot be used is `TagError`: neither is an
+outage.
 
 `lipctl plant serve env=NAME` serves a simulated process with a PlantServer until SIGINT/SIGTERM.
 """
@@ -44,7 +50,9 @@ from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
-from asyncua import Client, Server, ua
+from asyncua import Client, Node, Server, ua
+from asyncua.crypto.permission_rules import User
+from asyncua.server.address_space import AddressSpace, AttributeService
 
 from lipctl.control.opcua_security import (
     INSECURE,
@@ -56,10 +64,12 @@ from lipctl.control.opcua_security import (
 )
 from lipctl.envs.process import Process
 
-NAMESPACE_URI = "urn:lipctl:plant"
+NAMESPACE_URI = "urn:lipctl:plant:nodes"  # the plant's nodes; namespace 1 is the application's
 OBJECT_NAME = "Plant"
 STEP, TIMESTAMP, PERIOD, RESET = "Step", "Timestamp", "Period", "Reset"
 DEFAULT_PORT = 4840
+UNITS_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
+UNECE_CODES = {"K": "KEL", "cm": "CMT", "V": "VLT"}  # common codes of the processes' units
 
 T = TypeVar("T")
 
@@ -80,6 +90,45 @@ def is_loopback(host: str) -> bool:
 
 def _node_id(name: str, namespace: int) -> ua.NodeId:
     return ua.NodeId(f"{OBJECT_NAME}.{name}", namespace)
+
+
+def engineering_units(unit: str) -> ua.EUInformation:
+    """OPC UA's EUInformation for a unit as a process writes it ("cm", "kmol/m3"): the UNECE
+    common code's UnitId where lipctl knows it, else -1 (none), and the unit as its name."""
+    code = UNECE_CODES.get(unit)
+    unit_id = -1 if code is None else int.from_bytes(code.encode("ascii"), "big")
+    return ua.EUInformation(UNITS_URI, unit_id, ua.LocalizedText(unit), ua.LocalizedText(unit))
+
+
+class _InputGuard(AttributeService):
+    """The server's attribute service, refusing a client's write to an input that is not a
+    finite number within the input's bounds: BadOutOfRange (BadTypeMismatch for no number),
+    the input unchanged; every other write goes through as asyncua would do it."""
+
+    def __init__(self, aspace: AddressSpace, bounds: Mapping[ua.NodeId, tuple[float, float]]
+                 ) -> None:
+        super().__init__(aspace)
+        self._bounds = bounds
+
+    def _refusal(self, item: ua.WriteValue) -> ua.StatusCode | None:
+        bounds = self._bounds.get(item.NodeId)
+        if bounds is None or item.AttributeId != ua.AttributeIds.Value:
+            return None
+        data = item.Value
+        value = None if data is None or data.Value is None else data.Value.Value
+        if ((data is not None and data.StatusCode is not None and not data.StatusCode.is_good())
+                or not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        if not (math.isfinite(value) and bounds[0] <= value <= bounds[1]):
+            return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+        return None
+
+    async def write(self, params: ua.WriteParameters, user: User) -> list[ua.StatusCode]:
+        """Per node: the refusal, or asyncua's own result for the writes that pass."""
+        refused = [self._refusal(item) for item in params.NodesToWrite]
+        passed = [item for item, no in zip(params.NodesToWrite, refused, strict=True) if not no]
+        results = iter(await super().write(ua.WriteParameters(passed), user) if passed else [])
+        return [no or next(results) for no in refused]
 
 
 class _LoopThread:
@@ -120,7 +169,8 @@ class PlantServer:
     """Serves a gymnasium env as an OPC UA plant with its own clock; see the module docstring.
 
     `port=0` picks a free port (`url` then tells which). `x0`, if given, is passed to the env's
-    reset as options["x0"]. `security`: see the module docstring (default: none). `snapshot`
+    reset as options["x0"]. `security`: see the module docstring (default: none); a secured
+    server's application URI (namespace 1) that is NAMESPACE_URI is a SettingError. `snapshot`
     is what clients read now. Use as a context manager, or call `start` and `stop`.
     """
 
@@ -134,12 +184,18 @@ class PlantServer:
         if not step_period_s > 0:
             raise ValueError(f"step_period_s must be > 0, got {step_period_s}")
         self.env, self.host, self.port = env, host, port
+        if security.secure and security.application_uri == NAMESPACE_URI:
+            raise SettingError("application_uri", "must differ from the plant's namespace URI "
+                                                  f"{NAMESPACE_URI} (namespace 1 is the "
+                                                  "application's, the plant's is 2)")
         self.step_period_s = step_period_s
         process = getattr(env.unwrapped, "process", None)
         if not isinstance(process, Process):
             raise ValueError("PlantServer serves a process plant (a ProcessEnv), got "
                              f"{type(env.unwrapped).__name__}")
+        self.process = process
         self.state_names, self.input_names = process.state_names, process.input_names
+        self._rest = np.clip(0.0, process.input_low, process.input_high)  # the inputs at reset
         self._options = None if x0 is None else {"x0": list(x0)}
         self._seed = seed
         self.security = security
@@ -147,7 +203,6 @@ class PlantServer:
         self._loop: _LoopThread | None = None
         self._clock: asyncio.Task | None = None
         self._namespace = 0
-        self._applied = np.zeros(len(self.input_names))
         self.snapshot = Snapshot(np.zeros(len(self.state_names)), 0, time.time())
 
     @property
@@ -192,27 +247,55 @@ class PlantServer:
         server.set_server_name("lipctl plant")
         await secure_server(server, self.security)
         server.allow_remote_admin(False)
-        self._namespace = await server.register_namespace(NAMESPACE_URI)
-        plant = await server.nodes.objects.add_object(ua.NodeId(OBJECT_NAME, self._namespace),
-                                                    OBJECT_NAME)
-        double, int64 = ua.VariantType.Double, ua.VariantType.Int64
-        outputs = {name: ua.Variant(0.0, double) for name in self.state_names}
-        outputs |= {STEP: ua.Variant(0, int64), TIMESTAMP: ua.Variant(0.0, double)}
-        for name, initial in outputs.items():
-            node = await plant.add_variable(_node_id(name, self._namespace), name, initial)
-            server.set_attribute_value_callback(node.nodeid,
+        # index 2, secured or not: after OPC UA's (0) and the application's (1; see __init__)
+        self._namespace = ns = await server.register_namespace(NAMESPACE_URI)
+        plant = await server.nodes.objects.add_object(ua.NodeId(OBJECT_NAME, ns),
+                                                    ua.QualifiedName(OBJECT_NAME, ns))
+        process, double, int64 = self.process, ua.VariantType.Double, ua.VariantType.Int64
+        for name, low, high, unit in zip(self.state_names, process.state_low, process.state_high,
+                                         process.state_units, strict=True):
+            await self._add_analog(plant, name, (low, high), unit)
+            server.set_attribute_value_callback(_node_id(name, ns), self._reader(name, double))
+        for name, initial in ((STEP, ua.Variant(0, int64)), (TIMESTAMP, ua.Variant(0.0, double))):
+            await plant.add_variable(_node_id(name, ns), ua.QualifiedName(name, ns), initial)
+            server.set_attribute_value_callback(_node_id(name, ns),
                                                 self._reader(name, initial.VariantType))
-        await plant.add_variable(_node_id(PERIOD, self._namespace), PERIOD,
+        await plant.add_variable(_node_id(PERIOD, ns), ua.QualifiedName(PERIOD, ns),
                                  ua.Variant(self.step_period_s, double))
-        for name in self.input_names:
-            node = await plant.add_variable(_node_id(name, self._namespace), name, 0.0)
+        bounds = {}
+        for name, low, high, unit, rest in zip(self.input_names, process.input_low,
+                                               process.input_high, process.input_units,
+                                               self._rest, strict=True):
+            node = await self._add_analog(plant, name, (low, high), unit, float(rest))
             await node.set_writable()
-        await plant.add_method(_node_id(RESET, self._namespace), RESET, self._reset_method, [], [])
+            bounds[node.nodeid] = float(low), float(high)
+        server.iserver.attribute_service = _InputGuard(server.iserver.aspace, bounds)
+        await plant.add_method(_node_id(RESET, ns), ua.QualifiedName(RESET, ns),
+                               self._reset_method, [], [])
         self._server = server
         self._reset_plant(self._seed)
         await server.start()
         self.port = server.bserver.port  # the real one when port 0 was asked for
         self._clock = asyncio.create_task(self._run_clock())
+
+    async def _add_analog(self, plant: Node, name: str, bounds: tuple[float, float], unit: str,
+                          initial: float = 0.0) -> Node:
+        """A Double variable `name` of type AnalogItemType under `plant`, with its EURange and
+        EngineeringUnits properties."""
+        ns = self._namespace
+        node = await plant.add_variable(_node_id(name, ns), ua.QualifiedName(name, ns),
+                                        ua.Variant(initial, ua.VariantType.Double))
+        await node.delete_reference(ua.NodeId(ua.ObjectIds.BaseDataVariableType),
+                                    ua.ObjectIds.HasTypeDefinition)
+        await node.add_reference(ua.NodeId(ua.ObjectIds.AnalogItemType),
+                                 ua.ObjectIds.HasTypeDefinition)
+        low, high = (float(b) for b in bounds)
+        await node.add_property(_node_id(f"{name}.EURange", ns), ua.QualifiedName("EURange", 0),
+                                ua.Range(low, high), datatype=ua.NodeId(ua.ObjectIds.Range))
+        await node.add_property(_node_id(f"{name}.EngineeringUnits", ns),
+                                ua.QualifiedName("EngineeringUnits", 0), engineering_units(unit),
+                                datatype=ua.NodeId(ua.ObjectIds.EUInformation))
+        return node
 
     async def _stop_clock(self) -> None:
         if self._clock is not None:
@@ -246,32 +329,28 @@ class PlantServer:
 
     def _reset_plant(self, seed: int | None = None) -> None:
         measurement, _ = self.env.reset(seed=seed, options=self._options)
-        self._applied = np.zeros(len(self.input_names))
         self._publish(measurement, 0)
 
     async def _reset_method(self, parent: ua.NodeId) -> list:
-        """The OPC UA method `Reset`: zero the inputs and restart the episode and the clock
-        (the first step comes one full period later)."""
+        """The OPC UA method `Reset`: zero the inputs (clipped into the bounds) and restart the
+        episode and the clock (the first step comes one full period later)."""
         await self._stop_clock()
-        for name in self.input_names:
-            zero = ua.DataValue(ua.Variant(0.0, ua.VariantType.Double))
-            await self._server.write_attribute_value(_node_id(name, self._namespace), zero)
+        for name, rest in zip(self.input_names, self._rest, strict=True):
+            value = ua.DataValue(ua.Variant(float(rest), ua.VariantType.Double))
+            await self._server.write_attribute_value(_node_id(name, self._namespace), value)
         self._reset_plant()
         self._clock = asyncio.create_task(self._run_clock())
         return []
 
     def _inputs(self) -> np.ndarray:
-        """The inputs last written; a non-finite or missing one keeps the value last applied."""
+        """The inputs last written (the guard lets only finite ones within the bounds in)."""
         aspace = self._server.iserver.aspace
-        values = [aspace.read_attribute_value(_node_id(name, self._namespace),
-                                              ua.AttributeIds.Value).Value.Value
-                  for name in self.input_names]
-        written = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        return np.where(np.isfinite(written), written, self._applied)
+        return np.array([aspace.read_attribute_value(_node_id(name, self._namespace),
+                                                     ua.AttributeIds.Value).Value.Value
+                         for name in self.input_names], dtype=np.float64)
 
     def _step(self) -> None:
-        self._applied = self._inputs()
-        measurement, *_ = self.env.step(self._applied)
+        measurement, *_ = self.env.step(self._inputs())
         self._publish(measurement, self.snapshot.step + 1)
 
     async def _run_clock(self) -> None:
@@ -288,6 +367,7 @@ _OUTAGE = (OSError, asyncio.TimeoutError, ua.UaError)
 HEARTBEAT_WRAP = 32768  # the heartbeat counts 1, 2, ..., 32767, 0, 1, ...: fits any integer type
 _NUMERIC = range(ua.VariantType.SByte.value, ua.VariantType.Double.value + 1)  # SByte..Double
 _INTEGER = range(ua.VariantType.SByte.value, ua.VariantType.UInt64.value + 1)
+_STAMPS = (*_NUMERIC, ua.VariantType.DateTime.value, ua.ObjectIds.UtcTime)
 _WRITABLE = 1 << ua.AccessLevel.CurrentWrite
 
 
@@ -580,31 +660,33 @@ class OpcUaPlant:
         self._connected_before = True
 
     async def _resolve(self, client: Client) -> _Nodes:
-        """The tags' node ids on this server, checked: each exists, inputs and heartbeat are
-        writable numbers; TagError naming the first that is not."""
+        """The tags' node ids on this server, checked: each exists and is a number (the
+        timestamp tag: a number or a DateTime), inputs and heartbeat are writable; TagError
+        naming the first that is not."""
         tags = self.tags.labelled(self.state_names, self.input_names)
         parsed = {key: parse_node(key, text) for key, text in tags}
         namespaces = await client.get_namespace_array()
         ids = await _node_ids(client, dict(tags), parsed, namespaces)
         kinds = await client.uaclient.read_attributes(list(ids.values()), ua.AttributeIds.DataType)
+        types = {}
         for (key, text), kind in zip(tags, kinds, strict=True):
             if not kind.StatusCode.is_good():
                 raise TagError(f"tag {key} {text!r} is not on the server "
                                f"({kind.StatusCode.name})")
-        types = {key: kind.Value.Value for (key, _), kind in zip(tags, kinds, strict=True)}
+            types[key] = data_type = kind.Value.Value
+            allowed = _STAMPS if key == "timestamp" else _NUMERIC
+            if data_type.NamespaceIndex != 0 or data_type.Identifier not in allowed:
+                name = (ua.ObjectIdNames.get(data_type.Identifier) if data_type.NamespaceIndex == 0
+                        else None) or data_type.to_string()
+                raise TagError(f"tag {key} {text!r} has data type {name}, not "
+                               + ("a number or a DateTime" if key == "timestamp" else "a number"))
         written = [key for key, _ in tags if key.startswith("inputs.") or key == "heartbeat"]
         access = await client.uaclient.read_attributes([ids[k] for k in written],
                                                        ua.AttributeIds.UserAccessLevel)
-        variants = {}
         for key, level in zip(written, access, strict=True):
-            text = dict(tags)[key]
             if not (level.StatusCode.is_good() and level.Value.Value & _WRITABLE):
-                raise TagError(f"tag {key} {text!r} is not writable by this client")
-            kind = types[key]
-            if kind.NamespaceIndex != 0 or kind.Identifier not in _NUMERIC:
-                raise TagError(f"tag {key} {text!r} has data type {kind.to_string()}, "
-                               "not a number")
-            variants[key] = ua.VariantType(kind.Identifier)
+                raise TagError(f"tag {key} {dict(tags)[key]!r} is not writable by this client")
+        variants = {key: ua.VariantType(types[key].Identifier) for key in written}
         own = (ua.NodeId(f"{OBJECT_NAME}.{n}", namespaces.index(NAMESPACE_URI))
                if self.own_layout else None for n in (PERIOD, RESET))
         return _Nodes([ids[f"states.{n}"] for n in self.state_names],

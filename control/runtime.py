@@ -274,13 +274,17 @@ class Runtime:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
-        """Steps, deadline misses, fallbacks by cause, period and solve-time percentiles (s)."""
+        """Steps, deadline misses, fallbacks by cause, failed plant reads and writes (steps
+        whose read or write raised), period and solve-time percentiles (s)."""
         causes = Counter(r["fallback"] for r in self.records if r["fallback"] is not None)
+        failed = Counter(event.split(":")[0] for r in self.records for event in r["events"])
         return {
             "steps": len(self.records),
             "deadline_misses": causes.get("deadline_miss", 0),
             "fallbacks": sum(causes.values()),
             "fallbacks_by_cause": dict(causes),
+            "failed_reads": failed.get("read_error", 0),
+            "failed_writes": failed.get("write_error", 0),
             "period_s": self.period_s,
             "deadline_s": self.deadline_s,
             "period": _percentiles(np.diff(self._step_starts).tolist()),

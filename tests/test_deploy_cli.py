@@ -114,6 +114,7 @@ def test_deploy_over_opcua_against_lipctl_plant_serve(files):
     assert server.returncode == 0 and "Traceback" not in err, err
     summary = json.loads((files / "opcua_run" / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["plant"] == "opcua"
+    assert summary["reconnects"] == summary["failed_reads"] == summary["failed_writes"] == 0
     assert summary["period_s"] == 0.1  # read from the server
     assert summary["period"]["p50"] == pytest.approx(0.1, abs=0.02)
     assert summary["final_in_target"]

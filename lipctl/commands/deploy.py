@@ -156,6 +156,10 @@ def _summary_line(summary: dict[str, Any]) -> str:
             + (f" ({causes})" if causes else "")
             + f"; solve p50 {ms(solve['p50'])}, p95 {ms(solve['p95'])}, max {ms(solve['max'])}"
             + f"; measured period p50 {ms(period['p50'])}, max {ms(period['max'])}")
+    failures = {"failed reads": summary["failed_reads"], "failed writes": summary["failed_writes"],
+                "reconnects": summary["reconnects"]}
+    if any(failures.values()):
+        line += "; " + ", ".join(f"{k} {v}" for k, v in failures.items() if v is not None)
     if "final_in_target" in summary:
         line += f"; final measurement in the target region: {summary['final_in_target']}"
     return line + ("; interrupted" if summary["interrupted"] else "")
@@ -213,6 +217,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         plant.close()
     summary |= {"controller": cfg.controller.name, "plant": cfg.plant.name, "env_id": plant_env,
                 "clipped_writes": getattr(plant, "clipped_writes", None),
+                "reconnects": getattr(plant, "reconnects", None),
                 "interrupted": bool(received),
                 "stopped_by_signal": received[0] if received else None,
                 "certificate": None if certificate is None else certificate.to_dict()}

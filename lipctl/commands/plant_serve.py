@@ -73,6 +73,8 @@ def serve(cfg: DictConfig) -> None:
                              None if cfg.x0 is None else list(cfg.x0),
                              allow_remote=cfg.allow_remote, seed=cfg.seed,
                              security=_security(cfg))
+    except SettingError as error:
+        raise ConfigError(f"security.{error.key}", error.message) from None
     except ValueError as error:
         raise ConfigError("host", str(error)) from None
     try:
