@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 import sys
@@ -24,6 +25,7 @@ from lipctl.cli import USAGE_EXIT_CODE
 from lipctl.control.mpc import SolverOptions
 from lipctl.envs import UnknownEnvError
 from lipctl.envs.demos import DemosError
+from lipctl.envs.files import WriteError
 from lipctl.envs.process import Process
 from lipctl.extras import LAUNCHER_EXTRAS, MissingExtra, require_extra
 
@@ -36,17 +38,31 @@ class ConfigError(ValueError):
         self.key = key
 
 
-USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError, DemosError, MissingExtra)
+USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError, DemosError, MissingExtra,
+               WriteError)
+# Failures of the storage itself, reported in one line even where no file name comes with them
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @contextmanager
 def user_errors(prog: str) -> Iterator[None]:
-    """Turn a user's mistake into one line on stderr and exit code 2, never a traceback."""
+    """Turn a user's mistake into one line on stderr and exit code 2, never a traceback; so too
+    an operating-system failure on a named file or of the storage (disk full, read-only)."""
     try:
         yield
     except USER_ERRORS as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        sys.exit(USAGE_EXIT_CODE)
+        _exit(prog, str(error))
+    except OSError as error:
+        if error.filename is not None:
+            _exit(prog, f"{error.filename}: {error.strerror}")
+        if error.errno in STORAGE_ERRNOS:
+            _exit(prog, f"a file could not be written: {error.strerror}")
+        raise
+
+
+def _exit(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)
 
 
 def _one_line(message: str) -> str:
