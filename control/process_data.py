@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lipctl.control.files import atomic_write
+from lipctl.control.files import atomic_write, load_arrays
 from lipctl.envs.process import Process
 
 SCHEMA_VERSION = 1
@@ -269,8 +269,9 @@ def save_dataset(dataset: ProcessDataset, path: str | Path) -> None:
 def load_dataset(path: str | Path, process: Process | None = None) -> ProcessDataset:
     """Read a record written by `save_dataset`; a wrong schema version, shapes, non-finite rows
     or (given `process`) data of another process raise ValueError."""
-    with np.load(path, allow_pickle=False) as record:
-        fields = dict(record)
+    fields = load_arrays(path, ValueError, "dataset",
+                         "a process dataset record (.npz written by lipctl data; a plant log is "
+                         "imported with lipctl data env=NAME import=LOG.csv)")
     required = {"x0", "u", "targets", "split", "state_mean", "state_std", "input_mean",
                 "input_std", "schema_version", "plant_id", "state_names", "input_names",
                 "sampling_period", "substeps"}

@@ -39,7 +39,7 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import atomic_write, load_arrays
 
 SCHEMA_VERSION = 1
 FORMAT = "lipctl-demos"
@@ -167,11 +167,8 @@ def load_demos(path: str | Path, env: gym.Env | str | None = None, subsample: in
     path = Path(path)
     if not path.is_file():
         raise DemosError(f"demonstrations file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as record:
-            fields = dict(record)
-    except Exception as failure:  # zipfile/pickle/format errors of a foreign file
-        raise DemosError(f"cannot read demonstrations {path}: {failure}".splitlines()[0]) from None
+    fields = load_arrays(path, DemosError, "demonstrations",
+                         "a lipctl demonstrations file (.npz written by lipctl demos)")
     missing = [name for name in _FIELDS if name not in fields]
     if "format" not in fields or str(fields["format"]) != FORMAT:
         raise DemosError(f"{path} is not a lipctl demonstrations file")
