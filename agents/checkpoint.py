@@ -14,6 +14,11 @@ class CheckpointError(RuntimeError):
 
 
 FORMAT_VERSION = 2  # 2: SAC keeps a plain target critic, its state scale and the eval probe
+# What every reader of a checkpoint needs: the run's config, its certificates and its weights (an
+# off-policy learner's `agent`, with the loop state a resume or a planner reads, or behaviour
+# cloning's `policy`)
+REQUIRED = ("config", "certificates")
+LEARNER_REQUIRED = ("agent", "step", "episodes", "buffer", "batch_source", "reward_source", "rng")
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -22,6 +27,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint`, never executing code from it."""
-    return load_data(path, (FORMAT_VERSION,), CheckpointError, "checkpoint",
-                     f"a lipctl checkpoint (format {FORMAT_VERSION})", map_location)
+    """Load a checkpoint written by `save_checkpoint`, never executing code from it; one without
+    what its readers need is a CheckpointError naming what is missing."""
+    state = load_data(path, (FORMAT_VERSION,), CheckpointError, "checkpoint",
+                      f"a lipctl checkpoint (format {FORMAT_VERSION})", map_location)
+    required = (*REQUIRED, *(LEARNER_REQUIRED if "policy" not in state else ("policy",)))
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete checkpoint: no {', '.join(missing)}")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is an incomplete checkpoint: its config is not a mapping")
+    return state

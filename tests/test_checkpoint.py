@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from lipctl.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lipctl.agents.checkpoint import (
+    LEARNER_REQUIRED,
+    REQUIRED,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+COMPLETE = {key: {} for key in (*REQUIRED, *LEARNER_REQUIRED)}  # what a reader needs
 
 
 def test_round_trip_of_data_only_state(tmp_path):
     rng = np.random.default_rng(0)
-    state = {"step": 7, "weights": torch.arange(3.0), "rng": rng.bit_generator.state,
+    state = {**COMPLETE, "step": 7, "weights": torch.arange(3.0), "rng": rng.bit_generator.state,
              "torch_rng": torch.get_rng_state(), "config": {"env": {"id": "Pendulum-v1"}}}
     path = tmp_path / "run" / "checkpoint.pt"
     save_checkpoint(path, state)
@@ -26,9 +34,9 @@ def test_round_trip_of_data_only_state(tmp_path):
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"step": 1})
+    save_checkpoint(path, {**COMPLETE, "step": 1})
     with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
-        save_checkpoint(path, {"step": 2, "bad": lambda: None})  # not picklable
+        save_checkpoint(path, {**COMPLETE, "step": 2, "bad": lambda: None})  # not picklable
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
