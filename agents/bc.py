@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from lipctl.agents.progress import progress_bar
 from lipctl.agents.trainer import MetricsLogger
 from lipctl.control.policy import sampled_lower_bound
 from lipctl.lipschitz import Certificate, certify, lipschitz_mlp
@@ -147,7 +147,7 @@ def fit_bc(policy: BCPolicy, observations: np.ndarray, actions: np.ndarray,
     policy.fit_scalers(obs[train_rows], act[train_rows])
     optimiser = torch.optim.Adam(policy.parameters(), lr=settings.lr)
     best, best_state, best_epoch, epoch = float("inf"), None, 0, 0
-    bar = tqdm(range(1, settings.epochs + 1), desc="bc", disable=not progress, leave=False)
+    bar = progress_bar(range(1, settings.epochs + 1), enabled=progress, desc="bc", leave=False)
     for epoch in bar:
         policy.train()
         order = train_rows[torch.randperm(len(train_rows), generator=generator).to(device)]
@@ -166,9 +166,11 @@ def fit_bc(policy: BCPolicy, observations: np.ndarray, actions: np.ndarray,
         score = float(metrics.get("holdout_mse", metrics["train_mse"]))
         if score < best * (1 - 1e-4):
             best, best_state, best_epoch = score, copy.deepcopy(policy.state_dict()), epoch
-        bar.set_postfix(mse=f"{float(metrics['train_mse']):.3g}", score=f"{score:.3g}")
+        bar.set_postfix(mse=f"{float(metrics['train_mse']):.3g}", score=f"{score:.3g}",
+                        refresh=False)
         if epoch - best_epoch >= settings.patience:
             break
+    bar.close()
     policy.load_state_dict(best_state)
     holdout = _mse(policy, obs[holdout_rows], act[holdout_rows]) if len(holdout_rows) else None
     return BCFit(float(_mse(policy, obs[train_rows], act[train_rows])),
