@@ -12,16 +12,25 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.checkpoint import save_checkpoint
+from lipctl.agents.progress import progress_bar
 from lipctl.agents.sources import BatchSource, EnvironmentReward, ReplaySource, RewardSource
 from lipctl.control import Controller, returns, run
 from lipctl.envs import env_spaces
 from lipctl.lipschitz import Certificate
 
-PROBE_STATES = 256  # buffer rows, evenly spaced at the first evaluation, for the state constant
+PROBE_STATES = 256  # buffer rows, evenly spaced at the first measurement, for the state constant
+CERTIFICATE_ROWS = 256  # buffer rows the sampled lower bounds start from
+
+
+def certificate_inputs(buffer: ReplayBuffer) -> Tensor:
+    """Critic inputs [B, n + m] the sampled lower bounds start from: `CERTIFICATE_ROWS` stored
+    transitions evenly spaced over the buffer, so no random stream is drawn from."""
+    rows = buffer.spread(CERTIFICATE_ROWS)
+    return torch.cat([rows.obs, rows.action], dim=-1)
+
 
 class Learner(Protocol):
     """An off-policy learner the loop can drive (SAC is the reference one)."""
@@ -102,6 +111,7 @@ class OffPolicyTrainer:
         self.last_eval: float | None = None
         self.certificates: dict[str, dict] = {}
         self.state_lipschitz: dict[str, float] = {}
+        self.measured_step: int | None = None  # the step the two above were measured at
         self.probe: dict[str, Tensor] | None = None  # fixed states for the critics' state constant
         self.seconds = {"wall": 0.0, "sac_update": 0.0}  # cumulative, kept across resumes
         self._wall_origin = time.perf_counter()
@@ -119,8 +129,8 @@ class OffPolicyTrainer:
         returns the last mean evaluation return."""
         s = self.settings
         obs, episode_return, metrics = self._reset_env(), 0.0, {}
-        bar = tqdm(total=s.total_steps, initial=self.step, disable=not self.progress,
-                   unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=s.total_steps, initial=self.step, enabled=self.progress,
+                           unit="step", dynamic_ncols=True)
         clock, clock_step = time.perf_counter(), self.step
         self._wall_origin = clock - self.seconds["wall"]
         while self.step < s.total_steps:
@@ -184,20 +194,10 @@ class OffPolicyTrainer:
         episode_returns = returns(run(controller, self.eval_env, self.settings.eval_episodes,
                                       seed=self.settings.seed + 10_000))
         self.last_eval = float(episode_returns.mean())
-        batch = self.buffer.sample(min(256, len(self.buffer)))
-        inputs = torch.cat([batch.obs, batch.action], dim=-1)
-        certificates = {**self.agent.critic_certificates(inputs),
-                        **self.reward_source.certificates(inputs)}
-        self.certificates = {name: c.to_dict() for name, c in certificates.items()}
         lipschitz = {}
-        for name, c in certificates.items():
+        for name, c in self.measure_lipschitz().items():
             lipschitz[f"{name}_upper"] = c.upper
             lipschitz[f"{name}_lower"] = c.lower
-        if self.probe is None:  # chosen at the first evaluation, kept for the whole run
-            spread = self.buffer.spread(PROBE_STATES)
-            self.probe = {"obs": spread.obs, "action": spread.action}
-        self.state_lipschitz = self.agent.critic_state_lipschitz(self.probe["obs"],
-                                                                 self.probe["action"])
         lipschitz |= {f"{name}_state_lipschitz": value
                       for name, value in self.state_lipschitz.items()}
         self.logger.log("eval", self.step, {"return_mean": self.last_eval,
@@ -205,7 +205,28 @@ class OffPolicyTrainer:
                                             **lipschitz})
         return self.last_eval
 
+    def measure_lipschitz(self) -> dict[str, Certificate]:
+        """Certificates of the critics and of the reward source's networks, and the critics'
+        state constant on the probe, for the weights as they are now; kept in `certificates`,
+        `state_lipschitz` and `measured_step`. The critics' figures draw from none of the run's
+        random streams, so measuring does not change the run."""
+        inputs = certificate_inputs(self.buffer)
+        certificates = {**self.agent.critic_certificates(inputs),
+                        **self.reward_source.certificates(inputs)}
+        self.certificates = {name: c.to_dict() for name, c in certificates.items()}
+        if self.probe is None:  # chosen at the first measurement, kept for the whole run
+            spread = self.buffer.spread(PROBE_STATES)
+            self.probe = {"obs": spread.obs, "action": spread.action}
+        self.state_lipschitz = self.agent.critic_state_lipschitz(self.probe["obs"],
+                                                                 self.probe["action"])
+        self.measured_step = self.step
+        return certificates
+
     def state_dict(self) -> dict:
+        """Everything a resume needs, with the Lipschitz figures of exactly these weights
+        (measured now unless they were measured at this step)."""
+        if self.measured_step != self.step:
+            self.measure_lipschitz()
         return {
             "step": self.step,
             "episodes": self.episodes,
@@ -216,6 +237,7 @@ class OffPolicyTrainer:
             "reward_source": self.reward_source.state_dict(),
             "certificates": self.certificates,
             "state_lipschitz": self.state_lipschitz,
+            "measured_step": self.measured_step,
             "probe": self.probe,
             "seconds": self.seconds,
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
@@ -232,6 +254,7 @@ class OffPolicyTrainer:
         self.reward_source.load_state_dict(state["reward_source"])
         self.certificates = state["certificates"]
         self.state_lipschitz = state["state_lipschitz"]
+        self.measured_step = state.get("measured_step")  # None: an older file, measure anew
         probe = state["probe"]
         self.probe = None if probe is None else {k: v.to(self.buffer.device)
                                                  for k, v in probe.items()}

@@ -34,6 +34,7 @@ def evaluate(cfg: DictConfig) -> tuple[float, float]:
     state = load_checkpoint(cfg.checkpoint, map_location=device)
     run_cfg = OmegaConf.create(state["config"])
     env = make_agent_env(run_cfg)
+    certificates = state["certificates"]  # measured for the weights in the file
     if is_behaviour_cloning(run_cfg):  # a small MLP: acts on the CPU
         controller = ModuleController(bc_policy(run_cfg, env, state["policy"]))
     else:
@@ -42,12 +43,17 @@ def evaluate(cfg: DictConfig) -> tuple[float, float]:
                             device=device)
         agent.load_state_dict(state["agent"])
         controller = agent.controller(low, high)
+        if state.get("measured_step") != state["step"]:
+            # written by an older lipctl, whose figures are an earlier evaluation's: the
+            # critics' certificates recomputed for these weights
+            certificates = {name: c.to_dict()
+                            for name, c in agent.critic_certificates().items()}
     episode_returns = returns(run(controller, env, cfg.episodes, seed=cfg.seed))
     env.close()
     mean, std = float(episode_returns.mean()), float(episode_returns.std())
     step = f" | step {state['step']}" if "step" in state else ""  # behaviour cloning has none
     print(f"{run_cfg.env.id}{step} | {cfg.episodes} episodes | return {mean:.1f} +- {std:.1f}")
-    for name, certificate in state["certificates"].items():
+    for name, certificate in certificates.items():
         lower = certificate["lower"]
         print(f"{name}: Lipschitz upper {certificate['upper']:.4g} ({certificate['method']})"
               + ("" if lower is None else f", sampled lower {lower:.4g}"))
