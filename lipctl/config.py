@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import re
 import sys
@@ -47,7 +48,10 @@ STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 @contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Turn a user's mistake into one line on stderr and exit code 2, never a traceback; so too
-    an operating-system failure on a named file or of the storage (disk full, read-only)."""
+    an operating-system failure on a named file or of the storage (disk full, read-only). While
+    it runs, a log handler that cannot write (a full disk) drops the record without printing a
+    traceback of its own: the write of lipctl's that fails says it in one line."""
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         yield
     except USER_ERRORS as error:
@@ -58,6 +62,8 @@ def user_errors(prog: str) -> Iterator[None]:
         if error.errno in STORAGE_ERRNOS:
             _exit(prog, f"a file could not be written: {error.strerror}")
         raise
+    finally:
+        logging.raiseExceptions = raise_exceptions
 
 
 def _exit(prog: str, message: str) -> None:

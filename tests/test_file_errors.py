@@ -6,6 +6,7 @@ clear line, never a traceback, a KeyError or numpy's advice to load them unsafel
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import resource
 import signal
@@ -126,6 +127,23 @@ def test_user_errors_turns_os_errors_into_one_line(tmp_path, capsys):
                                       f"{FILE_TOO_LARGE}\n"
     with pytest.raises(ConnectionRefusedError), user_errors("lipctl x"):
         raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")  # not a file's: raised on
+
+
+def test_a_log_file_on_a_full_disk_prints_no_traceback_of_its_own(tmp_path, capsys):
+    log = logging.getLogger("lipctl.test_file_errors")
+    handler = logging.FileHandler(tmp_path / "job.log")
+    log.addHandler(handler)
+    try:
+        with user_errors("lipctl x"), file_size_limit(100):
+            log.warning("x" * 1000)  # the handler's flush fails with EFBIG
+        assert capsys.readouterr().err == ""
+        assert logging.raiseExceptions  # as it was outside
+        with file_size_limit(100):
+            log.warning("x" * 1000)
+        assert "--- Logging error ---" in capsys.readouterr().err  # what it spares the user
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 @pytest.mark.slow
