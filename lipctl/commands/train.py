@@ -51,9 +51,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RESUMABLE_KEYS = ("resume", "progress", "logger", "device", "torch_threads")
 # Keys that reach a run only through loop.total_steps (checked there).
 BUDGET_SOURCES = ("env.total_steps", "env.mbpo.total_steps", "agent.total_steps")
+SHOWN_KEYS = 4  # changed keys a refused resume names (then a count of the others)
 # What a run writes besides its checkpoint and Hydra's job log; an earlier attempt's copies are
 # moved aside when a new run starts in the same folder.
-RUN_OUTPUTS = ("*.csv", "tensorboard", "wandb", "summary.json", ".hydra")
+RUN_OUTPUTS = ("*.csv", "*.csv.tmp", "tensorboard", "wandb", "summary.json", ".hydra")
 
 
 class _Unset:
@@ -276,13 +277,13 @@ def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
     if total in changed and isinstance(old.get(total), int) and new[total] > old[total]:
         changed.remove(total)
     if changed:
+        shown, more = changed[:SHOWN_KEYS], len(changed) - SHOWN_KEYS
         values = ", ".join(f"{key} {old.get(key, _UNSET)!r} -> {new.get(key, _UNSET)!r}"
-                           for key in changed)
-        raise ConfigError(", ".join(changed), f"resume=true cannot change the config of the run "
-                                              f"in {run_dir} ({values}); only "
-                                              f"{', '.join(RESUMABLE_KEYS)} may change, and "
-                                              f"loop.total_steps grow (set hydra.run.dir for a "
-                                              f"new run)")
+                           for key in shown)
+        keys = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+        raise ConfigError(keys, f"resume=true cannot change the config of the run in {run_dir} "
+                                f"({values}); only {', '.join(RESUMABLE_KEYS)} may change, and "
+                                f"loop.total_steps grow (set hydra.run.dir for a new run)")
 
 
 def accept_run(cfg: DictConfig, run_dir: Path, resumed: bool) -> None:
