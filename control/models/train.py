@@ -17,13 +17,20 @@ from lipctl.control.process_data import ProcessDataset
 @dataclass(frozen=True)
 class FitResult:
     """Per-epoch train/val MSE, the clean-target test MSE of the kept weights (the best
-    validation epoch's, or the last epoch's without early stopping), that epoch and the
-    training wall time."""
+    validation epoch's, or the last epoch's without early stopping), that epoch, the training
+    wall time and the test MSE of predicting no change (`persistence_mse`), the baseline a
+    model must beat to be of use."""
 
     history: list[dict[str, float]]
     test_mse: float
     best_epoch: int
     seconds: float
+    baseline_mse: float
+
+    @property
+    def beats_baseline(self) -> bool:
+        """Whether the model predicts better than no change."""
+        return self.test_mse < self.baseline_mse
 
 
 @torch.no_grad()
@@ -35,6 +42,14 @@ def mse(model: ProcessModel, z: Tensor, y: Tensor) -> Tensor:
         return torch.mean((model(z) - y) ** 2)
     finally:
         model.train(training)
+
+
+def persistence_mse(data: ProcessDataset, split: str) -> float:
+    """Scaled MSE on `split` of predicting no change, x(t) = x0 at every sub-step of the period:
+    the persistence baseline."""
+    _, y = data.sequences(split)
+    unchanged = data.state_scaler.transform(data.x0[data.rows(split)])[:, None]
+    return float(np.mean((unchanged - y) ** 2))
 
 
 def _tensors(data: ProcessDataset, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -98,4 +113,5 @@ def fit(model: ProcessModel, data: ProcessDataset, epochs: int = 200, lr: float 
     if patience is not None:
         model.load_state_dict(best_state)
     test = float(mse(model, z_test, y_test))
-    return FitResult(history, test, best_epoch, time.perf_counter() - start)
+    return FitResult(history, test, best_epoch, time.perf_counter() - start,
+                     persistence_mse(data, "test"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -59,6 +60,7 @@ def build(cfg: DictConfig, data: ProcessDataset) -> ProcessModel:
 def fit_model(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.torch_threads)
     data = read_data(cfg.data, process_of(cfg))
+    torch.manual_seed(cfg.seed)  # the initial weights; fit's seed drives noise and batches
     model = build(cfg, data)
     result = fit(model, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                  target_noise_sigma=cfg.noise, seed=cfg.seed, patience=cfg.patience)
@@ -66,9 +68,14 @@ def fit_model(cfg: DictConfig) -> None:
     certificate = certify_model(model, torch.from_numpy(z[:512]))
     save_model(cfg.out, model, data, certificate)
     print(f"{cfg.out}: {cfg.model.name} of {data.plant_id}, noise {cfg.noise}, test MSE "
-          f"{result.test_mse:.5f} (scaled), best epoch {result.best_epoch}, "
+          f"{result.test_mse:.5f} (scaled; predicting no change: {result.baseline_mse:.5f}), "
+          f"best epoch {result.best_epoch} of {len(result.history)} run, "
           f"{result.seconds:.1f} s; Lipschitz upper {certificate.upper:.4g} "
           f"({certificate.method}), sampled lower {certificate.lower:.4g}")
+    if not result.beats_baseline:
+        print(f"lipctl fit: warning: {cfg.out} predicts worse than no change (test MSE "
+              f"{result.test_mse:.5f} >= {result.baseline_mse:.5f}); train longer (epochs, "
+              "patience), try another model, or check the data", file=sys.stderr)
 
 
 def main(cfg: DictConfig) -> None:
