@@ -202,8 +202,12 @@ class GAILReward:
 
     def certificates(self, inputs: Tensor | None = None) -> dict[str, Certificate]:
         """Certified upper and sampled lower Lipschitz bound of the discriminator's logit; the
-        lower bound starts from expert rows and the policy's replay `inputs` [B, n + m]."""
-        data = self._expert_rows(256)
+        lower bound starts from 256 expert rows evenly spaced over the demonstrations (no random
+        stream is drawn from, so certifying never changes the run) and the policy's replay
+        `inputs` [B, n + m]."""
+        spaced = torch.linspace(0, len(self.expert_inputs) - 1, min(256, len(self.expert_inputs)),
+                                device=self.device).long()
+        data = self.expert_inputs[spaced]
         if inputs is not None:
             data = torch.cat([data, inputs])
         was_training = self.discriminator.training
