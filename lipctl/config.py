@@ -249,3 +249,11 @@ def require_state_vector(cfg: DictConfig, key: str, process: Process,
         raise ConfigError(key, f"must hold {process.state_size} numbers [{names}], got {shown}")
     for i in range(process.state_size):
         require_number(cfg, f"{key}.{i}", minimum)
+
+
+def require_in_box(cfg: DictConfig, key: str, process: Process) -> None:
+    """cfg[key], a state vector of `process` (checked by `require_state_vector`), lies inside
+    the process's state box; ConfigError naming each state outside and the bound it breaks."""
+    outside = process.box_violations(list(OmegaConf.select(cfg, key)))
+    if outside:
+        raise ConfigError(key, f"{outside} of the {process.name} state box")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from lipctl.control.files import atomic_write, writing
 
 BACKENDS = ("csv", "tensorboard", "wandb")
 
@@ -64,12 +66,11 @@ class CsvWriter:
 
     @staticmethod
     def _write(path: Path, columns: list[str], rows: list[dict]) -> None:
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
     def write(self, group: str, step: int, values: Mapping[str, float]) -> None:
         path = self.run_dir / f"{group}.csv"
@@ -78,7 +79,7 @@ class CsvWriter:
             columns = (columns or ["step"]) + [k for k in values if k not in (columns or [])]
             self._write(path, columns, self._read(path) if path.exists() else [])
             self.columns[group] = columns
-        with path.open("a", newline="") as f:
+        with writing(path), path.open("a", newline="") as f:
             csv.DictWriter(f, columns, restval="").writerow({"step": step, **values})
 
 

@@ -36,6 +36,7 @@ from lipctl.envs import make_env
 from lipctl.envs.cstr import CSTR
 from lipctl.envs.demos import DemosError, from_episodes, load_demos, save_demos
 from lipctl.envs.experts import make_expert
+from lipctl.logger import CsvWriter
 from lipctl.planning import read_planning_parts
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
@@ -111,6 +112,22 @@ def test_a_refused_write_names_the_path_and_keeps_the_earlier_file(tmp_path, dat
     assert refused.value.errno == errno.EFBIG and refused.value.filename == str(path)
     assert read(path) == before
     assert siblings(path) == ["file"]  # no temp file left behind
+
+
+def test_a_refused_csv_log_write_names_the_file_and_keeps_its_rows(tmp_path):
+    writer = CsvWriter(tmp_path)
+    writer.write("train", 1, {"loss": 0.5})
+    path = tmp_path / "train.csv"
+    before = path.read_text()
+    with file_size_limit(path.stat().st_size + 10):
+        with pytest.raises(WriteError) as appended:
+            writer.write("train", 2, {"loss": 0.25 + 1e-9})  # an append past the limit
+        with pytest.raises(WriteError) as rewritten:
+            writer.write("train", 2, {"loss": 0.25, "a_new_column": 1.0})  # a rewrite
+    for refused in (appended, rewritten):
+        assert str(refused.value) == f"cannot write {path}: {FILE_TOO_LARGE}"
+    assert path.read_text().startswith(before)
+    assert siblings(path) == ["train.csv"]  # no temp file left behind
 
 
 def test_user_errors_turns_os_errors_into_one_line(tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_module
 
+from lipctl.commands import plant_serve
 from lipctl.commands.mpc import validate
 from lipctl.config import ConfigError
 from lipctl.envs.cstr import CSTR
@@ -13,9 +14,9 @@ from lipctl.envs.quadtank import quadtank_process
 from tests.helpers import assert_user_error, lipctl
 
 
-def mpc_config(*overrides: str):
+def mpc_config(*overrides: str, command: str = "mpc"):
     with initialize_config_module(config_module="lipctl.conf", version_base=None):
-        return compose("mpc", overrides=list(overrides))
+        return compose(command, overrides=list(overrides))
 
 
 def test_box_violations_name_each_state_and_bound():
@@ -48,3 +49,10 @@ def test_validate_accepts_the_default_starts():
 def test_cli_exits_2_for_a_start_outside_the_box(workdir):
     assert_user_error(lipctl("mpc", "env=cstr", "start=[100.0,1000.0]", cwd=workdir),
                       "lipctl mpc: error: start: CA = 100 is above the upper bound 1.697 kmol/m3")
+
+
+def test_plant_serve_refuses_an_initial_state_outside_the_box():
+    with pytest.raises(ConfigError) as error:
+        plant_serve.validate(mpc_config("env=cstr", "x0=[0.0,500.0]", command="plant_serve"))
+    assert str(error.value) == "x0: T = 500 is above the upper bound 76.6 K of the cstr state box"
+    plant_serve.validate(mpc_config("env=cstr", "x0=[0.0,5.0]", command="plant_serve"))

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from lipctl.config import (
     ConfigError,
     process_of,
+    require_in_box,
     require_number,
     require_state_vector,
     solver_options,
@@ -41,9 +42,7 @@ def validate(cfg: DictConfig) -> Process:
     require_number(cfg, "steps", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
     require_state_vector(cfg, "start", process)
-    outside = process.box_violations(list(cfg.start))
-    if outside:
-        raise ConfigError("start", f"{outside} of the {process.name} state box")
+    require_in_box(cfg, "start", process)
     for key in ("obs_noise_std", "disturbance_std"):
         require_state_vector(cfg, key, process, minimum=0, allow_none=True)
     for step, setpoint in (cfg.setpoints or {}).items():

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from lipctl.config import (
     ConfigError,
     process_of,
+    require_in_box,
     require_number,
     require_state_vector,
     user_errors,
@@ -48,6 +49,8 @@ def validate(cfg: DictConfig) -> None:
     require_number(cfg, "period_s", 0, exclusive=True)
     require_number(cfg, "seed", 0, integer=True, allow_none=True)
     require_state_vector(cfg, "x0", process, allow_none=True)
+    if cfg.x0 is not None:
+        require_in_box(cfg, "x0", process)
     require_state_vector(cfg, "obs_noise_std", process, minimum=0, allow_none=True)
     require_state_vector(cfg, "disturbance_std", process, minimum=0, allow_none=True)
     security = _security(cfg)

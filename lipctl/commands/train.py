@@ -54,7 +54,7 @@ BUDGET_SOURCES = ("env.total_steps", "env.mbpo.total_steps", "agent.total_steps"
 SHOWN_KEYS = 4  # changed keys a refused resume names (then a count of the others)
 # What a run writes besides its checkpoint and Hydra's job log; an earlier attempt's copies are
 # moved aside when a new run starts in the same folder.
-RUN_OUTPUTS = ("*.csv", "*.csv.tmp", "tensorboard", "wandb", "summary.json", ".hydra")
+RUN_OUTPUTS = ("*.csv", "tensorboard", "wandb", "summary.json", ".hydra")
 
 
 class _Unset:
