@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from lipctl.agents.buffer import ReplayBuffer
-from lipctl.agents.checkpoint import load_checkpoint, save_checkpoint
+from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.td3 import TD3
 from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.envs import make_env
@@ -87,8 +87,8 @@ def test_state_dict_round_trip_gives_identical_actions_and_updates(tmp_path):
     buffer = random_batch()
     for _ in range(3):
         agent.update(buffer.sample(16))
-    save_checkpoint(tmp_path / "agent.pt", agent.state_dict())
-    other.load_state_dict(load_checkpoint(tmp_path / "agent.pt"))
+    torch.save(agent.state_dict(), tmp_path / "agent.pt")
+    other.load_state_dict(torch.load(tmp_path / "agent.pt", weights_only=True))  # plain data
     obs = np.array([0.1, -0.3, 0.5], dtype=np.float32)
     np.testing.assert_array_equal(agent.act(obs, deterministic=True),
                                   other.act(obs, deterministic=True))
