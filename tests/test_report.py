@@ -21,6 +21,25 @@ def test_iqm_ignores_the_outer_quartiles():
     assert interval_estimate([3.0] * 6)[1:] == (3.0, 3.0)
 
 
+def test_median_is_over_seeds_not_the_mean():
+    # one heavy-tailed seed: the median of [1, 2, 3, 4, 1000] is 3, its mean 202
+    point, low, high = interval_estimate([4.0, 1000.0, 2.0, 3.0, 1.0], "median")
+    assert point == pytest.approx(3.0)
+    assert 1.0 <= low <= point <= high <= 1000.0
+    assert interval_estimate([1.0, 2.0, 3.0, 4.0, 1000.0, 2000.0], "median")[0] == 3.5
+    assert interval_estimate([1.0, 2.0, 3.0, 4.0, 1000.0], "mean")[0] == pytest.approx(202.0)
+
+
+def test_iqm_trims_a_whole_number_of_seeds_from_each_end():
+    # rliable's IQM is scipy's trim_mean(0.25): floor(n / 4) scores cut from each end, no
+    # fractional weights. n = 5 cuts 1: mean(2, 3, 4) = 3.
+    point, low, high = interval_estimate([1.0, 2.0, 3.0, 4.0, 1000.0], "iqm")
+    assert point == pytest.approx(3.0) and low <= point <= high
+    # n = 6 cuts 1 (not 1.5): mean(1, 2, 10, 20) = 8.25, where half-weighting the edges would
+    # give (0.5 + 2 + 10 + 10) / 3 = 7.5
+    assert interval_estimate([100.0, 0.0, 20.0, 1.0, 10.0, 2.0], "iqm")[0] == pytest.approx(8.25)
+
+
 def test_probability_of_improvement_of_seeds():
     point, low, high = probability_of_improvement([5.0, 6.0, 7.0], [1.0, 2.0, 3.0])
     assert (point, low, high) == (1.0, 1.0, 1.0)

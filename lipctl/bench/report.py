@@ -40,17 +40,21 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
 
 def interval_estimate(values: Sequence[float], aggregate: str = "median",
                       reps: int = 2000) -> tuple[float, float, float]:
-    """(point, low, high): `aggregate` of per-seed scores and its stratified-bootstrap 95%
-    interval, from rliable."""
+    """(point, low, high): the median, IQM or mean over seeds of per-seed scores and its
+    stratified-bootstrap 95% interval, from rliable. The scores are one task's runs (an
+    [n, 1] matrix), so the IQM (rliable's 25% trimmed mean of all scores, trimming
+    floor(n / 4) from each end) and the mean are over seeds as rliable computes them; the
+    median is numpy's over the runs axis, because rliable's `aggregate_median` is the median
+    over tasks of per-task means, which for one task is the mean."""
     from rliable import library as rly  # imports pandas and arch: only when tables are made
     from rliable import metrics
 
-    function = {"median": metrics.aggregate_median, "iqm": metrics.aggregate_iqm,
-                "mean": metrics.aggregate_mean}[aggregate]
+    function = {"median": lambda s: np.median(s, axis=0),
+                "iqm": lambda s: np.array([metrics.aggregate_iqm(s)]),
+                "mean": lambda s: np.array([metrics.aggregate_mean(s)])}[aggregate]
     scores = {"x": np.asarray(values, dtype=np.float64).reshape(-1, 1)}
     with _seeded_bootstrap():
-        point, interval = rly.get_interval_estimates(
-            scores, lambda s: np.array([function(s)]), reps=reps)
+        point, interval = rly.get_interval_estimates(scores, function, reps=reps)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
