@@ -17,7 +17,7 @@ from lipctl.lipschitz import (
     certify,
     lipschitz_mlp,
     robust_loss,
-    shared_spectral_weights,
+    shared_weights,
 )
 
 EPS_UNITS = ("std", "raw")  # robust_eps in units of the states' per-dimension std, or raw
@@ -106,7 +106,7 @@ class CriticLearner(ABC):
         self.critic_target.requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, fused=True)
         self._target = list(self.critic_target.parameters())
-        with torch.no_grad(), shared_spectral_weights(self.critic, detach=True) as weights:
+        with torch.no_grad(), shared_weights(self.critic, detach=True) as weights:
             torch._foreach_copy_(self._target, self._effective_parameters(weights))
 
     @abstractmethod
@@ -135,7 +135,7 @@ class CriticLearner(ABC):
         effective weights of this step (for the actor loss and the target) and detached
         metrics."""
         metrics = {}
-        with shared_spectral_weights(self.critic) as weights:
+        with shared_weights(self.critic) as weights:
             q = self.critic(batch.obs, batch.action)
             critic_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
             if self.robust_weight > 0:
@@ -153,7 +153,7 @@ class CriticLearner(ABC):
         """Q [E, B] through the critic's effective `weights`, differentiable in `action` only
         (an actor loss needs no critic weight gradients)."""
         self.critic.requires_grad_(False)
-        with shared_spectral_weights(self.critic, detach=True, weights=weights):
+        with shared_weights(self.critic, detach=True, weights=weights):
             q = self.critic(obs, action)
         self.critic.requires_grad_(True)
         return q

@@ -14,14 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from lipctl.envs.lti import LTISystem
-from lipctl.lipschitz import freeze_spectral, project_to_ball
+from lipctl.lipschitz import freeze, project_to_ball
 
 
 class LTILoop:
     """Batched rollouts of u_t = policy(x_t + delta_t) on `system`, in float64."""
 
     def __init__(self, policy: nn.Module, system: LTISystem):
-        self.policy = freeze_spectral(copy.deepcopy(policy)).double().eval().requires_grad_(False)
+        self.policy = freeze(copy.deepcopy(policy)).double().eval().requires_grad_(False)
         self.a, self.b, self.q, self.r = (torch.as_tensor(m, dtype=torch.float64)
                                           for m in (system.a, system.b, system.q, system.r))
         self.horizon = system.horizon

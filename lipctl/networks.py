@@ -31,7 +31,7 @@ from lipctl.control.models import (
 from lipctl.control.models.io import FORMAT as MODEL_FORMAT
 from lipctl.control.policy import ScaledPolicy, policy_certificate
 from lipctl.envs import env_spaces, make_env
-from lipctl.lipschitz import freeze_spectral
+from lipctl.lipschitz import freeze
 from lipctl.lipschitz.certificates import Certificate
 from lipctl.runtime import uses_absorbing_states
 
@@ -108,7 +108,7 @@ def _policy(state: dict, path: Path, tier: str) -> Network:
         np.stack([env.reset(seed=i)[0] for i in range(PROBE_SAMPLES)]), dtype=torch.float32)
     try:
         if is_behaviour_cloning(run_cfg):
-            policy = freeze_spectral(bc_policy(run_cfg, env, weights)).eval()  # exportable
+            policy = freeze(bc_policy(run_cfg, env, weights)).eval()  # exportable
             certificate = policy.certificate(observations, tier)
         else:
             policy, mlp = _learner_policy(run_cfg, env, weights)

@@ -11,14 +11,15 @@ from lipctl.lipschitz.certificates import (
     pair_ratio_ascent,
     upper_bound,
 )
-from lipctl.lipschitz.layers import (
-    GroupSort,
-    MaxMin,
-    SpectralLinear,
-    freeze_spectral,
-    lipschitz_mlp,
-    shared_spectral_weights,
+from lipctl.lipschitz.family import (
+    FAMILIES,
+    LipschitzLinear,
+    layer_family,
+    post_step,
+    register_family,
+    shared_weights,
 )
+from lipctl.lipschitz.layers import GroupSort, MaxMin, freeze, lipschitz_mlp
 from lipctl.lipschitz.lipsdp import (
     certified_rho,
     check_lmi,
@@ -34,11 +35,14 @@ from lipctl.lipschitz.regularizers import (
     project_to_ball,
     robust_loss,
 )
+from lipctl.lipschitz.spectral import SpectralLinear  # each family module registers itself
 
 __all__ = [
+    "FAMILIES",
     "TIERS",
     "Certificate",
     "GroupSort",
+    "LipschitzLinear",
     "MaxMin",
     "SpectralLinear",
     "adversarial_perturbation",
@@ -47,8 +51,11 @@ __all__ = [
     "check_lmi",
     "eclipse_fast_bound",
     "eclipse_fast_multipliers",
-    "freeze_spectral",
-    "shared_spectral_weights",
+    "freeze",
+    "layer_family",
+    "post_step",
+    "register_family",
+    "shared_weights",
     "gradient_penalty",
     "input_gradient_norm",
     "interpolate",

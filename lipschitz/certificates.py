@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipctl.lipschitz.layers import GroupSort, MaxMin, SpectralLinear
+from lipctl.lipschitz.family import LipschitzLinear
+from lipctl.lipschitz.layers import GroupSort, MaxMin
 from lipctl.lipschitz.lipsdp import (
     certified_rho,
     check_lmi,
@@ -105,7 +106,7 @@ def _leaves(module: nn.Module):
 def _affine(module: nn.Module, member: int | None) -> _Affine | None:
     if isinstance(module, nn.Linear):
         weight, bias = module.weight, module.bias
-    elif isinstance(module, SpectralLinear):
+    elif isinstance(module, LipschitzLinear):
         weight, bias = module.effective_weight(), module.bias
         if module.ensemble_size is not None:
             if member is None or not 0 <= member < module.ensemble_size:
@@ -142,7 +143,7 @@ def _layers(net: nn.Module, member: int | None) -> list[_Affine | _Activation]:
 def mlp_layers(net: Net, member: int | None = None) -> tuple[list[Tensor], list[str]]:
     """Float64 effective weight matrices of an MLP and the activation kind between each pair.
 
-    `net` is an nn.Sequential (nested ones allowed) of nn.Linear / SpectralLinear and supported
+    `net` is an nn.Sequential (nested ones allowed) of nn.Linear / Lipschitz layers and supported
     activations, taken in its current mode (certify in eval mode); `member` picks one member of
     ensemble layers. Activations before the first or after the last linear layer are 1-Lipschitz
     and dropped; several between two layers are joined with "+", none is "identity". A plain

@@ -17,7 +17,7 @@ from lipctl.control.policy import ModuleController
 from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.envs.experts import make_expert
-from lipctl.lipschitz import SpectralLinear, freeze_spectral
+from lipctl.lipschitz import SpectralLinear, freeze
 from tests.helpers import assert_user_error, lipctl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_policy_acts_in_the_action_bounds_and_freezes_to_the_same_function(demos
     with torch.no_grad():
         actions = policy(far)
         assert actions.abs().max() <= 3.0
-        frozen = freeze_spectral(policy)
+        frozen = freeze(policy)
         assert torch.equal(frozen(far), actions)
     assert not any(isinstance(m, SpectralLinear) for m in frozen.modules())
     assert frozen.certificate(far).upper == pytest.approx(policy.certificate(far).upper)

@@ -12,7 +12,7 @@ import torch
 
 from lipctl.agents.critic_learner import TwinCritic
 from lipctl.agents.sac import SAC
-from lipctl.lipschitz import SpectralLinear, certify, shared_spectral_weights
+from lipctl.lipschitz import SpectralLinear, certify, shared_weights
 from tests.test_sac import random_batch
 
 
@@ -52,7 +52,7 @@ def test_shared_weights_give_the_same_forward_with_one_power_iteration():
     obs, action = torch.randn(8, 3), torch.rand(8, 1)
     first = critic.net[0]
     reference = copy.deepcopy(critic)(obs, action).detach()  # one power iteration, same start
-    with shared_spectral_weights(critic):
+    with shared_weights(critic):
         u = first.u.clone()
         q1, q2 = critic(obs, action), critic(obs, action)
         assert torch.equal(first.u, u)  # no power iteration inside the block

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lipctl.control.models import casadi_ops as cx
 from lipctl.control.models.base import ProcessModel, RecurrentWeights
-from lipctl.lipschitz.layers import SIGMA_MARGIN
+from lipctl.lipschitz.family import SIGMA_MARGIN
 
 
 class InputConvexRNN(ProcessModel):
