@@ -1,0 +1,169 @@
+"""Projection families (Newhouse et al. 2025): the raw weight is projected after each optimiser
+step, so training uses a plain linear layer whose weight stays (about) inside the spectral ball.
+
+Three projections of each member's weight W onto spectral norm <= `bound`:
+- "soft_cap": two odd cubic steps of W / bound, M <- M (I - a M'M) then M <- M (I + a M'M);
+  together they map every singular value s (in units of the bound) to
+  s (1 - t^2 (3 - 3t + t^2)) with t = a s^2 (`soft_cap_polynomial`), and the strength a is the
+  smallest that maps every s <= 1 + delta back to <= 1, where delta bounds one optimiser
+  update's spectral norm relative to the bound (`soft_cap_strength`);
+- "hammer": one power-iteration step on persistent vectors gives the top singular pair
+  (u, s, v); if s > bound, W <- W - (s - bound) u v';
+- "svd_clip": W <- U min(S, bound) V', exact.
+
+The polynomial and power-iteration projections are invariants under bounded updates, not proofs:
+in eval mode (certificates, export, evaluation) the effective weight is
+W * min(1, bound / exact sigma), so the certified map never exceeds the bound.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lipctl.lipschitz.family import LipschitzLinear, check_bound, register_family
+
+
+class ProjectedLinear(LipschitzLinear):
+    """Base of the projection families: forward uses the raw weight in training mode and
+    W * min(1, bound / exact sigma) in eval mode; `post_step` replaces each member's weight
+    by `project(weight)` in place (one batched call on [E, out, in] stacks, keeping the
+    parameter's storage so optimiser state stays attached). The initial weight is scaled into
+    the ball (sigma <= bound), so every family's invariant holds from the first step.
+    """
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation, then each member scaled to spectral norm <= `bound`."""
+        super().reset_parameters()
+        if self.bound is not None:
+            with torch.no_grad():
+                self.weight.mul_(self.cap_factor())
+
+    def cap_factor(self) -> Tensor:
+        """min(1, bound / exact sigma) per member, shaped to multiply the weight."""
+        factor = (self.bound / self.exact_sigma()).clamp(max=1.0)
+        return factor.to(self.weight.dtype)[..., None, None]
+
+    def constrained_weight(self) -> Tensor:
+        return self.weight if self.training else self.weight * self.cap_factor()
+
+    def project(self, weight: Tensor) -> Tensor:
+        """The projected weight for a [..., out, in] weight (members independent)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        """Project the weight in place after an optimiser step."""
+        if self.bound is not None:
+            self.weight.copy_(self.project(self.weight))
+
+
+def soft_cap_polynomial(s: float | Tensor, strength: float) -> float | Tensor:
+    """Where the soft cap sends a singular value s (in units of the bound): the composition
+    s1 = s (1 - a s^2), s1 (1 + a s1^2) equals s (1 - t^2 (3 - 3t + t^2)) with t = a s^2."""
+    t = strength * s * s
+    return s * (1 - t * t * (3 - 3 * t + t * t))
+
+
+# d/ds [s (1 - t^2 (3 - 3t + t^2))] = 1 - 15 t^2 + 21 t^3 - 9 t^4 = (1 - 3t)(1 + 3t (1 - t)^2):
+# the soft cap's map increases in s while a s^2 < 1/3 and decreases after.
+PEAK_T = 1 / 3
+# The strength at which the map's peak is exactly 1: enough for any singular value below the
+# point where the first step's factor (1 - a s^2) turns negative.
+MAX_STRENGTH = PEAK_T * soft_cap_polynomial(1.0, PEAK_T) ** 2
+MAX_DELTA = 1 / math.sqrt(MAX_STRENGTH) - 1  # largest relative update the soft cap can absorb
+
+
+@lru_cache(maxsize=256)
+def soft_cap_strength(delta: float) -> float:
+    """The smallest strength a such that the soft cap maps every singular value in
+    [0, 1 + delta] (units of the bound) to [0, 1]: a cap that holds under updates whose spectral
+    norm is at most delta times the bound. Solved by bisection, cached per delta."""
+    if not 0 < delta <= MAX_DELTA:
+        raise ValueError(f"the soft cap absorbs updates of at most {MAX_DELTA:.3f} x bound in "
+                         f"spectral norm, got max_update / bound = {delta:g}: lower lr or "
+                         "max_update, or use hammer or svd_clip")
+
+    lo, hi = 0.0, MAX_STRENGTH  # the largest singular value's image falls as a grows
+    for _ in range(100):
+        a = 0.5 * (lo + hi)
+        peak = min(1 + delta, math.sqrt(PEAK_T / a))  # where s -> image is largest on the range
+        lo, hi = (lo, a) if soft_cap_polynomial(peak, a) <= 1.0 else (a, hi)
+    return hi
+
+
+def _odd_cubic_step(m: Tensor, c: float) -> Tensor:
+    """M + c M M'M (singular values s -> s (1 + c s^2)), with the Gram matrix on the smaller
+    side."""
+    if m.shape[-2] <= m.shape[-1]:
+        return m + c * ((m @ m.mT) @ m)
+    return m + c * (m @ (m.mT @ m))
+
+
+@register_family("soft_cap")
+class SoftCapLinear(ProjectedLinear):
+    """Spectral soft cap after each optimiser step (see the module docstring).
+
+    `max_update` is the largest spectral norm one optimiser update of this weight can have; the
+    strength is chosen so that a weight inside the ball stays inside after any such update. Its
+    default is for Adam at learning rate `lr`: Adam moves each entry by about lr at most, so
+    an update's spectral norm is at most its Frobenius norm, lr * sqrt(out * in) (reached by
+    rank-one sign patterns, the shape of a linear layer's per-sample gradient).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bound: float | None = 1.0,
+                 ensemble_size: int | None = None, bias: bool = True, scale: float = 1.0,
+                 lr: float = 3e-4, max_update: float | None = None):
+        check_bound(lr, "lr")
+        check_bound(max_update, "max_update")
+        super().__init__(in_features, out_features, bound, ensemble_size, bias, scale)
+        self.max_update = lr * math.sqrt(in_features * out_features) if max_update is None \
+            else float(max_update)
+        self.strength = None if bound is None else soft_cap_strength(self.max_update / bound)
+
+    def project(self, weight: Tensor) -> Tensor:
+        m = _odd_cubic_step(weight / self.bound, -self.strength)
+        return _odd_cubic_step(m, self.strength) * self.bound
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", max_update={self.max_update:g}"
+
+
+@register_family("hammer")
+class HammerLinear(ProjectedLinear):
+    """Spectral hammer after each optimiser step: one power-iteration step on persistent
+    vectors u, v (buffers) estimates the top singular pair, and a top singular value above
+    `bound` is set to `bound`. Exact when the estimate is; other singular values above the bound
+    wait until the power iteration finds them (eval mode caps whatever remains)."""
+
+    def __init__(self, in_features: int, out_features: int, bound: float | None = 1.0,
+                 ensemble_size: int | None = None, bias: bool = True, scale: float = 1.0):
+        super().__init__(in_features, out_features, bound, ensemble_size, bias, scale)
+        lead = () if ensemble_size is None else (ensemble_size,)
+        if bound is not None:
+            self.register_buffer("u", F.normalize(torch.randn(*lead, out_features), dim=-1))
+            self.register_buffer("v", F.normalize(torch.randn(*lead, in_features), dim=-1))
+
+    def project(self, weight: Tensor) -> Tensor:
+        v = F.normalize((self.u.unsqueeze(-2) @ weight).squeeze(-2), dim=-1)
+        wv = (weight @ v.unsqueeze(-1)).squeeze(-1)
+        sigma = torch.linalg.vector_norm(wv, dim=-1, keepdim=True)
+        u = wv / sigma.clamp_min(1e-12)
+        self.u.copy_(u)
+        self.v.copy_(v)
+        excess = (sigma - self.bound).clamp_min(0.0)
+        return weight - (excess * u).unsqueeze(-1) * v.unsqueeze(-2)
+
+
+@register_family("svd_clip")
+class SVDClipLinear(ProjectedLinear):
+    """Singular values clipped at `bound` after each optimiser step (exact, one SVD per
+    member)."""
+
+    def project(self, weight: Tensor) -> Tensor:
+        u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+        return (u * s.clamp(max=self.bound).unsqueeze(-2)) @ vh
