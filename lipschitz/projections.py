@@ -137,8 +137,11 @@ class SoftCapLinear(ProjectedLinear):
 class HammerLinear(ProjectedLinear):
     """Spectral hammer after each optimiser step: one power-iteration step on persistent
     vectors u, v (buffers) estimates the top singular pair, and a top singular value above
-    `bound` is set to `bound`. Exact when the estimate is; other singular values above the bound
-    wait until the power iteration finds them (eval mode caps whatever remains)."""
+    `bound` is set to `bound`. An invariant for updates that raise at most one singular value
+    above the bound (rank-one updates) once the power iteration has converged; Adam's updates
+    raise several, and the hammer lowers one per step, so the raw weight can stay well above
+    the bound (1.1-1.5x measured on regressions), which eval mode then caps: the evaluated
+    function is not quite the trained one. Prefer soft_cap or svd_clip with Adam."""
 
     def __init__(self, in_features: int, out_features: int, bound: float | None = 1.0,
                  ensemble_size: int | None = None, bias: bool = True, scale: float = 1.0):
