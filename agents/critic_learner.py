@@ -4,7 +4,8 @@ module, their target, optimiser, Lipschitz regularisers, certificates and contro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,8 +15,10 @@ from lipctl.agents.buffer import Batch
 from lipctl.agents.policies import PolicyController
 from lipctl.lipschitz import (
     Certificate,
+    LipschitzLinear,
+    LipschitzSpec,
     certify,
-    lipschitz_mlp,
+    post_step,
     robust_loss,
     shared_weights,
 )
@@ -24,37 +27,40 @@ EPS_UNITS = ("std", "raw")  # robust_eps in units of the states' per-dimension s
 
 
 class TwinCritic(nn.Module):
-    """E Q-networks in one batched MLP; each may be held to a spectral Lipschitz bound."""
+    """E Q-networks in one batched MLP, each held to the `lipschitz` spec (None: unconstrained)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], ensemble_size: int = 2,
-                 bound: float | None = None, mode: str = "normalize",
-                 layer_bound: float | None = None, free_output: bool = False):
+                 lipschitz: LipschitzSpec | None = None):
         super().__init__()
         self.ensemble_size = ensemble_size
-        self.net = lipschitz_mlp(obs_dim + act_dim, 1, hidden, bound=bound, mode=mode,
-                                 ensemble_size=ensemble_size, layer_bound=layer_bound,
-                                 free_output=free_output)
+        spec = lipschitz or LipschitzSpec()
+        self.net = spec.mlp(obs_dim + act_dim, 1, hidden, ensemble_size=ensemble_size)
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
         """Q-values of shape [E, B]."""
         x = torch.cat([obs, action], dim=-1)
         return self.net(x.expand(self.ensemble_size, *x.shape)).squeeze(-1)
 
+    def layers(self) -> list[LipschitzLinear]:
+        """The linear layers, input first."""
+        return [m for m in self.net if isinstance(m, LipschitzLinear)]
+
 
 class CriticLearner(ABC):
     """An actor-critic learner on actions in [-1, 1] with twin critics and optional Lipschitz
-    critic regularisers.
+    critic regularisers, all given by one `lipschitz` spec (a LipschitzSpec or a mapping of its
+    fields, e.g. the `lipschitz` config group).
 
-    Critic options: `critic_bound` holds every critic to a certified global Lipschitz bound by
-    spectral normalisation of each layer, or `critic_layer_bound` holds each layer to that
-    spectral norm (`critic_mode="cap"`: sigma <= bound; `critic_free_output`: the output layer
-    unconstrained); `robust_weight > 0` adds the adversarial robust loss, penalising the change
-    of Q under a PGD perturbation of the state within `robust_eps` (`robust_eps_units="std"`:
-    in units of the per-dimension std of the training states, tracked as an exponential moving
-    average of the batches' std; "raw": in the state's own units), on the first `robust_batch`
-    rows of each batch (None: all). Spectral weights are computed once per update (one power
-    iteration) and shared by every forward of its critic loss and its actor loss; the target
-    critic is a plain network averaging the critic's effective weights (Polyak `tau`).
+    The critics' layers come from the spec's family, held to its certified bound `L` (at a
+    level: unit layers and a fixed output scale) or to a per-layer `layer_cap`; a family that
+    projects its weights does so after every critic step. `robust_weight > 0` adds the
+    adversarial robust loss, penalising the change of Q under a PGD perturbation of the state
+    within `robust_eps` (`robust_eps_units="std"`: in units of the per-dimension std of the
+    training states, tracked as an exponential moving average of the batches' std; "raw": in
+    the state's own units), on the first `robust_batch` rows of each batch (None: all).
+    Constrained weights are computed once per update and shared by every forward of its critic
+    loss and its actor loss; the target critic is a plain network averaging the critic's
+    effective weights (Polyak `tau`).
 
     `actor` (built by the subclass before the critics) is moved to `device`.
     """
@@ -69,39 +75,28 @@ class CriticLearner(ABC):
         critic_lr: float = 3e-4,
         gamma: float = 0.99,
         tau: float = 0.005,
-        critic_bound: float | None = None,
-        critic_mode: str = "normalize",
-        critic_layer_bound: float | None = None,
-        critic_free_output: bool = False,
-        robust_weight: float = 0.0,
-        robust_eps: float = 0.0,
-        robust_norm: str = "l2",
-        robust_steps: int = 1,
-        robust_eps_units: str = "std",
-        robust_batch: int | None = None,
-        certificate_tier: str = "eclipse",
+        lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
     ):
-        if robust_eps_units not in EPS_UNITS:
+        spec = LipschitzSpec.of(lipschitz)
+        if spec.robust_eps_units not in EPS_UNITS:
             raise ValueError(f"robust_eps_units must be one of {EPS_UNITS}, got "
-                             f"{robust_eps_units!r}")
-        if robust_batch is not None and robust_batch < 1:
-            raise ValueError(f"robust_batch must be >= 1 or None, got {robust_batch!r}")
+                             f"{spec.robust_eps_units!r}")
+        if spec.robust_batch is not None and spec.robust_batch < 1:
+            raise ValueError(f"robust_batch must be >= 1 or None, got {spec.robust_batch!r}")
         self.device = torch.device(device)
         self.gamma, self.tau = gamma, tau
-        self.robust = dict(eps=robust_eps, norm=robust_norm, steps=robust_steps)
-        self.robust_weight, self.robust_batch = robust_weight, robust_batch
-        self.robust_eps_units = robust_eps_units
+        self.robust = dict(eps=spec.robust_eps, norm=spec.robust_norm, steps=spec.robust_steps)
+        self.robust_weight, self.robust_batch = spec.robust_weight, spec.robust_batch
+        self.robust_eps_units = spec.robust_eps_units
         # per-dimension std of the training states (EMA of batch stds), the robust loss's unit
         self.state_scale = torch.ones(obs_dim, device=self.device)
         self._state_scale_seen = torch.zeros((), device=self.device)
-        self.certificate_tier = certificate_tier
+        self.certificate_tier = spec.certificate_tier
         self.actor = actor.to(self.device)
-        self.critic = TwinCritic(obs_dim, act_dim, hidden, bound=critic_bound, mode=critic_mode,
-                                 layer_bound=critic_layer_bound,
-                                 free_output=critic_free_output).to(self.device)
-        # The target averages the critic's effective weights (spectral norms applied), so it is
-        # a plain network: no power iteration per target call, and an average of capped
-        # matrices is itself capped.
+        self.critic = TwinCritic(obs_dim, act_dim, hidden, lipschitz=spec).to(self.device)
+        # The target averages the critic's effective weights (constraints applied), so it is a
+        # plain network: no constraint work per target call, and an average of matrices within
+        # a spectral-norm ball stays inside it.
         self.critic_target = TwinCritic(obs_dim, act_dim, hidden).to(self.device)
         self.critic_target.requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, fused=True)
@@ -145,6 +140,7 @@ class CriticLearner(ABC):
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
+        post_step(self.critic)
         metrics.update(critic_loss=critic_loss.detach(), q_mean=q.detach().mean())
         return weights, metrics
 
@@ -164,10 +160,10 @@ class CriticLearner(ABC):
         torch._foreach_lerp_(self._target, self._effective_parameters(weights), self.tau)
 
     def _effective_parameters(self, weights: dict[nn.Module, Tensor]) -> list[Tensor]:
-        """The critic's parameters in the target's order, each constrained weight replaced by
-        its effective weight from `weights` (detached)."""
-        replaced = {id(layer.weight): w.detach() for layer, w in weights.items()}
-        return [replaced.get(id(p), p.detach()) for p in self.critic.parameters()]
+        """The target's parameters as the critic has them now: each layer's effective weight
+        (from `weights` where constrained) and bias, detached, layer by layer."""
+        return [tensor.detach() for layer in self.critic.layers()
+                for tensor in (weights.get(layer, layer.weight), layer.bias)]
 
     def _robust_penalty(self, batch: Batch, q: Tensor) -> Tensor:
         """The robust loss on the first `robust_batch` rows, with the state perturbed in units

@@ -1,5 +1,6 @@
 """Lipschitz toolkit: constrained layers, soft regularisers and certificates."""
 
+from lipctl.lipschitz.aol import AOLLinear  # each family module registers itself
 from lipctl.lipschitz.certificates import (
     TIERS,
     Certificate,
@@ -27,6 +28,8 @@ from lipctl.lipschitz.lipsdp import (
     lipsdp_matrix,
     lipsdp_multipliers,
 )
+from lipctl.lipschitz.orthogonal import OrthogonalLinear
+from lipctl.lipschitz.projections import HammerLinear, ProjectedLinear, SoftCapLinear, SVDClipLinear
 from lipctl.lipschitz.regularizers import (
     adversarial_perturbation,
     gradient_penalty,
@@ -35,15 +38,23 @@ from lipctl.lipschitz.regularizers import (
     project_to_ball,
     robust_loss,
 )
-from lipctl.lipschitz.spectral import SpectralLinear  # each family module registers itself
+from lipctl.lipschitz.spec import LipschitzSpec
+from lipctl.lipschitz.spectral import SpectralLinear
 
 __all__ = [
+    "AOLLinear",
     "FAMILIES",
     "TIERS",
     "Certificate",
     "GroupSort",
+    "HammerLinear",
     "LipschitzLinear",
+    "LipschitzSpec",
     "MaxMin",
+    "OrthogonalLinear",
+    "ProjectedLinear",
+    "SVDClipLinear",
+    "SoftCapLinear",
     "SpectralLinear",
     "adversarial_perturbation",
     "certified_rho",

@@ -63,4 +63,4 @@ def test_train_cfg_job_prints_resolved_groups(workdir):
                     cwd=workdir, check=True)
     assert "id: Hopper-v5" in result.stdout
     assert "name: spectral+adversarial" in result.stdout
-    assert "critic_bound: ${lipschitz.L}" in result.stdout
+    assert "lipschitz: ${lipschitz}" in result.stdout

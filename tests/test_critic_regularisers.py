@@ -12,7 +12,7 @@ import torch
 
 from lipctl.agents.critic_learner import TwinCritic
 from lipctl.agents.sac import SAC
-from lipctl.lipschitz import SpectralLinear, certify, shared_weights
+from lipctl.lipschitz import LipschitzSpec, SpectralLinear, certify, shared_weights
 from tests.test_sac import random_batch
 
 
@@ -32,23 +32,24 @@ def _fit(critic: TwinCritic, steps: int = 400) -> None:
 def test_capped_critic_ends_smoother_than_the_unregularised_one():
     inputs = torch.cat([torch.randn(256, 3), torch.rand(256, 1)], -1)
     bounds = {}
-    for name, options in {"plain": {}, "capped": dict(mode="cap", layer_bound=1.0,
+    for name, options in {"plain": {}, "capped": dict(mode="cap", layer_cap=1.0,
                                                       free_output=True)}.items():
         torch.manual_seed(0)
-        critic = TwinCritic(3, 1, (64, 64), **options)
+        critic = TwinCritic(3, 1, (64, 64), lipschitz=LipschitzSpec(**options))
         _fit(critic)
         critic.eval()
         bounds[name] = [certify(critic.net, inputs, member=i) for i in range(2)]
     for plain, capped in zip(bounds["plain"], bounds["capped"], strict=True):
         assert capped.upper < plain.upper and capped.lower < plain.lower
-    hidden = [m for m in TwinCritic(3, 1, (8, 8), mode="cap", layer_bound=1.0,
-                                    free_output=True).net if isinstance(m, SpectralLinear)]
+    spec = LipschitzSpec(mode="cap", layer_cap=1.0, free_output=True)
+    hidden = [m for m in TwinCritic(3, 1, (8, 8), lipschitz=spec).net
+              if isinstance(m, SpectralLinear)]
     assert [layer.bound for layer in hidden] == [1.0, 1.0, None]  # the head is free
 
 
 def test_shared_weights_give_the_same_forward_with_one_power_iteration():
     torch.manual_seed(0)
-    critic = TwinCritic(3, 1, (16, 16), mode="cap", layer_bound=0.5)
+    critic = TwinCritic(3, 1, (16, 16), lipschitz=LipschitzSpec(mode="cap", layer_cap=0.5))
     obs, action = torch.randn(8, 3), torch.rand(8, 1)
     first = critic.net[0]
     reference = copy.deepcopy(critic)(obs, action).detach()  # one power iteration, same start
@@ -65,18 +66,19 @@ def test_shared_weights_give_the_same_forward_with_one_power_iteration():
 
 def test_robust_loss_radius_is_in_units_of_the_state_std():
     buffer = random_batch(256)
-    agent = SAC(3, 1, hidden=(16, 16), robust_weight=1.0, robust_eps=0.1, robust_batch=32)
+    agent = SAC(3, 1, hidden=(16, 16), lipschitz={"robust_weight": 1.0, "robust_eps": 0.1,
+                                           "robust_batch": 32})
     batch = buffer.sample(256)
     scaled = batch._replace(obs=batch.obs * torch.tensor([1.0, 10.0, 100.0]))
     agent.update(scaled)
     np.testing.assert_allclose(agent.state_scale.numpy(), scaled.obs[:32].std(0).numpy(),
                                rtol=1e-5)
     with pytest.raises(ValueError, match="robust_eps_units"):
-        SAC(3, 1, robust_eps_units="metres")
+        SAC(3, 1, lipschitz={"robust_eps_units": "metres"})
 
 
 def test_state_lipschitz_of_each_critic_is_below_its_certificate():
-    agent = SAC(3, 1, hidden=(32, 32), critic_mode="cap", critic_layer_bound=1.0)
+    agent = SAC(3, 1, hidden=(32, 32), lipschitz={"mode": "cap", "layer_cap": 1.0})
     buffer = random_batch(128)
     for _ in range(20):
         agent.update(buffer.sample(32))

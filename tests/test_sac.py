@@ -51,8 +51,8 @@ def test_update_changes_every_network_and_returns_tensor_metrics():
 @pytest.mark.parametrize("learner", [SAC, TD3])
 def test_spectral_critics_are_certified_below_their_bound_after_training(learner):
     torch.manual_seed(0)
-    agent = learner(3, 1, hidden=(32, 32), critic_bound=5.0, robust_weight=1.0,
-                    robust_eps=0.05, robust_steps=2)
+    agent = learner(3, 1, hidden=(32, 32), lipschitz={"L": 5.0, "robust_weight": 1.0,
+                                                      "robust_eps": 0.05, "robust_steps": 2})
     buffer = random_batch()
     for _ in range(30):
         metrics = agent.update(buffer.sample(32))
@@ -129,8 +129,8 @@ def critic_sensitivity_after_training(robust_weight: float) -> float:
     obs = torch.randn(256, 3, generator=generator)
     batch = Batch(obs, torch.rand(256, 1, generator=generator) * 2 - 1,
                   10 * torch.sin(6 * obs[:, 0]), obs + 0.05, torch.zeros(256))
-    agent = SAC(3, 1, hidden=(32, 32), robust_weight=robust_weight, robust_eps=0.1,
-                robust_steps=3)
+    agent = SAC(3, 1, hidden=(32, 32), lipschitz={"robust_weight": robust_weight,
+                                                 "robust_eps": 0.1, "robust_steps": 3})
     for _ in range(300):
         agent.update(batch)
     held_out = torch.randn(512, 3, generator=generator)

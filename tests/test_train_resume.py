@@ -95,7 +95,7 @@ def finished_run(tmp_path_factory) -> Path:
      "agent.learner.hidden [32, 32] -> [64, 64]"),
     (["agent.learner.hidden=[64,64]", "agent.learner.actor_lr=1e-3", "seed=1"],
      "agent.learner.actor_lr, agent.learner.hidden, loop.seed, seed", "seed 0 -> 1"),
-    (["lipschitz=spectral"], "agent.learner.critic_bound", "lipschitz.L None -> 50.0"),
+    (["lipschitz=spectral"], "agent.learner.lipschitz.L", "lipschitz.L None -> 50.0"),
     (["agent=td3"], "agent.learner._target_, agent.learner.alpha_lr, agent.learner."
                     "exploration_noise, agent.learner.init_alpha and 5 more",
      "agent.learner._target_ 'lipctl.agents.sac.SAC' -> 'lipctl.agents.td3.TD3'"),

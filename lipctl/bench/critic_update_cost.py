@@ -26,10 +26,10 @@ OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
 # the MBPO benchmark's FGSM and robust sub-batch
 REGULARISERS: dict[str, dict] = {
     "plain": {},
-    "spectral_cap": {"critic_mode": "cap", "critic_layer_bound": 1.0, "critic_free_output": True},
-    "spectral_cap+adversarial": {"critic_mode": "cap", "critic_layer_bound": 1.0,
-                                 "critic_free_output": True, "robust_weight": 1.0,
-                                 "robust_eps": 0.1, "robust_steps": 1, "robust_batch": 64},
+    "spectral_cap": {"mode": "cap", "layer_cap": 1.0, "free_output": True},
+    "spectral_cap+adversarial": {"mode": "cap", "layer_cap": 1.0, "free_output": True,
+                                 "robust_weight": 1.0, "robust_eps": 0.1, "robust_steps": 1,
+                                 "robust_batch": 64},
 }
 
 
@@ -44,7 +44,7 @@ def measure(widths: list[int], rounds: int, updates: int, burn_in: int) -> dict:
     """Median seconds per update per (width, regulariser) over `rounds` rounds of `updates`."""
     torch.set_num_threads(1)
     data = batch(torch.Generator().manual_seed(0))
-    agents = {(width, name): SAC(OBS_DIM, ACT_DIM, hidden=(width, width), **options)
+    agents = {(width, name): SAC(OBS_DIM, ACT_DIM, hidden=(width, width), lipschitz=options)
               for width in widths for name, options in REGULARISERS.items()}
     for agent in agents.values():
         for _ in range(burn_in):

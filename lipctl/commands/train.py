@@ -34,7 +34,7 @@ from lipctl.control.files import atomic_write
 from lipctl.envs import env_spaces, make_env
 from lipctl.envs.demos import Demos, load_demos
 from lipctl.extras import EXTRAS, require_extra
-from lipctl.lipschitz import TIERS
+from lipctl.lipschitz import TIERS, LipschitzSpec
 from lipctl.logger import BACKENDS, Logger, run_name
 from lipctl.networks import is_behaviour_cloning
 from lipctl.runtime import (
@@ -108,12 +108,19 @@ def validate_off_policy(cfg: DictConfig) -> None:
     require_choice(cfg, "lipschitz.robust_eps_units", EPS_UNITS)
     require_number(cfg, "lipschitz.robust_batch", 1, integer=True, allow_none=True)
     require_number(cfg, "lipschitz.layer_cap", 0, allow_none=True, exclusive=True)
-    if cfg.lipschitz.layer_cap is not None and cfg.lipschitz.L is not None:
-        raise ConfigError("lipschitz.layer_cap", "give either lipschitz.L (a global bound split "
-                                                 "over the layers) or layer_cap, not both")
-    if cfg.lipschitz.free_output and cfg.lipschitz.L is not None:
-        raise ConfigError("lipschitz.free_output", "a global bound lipschitz.L needs every layer "
-                                                   "constrained; use layer_cap")
+    validate_lipschitz(cfg)
+
+
+def validate_lipschitz(cfg: DictConfig) -> None:
+    """The `lipschitz` group as a LipschitzSpec: its family, bound and options agree."""
+    node = OmegaConf.to_container(cfg.lipschitz, resolve=True)
+    try:
+        LipschitzSpec.of(node)
+    except ValueError as error:
+        key, _, message = str(error).partition(": ")
+        if key in node:
+            raise ConfigError(f"lipschitz.{key}", message) from None
+        raise ConfigError("lipschitz", str(error)) from None
 
 
 def validate_learner(cfg: DictConfig) -> None:
