@@ -214,3 +214,28 @@ class MuonAdam:
                              f"{sorted(self.optimizers)}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
+
+
+OPTIMIZERS = ("adam", "muon")
+
+
+def _flat_layers(network: nn.Module) -> list[nn.Module]:
+    if isinstance(network, nn.Sequential):
+        return [layer for child in network for layer in _flat_layers(child)]
+    return [network]
+
+
+def make_optimizer(network: nn.Module, name: str, lr: float, muon_lr: float = 0.02,
+                   **options: Any) -> torch.optim.Optimizer | MuonAdam:
+    """The optimiser `name` (one of OPTIMIZERS) for `network`'s parameters.
+
+    "adam": `torch.optim.Adam(network.parameters(), lr=lr, **options)`. "muon": `MuonAdam`,
+    Muon at `muon_lr` on the hidden weight matrices and Adam at `lr` (with `options`, which
+    may also hold Muon's own settings) on the rest. Nested nn.Sequentials count as one MLP (a
+    trunk and its head: the head is the output layer, so the trunk's last layer is hidden).
+    """
+    if name == "adam":
+        return torch.optim.Adam(network.parameters(), lr=lr, **options)
+    if name == "muon":
+        return MuonAdam(nn.Sequential(*_flat_layers(network)), lr=lr, muon_lr=muon_lr, **options)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
