@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from lipctl.lipschitz import (
     robust_loss,
     shared_weights,
 )
+from lipctl.lipschitz.muon import make_optimizer
 
 EPS_UNITS = ("std", "raw")  # robust_eps in units of the states' per-dimension std, or raw
 
@@ -62,7 +64,10 @@ class CriticLearner(ABC):
     loss and its actor loss; the target critic is a plain network averaging the critic's
     effective weights (Polyak `tau`).
 
-    `actor` (built by the subclass before the critics) is moved to `device`.
+    `optimizer` trains the critics and the actor: "adam" (Adam at the learner's rates) or
+    "muon" (Muon at `muon_lr` on the hidden weight matrices, Adam at those rates on the rest);
+    `make_optimizer(network, lr=...)` builds it for a network. `actor` (built by the subclass
+    before the critics) is moved to `device`.
     """
 
     def __init__(
@@ -76,6 +81,8 @@ class CriticLearner(ABC):
         gamma: float = 0.99,
         tau: float = 0.005,
         lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
+        optimizer: str = "adam",
+        muon_lr: float = 0.02,
     ):
         spec = LipschitzSpec.of(lipschitz)
         if spec.robust_eps_units not in EPS_UNITS:
@@ -99,7 +106,8 @@ class CriticLearner(ABC):
         # a spectral-norm ball stays inside it.
         self.critic_target = TwinCritic(obs_dim, act_dim, hidden).to(self.device)
         self.critic_target.requires_grad_(False)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, fused=True)
+        self.make_optimizer = partial(make_optimizer, name=optimizer, muon_lr=muon_lr, fused=True)
+        self.critic_opt = self.make_optimizer(self.critic, lr=critic_lr)
         self._target = list(self.critic_target.parameters())
         with torch.no_grad(), shared_weights(self.critic, detach=True) as weights:
             torch._foreach_copy_(self._target, self._effective_parameters(weights))

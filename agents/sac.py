@@ -41,7 +41,8 @@ class Actor(nn.Module):
 
 
 class SAC(CriticLearner):
-    """SAC learner with automatic entropy tuning; critic options as in CriticLearner."""
+    """SAC learner with automatic entropy tuning; critic and optimiser options as in
+    CriticLearner (the temperature always learns with Adam)."""
 
     def __init__(
         self,
@@ -60,7 +61,8 @@ class SAC(CriticLearner):
         self.target_entropy = -float(act_dim) if target_entropy is None else target_entropy
         self._policy = TanhPolicy(nn.Sequential(self.actor.trunk, self.actor.head), act_dim)
         self.log_alpha = torch.tensor(math.log(init_alpha), device=self.device, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, fused=True)
+        # the trunk and head as one MLP: with optimizer=muon the trunk's last layer is hidden
+        self.actor_opt = self.make_optimizer(self._policy.mlp, lr=actor_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr, fused=True)
 
     def policy(self) -> TanhPolicy:

@@ -24,7 +24,7 @@ class TD3(CriticLearner):
     """TD3: a deterministic tanh actor trained on the first critic, clipped double-Q targets
     with target policy smoothing (Gaussian noise of std `target_noise` clipped at `noise_clip`,
     in [-1, 1] action units), actor and targets updated every `policy_delay` critic updates,
-    exploration by Gaussian noise of std `exploration_noise`. Critic options as in
+    exploration by Gaussian noise of std `exploration_noise`. Critic and optimiser options as in
     CriticLearner."""
 
     def __init__(
@@ -54,7 +54,7 @@ class TD3(CriticLearner):
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self._policy = TanhPolicy(self.actor, act_dim)
         self._target_policy = TanhPolicy(self.actor_target, act_dim)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, fused=True)
+        self.actor_opt = self.make_optimizer(self.actor, lr=actor_lr)
         self.updates = 0  # critic updates so far; the actor follows every policy_delay-th
 
     def policy(self) -> TanhPolicy:

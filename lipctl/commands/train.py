@@ -35,6 +35,7 @@ from lipctl.envs import env_spaces, make_env
 from lipctl.envs.demos import Demos, load_demos
 from lipctl.extras import EXTRAS, require_extra
 from lipctl.lipschitz import TIERS, LipschitzSpec
+from lipctl.lipschitz.muon import OPTIMIZERS
 from lipctl.logger import BACKENDS, Logger, run_name
 from lipctl.networks import is_behaviour_cloning
 from lipctl.runtime import (
@@ -124,7 +125,8 @@ def validate_lipschitz(cfg: DictConfig) -> None:
 
 
 def validate_learner(cfg: DictConfig) -> None:
-    """The SAC or TD3 learner's network widths, learning rates, discount and target rate."""
+    """The SAC or TD3 learner's network widths, optimiser, learning rates, discount and target
+    rate."""
     learner = cfg.agent.learner
     require_widths(cfg, "agent.learner.hidden")
     for key in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
@@ -136,6 +138,9 @@ def validate_learner(cfg: DictConfig) -> None:
     require_number(cfg, "agent.learner.tau", 0, exclusive=True)
     if learner.tau > 1:
         raise ConfigError("agent.learner.tau", f"must be <= 1, got {learner.tau!r}")
+    if "optimizer" in learner:
+        require_choice(cfg, "agent.learner.optimizer", OPTIMIZERS)
+        require_number(cfg, "agent.learner.muon_lr", 0, exclusive=True)
     if "target_entropy" in learner:  # SAC
         require_number(cfg, "agent.learner.target_entropy", allow_none=True)
     if "policy_delay" in learner:  # TD3
