@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from lipctl.agents.progress import progress_bar
 from lipctl.agents.trainer import MetricsLogger
 from lipctl.control.policy import sampled_lower_bound
-from lipctl.lipschitz import Certificate, certify, lipschitz_mlp
+from lipctl.lipschitz import Certificate, LipschitzSpec, certify, post_step
 
 KIND = "behaviour_cloning"  # the `agent.kind` of a behaviour-cloning config and checkpoint
 
@@ -25,26 +26,26 @@ class BCPolicy(nn.Module):
 
         clip(action_center + scale * mlp((obs - obs_center) / scale), low, high),
 
-    where mlp is made of SpectralLinear layers held to the l2 Lipschitz bound `bound` (None:
-    unconstrained, same structure). One scalar `scale` divides the inputs and multiplies the
-    outputs, so the two affine maps change the Lipschitz constant by 1/scale and scale: the
-    policy's constant (clipping is 1-Lipschitz) is at most the MLP's, and the MLP's certificate
-    is the policy's. The scalers are fixed buffers, set from the training data (`fit_scalers`)
-    so that the MLP sees inputs of unit spread.
+    where mlp is built from the `lipschitz` spec (a LipschitzSpec or a mapping of its fields,
+    e.g. the `lipschitz` config group): its layer family held to the l2 Lipschitz bound `L`
+    (None: unconstrained, same structure). One scalar `scale` divides the inputs and
+    multiplies the outputs, so the two affine maps change the Lipschitz constant by 1/scale
+    and scale: the policy's constant (clipping is 1-Lipschitz) is at most the MLP's, and the
+    MLP's certificate is the policy's. The scalers are fixed buffers, set from the training
+    data (`fit_scalers`) so that the MLP sees inputs of unit spread.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: Sequence[float],
                  action_high: Sequence[float], hidden: Sequence[int] = (64, 64),
-                 activation: str = "relu", bound: float | None = None,
-                 mode: str = "normalize"):
+                 activation: str = "relu",
+                 lipschitz: LipschitzSpec | Mapping[str, Any] | None = None):
         super().__init__()
         low = torch.as_tensor(np.asarray(action_low, dtype=np.float32))
         high = torch.as_tensor(np.asarray(action_high, dtype=np.float32))
         if low.shape != (act_dim,) or high.shape != (act_dim,) or not torch.all(low < high):
             raise ValueError(f"action bounds must have shape ({act_dim},) with low < high, got "
                              f"{low.tolist()} and {high.tolist()}")
-        self.net = lipschitz_mlp(obs_dim, act_dim, list(hidden), bound=bound,
-                                 activation=activation, mode=mode)
+        self.net = LipschitzSpec.of(lipschitz).mlp(obs_dim, act_dim, list(hidden), activation)
         self.register_buffer("low", low)
         self.register_buffer("high", high)
         self.register_buffer("obs_center", torch.zeros(obs_dim))
@@ -127,14 +128,15 @@ def _mse(policy: BCPolicy, obs: Tensor, actions: Tensor) -> Tensor:
 def fit_bc(policy: BCPolicy, observations: np.ndarray, actions: np.ndarray,
            episode_index: np.ndarray, settings: BCSettings, seed: int = 0,
            logger: MetricsLogger | None = None, progress: bool = False) -> BCFit:
-    """Fit `policy` to (observation, action) pairs by minibatch Adam on the MSE.
+    """Fit `policy` to (observation, action) pairs by minibatch Adam on the MSE, applying its
+    layers' post-step (projection families) after every optimiser step.
 
     Whole episodes are held out (`holdout_split`) and the policy's scalers are fitted on the
-    training rows. After every epoch the policy is scored in eval mode (exact spectral norms:
-    the map that is certified and deployed) on the holdout, or on the training rows when there
-    is none; the best snapshot is kept, and training stops after `patience` epochs without
-    improvement. `logger` gets one "train" row per epoch. The policy is returned in eval mode
-    with the best weights loaded.
+    training rows. After every epoch the policy is scored in eval mode (the map that is
+    certified and deployed) on the holdout, or on the training rows when there is none; the
+    best snapshot is kept, and training stops after `patience` epochs without improvement.
+    `logger` gets one "train" row per epoch. The policy is returned in eval mode with the best
+    weights loaded.
     """
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -157,6 +159,7 @@ def fit_bc(policy: BCPolicy, observations: np.ndarray, actions: np.ndarray,
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            post_step(policy)
         policy.eval()
         metrics = {"train_mse": _mse(policy, obs[train_rows], act[train_rows])}
         if len(holdout_rows):

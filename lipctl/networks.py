@@ -72,11 +72,23 @@ def bc_policy(run_cfg: DictConfig, env: gym.Env, weights: dict | None = None) ->
     """The behaviour-cloning policy of a (train) config for `env`, with `weights` (a state
     dict) loaded when given."""
     obs_dim, act_dim, low, high = env_spaces(env)
-    policy = instantiate(run_cfg.agent.policy, obs_dim=obs_dim, act_dim=act_dim,
+    policy = instantiate(_policy_config(run_cfg.agent.policy), obs_dim=obs_dim, act_dim=act_dim,
                          action_low=low.tolist(), action_high=high.tolist())
     if weights is not None:
         policy.load_state_dict(weights)
     return policy
+
+
+def _policy_config(node: DictConfig) -> DictConfig:
+    """A BC policy config as BCPolicy takes it now: one written before the policy took a
+    `lipschitz` spec (`bound`, `mode`: spectral layers with the bound split evenly over them)
+    becomes that spec."""
+    if "bound" not in node and "mode" not in node:
+        return node
+    config = OmegaConf.to_container(node, resolve=True)
+    spec = {"L": config.pop("bound", None), "mode": config.pop("mode", "normalize"),
+            "level": False}
+    return OmegaConf.create({**config, "lipschitz": spec})
 
 
 def _learner_policy(run_cfg: DictConfig, env: gym.Env, weights: dict

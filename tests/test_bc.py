@@ -31,7 +31,8 @@ def demos():
 
 
 def make_policy(bound: float | None, activation: str = "relu", hidden=(32, 32)) -> BCPolicy:
-    return BCPolicy(4, 1, [-3.0], [3.0], hidden=hidden, activation=activation, bound=bound)
+    return BCPolicy(4, 1, [-3.0], [3.0], hidden=hidden, activation=activation,
+                    lipschitz={"L": bound})
 
 
 def fitted(demos, bound: float | None, epochs: int, activation: str = "relu",

@@ -92,7 +92,7 @@ def test_a_clones_action_change_never_exceeds_its_certified_bound_times_the_pert
     system = double_integrator()
     rng = np.random.default_rng(0)
     states, actions, episodes, coverage = demonstrations(system, system.lqr_gain(), 6, 1.0, rng)
-    clone = BCPolicy(2, 1, *UNBOUNDED, hidden=[32, 32], bound=2.0)
+    clone = BCPolicy(2, 1, *UNBOUNDED, hidden=[32, 32], lipschitz={"L": 2.0})
     fit_bc(clone, states, actions, episodes, BCSettings(epochs=5, patience=5), seed=0)
     upper = clone.certificate(torch.as_tensor(states[:256], dtype=torch.float32)).upper
     assert upper <= 2.0 + 1e-6

@@ -118,9 +118,10 @@ def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
         policy, upper = expert, known["expert_lipschitz"]
         lower = sampled_lower_bound(expert, probe)
     else:
+        # spectral layers with the bound split evenly over them, as the committed results were
         policy = BCPolicy(system.state_dim, system.input_dim, [-np.inf] * system.input_dim,
-                          [np.inf] * system.input_dim, bound=bound,
-                          **OmegaConf.to_container(exp.policy))
+                          [np.inf] * system.input_dim, exp.policy.hidden, exp.policy.activation,
+                          lipschitz={"L": bound, "mode": exp.policy.mode, "level": False})
         fit = fit_bc(policy, states, actions, episodes,
                      BCSettings(**OmegaConf.to_container(exp.fit)), seed=seed)
         fit_columns.update(train_mse=fit.train_mse, holdout_mse=fit.holdout_mse,

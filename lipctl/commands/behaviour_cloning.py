@@ -79,8 +79,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     resolved = run_config(cfg)
     logger = Logger(run_dir, cfg.logger.backends, config=resolved, run_name=run_name(cfg),
                     wandb_project=cfg.logger.wandb_project, wandb_mode=cfg.logger.wandb_mode)
-    log.info("bc on %s from %d demonstrations (%d episodes) | L %s | device %s | run dir %s",
-             cfg.env.id, len(demos), demos.num_episodes, cfg.lipschitz.L, device, run_dir)
+    log.info("bc on %s from %d demonstrations (%d episodes) | L %s, %s layers | device %s | "
+             "run dir %s", cfg.env.id, len(demos), demos.num_episodes, cfg.lipschitz.L,
+             cfg.lipschitz.layer, device, run_dir)
     try:
         fit = fit_bc(policy, demos.observations, demos.actions, demos.episode_index,
                      instantiate(cfg.agent.fit), seed=cfg.seed, logger=logger,
