@@ -3,13 +3,14 @@ gradient penalty) and the rewards it gives."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipctl.lipschitz import SpectralLinear, gradient_penalty, interpolate, lipschitz_mlp
+from lipctl.lipschitz import gradient_penalty, interpolate, layer_family, lipschitz_mlp
 
 # reward(logit of D): -log(1 - D) = softplus(logit) > 0; log D - log(1 - D) = logit
 REWARD_FORMS = {"minus_log_one_minus_d": F.softplus, "logit": lambda logits: logits}
@@ -20,15 +21,18 @@ PENALTY_POINTS = ("none", "interpolate", "expert", "policy")
 class Discriminator(nn.Module):
     """Logit of the probability that (s, a) is the expert's.
 
-    `bound` holds the whole network to a certified global Lipschitz bound (every layer
-    spectrally normalised to bound**(1/layers)). `hidden_bound` normalises the hidden layers
-    only, each to that spectral norm, as spectral normalisation is used in adversarial imitation:
-    the head stays free, or is capped at spectral norm `head_bound`.
+    Its layers are of the Lipschitz layer family `layer` (a registered name, e.g. "spectral",
+    "soft_cap"; projection families need `lipschitz.post_step` after each optimiser step).
+    `bound` holds the whole network to a certified global Lipschitz bound (every layer held to
+    bound**(1/layers)). `hidden_bound` holds the hidden layers only, each to that spectral norm,
+    as spectral normalisation is used in adversarial imitation: the head stays free, or is held
+    to spectral norm `head_bound` by the same family (capped, where the family has a mode).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (100, 100),
                  bound: float | None = None, activation: str = "tanh",
-                 hidden_bound: float | None = None, head_bound: float | None = None):
+                 hidden_bound: float | None = None, head_bound: float | None = None,
+                 layer: str = "spectral"):
         super().__init__()
         if bound is not None and hidden_bound is not None:
             raise ValueError("give either bound (every layer) or hidden_bound (hidden layers), "
@@ -40,9 +44,11 @@ class Discriminator(nn.Module):
             raise ValueError("hidden_bound needs at least one hidden layer")
         self.net = lipschitz_mlp(obs_dim + act_dim, 1, hidden, bound=bound,
                                  layer_bound=hidden_bound, free_output=hidden_bound is not None,
-                                 activation=activation)
+                                 activation=activation, layer=layer)
         if head_bound is not None:
-            self.net[-1] = SpectralLinear(hidden[-1], 1, bound=head_bound, mode="cap")
+            family = layer_family(layer)
+            cap = {"mode": "cap"} if "mode" in inspect.signature(family).parameters else {}
+            self.net[-1] = family(hidden[-1], 1, bound=head_bound, **cap)
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits [B] of concatenated (observation, action) rows [B, n + m]."""

@@ -29,7 +29,7 @@ from lipctl.agents.discriminator import (
 )
 from lipctl.agents.preconditioning import ForwardModel
 from lipctl.envs.demos import Demos
-from lipctl.lipschitz import Certificate, certify
+from lipctl.lipschitz import Certificate, certify, post_step
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,7 @@ class GAILReward:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        post_step(self.discriminator)
         if self.forward_model is not None:
             model_loss = self.forward_model.loss(policy)
             self.model_optimizer.zero_grad(set_to_none=True)

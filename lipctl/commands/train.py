@@ -34,7 +34,7 @@ from lipctl.control.files import atomic_write
 from lipctl.envs import env_spaces, make_env
 from lipctl.envs.demos import Demos, load_demos
 from lipctl.extras import EXTRAS, require_extra
-from lipctl.lipschitz import TIERS, LipschitzSpec
+from lipctl.lipschitz import FAMILIES, TIERS, LipschitzSpec
 from lipctl.lipschitz.muon import OPTIMIZERS
 from lipctl.logger import BACKENDS, Logger, run_name
 from lipctl.networks import is_behaviour_cloning
@@ -192,6 +192,7 @@ def validate_imitation(cfg: DictConfig) -> None:
     require_widths(cfg, "agent.discriminator.hidden")
     for key in ("bound", "hidden_bound", "head_bound"):
         require_number(cfg, f"agent.discriminator.{key}", 0, allow_none=True, exclusive=True)
+    require_choice(cfg, "agent.discriminator.layer", tuple(FAMILIES))
     discriminator = cfg.agent.discriminator
     if discriminator.bound is not None and discriminator.hidden_bound is not None:
         raise ConfigError("agent.discriminator.hidden_bound", "give either bound (every layer) "
