@@ -64,6 +64,13 @@ class LipschitzLinear(nn.Module):
             limit = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -limit, limit)
 
+    def add_power_vectors(self) -> None:
+        """Persistent left and right singular-vector estimates `u`, `v` (buffers, per member)
+        for families that run power iteration (`power_step`)."""
+        lead = () if self.ensemble_size is None else (self.ensemble_size,)
+        self.register_buffer("u", F.normalize(torch.randn(*lead, self.out_features), dim=-1))
+        self.register_buffer("v", F.normalize(torch.randn(*lead, self.in_features), dim=-1))
+
     def constrained_weight(self) -> Tensor:
         """The weight with the family's constraint applied (spectral norm <= `bound`), in the
         current mode; called only when `bound` is set. Families override it."""
@@ -137,6 +144,15 @@ class LipschitzLinear(nn.Module):
         return text + f", bias={self.bias is not None}"
 
 
+def power_step(weight: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """One power-iteration step for the top singular pair of each [..., out, in] matrix from
+    the left vector u: v = W'u / ||W'u|| (no gradient) and W v (the gradient flows through W),
+    whose norm is the singular value estimate and whose direction the next u."""
+    with torch.no_grad():
+        v = F.normalize((u.unsqueeze(-2) @ weight).squeeze(-2), dim=-1)
+    return (weight @ v.unsqueeze(-1)).squeeze(-1), v
+
+
 FAMILIES: dict[str, type[LipschitzLinear]] = {}
 
 
@@ -186,9 +202,11 @@ def shared_weights(module: nn.Module, detach: bool = False,
     shared = {}
     for layer in layers:
         weight = layer.effective_weight() if weights is None else weights[layer]
-        shared[layer] = layer._shared_weight = weight.detach() if detach else weight
+        shared[layer] = weight.detach() if detach else weight
+        # a plain attribute, never registered as a parameter (the weight may be one itself)
+        object.__setattr__(layer, "_shared_weight", shared[layer])
     try:
         yield shared
     finally:
         for layer in layers:
-            layer._shared_weight = None
+            object.__setattr__(layer, "_shared_weight", None)

@@ -53,6 +53,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "maxmin": MaxMin,
     "groupsort": lambda: GroupSort(GROUPSORT_SIZE),
 }
+ACTIVATIONS = tuple(_ACTIVATIONS)
 
 
 def lipschitz_mlp(

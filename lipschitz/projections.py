@@ -22,10 +22,9 @@ import math
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lipctl.lipschitz.family import LipschitzLinear, check_bound, register_family
+from lipctl.lipschitz.family import LipschitzLinear, check_bound, power_step, register_family
 
 
 class ProjectedLinear(LipschitzLinear):
@@ -146,14 +145,11 @@ class HammerLinear(ProjectedLinear):
     def __init__(self, in_features: int, out_features: int, bound: float | None = 1.0,
                  ensemble_size: int | None = None, bias: bool = True, scale: float = 1.0):
         super().__init__(in_features, out_features, bound, ensemble_size, bias, scale)
-        lead = () if ensemble_size is None else (ensemble_size,)
         if bound is not None:
-            self.register_buffer("u", F.normalize(torch.randn(*lead, out_features), dim=-1))
-            self.register_buffer("v", F.normalize(torch.randn(*lead, in_features), dim=-1))
+            self.add_power_vectors()
 
     def project(self, weight: Tensor) -> Tensor:
-        v = F.normalize((self.u.unsqueeze(-2) @ weight).squeeze(-2), dim=-1)
-        wv = (weight @ v.unsqueeze(-1)).squeeze(-1)
+        wv, v = power_step(weight, self.u)
         sigma = torch.linalg.vector_norm(wv, dim=-1, keepdim=True)
         u = wv / sigma.clamp_min(1e-12)
         self.u.copy_(u)

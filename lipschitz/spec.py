@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from lipctl.lipschitz.family import check_bound, layer_family
-from lipctl.lipschitz.layers import lipschitz_mlp
+from lipctl.lipschitz.layers import ACTIVATIONS, lipschitz_mlp
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,10 @@ class LipschitzSpec:
     the first update (otherwise `L` is split evenly over the layers, and a family whose layers
     cap rather than normalise must grow its raw weights to reach it); `layer_cap`: instead of
     `L`, every layer's own bound, with `free_output` leaving the output layer unconstrained
-    (the old "spectral cap with a free head"). `mode` and `options` go to the family's
-    constructor (`mode` only to families that take it: "spectral" normalises or caps).
+    (the old "spectral cap with a free head"). `activation`: the hidden activation ("maxmin" or
+    "groupsort" keep gradient norms, so a network near its bound stays expressive; "relu"
+    loses rank wherever units are off). `mode` and `options` go to the family's constructor
+    (`mode` only to families that take it: "spectral" normalises or caps).
     The robust loss and certificate tier are a critic's: `robust_*` and `certificate_tier`.
     """
 
@@ -36,6 +38,7 @@ class LipschitzSpec:
     mode: str = "normalize"
     layer_cap: float | None = None
     free_output: bool = False
+    activation: str = "relu"
     options: Mapping[str, Any] = field(default_factory=dict)
     robust_weight: float = 0.0
     robust_eps: float = 0.0
@@ -62,6 +65,9 @@ class LipschitzSpec:
             family = layer_family(self.layer)
         except ValueError as error:
             raise ValueError(f"layer: {error}") from None
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: must be one of {', '.join(ACTIVATIONS)}, got "
+                             f"{self.activation!r}")
         if self.mode != "normalize" and "mode" not in inspect.signature(family).parameters:
             raise ValueError(f"mode: layer family {self.layer!r} takes no mode")
 
@@ -92,10 +98,11 @@ class LipschitzSpec:
         return {**({"mode": self.mode} if takes_mode else {}), **self.options}
 
     def mlp(self, in_features: int, out_features: int, hidden: Sequence[int],
-            activation: str = "relu", ensemble_size: int | None = None) -> nn.Sequential:
-        """An MLP held to this spec (see `lipschitz_mlp`)."""
+            activation: str | None = None, ensemble_size: int | None = None) -> nn.Sequential:
+        """An MLP held to this spec (see `lipschitz_mlp`), with the spec's activation unless
+        `activation` is given."""
         return lipschitz_mlp(in_features, out_features, hidden, bound=self.L,
-                             activation=activation, layer=self.layer,
+                             activation=activation or self.activation, layer=self.layer,
                              ensemble_size=ensemble_size, layer_bound=self.layer_cap,
                              free_output=self.free_output,
                              level=self.level and self.L is not None, **self.family_options())

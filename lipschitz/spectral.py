@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lipctl.lipschitz.family import LipschitzLinear, register_family
+from lipctl.lipschitz.family import LipschitzLinear, power_step, register_family
 
 MODES = ("normalize", "cap")
 
@@ -40,23 +40,17 @@ class SpectralLinear(LipschitzLinear):
             raise ValueError(f"power_iterations must be at least 1, got {power_iterations}")
         super().__init__(in_features, out_features, bound, ensemble_size, bias, scale)
         self.mode, self.power_iterations = mode, power_iterations
-        lead = () if ensemble_size is None else (ensemble_size,)
         if bound is not None:
-            self.register_buffer("u", F.normalize(torch.randn(*lead, out_features), dim=-1))
-            self.register_buffer("v", F.normalize(torch.randn(*lead, in_features), dim=-1))
+            self.add_power_vectors()
 
     def _power_sigma(self) -> Tensor:
-        """Differentiable sigma after `power_iterations` updates of the stored u, v: with
-        v = W'u / ||W'u|| and u <- W v / ||W v||, sigma = u'W v = ||W v|| (the gradient flows
-        through W only, as in torch's spectral_norm)."""
-        w = self.weight
-        with torch.no_grad():
-            u = self.u
-            for _ in range(self.power_iterations - 1):
-                v = F.normalize((u.unsqueeze(-2) @ w).squeeze(-2), dim=-1)
-                u = F.normalize((w @ v.unsqueeze(-1)).squeeze(-1), dim=-1)
-            v = F.normalize((u.unsqueeze(-2) @ w).squeeze(-2), dim=-1)
-        wv = (w @ v.unsqueeze(-1)).squeeze(-1)
+        """Differentiable sigma after `power_iterations` updates of the stored u, v (the
+        gradient flows through W only, as in torch's spectral_norm)."""
+        u = self.u
+        for _ in range(self.power_iterations - 1):
+            with torch.no_grad():
+                u = F.normalize(power_step(self.weight, u)[0], dim=-1)
+        wv, v = power_step(self.weight, u)
         sigma = torch.linalg.vector_norm(wv, dim=-1)
         with torch.no_grad():
             self.u.copy_(wv / sigma.clamp_min(1e-12).unsqueeze(-1))
