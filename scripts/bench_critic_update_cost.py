@@ -1,4 +1,4 @@
-"""Regularised vs plain SAC update cost, side by side -> results/critic_update_cost.json."""
+"""Constrained vs plain SAC update cost, side by side -> results/layer_cost.json."""
 
 from lipctl.bench.critic_update_cost import main
 

@@ -1,16 +1,20 @@
-"""Cost of the Lipschitz-regularised SAC update against the plain one, side by side in one
-process: median seconds per update at each critic width, and each regulariser's ratio to the
-plain update of the same width.
+"""Cost of the Lipschitz-constrained SAC update against the plain one, side by side in one
+process: seconds per update of each arm (a critic regulariser, a Lipschitz layer family of the
+critic, the Muon optimiser) at each critic width, and its ratio to the plain update of the same
+width.
 
 Updates run on a fixed random batch (state 11, action 3: Hopper-sized), one torch thread, after
-a burn-in; the settings alternate in rounds, so a slow phase of the machine hits them alike.
-Writes results/critic_update_cost.json.
+a burn-in; the arms alternate in rounds, each round starting one arm later than the last, so a
+slow phase of a shared machine hits every arm alike. Reports the median, 25th and 75th
+percentile over rounds of the mean seconds per update within a round.
+Writes results/layer_cost.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -20,16 +24,39 @@ import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
+from lipctl.bench.sac_throughput import _cpu_count, _cpu_model
+from lipctl.lipschitz import FAMILIES
+from lipctl.lipschitz.spectral import MODES as SPECTRAL_MODES
 
 OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
-# regulariser -> SAC options, as conf/lipschitz/{none,spectral_cap,spectral_cap_adversarial} with
-# the MBPO benchmark's FGSM and robust sub-batch
-REGULARISERS: dict[str, dict] = {
+LAYER_BOUND = 50.0  # the critic's certified bound in the layer-family arms
+
+
+def family_arms() -> dict[str, dict]:
+    """One arm per registered layer family, the critic certified at LAYER_BOUND (spectral in
+    each of its modes)."""
+    arms = {}
+    for family in FAMILIES:
+        for mode in SPECTRAL_MODES if family == "spectral" else (None,):
+            name = f"layer={family}" + (f" mode={mode}" if mode else "")
+            arms[name] = {"lipschitz": {"layer": family, "L": LAYER_BOUND,
+                                        **({"mode": mode} if mode else {})}}
+    return arms
+
+
+# arm -> SAC options: the critic regularisers as conf/lipschitz/{none,spectral_cap,
+# spectral_cap_adversarial} with the MBPO benchmark's FGSM and robust sub-batch, the families,
+# then Muon (critics' and actor's hidden matrices) alone and with the soft cap
+ARMS: dict[str, dict] = {
     "plain": {},
-    "spectral_cap": {"mode": "cap", "layer_cap": 1.0, "free_output": True},
-    "spectral_cap+adversarial": {"mode": "cap", "layer_cap": 1.0, "free_output": True,
-                                 "robust_weight": 1.0, "robust_eps": 0.1, "robust_steps": 1,
-                                 "robust_batch": 64},
+    "spectral_cap": {"lipschitz": {"mode": "cap", "layer_cap": 1.0, "free_output": True}},
+    "spectral_cap+adversarial": {"lipschitz": {
+        "mode": "cap", "layer_cap": 1.0, "free_output": True, "robust_weight": 1.0,
+        "robust_eps": 0.1, "robust_steps": 1, "robust_batch": 64}},
+    **family_arms(),
+    "optimizer=muon": {"optimizer": "muon"},
+    "layer=soft_cap optimizer=muon": {"optimizer": "muon",
+                                      "lipschitz": {"layer": "soft_cap", "L": LAYER_BOUND}},
 }
 
 
@@ -40,52 +67,67 @@ def batch(generator: torch.Generator) -> Batch:
                  rand(BATCH, OBS_DIM), torch.zeros(BATCH))
 
 
-def measure(widths: list[int], rounds: int, updates: int, burn_in: int) -> dict:
-    """Median seconds per update per (width, regulariser) over `rounds` rounds of `updates`."""
+def measure(widths: list[int], arms: list[str], rounds: int, updates: int, burn_in: int) -> dict:
+    """Seconds per update per (width, arm) over `rounds` interleaved rounds of `updates`."""
     torch.set_num_threads(1)
     data = batch(torch.Generator().manual_seed(0))
-    agents = {(width, name): SAC(OBS_DIM, ACT_DIM, hidden=(width, width), lipschitz=options)
-              for width in widths for name, options in REGULARISERS.items()}
+    agents = {(width, name): SAC(OBS_DIM, ACT_DIM, hidden=(width, width), **ARMS[name])
+              for width in widths for name in arms}
     for agent in agents.values():
         for _ in range(burn_in):
             agent.update(data)
-    seconds: dict[tuple[int, str], list[float]] = {key: [] for key in agents}
-    for _ in range(rounds):
-        for key, agent in agents.items():
+    keys = list(agents)
+    seconds: dict[tuple[int, str], list[float]] = {key: [] for key in keys}
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             start = time.perf_counter()
             for _ in range(updates):
-                agent.update(data)
+                agents[key].update(data)
             seconds[key].append((time.perf_counter() - start) / updates)
     rows = []
     for width in widths:
         plain = statistics.median(seconds[(width, "plain")])
-        for name in REGULARISERS:
-            median = statistics.median(seconds[(width, name)])
-            rows.append({"hidden": [width, width], "regulariser": name,
-                         "median_ms": round(1e3 * median, 3),
-                         "ratio_to_plain": round(median / plain, 3),
-                         "options": REGULARISERS[name]})
+        for name in arms:
+            times = seconds[(width, name)]
+            median = statistics.median(times)
+            p25, _, p75 = (statistics.quantiles(times, n=4, method="inclusive")
+                           if rounds > 1 else (median, median, median))
+            rows.append({"hidden": [width, width], "arm": name,
+                         "median_s": round(median, 7), "p25_s": round(p25, 7),
+                         "p75_s": round(p75, 7), "ratio_to_plain": round(median / plain, 3),
+                         "rounds": rounds, "options": ARMS[name]})
     return {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
-            "updates_per_round": updates, "burn_in": burn_in, "torch_threads": 1,
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "updates_per_round": updates, "burn_in": burn_in,
+            "measured_seconds": round(time.perf_counter() - started, 1),
+            "machine": {"processor": _cpu_model(), "cpus": _cpu_count(),
+                        "python": platform.python_version(), "torch": torch.__version__,
+                        "torch_threads": torch.get_num_threads(),
+                        "load_average_1min": [round(load_before[0], 2),
+                                              round(os.getloadavg()[0], 2)]},
             "results": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--updates", type=int, default=50)
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS),
+                        default=list(ARMS), help="plain is always measured")
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--burn-in", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("results/critic_update_cost.json"))
+    parser.add_argument("--out", type=Path, default=Path("results/layer_cost.json"))
     args = parser.parse_args(argv)
     if min(args.rounds, args.updates, *args.widths) < 1 or args.burn_in < 0:
         parser.error("--rounds, --updates and --widths must be >= 1, --burn-in >= 0")
-    result = measure(args.widths, args.rounds, args.updates, args.burn_in)
+    arms = ["plain", *(arm for arm in dict.fromkeys(args.arms) if arm != "plain")]
+    result = measure(args.widths, arms, args.rounds, args.updates, args.burn_in)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for row in result["results"]:
-        print(f"{row['hidden']} {row['regulariser']}: {row['median_ms']} ms per update, "
+        print(f"{row['hidden']} {row['arm']}: {1e3 * row['median_s']:.3f} ms per update "
+              f"(p25-p75 {1e3 * row['p25_s']:.3f}-{1e3 * row['p75_s']:.3f}), "
               f"{row['ratio_to_plain']}x plain")
 
 
