@@ -154,6 +154,8 @@ def test_train_agent_bc_end_to_end_then_eval_and_robustness(workdir):
      "agent.fit.holdout_ratio: must be < 1"),
     (["env=inverted_pendulum", f"demos={DEMOS}", "lipschitz=adversarial"],
      "lipschitz.robust_weight"),
+    (["env=inverted_pendulum", f"demos={DEMOS}", "lipschitz.layer=nope"],
+     "lipschitz.layer: unknown layer family 'nope'"),
 ])
 def test_train_bc_config_errors_are_one_line(workdir, args, expected):
     assert_user_error(lipctl("train", "agent=bc", *args, cwd=workdir, timeout=120), expected)

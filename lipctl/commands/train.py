@@ -83,6 +83,7 @@ def validate(cfg: DictConfig) -> None:
         require_extra(backend, f"logger backend '{backend}'")
     if cfg.device != "auto":
         resolve_device(cfg.device)
+    validate_lipschitz(cfg)
     if is_behaviour_cloning(cfg):
         behaviour_cloning.validate(cfg)
     else:
@@ -109,7 +110,6 @@ def validate_off_policy(cfg: DictConfig) -> None:
     require_choice(cfg, "lipschitz.robust_eps_units", EPS_UNITS)
     require_number(cfg, "lipschitz.robust_batch", 1, integer=True, allow_none=True)
     require_number(cfg, "lipschitz.layer_cap", 0, allow_none=True, exclusive=True)
-    validate_lipschitz(cfg)
 
 
 def validate_lipschitz(cfg: DictConfig) -> None:
