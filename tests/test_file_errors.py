@@ -21,8 +21,6 @@ import pytest
 import torch
 
 from lipctl.agents.checkpoint import (
-    LEARNER_REQUIRED,
-    REQUIRED,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
@@ -39,8 +37,8 @@ from lipctl.envs.experts import make_expert
 from lipctl.logger import CsvWriter
 from lipctl.planning import read_planning_parts
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
+from tests.test_checkpoint import COMPLETE
 
-COMPLETE = {key: {} for key in (*REQUIRED, *LEARNER_REQUIRED)}  # what a reader needs
 FILE_TOO_LARGE = os.strerror(errno.EFBIG)
 
 
