@@ -1,0 +1,136 @@
+"""The layer seam: a family defined in this file alone trains a critic, and a Lipschitz level
+lets a constrained critic fit a Pendulum-scale value function as well as a free one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.critic_learner import TwinCritic
+from lipctl.agents.sac import SAC
+from lipctl.lipschitz import (
+    FAMILIES,
+    LipschitzLinear,
+    LipschitzSpec,
+    certify,
+    lower_bound,
+    post_step,
+    register_family,
+)
+from tests.helpers import TINY_TRAIN, lipctl
+from tests.test_sac import random_batch
+
+
+@register_family("test_frobenius")
+class FrobeniusLinear(LipschitzLinear):
+    """A toy family: the weight divided by max(1, ||W||_F / bound); the Frobenius norm bounds
+    the spectral norm, so the layer is bound-Lipschitz."""
+
+    def constrained_weight(self) -> Tensor:
+        norm = torch.linalg.matrix_norm(self.weight, ord="fro")
+        return self.weight / (norm / self.bound).clamp_min(1.0)[..., None, None]
+
+
+def test_a_family_defined_in_a_test_file_trains_a_certified_critic():
+    assert FAMILIES["test_frobenius"] is FrobeniusLinear
+    torch.manual_seed(0)
+    agent = SAC(3, 1, hidden=(16, 16), lipschitz={"layer": "test_frobenius", "L": 5.0})
+    assert all(isinstance(m, FrobeniusLinear) for m in agent.critic.layers())
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    buffer = random_batch()
+    for _ in range(50):
+        agent.update(buffer.sample(32))
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.critic.parameters(),
+                                                     strict=True))
+    inputs = torch.randn(256, 4)
+    for name, certificate in agent.critic_certificates(inputs).items():
+        assert certificate.upper <= 5.0 * (1 + 1e-6), name
+        member = int(name.removeprefix("critic"))
+        attacks = [lower_bound(agent.critic.net.eval(), inputs, member=member, seed=restart)
+                   for restart in range(20)]  # 20 random restarts
+        assert max(attacks) <= certificate.upper, name
+
+
+def test_an_unknown_or_ill_fitting_family_setting_is_refused():
+    with pytest.raises(ValueError, match="^layer: unknown layer family 'nope'"):
+        LipschitzSpec(layer="nope")
+    with pytest.raises(ValueError, match="^mode: layer family 'aol' takes no mode"):
+        LipschitzSpec(layer="aol", mode="cap")
+    with pytest.raises(ValueError, match="^L: must be a positive number"):
+        LipschitzSpec(L=-1.0)
+    with pytest.raises(ValueError, match="unknown lipschitz setting"):
+        LipschitzSpec.of({"layers": "spectral"})
+
+
+def test_level_puts_the_bound_on_a_fixed_output_scale():
+    spec = LipschitzSpec(layer="spectral", L=800.0, mode="cap")
+    net = spec.mlp(4, 1, [32, 32])
+    layers = [m for m in net if isinstance(m, LipschitzLinear)]
+    assert [layer.bound for layer in layers] == [1.0, 1.0, 1.0]
+    assert [layer.scale for layer in layers] == [1.0, 1.0, 800.0]
+    assert certify(net).upper <= 800.0 * (1 + 1e-6)
+    even = LipschitzSpec(layer="spectral", L=800.0, mode="cap", level=False).mlp(4, 1, [32, 32])
+    assert [m.bound for m in even if isinstance(m, LipschitzLinear)] == \
+        pytest.approx([800.0 ** (1 / 3)] * 3)
+
+
+def pendulum_scale_q(x: Tensor) -> Tensor:
+    """A value-like target on [-2, 2]^4: std ~350 over the box, slope up to ~600."""
+    return 495.0 * torch.sin(1.2 * x[:, 0]) + 40.0 * x[:, 1] * x[:, 2].tanh()
+
+
+def fitted_rmse(spec: LipschitzSpec, steps: int) -> tuple[float, float]:
+    """Test RMSE of critic 0 after `steps` Adam steps (lr 3e-4, batch 256) on the target, and
+    its certified bound."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    critic = TwinCritic(3, 1, (64, 64), lipschitz=spec)
+    optimiser = torch.optim.Adam(critic.parameters(), lr=3e-4)
+    test = 4 * torch.rand(2048, 4, generator=generator) - 2
+    for _ in range(steps):
+        x = 4 * torch.rand(256, 4, generator=generator) - 2
+        loss = (critic(x[:, :3], x[:, 3:]) - pendulum_scale_q(x)).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        post_step(critic)
+    critic.eval()
+    with torch.no_grad():
+        error = critic(test[:, :3], test[:, 3:])[0] - pendulum_scale_q(test)
+    return float(error.pow(2).mean().sqrt()), certify(critic.net, member=0).upper
+
+
+@pytest.fixture(scope="module")
+def free_critic_rmse() -> float:
+    """The unconstrained critic as lipctl builds it by default (ReLU)."""
+    return fitted_rmse(LipschitzSpec(), REGRESSION_STEPS)[0]
+
+
+REGRESSION_STEPS = 25_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", [
+    LipschitzSpec(layer="spectral", L=800.0, mode="cap", activation="maxmin"),
+    LipschitzSpec(layer="orthogonal", L=800.0, activation="maxmin"),
+], ids=["spectral_cap", "orthogonal"])
+def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, spec):
+    constrained, upper = fitted_rmse(spec, REGRESSION_STEPS)
+    assert upper <= 800.0 * (1 + 1e-6)
+    assert constrained <= 2 * free_critic_rmse, (constrained, free_critic_rmse)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["spectral", "soft_cap", "hammer", "svd_clip", "aol",
+                                    "orthogonal"])
+def test_train_with_every_family_checkpoints_a_certificate_within_its_bound(workdir, family):
+    lipctl("train", f"lipschitz={family}", "lipschitz.L=20", "hydra.run.dir=run", *TINY_TRAIN,
+           cwd=workdir, check=True)
+    state = load_checkpoint(workdir / "run" / "checkpoint.pt")
+    assert state["config"]["lipschitz"]["layer"] == family
+    for name in ("critic0", "critic1"):
+        certificate = state["certificates"][name]
+        assert certificate["upper"] <= 20.0 * (1 + 1e-6), (name, certificate)
+        assert certificate["lower"] <= certificate["upper"], (name, certificate)
