@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from torch import Tensor, nn
 
+from lipctl.lipschitz import LipschitzSpec
 
-def relu_trunk(in_features: int, hidden: Sequence[int]) -> tuple[nn.Sequential, int]:
-    """Linear + ReLU layers of the given widths, and the width of their output."""
-    layers: list[nn.Module] = []
-    width = in_features
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
-        width = size
-    return nn.Sequential(*layers), width
+
+def actor_layers(obs_dim: int, out_features: int, hidden: Sequence[int],
+                 lipschitz: LipschitzSpec | Mapping[str, Any] | None = None
+                 ) -> tuple[nn.Sequential, nn.Module]:
+    """An actor MLP held to the `lipschitz` spec (None: unconstrained layers with nn.Linear's
+    parameters and initialisation), split into its trunk (every layer but the last, with the
+    activations) and its head (the last layer). Run in sequence they are the spec's MLP, so its
+    certified bound bounds them."""
+    mlp = LipschitzSpec.of(lipschitz).mlp(obs_dim, out_features, hidden)
+    return mlp[:-1], mlp[-1]
 
 
 class TanhPolicy(nn.Module):

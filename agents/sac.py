@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,18 +12,20 @@ from torch import Tensor, nn
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.critic_learner import CriticLearner
-from lipctl.agents.policies import TanhPolicy, relu_trunk
+from lipctl.agents.policies import TanhPolicy, actor_layers
+from lipctl.lipschitz import LipschitzSpec, post_step, shared_weights
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy on actions scaled to [-1, 1]."""
+    """Tanh-squashed Gaussian policy on actions scaled to [-1, 1]: a trunk and a head giving
+    [mean, log_std], held together to the `lipschitz` spec (None: unconstrained)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int],
+                 lipschitz: LipschitzSpec | Mapping[str, Any] | None = None):
         super().__init__()
-        self.trunk, width = relu_trunk(obs_dim, hidden)
-        self.head = nn.Linear(width, 2 * act_dim)
+        self.trunk, self.head = actor_layers(obs_dim, 2 * act_dim, hidden, lipschitz)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
@@ -42,7 +44,10 @@ class Actor(nn.Module):
 
 class SAC(CriticLearner):
     """SAC learner with automatic entropy tuning; critic and optimiser options as in
-    CriticLearner (the temperature always learns with Adam)."""
+    CriticLearner (the temperature always learns with Adam). `actor_lipschitz` holds the
+    actor's trunk and head to a LipschitzSpec (or a mapping of its fields; None: unconstrained):
+    its layer family, bound `L` (which the policy's certificate then meets), level, activation
+    and options; a projection family projects after every actor step."""
 
     def __init__(
         self,
@@ -54,10 +59,11 @@ class SAC(CriticLearner):
         alpha_lr: float = 3e-4,
         init_alpha: float = 1.0,
         target_entropy: float | None = None,
+        actor_lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
         **critic_options: Any,
     ):
-        super().__init__(obs_dim, act_dim, Actor(obs_dim, act_dim, hidden), device, hidden,
-                         **critic_options)
+        super().__init__(obs_dim, act_dim, Actor(obs_dim, act_dim, hidden, actor_lipschitz),
+                         device, hidden, **critic_options)
         self.target_entropy = -float(act_dim) if target_entropy is None else target_entropy
         self._policy = TanhPolicy(nn.Sequential(self.actor.trunk, self.actor.head), act_dim)
         self.log_alpha = torch.tensor(math.log(init_alpha), device=self.device, requires_grad=True)
@@ -75,19 +81,20 @@ class SAC(CriticLearner):
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One gradient step on critics, actor and temperature; returns detached metrics."""
         alpha = self.log_alpha.exp().detach()
-        with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(batch.next_obs)
-            next_q = self.critic_target(batch.next_obs, next_action).min(0).values
-            soft_next = next_q - alpha * next_log_prob
-            target = batch.reward + self.gamma * (1.0 - batch.done) * soft_next
-        weights, metrics = self._critic_step(batch, target)
-
-        action, log_prob = self.actor.sample(batch.obs)
+        with shared_weights(self.actor):  # a constrained actor's weights, once per update
+            with torch.no_grad():
+                next_action, next_log_prob = self.actor.sample(batch.next_obs)
+                next_q = self.critic_target(batch.next_obs, next_action).min(0).values
+                soft_next = next_q - alpha * next_log_prob
+                target = batch.reward + self.gamma * (1.0 - batch.done) * soft_next
+            weights, metrics = self._critic_step(batch, target)
+            action, log_prob = self.actor.sample(batch.obs)
         q_pi = self._policy_value(batch.obs, action, weights).min(0).values
         actor_loss = (alpha * log_prob - q_pi).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
+        post_step(self.actor)
 
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,13 +11,16 @@ from torch import Tensor, nn
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.critic_learner import CriticLearner
-from lipctl.agents.policies import TanhPolicy, relu_trunk
+from lipctl.agents.policies import TanhPolicy, actor_layers
+from lipctl.lipschitz import LipschitzSpec, post_step
 
 
-def deterministic_actor(obs_dim: int, act_dim: int, hidden: Sequence[int]) -> nn.Sequential:
-    """The un-squashed actor MLP: ReLU trunk and a linear head of size act_dim."""
-    trunk, width = relu_trunk(obs_dim, hidden)
-    return nn.Sequential(trunk, nn.Linear(width, act_dim))
+def deterministic_actor(obs_dim: int, act_dim: int, hidden: Sequence[int],
+                        lipschitz: LipschitzSpec | Mapping[str, Any] | None = None
+                        ) -> nn.Sequential:
+    """The un-squashed actor MLP held to the `lipschitz` spec: its trunk and a head of size
+    act_dim."""
+    return nn.Sequential(*actor_layers(obs_dim, act_dim, hidden, lipschitz))
 
 
 class TD3(CriticLearner):
@@ -25,7 +28,7 @@ class TD3(CriticLearner):
     with target policy smoothing (Gaussian noise of std `target_noise` clipped at `noise_clip`,
     in [-1, 1] action units), actor and targets updated every `policy_delay` critic updates,
     exploration by Gaussian noise of std `exploration_noise`. Critic and optimiser options as in
-    CriticLearner."""
+    CriticLearner; `actor_lipschitz` holds the actor to a LipschitzSpec as in SAC."""
 
     def __init__(
         self,
@@ -38,6 +41,7 @@ class TD3(CriticLearner):
         exploration_noise: float = 0.1,
         target_noise: float = 0.2,
         noise_clip: float = 0.5,
+        actor_lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
         **critic_options: Any,
     ):
         if policy_delay < 1:
@@ -46,7 +50,8 @@ class TD3(CriticLearner):
                             ("target_noise", target_noise), ("noise_clip", noise_clip)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        super().__init__(obs_dim, act_dim, deterministic_actor(obs_dim, act_dim, hidden),
+        super().__init__(obs_dim, act_dim,
+                         deterministic_actor(obs_dim, act_dim, hidden, actor_lipschitz),
                          device, hidden, **critic_options)
         self.policy_delay = policy_delay
         self.exploration_noise, self.target_noise = exploration_noise, target_noise
@@ -86,6 +91,7 @@ class TD3(CriticLearner):
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_opt.step()
+            post_step(self.actor)
             self._update_critic_target(weights)
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.actor_target.parameters()),

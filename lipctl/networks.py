@@ -101,7 +101,7 @@ def _learner_policy(run_cfg: DictConfig, env: gym.Env, weights: dict
     agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim + int(absorbing),
                         act_dim=act_dim, device="cpu")
     agent.load_state_dict(weights)
-    policy = agent.policy().eval()
+    policy = freeze(agent.policy()).eval()  # plain layers: traceable and exportable
     if absorbing:
         policy = RealStatePolicy(policy)
     return ScaledPolicy(policy, low, high), policy.mlp

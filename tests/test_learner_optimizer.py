@@ -22,6 +22,7 @@ from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.commands.train import validate
 from lipctl.config import ConfigError, check_overrides
 from lipctl.envs import make_env
+from lipctl.lipschitz import LipschitzLinear
 from lipctl.lipschitz.muon import MuonAdam, make_optimizer
 from lipctl.logger import Logger
 from tests.test_sac import SMALL_LOOP, random_batch
@@ -32,7 +33,7 @@ def hidden_matrices(agent: CriticLearner) -> tuple[list[nn.Parameter], list[nn.P
     last of each network (the actor's trunk, then its head)."""
     critic = [layer.weight for layer in agent.critic.layers()[1:-1]]
     actor = agent.actor.trunk if isinstance(agent, SAC) else agent.actor[0]
-    return critic, [m.weight for m in actor if isinstance(m, nn.Linear)][1:]
+    return critic, [m.weight for m in actor if isinstance(m, LipschitzLinear)][1:]
 
 
 def held(optimizer: MuonAdam, name: str) -> list[int]:

@@ -112,21 +112,25 @@ def validate_off_policy(cfg: DictConfig) -> None:
     require_number(cfg, "lipschitz.layer_cap", 0, allow_none=True, exclusive=True)
 
 
-def validate_lipschitz(cfg: DictConfig) -> None:
-    """The `lipschitz` group as a LipschitzSpec: its family, bound and options agree."""
-    node = OmegaConf.to_container(cfg.lipschitz, resolve=True)
+def validate_lipschitz(cfg: DictConfig, key: str = "lipschitz") -> None:
+    """The node at `key` (the `lipschitz` group by default) as a LipschitzSpec: its family,
+    bound and options agree."""
+    value = OmegaConf.select(cfg, key)
+    if not OmegaConf.is_dict(value):
+        raise ConfigError(key, f"must be a mapping of lipschitz settings, got {value!r}")
+    node = OmegaConf.to_container(value, resolve=True)
     try:
         LipschitzSpec.of(node)
-    except ValueError as error:
-        key, _, message = str(error).partition(": ")
-        if key in node:
-            raise ConfigError(f"lipschitz.{key}", message) from None
-        raise ConfigError("lipschitz", str(error)) from None
+    except (TypeError, ValueError) as error:
+        field, _, message = str(error).partition(": ")
+        if field in node:
+            raise ConfigError(f"{key}.{field}", message) from None
+        raise ConfigError(key, str(error)) from None
 
 
 def validate_learner(cfg: DictConfig) -> None:
-    """The SAC or TD3 learner's network widths, optimiser, learning rates, discount and target
-    rate."""
+    """The SAC or TD3 learner's network widths, optimiser, learning rates, discount, target
+    rate and actor's Lipschitz spec."""
     learner = cfg.agent.learner
     require_widths(cfg, "agent.learner.hidden")
     for key in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
@@ -147,6 +151,8 @@ def validate_learner(cfg: DictConfig) -> None:
         require_number(cfg, "agent.learner.policy_delay", 1, integer=True)
         for key in ("exploration_noise", "target_noise", "noise_clip"):
             require_number(cfg, f"agent.learner.{key}", 0)
+    if learner.get("actor_lipschitz") is not None:
+        validate_lipschitz(cfg, "agent.learner.actor_lipschitz")
 
 
 def require_widths(cfg: DictConfig, key: str) -> None:
