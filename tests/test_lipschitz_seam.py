@@ -23,7 +23,6 @@ from tests.helpers import TINY_TRAIN, lipctl
 from tests.test_sac import random_batch
 
 
-@register_family("test_frobenius")
 class FrobeniusLinear(LipschitzLinear):
     """A toy family: the weight divided by max(1, ||W||_F / bound); the Frobenius norm bounds
     the spectral norm, so the layer is bound-Lipschitz."""
@@ -33,8 +32,17 @@ class FrobeniusLinear(LipschitzLinear):
         return self.weight / (norm / self.bound).clamp_min(1.0)[..., None, None]
 
 
-def test_a_family_defined_in_a_test_file_trains_a_certified_critic():
-    assert FAMILIES["test_frobenius"] is FrobeniusLinear
+@pytest.fixture
+def toy_family():
+    """FrobeniusLinear registered as "test_frobenius" for one test (other tests list the
+    registered families)."""
+    register_family("test_frobenius")(FrobeniusLinear)
+    yield FrobeniusLinear
+    del FAMILIES["test_frobenius"]
+
+
+def test_a_family_defined_in_a_test_file_trains_a_certified_critic(toy_family):
+    assert FAMILIES["test_frobenius"] is toy_family
     torch.manual_seed(0)
     agent = SAC(3, 1, hidden=(16, 16), lipschitz={"layer": "test_frobenius", "L": 5.0})
     assert all(isinstance(m, FrobeniusLinear) for m in agent.critic.layers())
