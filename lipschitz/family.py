@@ -26,8 +26,11 @@ SIGMA_MARGIN = 1e-6  # exact spectral norms are inflated by this relative margin
 
 def check_bound(bound: float | None, name: str = "bound") -> None:
     """Raise ValueError unless `bound` is None or a positive finite number."""
-    if bound is not None and not (math.isfinite(bound) and bound > 0):
-        raise ValueError(f"{name} must be a positive number or None, got {bound}")
+    if bound is None:
+        return
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not (
+            math.isfinite(bound) and bound > 0):
+        raise ValueError(f"{name} must be a positive number or None, got {bound!r}")
 
 
 class LipschitzLinear(nn.Module):
