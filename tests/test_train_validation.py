@@ -60,7 +60,8 @@ def test_bad_learner_settings_name_their_key(tmp_path, overrides, expected):
     ["agent.learner.hidden=[8]", "agent.learner.target_entropy=-0.5"],
 ])
 def test_valid_learner_settings_pass(tmp_path, overrides):
-    check(tmp_path / "run", *overrides)
+    check(tmp_path / "run", *overrides)  # a refused setting raises ConfigError
+    assert not (tmp_path / "run").exists()  # and checking makes no run folder
 
 
 def test_a_discrete_action_env_is_refused_before_the_run(tmp_path):
