@@ -91,6 +91,25 @@ def _policy_config(node: DictConfig) -> DictConfig:
     return OmegaConf.create({**config, "lipschitz": spec})
 
 
+# A learner's critic options before they became one `lipschitz` spec, and the spec's field
+# each became (their layers then split the bound evenly: level=False).
+_OLD_CRITIC_KEYS = {"critic_bound": "L", "critic_mode": "mode", "critic_layer_bound": "layer_cap",
+                    "critic_free_output": "free_output", "robust_weight": "robust_weight",
+                    "robust_eps": "robust_eps", "robust_eps_units": "robust_eps_units",
+                    "robust_norm": "robust_norm", "robust_steps": "robust_steps",
+                    "robust_batch": "robust_batch", "certificate_tier": "certificate_tier"}
+
+
+def learner_config(node: DictConfig) -> DictConfig:
+    """A learner config as the learners take it now: one written before the critics took a
+    `lipschitz` spec (`critic_bound`, `critic_mode`, ..., `robust_*`) becomes that spec."""
+    if not set(_OLD_CRITIC_KEYS) & set(node):
+        return node
+    config = OmegaConf.to_container(node, resolve=True)
+    spec = {new: config.pop(old) for old, new in _OLD_CRITIC_KEYS.items() if old in config}
+    return OmegaConf.create({**config, "lipschitz": {**spec, "level": False}})
+
+
 def _learner_policy(run_cfg: DictConfig, env: gym.Env, weights: dict
                     ) -> tuple[ScaledPolicy, nn.Module]:
     """The deterministic policy of an off-policy learner's checkpoint (on the env's own
@@ -98,7 +117,7 @@ def _learner_policy(run_cfg: DictConfig, env: gym.Env, weights: dict
     whose certified bound bounds it."""
     obs_dim, act_dim, low, high = env_spaces(env)
     absorbing = uses_absorbing_states(run_cfg)
-    agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim + int(absorbing),
+    agent = instantiate(learner_config(run_cfg.agent.learner), obs_dim=obs_dim + int(absorbing),
                         act_dim=act_dim, device="cpu")
     agent.load_state_dict(weights)
     policy = freeze(agent.policy()).eval()  # plain layers: traceable and exportable

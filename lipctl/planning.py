@@ -19,6 +19,7 @@ from lipctl.agents.dynamics import DynamicsEnsemble
 from lipctl.agents.termination import TerminationFn, termination_fn
 from lipctl.control.planner import Planner, PlannerSettings
 from lipctl.envs import env_spaces, make_env
+from lipctl.networks import learner_config
 from lipctl.runtime import uses_absorbing_states
 
 
@@ -54,7 +55,8 @@ def read_planning_parts(path: str | Path) -> PlanningParts:
     env.close()
     model = instantiate(run_cfg.agent.dynamics, obs_dim=obs_dim, act_dim=act_dim)
     model.load_state_dict(state["batch_source"]["model"])
-    agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device="cpu")
+    agent = instantiate(learner_config(run_cfg.agent.learner), obs_dim=obs_dim, act_dim=act_dim,
+                        device="cpu")
     agent.load_state_dict(state["agent"])
     agent.policy().eval()
     agent.critic.eval()

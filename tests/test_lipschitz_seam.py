@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from lipctl.agents.checkpoint import load_checkpoint
@@ -19,6 +21,7 @@ from lipctl.lipschitz import (
     post_step,
     register_family,
 )
+from lipctl.networks import learner_config
 from tests.helpers import TINY_TRAIN, lipctl
 from tests.test_sac import random_batch
 
@@ -142,3 +145,19 @@ def test_train_with_every_family_checkpoints_a_certificate_within_its_bound(work
         certificate = state["certificates"][name]
         assert certificate["upper"] <= 20.0 * (1 + 1e-6), (name, certificate)
         assert certificate["lower"] <= certificate["upper"], (name, certificate)
+
+
+def test_a_learner_config_from_before_the_lipschitz_spec_still_builds():
+    old = OmegaConf.create({
+        "_target_": "lipctl.agents.sac.SAC", "hidden": [16, 16], "critic_bound": 5.0,
+        "critic_mode": "cap", "critic_layer_bound": None, "critic_free_output": False,
+        "robust_weight": 0.5, "robust_eps": 0.1, "robust_eps_units": "std",
+        "robust_norm": "l2", "robust_steps": 1, "robust_batch": None,
+        "certificate_tier": "product"})
+    agent = instantiate(learner_config(old), obs_dim=3, act_dim=1)
+    layers = agent.critic.layers()
+    assert [layer.bound for layer in layers] == pytest.approx([5.0 ** (1 / 3)] * 3)
+    assert all(layer.mode == "cap" and layer.scale == 1.0 for layer in layers)
+    assert agent.robust_weight == 0.5 and agent.certificate_tier == "product"
+    current = OmegaConf.create({"_target_": "lipctl.agents.sac.SAC", "hidden": [16, 16]})
+    assert learner_config(current) is current

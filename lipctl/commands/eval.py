@@ -13,7 +13,7 @@ from lipctl.config import require_number, user_errors
 from lipctl.control import returns, run
 from lipctl.control.policy import ModuleController
 from lipctl.envs import env_spaces
-from lipctl.networks import bc_policy, is_behaviour_cloning
+from lipctl.networks import bc_policy, is_behaviour_cloning, learner_config
 from lipctl.runtime import make_agent_env, resolve_device
 
 
@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> tuple[float, float]:
         controller = ModuleController(bc_policy(run_cfg, env, state["policy"]))
     else:
         obs_dim, act_dim, low, high = env_spaces(env)
-        agent = instantiate(run_cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim,
+        agent = instantiate(learner_config(run_cfg.agent.learner), obs_dim=obs_dim, act_dim=act_dim,
                             device=device)
         agent.load_state_dict(state["agent"])
         controller = agent.controller(low, high)
