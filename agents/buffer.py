@@ -9,6 +9,10 @@ import torch
 from torch import Tensor
 
 
+def evenly_spaced(rows: int, count: int, device: torch.device | str = "cpu") -> Tensor:
+    """Indices of min(count, rows) rows evenly spaced over `rows` (no randomness)."""
+    return torch.linspace(0, rows - 1, min(count, rows), device=device).long()
+
 class Batch(NamedTuple):
     """A batch of transitions; `done` is 1.0 where the episode terminated (not truncated)."""
 
@@ -71,7 +75,7 @@ class ReplayBuffer:
 
     def spread(self, count: int) -> Batch:
         """`count` stored transitions evenly spaced over the filled rows (no randomness)."""
-        index = torch.linspace(0, self.size - 1, min(count, self.size), device=self.device).long()
+        index = evenly_spaced(self.size, count, self.device)
         return Batch(**{name: t[index] for name, t in self._fields.items()})
 
     def state_dict(self) -> dict:

@@ -171,7 +171,7 @@ class CriticLearner(ABC):
         """The target's parameters as the critic has them now: each layer's effective weight
         (from `weights` where constrained) and bias, detached, layer by layer."""
         return [tensor.detach() for layer in self.critic.layers()
-                for tensor in (weights.get(layer, layer.weight), layer.bias)]
+                for tensor in (weights.get(layer, layer.weight), layer.bias) if tensor is not None]
 
     def _robust_penalty(self, batch: Batch, q: Tensor) -> Tensor:
         """The robust loss on the first `robust_batch` rows, with the state perturbed in units

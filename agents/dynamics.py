@@ -1,6 +1,6 @@
 """Learned dynamics for model-based RL: an ensemble of MLPs predicting (reward, state change).
 
-One module holds E members as batched SpectralLinear layers (unconstrained, `bound=None`), so the
+One module holds E members as batched LipschitzLinear layers (unconstrained, `bound=None`), so the
 whole ensemble trains and predicts in one batched call. Probabilistic members output a Gaussian
 (mean and a log-variance softly held between learned bounds, as in PETS/MBPO) and train on its
 negative log-likelihood; deterministic members output the mean and train on MSE. E = 1 gives the
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipctl.lipschitz import SpectralLinear
+from lipctl.lipschitz import LipschitzLinear
 
 MAX_HOLDOUT = 5000  # holdout rows are capped, as in MBPO, so validation stays cheap on big buffers
 MIN_IMPROVEMENT = 0.01  # relative holdout-MSE drop that counts as progress for early stopping
@@ -81,11 +81,11 @@ class DynamicsEnsemble(nn.Module):
         sizes = [in_dim, *hidden]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-            layers += [SpectralLinear(n_in, n_out, bound=None, ensemble_size=ensemble_size),
+            layers += [LipschitzLinear(n_in, n_out, bound=None, ensemble_size=ensemble_size),
                        nn.SiLU()]
         heads = 2 if probabilistic else 1
-        layers.append(SpectralLinear(sizes[-1], heads * self.out_dim, bound=None,
-                                     ensemble_size=ensemble_size))
+        layers.append(LipschitzLinear(sizes[-1], heads * self.out_dim, bound=None,
+                                      ensemble_size=ensemble_size))
         self.net = nn.Sequential(*layers)
         if probabilistic:
             low, high = INIT_LOGVAR_BOUNDS

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lipctl.agents.absorbing import absorb, with_indicator
-from lipctl.agents.buffer import Batch, ReplayBuffer
+from lipctl.agents.buffer import Batch, ReplayBuffer, evenly_spaced
 from lipctl.agents.discriminator import (
     PENALTY_POINTS,
     REWARD_FORMS,
@@ -28,6 +28,7 @@ from lipctl.agents.discriminator import (
     discriminator_loss,
 )
 from lipctl.agents.preconditioning import ForwardModel
+from lipctl.agents.trainer import CERTIFICATE_ROWS
 from lipctl.envs.demos import Demos
 from lipctl.lipschitz import Certificate, certify, post_step
 
@@ -206,9 +207,8 @@ class GAILReward:
         lower bound starts from 256 expert rows evenly spaced over the demonstrations (no random
         stream is drawn from, so certifying never changes the run) and the policy's replay
         `inputs` [B, n + m]."""
-        spaced = torch.linspace(0, len(self.expert_inputs) - 1, min(256, len(self.expert_inputs)),
-                                device=self.device).long()
-        data = self.expert_inputs[spaced]
+        data = self.expert_inputs[evenly_spaced(len(self.expert_inputs), CERTIFICATE_ROWS,
+                                                self.device)]
         if inputs is not None:
             data = torch.cat([data, inputs])
         was_training = self.discriminator.training

@@ -223,10 +223,8 @@ class OffPolicyTrainer:
         return certificates
 
     def state_dict(self) -> dict:
-        """Everything a resume needs, with the Lipschitz figures of exactly these weights
-        (measured now unless they were measured at this step)."""
-        if self.measured_step != self.step:
-            self.measure_lipschitz()
+        """Everything a resume needs, with the Lipschitz figures last measured (`save` measures
+        them for the weights it writes)."""
         return {
             "step": self.step,
             "episodes": self.episodes,
@@ -263,4 +261,8 @@ class OffPolicyTrainer:
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self, path: str | Path) -> None:
+        """A checkpoint whose Lipschitz figures belong to exactly the weights it holds
+        (measured now unless they were measured at this step)."""
+        if self.measured_step != self.step:
+            self.measure_lipschitz()
         save_checkpoint(path, self.state_dict())
