@@ -3,14 +3,19 @@ gradient penalty) and the rewards it gives."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipctl.lipschitz import gradient_penalty, interpolate, layer_family, lipschitz_mlp
+from lipctl.lipschitz import (
+    gradient_penalty,
+    interpolate,
+    layer_family,
+    lipschitz_mlp,
+    takes_option,
+)
 
 # reward(logit of D): -log(1 - D) = softplus(logit) > 0; log D - log(1 - D) = logit
 REWARD_FORMS = {"minus_log_one_minus_d": F.softplus, "logit": lambda logits: logits}
@@ -47,7 +52,7 @@ class Discriminator(nn.Module):
                                  activation=activation, layer=layer)
         if head_bound is not None:
             family = layer_family(layer)
-            cap = {"mode": "cap"} if "mode" in inspect.signature(family).parameters else {}
+            cap = {"mode": "cap"} if takes_option(family, "mode") else {}
             self.net[-1] = family(hidden[-1], 1, bound=head_bound, **cap)
 
     def forward(self, inputs: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from lipctl.lipschitz.family import (
     post_step,
     register_family,
     shared_weights,
+    takes_option,
 )
 from lipctl.lipschitz.layers import GroupSort, MaxMin, freeze, lipschitz_mlp
 from lipctl.lipschitz.lipsdp import (
@@ -67,6 +68,7 @@ __all__ = [
     "post_step",
     "register_family",
     "shared_weights",
+    "takes_option",
     "gradient_penalty",
     "input_gradient_norm",
     "interpolate",

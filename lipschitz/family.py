@@ -13,6 +13,7 @@ level (see `lipschitz_mlp`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -169,6 +170,11 @@ def register_family(name: str) -> Callable[[type[LipschitzLinear]], type[Lipschi
         FAMILIES[name] = cls
         return cls
     return register
+
+
+def takes_option(family: type[LipschitzLinear], name: str) -> bool:
+    """Whether the family's constructor has a parameter `name` (e.g. "mode")."""
+    return name in inspect.signature(family).parameters
 
 
 def layer_family(layer: str | type[LipschitzLinear]) -> type[LipschitzLinear]:

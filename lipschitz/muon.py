@@ -77,7 +77,7 @@ class Muon(torch.optim.Optimizer):
     norm about lr, tall ones lr * sqrt(out/in), so that a tall update's RMS-to-RMS operator norm
     is lr too. It keeps lr interchangeable with torch's Muon, and it makes every update's
     spectral norm at most lr * update_scale(shape) * NS_MAX_GAIN, known before the step (the
-    spectral soft cap couples its strength to that). Stacked members are orthogonalised
+    bound a soft cap's `max_update` option can be given). Stacked members are orthogonalised
     separately. Vectors (biases) and higher-rank tensors are refused: give them to Adam.
     """
 

@@ -3,14 +3,13 @@ whichever network it constrains: a critic, a behaviour-cloning policy, a discrim
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch import nn
 
-from lipctl.lipschitz.family import check_bound, layer_family
+from lipctl.lipschitz.family import check_bound, layer_family, takes_option
 from lipctl.lipschitz.layers import ACTIVATIONS, lipschitz_mlp
 
 
@@ -68,7 +67,7 @@ class LipschitzSpec:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: must be one of {', '.join(ACTIVATIONS)}, got "
                              f"{self.activation!r}")
-        if self.mode != "normalize" and "mode" not in inspect.signature(family).parameters:
+        if self.mode != "normalize" and not takes_option(family, "mode"):
             raise ValueError(f"mode: layer family {self.layer!r} takes no mode")
 
     @classmethod
@@ -94,7 +93,7 @@ class LipschitzSpec:
 
     def family_options(self) -> dict[str, Any]:
         """The keyword arguments for the family's constructor."""
-        takes_mode = "mode" in inspect.signature(layer_family(self.layer)).parameters
+        takes_mode = takes_option(layer_family(self.layer), "mode")
         return {**({"mode": self.mode} if takes_mode else {}), **self.options}
 
     def mlp(self, in_features: int, out_features: int, hidden: Sequence[int],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor
@@ -12,6 +13,8 @@ from torch import Tensor
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.critic_learner import TwinCritic
 from lipctl.agents.sac import SAC
+from lipctl.commands.train import validate
+from lipctl.config import ConfigError
 from lipctl.lipschitz import (
     FAMILIES,
     LipschitzLinear,
@@ -161,3 +164,18 @@ def test_a_learner_config_from_before_the_lipschitz_spec_still_builds():
     assert agent.robust_weight == 0.5 and agent.certificate_tier == "product"
     current = OmegaConf.create({"_target_": "lipctl.agents.sac.SAC", "hidden": [16, 16]})
     assert learner_config(current) is current
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["+lipschitz.options.foo=1"], "lipschitz.options: SpectralLinear.__init__() got an "
+                                   "unexpected keyword argument 'foo'"),
+    (["lipschitz=soft_cap", "+lipschitz.options.lr=1.0"],
+     "lipschitz.options: the soft cap absorbs updates of at most 1.263 x bound"),
+    (["lipschitz.layer=nope"], "lipschitz.layer: unknown layer family 'nope'"),
+])
+def test_a_family_option_it_cannot_take_is_a_config_error(overrides, message):
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        cfg = compose("train", overrides=overrides)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert str(error.value).startswith(message)

@@ -18,8 +18,8 @@ from lipctl.control.process_data import ProcessDataset
 class FitResult:
     """Per-epoch train/val MSE, the clean-target test MSE of the kept weights (the best
     validation epoch's, or the last epoch's without early stopping), that epoch, the training
-    wall time and the test MSE of predicting no change (`persistence_mse`), the baseline a
-    model must beat to be of use."""
+    wall time and the test MSE of predicting no change (`baseline_mse`, see `persistence_mse`),
+    the baseline a model must beat to be of use."""
 
     history: list[dict[str, float]]
     test_mse: float

@@ -35,6 +35,7 @@ from lipctl.envs import env_spaces, make_env
 from lipctl.envs.demos import Demos, load_demos
 from lipctl.extras import EXTRAS, require_extra
 from lipctl.lipschitz import FAMILIES, TIERS, LipschitzSpec
+from lipctl.lipschitz.layers import GROUPSORT_SIZE
 from lipctl.lipschitz.muon import OPTIMIZERS
 from lipctl.logger import BACKENDS, Logger, run_name
 from lipctl.networks import is_behaviour_cloning
@@ -120,12 +121,16 @@ def validate_lipschitz(cfg: DictConfig, key: str = "lipschitz") -> None:
         raise ConfigError(key, f"must be a mapping of lipschitz settings, got {value!r}")
     node = OmegaConf.to_container(value, resolve=True)
     try:
-        LipschitzSpec.of(node)
+        spec = LipschitzSpec.of(node)
     except (TypeError, ValueError) as error:
         field, _, message = str(error).partition(": ")
         if field in node:
             raise ConfigError(f"{key}.{field}", message) from None
         raise ConfigError(key, str(error)) from None
+    try:  # the family's own options (and values such as mode) show only when it is built
+        spec.mlp(GROUPSORT_SIZE, 1, [GROUPSORT_SIZE])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{key}.options", str(error).splitlines()[0]) from None
 
 
 def validate_learner(cfg: DictConfig) -> None:
