@@ -27,7 +27,8 @@ class LipschitzSpec:
     "groupsort" keep gradient norms, so a network near its bound stays expressive; "relu"
     loses rank wherever units are off). `mode` and `options` go to the family's constructor
     (`mode` only to families that take it: "spectral" normalises or caps).
-    The robust loss and certificate tier are a critic's: `robust_*` and `certificate_tier`.
+    The robust loss and certificate tier are a critic's: `robust_*` and `certificate_tier` (a
+    spec for an actor, a BC policy or a discriminator carries them unused).
     """
 
     name: str = "none"

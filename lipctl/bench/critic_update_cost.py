@@ -24,7 +24,7 @@ import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
-from lipctl.bench.sac_throughput import _cpu_count, _cpu_model
+from lipctl.bench.sac_throughput import cpu_count, cpu_model
 from lipctl.lipschitz import FAMILIES
 from lipctl.lipschitz.spectral import MODES as SPECTRAL_MODES
 
@@ -101,7 +101,7 @@ def measure(widths: list[int], arms: list[str], rounds: int, updates: int, burn_
     return {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
             "updates_per_round": updates, "burn_in": burn_in,
             "measured_seconds": round(time.perf_counter() - started, 1),
-            "machine": {"processor": _cpu_model(), "cpus": _cpu_count(),
+            "machine": {"processor": cpu_model(), "cpus": cpu_count(),
                         "python": platform.python_version(), "torch": torch.__version__,
                         "torch_threads": torch.get_num_threads(),
                         "load_average_1min": [round(load_before[0], 2),

@@ -123,19 +123,19 @@ def compare(s: Setting, repeats: int = 3) -> dict:
         "measured_steps": s.steps,
         "repeats": repeats,
         "runs": runs,
-        "machine": {"cpus": _cpu_count(), "processor": _cpu_model(),
+        "machine": {"cpus": cpu_count(), "processor": cpu_model(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "stable_baselines3": stable_baselines3.__version__},
     }
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0))
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
