@@ -130,12 +130,14 @@ def compare(s: Setting, repeats: int = 3) -> dict:
 
 
 def cpu_count() -> int:
+    """The CPU cores this process may run on."""
     import os
 
     return len(os.sched_getaffinity(0))
 
 
 def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
