@@ -3,6 +3,8 @@ lets a constrained critic fit a Pendulum-scale value function as well as a free 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -11,8 +13,9 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from lipctl.agents.checkpoint import load_checkpoint
-from lipctl.agents.critic_learner import TwinCritic
 from lipctl.agents.sac import SAC
+from lipctl.bench import layer_level
+from lipctl.bench.layer_level import ARMS, fitted_rmse
 from lipctl.commands.train import validate
 from lipctl.config import ConfigError
 from lipctl.lipschitz import (
@@ -21,7 +24,6 @@ from lipctl.lipschitz import (
     LipschitzSpec,
     certify,
     lower_bound,
-    post_step,
     register_family,
 )
 from lipctl.networks import learner_config
@@ -90,48 +92,19 @@ def test_level_puts_the_bound_on_a_fixed_output_scale():
         pytest.approx([800.0 ** (1 / 3)] * 3)
 
 
-def pendulum_scale_q(x: Tensor) -> Tensor:
-    """A value-like target on [-2, 2]^4: std ~350 over the box, slope up to ~600."""
-    return 495.0 * torch.sin(1.2 * x[:, 0]) + 40.0 * x[:, 1] * x[:, 2].tanh()
-
-
-def fitted_rmse(spec: LipschitzSpec, steps: int) -> tuple[float, float]:
-    """Test RMSE of critic 0 after `steps` Adam steps (lr 3e-4, batch 256) on the target, and
-    its certified bound."""
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    critic = TwinCritic(3, 1, (64, 64), lipschitz=spec)
-    optimiser = torch.optim.Adam(critic.parameters(), lr=3e-4)
-    test = 4 * torch.rand(2048, 4, generator=generator) - 2
-    for _ in range(steps):
-        x = 4 * torch.rand(256, 4, generator=generator) - 2
-        loss = (critic(x[:, :3], x[:, 3:]) - pendulum_scale_q(x)).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        post_step(critic)
-    critic.eval()
-    with torch.no_grad():
-        error = critic(test[:, :3], test[:, 3:])[0] - pendulum_scale_q(test)
-    return float(error.pow(2).mean().sqrt()), certify(critic.net, member=0).upper
-
-
 @pytest.fixture(scope="module")
 def free_critic_rmse() -> float:
     """The unconstrained critic as lipctl builds it by default (ReLU)."""
-    return fitted_rmse(LipschitzSpec(), REGRESSION_STEPS)[0]
+    return fitted_rmse(ARMS["free relu"], REGRESSION_STEPS)[0]
 
 
 REGRESSION_STEPS = 25_000
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", [
-    LipschitzSpec(layer="spectral", L=800.0, mode="cap", activation="maxmin"),
-    LipschitzSpec(layer="orthogonal", L=800.0, activation="maxmin"),
-], ids=["spectral_cap", "orthogonal"])
-def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, spec):
-    constrained, upper = fitted_rmse(spec, REGRESSION_STEPS)
+@pytest.mark.parametrize("arm", ["spectral cap maxmin", "orthogonal maxmin"])
+def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, arm):
+    constrained, upper = fitted_rmse(ARMS[arm], REGRESSION_STEPS)
     assert upper <= 800.0 * (1 + 1e-6)
     assert constrained <= 2 * free_critic_rmse, (constrained, free_critic_rmse)
 
@@ -179,3 +152,14 @@ def test_a_family_option_it_cannot_take_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError) as error:
         validate(cfg)
     assert str(error.value).startswith(message)
+
+
+def test_the_level_benchmark_writes_every_arm_it_runs(tmp_path):
+    out = tmp_path / "layer_level.json"
+    layer_level.main(["--steps", "3", "--arms", "free relu", "soft_cap maxmin", "--out",
+                      str(out)])
+    result = json.loads(out.read_text())
+    assert [row["arm"] for row in result["results"]] == ["free relu", "soft_cap maxmin"]
+    constrained = result["results"][1]
+    assert constrained["certified_upper"] <= layer_level.BOUND * (1 + 1e-6)
+    assert all(row["test_rmse"] > 0 for row in result["results"])
