@@ -273,20 +273,20 @@ def range_problem(values: np.ndarray, name: str, tag: str, unit: str, target: st
     them fit (the one that puts most of them inside the bounds first)."""
     low, high = bounds
     margin = BOX_MARGIN * (high - low)
-
-    def outside(source: str) -> float:
-        return 1 - share_within(convert(values, source, target), low, high, margin)
-
-    if outside(unit) <= OUTSIDE_FRACTION:
+    read_in = convert(values, unit, target)
+    outside = 1 - share_within(read_in, low, high, margin)
+    if outside <= OUTSIDE_FRACTION:
         return None
-    fits = sorted((other for other in same_quantity(target)
-                   if other != unit and outside(other) <= OUTSIDE_FRACTION),
-                  key=lambda other: -share_within(convert(values, other, target), low, high))
+    candidates = {other: convert(values, other, target)
+                  for other in same_quantity(target) if other != unit}
+    fits = sorted((other for other, converted in candidates.items()
+                   if 1 - share_within(converted, low, high, margin) <= OUTSIDE_FRACTION),
+                  key=lambda other: -share_within(candidates[other], low, high))
     hint = (f"values look like {' or '.join(fits)}: declare units: {{{name}: {fits[0]}}} in "
             f"log.columns" if fits else "check its unit and its column in log.columns")
     read = "" if unit == target else f", read in {unit}"
-    median = np.nanmedian(convert(values, unit, target))
-    return (f"{path}: column {tag!r} ({name}{read}) has {outside(unit):.0%} of its values "
+    median = np.nanmedian(read_in)
+    return (f"{path}: column {tag!r} ({name}{read}) has {outside:.0%} of its values "
             f"outside [{low - margin:.4g}, {high + margin:.4g}] {target} ({name}'s {box} "
             f"[{low:.4g}, {high:.4g}] widened by {BOX_MARGIN:.0%} each side), median "
             f"{median:.4g} {target}; {hint}")
