@@ -17,6 +17,7 @@ from lipctl.agents.progress import progress_bar
 from lipctl.agents.trainer import MetricsLogger
 from lipctl.control.policy import sampled_lower_bound
 from lipctl.lipschitz import Certificate, LipschitzSpec, certify, post_step
+from lipctl.lipschitz.muon import make_optimizer
 
 KIND = "behaviour_cloning"  # the `agent.kind` of a behaviour-cloning config and checkpoint
 
@@ -147,7 +148,7 @@ def fit_bc(policy: BCPolicy, observations: np.ndarray, actions: np.ndarray,
     train_rows, holdout_rows = (torch.as_tensor(rows, device=device) for rows in
                                 holdout_split(episode_index, settings.holdout_ratio, rng))
     policy.fit_scalers(obs[train_rows], act[train_rows])
-    optimiser = torch.optim.Adam(policy.parameters(), lr=settings.lr)
+    optimiser = make_optimizer(policy, "adam", lr=settings.lr)
     best, best_state, best_epoch, epoch = float("inf"), None, 0, 0
     bar = progress_bar(range(1, settings.epochs + 1), enabled=progress, desc="bc", leave=False)
     for epoch in bar:

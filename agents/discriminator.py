@@ -53,7 +53,9 @@ class Discriminator(nn.Module):
         if head_bound is not None:
             family = layer_family(layer)
             cap = {"mode": "cap"} if takes_option(family, "mode") else {}
-            self.net[-1] = family(hidden[-1], 1, bound=head_bound, **cap)
+            head = family(hidden[-1], 1, bound=head_bound, **cap)
+            head.join(self.net[-3], output=True)  # after the last hidden layer (chained families)
+            self.net[-1] = head
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits [B] of concatenated (observation, action) rows [B, n + m]."""

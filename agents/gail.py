@@ -31,6 +31,7 @@ from lipctl.agents.preconditioning import ForwardModel
 from lipctl.agents.trainer import CERTIFICATE_ROWS
 from lipctl.envs.demos import Demos
 from lipctl.lipschitz import Certificate, certify, post_step
+from lipctl.lipschitz.muon import make_optimizer
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class GAILReward:
         self.settings = s = settings or GAILSettings()
         self.device = buffer.device
         self.discriminator = discriminator.to(self.device)
-        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=s.lr)
+        self.optimizer = make_optimizer(self.discriminator, "adam", lr=s.lr)
         self.reward_fn = REWARD_FORMS[s.reward_form]
         self.forward_model = None
         if s.preconditioning:

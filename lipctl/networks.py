@@ -120,10 +120,11 @@ def _learner_policy(run_cfg: DictConfig, env: gym.Env, weights: dict
     agent = instantiate(learner_config(run_cfg.agent.learner), obs_dim=obs_dim + int(absorbing),
                         act_dim=act_dim, device="cpu")
     agent.load_state_dict(weights)
+    mlp = agent.policy().mlp.eval()  # certified as built: a chained family carries its LMI
     policy = freeze(agent.policy()).eval()  # plain layers: traceable and exportable
     if absorbing:
         policy = RealStatePolicy(policy)
-    return ScaledPolicy(policy, low, high), policy.mlp
+    return ScaledPolicy(policy, low, high), mlp
 
 
 def _policy(state: dict, path: Path, tier: str) -> Network:
@@ -139,8 +140,9 @@ def _policy(state: dict, path: Path, tier: str) -> Network:
         np.stack([env.reset(seed=i)[0] for i in range(PROBE_SAMPLES)]), dtype=torch.float32)
     try:
         if is_behaviour_cloning(run_cfg):
-            policy = freeze(bc_policy(run_cfg, env, weights)).eval()  # exportable
-            certificate = policy.certificate(observations, tier)
+            built = bc_policy(run_cfg, env, weights).eval()
+            certificate = built.certificate(observations, tier)  # as built (see above)
+            policy = freeze(built)  # exportable
         else:
             policy, mlp = _learner_policy(run_cfg, env, weights)
             certificate = policy_certificate(mlp, policy, observations, tier=tier)

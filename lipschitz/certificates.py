@@ -4,6 +4,9 @@ Tiers, loosest and cheapest first:
 - "product": product of the layers' exact spectral norms; valid for any 1-Lipschitz activations.
 - "eclipse": ECLipsE-Fast, LipSDP-neuron solved layer by layer in closed form.
 - "lipsdp": LipSDP-neuron with per-neuron multipliers optimised by first-order descent.
+Every tier also takes the by-construction bound of a network whose layers carry their own LMI
+multipliers (lipctl.lipschitz.chained) where that is smaller: the LMI at those multipliers,
+checked in float64 like the others.
 The two tighter tiers need elementwise activations with slopes in [0, 1] (ReLU, leaky ReLU, tanh,
 sigmoid, identity); on nets with MaxMin/GroupSort they fall back to the product bound. Their
 multipliers only become a certificate after a float64 Cholesky check of the full LipSDP matrix.
@@ -31,6 +34,7 @@ from lipctl.lipschitz.lipsdp import (
     eclipse_fast_multipliers,
     lipsdp_matrix,
     lipsdp_multipliers,
+    multiplier_rho,
     to_float64,
 )
 
@@ -40,6 +44,7 @@ __all__ = [
     "certified_rho",
     "certify",
     "check_lmi",
+    "construction_bound",
     "eclipse_fast_bound",
     "eclipse_fast_multipliers",
     "lipsdp_bound",
@@ -293,6 +298,54 @@ def pair_ratio_ascent(f: Callable[[Tensor], Tensor], x1: Tensor, x2: Tensor, ste
     return best
 
 
+# LipSDP steps (and their rate) that absorb a tight construction's float32 rounding
+CONSTRUCTION_REFINEMENT, REFINEMENT_LR = 10, 0.01
+
+
+def _gain(layer: nn.Module) -> float:
+    """The factor a layer's effective weight applies to its family's unit construction."""
+    if not isinstance(layer, LipschitzLinear):
+        return 1.0
+    return (1.0 if layer.bound is None else layer.bound) * layer.scale
+
+
+def _member(tensor: Tensor, layer: LipschitzLinear, member: int | None) -> Tensor:
+    return tensor if layer.ensemble_size is None else tensor[member]
+
+
+def construction_bound(net: nn.Module, member: int | None = None,
+                       refine_iterations: int = CONSTRUCTION_REFINEMENT) -> Bound | None:
+    """The by-construction bound of a net whose hidden layers carry LMI multipliers (chained
+    families): with every weight divided by its layer's gain (bound x scale), sqrt(rho) at those
+    multipliers, LMI-checked in float64, times the product of the gains (valid for elementwise
+    activations slope-restricted to [0, 1]); None for any other net or a failed check.
+
+    A tight construction (Sandwich) holds with rho = 1 in exact arithmetic; the float32 weights
+    can need slightly more at the same multipliers. Then `refine_iterations` steps of LipSDP
+    descent from those multipliers (`lipsdp_multipliers`) look for a rho <= 1."""
+    linears = [m for m in _leaves(net) if isinstance(m, nn.Linear | LipschitzLinear)]
+    hidden = linears[:-1]
+    if not hidden or not all(isinstance(m, LipschitzLinear) and m.lmi_multiplier() is not None
+                             for m in hidden):
+        return None
+    weights, kinds = mlp_layers(net, member)
+    if _fallback_label(kinds) is not None:
+        return None
+    gains = [_gain(m) for m in linears]
+    unit = [weight / gain for weight, gain in zip(weights, gains, strict=True)]
+    multipliers = [_member(m.lmi_multiplier(), m, member) for m in hidden]
+    rho = multiplier_rho(unit, multipliers)
+    if rho is None or rho > 1:
+        refined, refined_rho = lipsdp_multipliers(unit, refine_iterations, REFINEMENT_LR,
+                                                  start=multipliers)
+        if rho is None or refined_rho < rho:
+            multipliers, rho = refined, refined_rho
+    checked = certified_rho(unit, multipliers, rho) if math.isfinite(rho) else None
+    if checked is None:
+        return None
+    return math.sqrt(checked) * math.prod(gains), "construction"
+
+
 _TIER_BOUNDS = {"product": _product, "eclipse": _eclipse, "lipsdp": _lipsdp}
 TIERS = tuple(_TIER_BOUNDS)
 
@@ -300,7 +353,8 @@ TIERS = tuple(_TIER_BOUNDS)
 def certify(net: nn.Module, data: Tensor | None = None, tier: str = "eclipse",
             member: int | None = None) -> Certificate:
     """Certificate of `net` in eval mode (each module's training flag is restored): the tier's
-    upper bound, the sampled lower bound when data is given, and the seconds both took."""
+    upper bound (or the by-construction bound where smaller), the sampled lower bound when
+    data is given, and the seconds both took."""
     if tier not in _TIER_BOUNDS:
         raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
     modes = [(module, module.training) for module in net.modules()]
@@ -308,6 +362,9 @@ def certify(net: nn.Module, data: Tensor | None = None, tier: str = "eclipse",
     net.eval()
     try:
         upper, method = _TIER_BOUNDS[tier](*mlp_layers(net, member))
+        construction = construction_bound(net, member)
+        if construction is not None and construction[0] < upper:
+            upper, method = construction
         lower = None if data is None else lower_bound(net, data, member=member)
     finally:
         for module, training in modes:

@@ -80,8 +80,23 @@ class LipschitzLinear(nn.Module):
         current mode; called only when `bound` is set. Families override it."""
         raise NotImplementedError
 
+    activations: tuple[str, ...] | None = None  # the hidden activations it allows (None: any)
+
     def post_step(self) -> None:
         """What the family does to its parameters after each optimiser step (default: none)."""
+
+    def set_update_bound(self, spectral_norm: float) -> None:
+        """Told by `make_optimizer` the largest spectral norm one update of its weight can have
+        (default: ignored; the soft cap couples its strength to it)."""
+
+    def join(self, previous: LipschitzLinear | None, output: bool) -> None:
+        """Told by `lipschitz_mlp` which layer precedes this one and whether it is the output
+        layer (default: ignored; chained families build their weights from both)."""
+
+    def lmi_multiplier(self) -> Tensor | None:
+        """The LipSDP multiplier of the activation after this layer under which the network
+        is certified by construction (default: None, no such multiplier)."""
+        return None
 
     def train(self, mode: bool = True) -> LipschitzLinear:
         """Switch mode; every switch drops the cached exact sigma, because optimisers (fused or

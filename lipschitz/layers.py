@@ -94,6 +94,10 @@ def lipschitz_mlp(
         raise ValueError("level=True puts the global bound on the output scale: give bound")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+    if family.activations is not None and activation not in family.activations:
+        name = layer if isinstance(layer, str) else family.__name__
+        raise ValueError(f"layer family {name!r} needs one of the activations "
+                         f"{', '.join(family.activations)}, got {activation!r}")
     group = getattr(_ACTIVATIONS[activation](), "group_size", 1)
     if any(width % group for width in hidden):
         raise ValueError(f"activation {activation!r} needs hidden widths divisible by {group}")
@@ -109,6 +113,9 @@ def lipschitz_mlp(
         layers.append(family(n_in, n_out, bound=None if last and free_output else layer_bound,
                              ensemble_size=ensemble_size, scale=bound if last and level else 1.0,
                              **family_options))
+    linears = [layer for layer in layers if isinstance(layer, LipschitzLinear)]
+    for previous, layer in zip([None, *linears[:-1]], linears, strict=True):
+        layer.join(previous, output=layer is linears[-1])
     return nn.Sequential(*layers)
 
 

@@ -53,6 +53,22 @@ def eclipse_fast_multipliers(weights: Sequence[Tensor]) -> tuple[list[Tensor], f
     return multipliers, float(torch.linalg.eigvalsh(_congruence(weights[-1], chol))[-1])
 
 
+def multiplier_rho(weights: Sequence[Tensor], multipliers: Sequence[Tensor]) -> float | None:
+    """rho = lambda_max(W_l X_{l-1}^{-1} W_l^T) along the chain X_0 = I,
+    X_i = 2 Lambda_i - Lambda_i W_i X_{i-1}^{-1} W_i^T Lambda_i for given normalised multipliers
+    (uncertified: check it with `certified_rho`), or None where some X_i is not positive
+    definite."""
+    weights = [to_float64(w) for w in weights]
+    chol = None
+    for weight, lam in zip(weights[:-1], multipliers, strict=True):
+        lam = to_float64(lam)
+        x = torch.diag(2 * lam) - lam[:, None] * _congruence(weight, chol) * lam
+        chol, info = torch.linalg.cholesky_ex(x)
+        if info:
+            return None
+    return float(torch.linalg.eigvalsh(_congruence(weights[-1], chol))[-1])
+
+
 def _blocks(weights: Sequence[Tensor]) -> list[slice]:
     """Index ranges of dz_0, ..., dz_{l-1} in the LipSDP matrix."""
     sizes = [weights[0].shape[1]] + [w.shape[0] for w in weights[:-1]]
@@ -128,7 +144,8 @@ def _rho_and_gradient(
 
 
 def lipsdp_multipliers(
-    weights: Sequence[Tensor], iterations: int = 300, lr: float = 0.1
+    weights: Sequence[Tensor], iterations: int = 300, lr: float = 0.1,
+    start: Sequence[Tensor] | None = None,
 ) -> tuple[list[Tensor], float]:
     """Per-neuron LipSDP multipliers minimising rho, by Adam on their logs from ECLipsE-Fast.
 
@@ -138,13 +155,16 @@ def lipsdp_multipliers(
     more), which Adam's per-coordinate scaling tolerates better than plain gradient or
     quasi-Newton steps. Descent is kept monotone: a step that leaves the domain or raises rho is
     undone and the learning rate halved; an accepted step grows it by STEP_GROWTH, up to `lr`.
+    `start` replaces the ECLipsE-Fast start (positive multipliers, e.g. a network's own).
     Returns the best multipliers and their (uncertified) rho; any multipliers give a valid
     certificate once the LMI check passes.
     """
     weights = [to_float64(w) for w in weights]
-    start, rho_start = eclipse_fast_multipliers(weights)
-    if not start:
-        return start, rho_start
+    if start is None:
+        start, rho_start = eclipse_fast_multipliers(weights)
+        if not start:
+            return start, rho_start
+    start = [to_float64(m) for m in start]
     theta = [m.log() for m in start]
     best, best_rho = [t.clone() for t in theta], math.inf
     optimiser = torch.optim.Adam(theta, lr=lr)

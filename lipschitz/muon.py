@@ -233,9 +233,20 @@ def make_optimizer(network: nn.Module, name: str, lr: float, muon_lr: float = 0.
     Muon at `muon_lr` on the hidden weight matrices and Adam at `lr` (with `options`, which
     may also hold Muon's own settings) on the rest. Nested nn.Sequentials count as one MLP (a
     trunk and its head: the head is the output layer, so the trunk's last layer is hidden).
+    Every Lipschitz layer is told the largest spectral norm one update of its weight can have
+    (Muon's: muon_lr x update_scale x NS_MAX_GAIN; Adam's: lr x sqrt(out x in)), to which a
+    soft cap couples its strength.
     """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    flat = nn.Sequential(*_flat_layers(network))
+    muon_weights = {id(p) for p in muon_param_groups(flat)[0]} if name == "muon" else set()
+    for layer in network.modules():
+        if isinstance(layer, LipschitzLinear):
+            shape = layer.weight.shape
+            layer.set_update_bound(
+                muon_lr * update_scale(shape) * NS_MAX_GAIN if id(layer.weight) in muon_weights
+                else lr * math.sqrt(shape[-2] * shape[-1]))
     if name == "adam":
         return torch.optim.Adam(network.parameters(), lr=lr, **options)
-    if name == "muon":
-        return MuonAdam(nn.Sequential(*_flat_layers(network)), lr=lr, muon_lr=muon_lr, **options)
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return MuonAdam(flat, lr=lr, muon_lr=muon_lr, **options)

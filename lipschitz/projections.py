@@ -103,26 +103,40 @@ def _odd_cubic_step(m: Tensor, c: float) -> Tensor:
     return m + c * (m @ (m.mT @ m))
 
 
+ADAM_LR = 3e-4  # the learners' default rate: a soft cap's update bound before it is coupled
+
+
 @register_family("soft_cap")
 class SoftCapLinear(ProjectedLinear):
     """Spectral soft cap after each optimiser step (see the module docstring).
 
     `max_update` is the largest spectral norm one optimiser update of this weight can have; the
-    strength is chosen so that a weight inside the ball stays inside after any such update. Its
-    default is for Adam at learning rate `lr`: Adam moves each entry by about lr at most, so
-    an update's spectral norm is at most its Frobenius norm, lr * sqrt(out * in) (reached by
-    rank-one sign patterns, the shape of a linear layer's per-sample gradient).
+    strength is chosen so that a weight inside the ball stays inside after any such update.
+    Given, it is fixed; left None, `make_optimizer` couples it to the optimiser that trains the
+    layer (`set_update_bound`): Muon's updates have a known spectral norm, and Adam moves each
+    entry by about its rate lr at most, so an update's spectral norm is at most its Frobenius
+    norm, lr * sqrt(out * in) (reached by rank-one sign patterns, the shape of a linear layer's
+    per-sample gradient). Until coupled it assumes Adam at ADAM_LR.
     """
 
     def __init__(self, in_features: int, out_features: int, bound: float | None = 1.0,
                  ensemble_size: int | None = None, bias: bool = True, scale: float = 1.0,
-                 lr: float = 3e-4, max_update: float | None = None):
-        check_bound(lr, "lr")
+                 max_update: float | None = None):
         check_bound(max_update, "max_update")
         super().__init__(in_features, out_features, bound, ensemble_size, bias, scale)
-        self.max_update = lr * math.sqrt(in_features * out_features) if max_update is None \
-            else float(max_update)
-        self.strength = None if bound is None else soft_cap_strength(self.max_update / bound)
+        self.fixed_update = max_update is not None
+        self.max_update, self.strength = 0.0, None
+        self._couple(ADAM_LR * math.sqrt(in_features * out_features) if max_update is None
+                     else float(max_update))
+
+    def _couple(self, max_update: float) -> None:
+        self.max_update = max_update
+        if self.bound is not None:
+            self.strength = soft_cap_strength(max_update / self.bound)
+
+    def set_update_bound(self, spectral_norm: float) -> None:
+        if not self.fixed_update:
+            self._couple(spectral_norm)
 
     def project(self, weight: Tensor) -> Tensor:
         m = _odd_cubic_step(weight / self.bound, -self.strength)

@@ -13,6 +13,7 @@ from lipctl.lipschitz import (
     lower_bound,
     post_step,
 )
+from lipctl.lipschitz.muon import NS_MAX_GAIN, make_optimizer
 from lipctl.lipschitz.projections import (
     MAX_DELTA,
     HammerLinear,
@@ -53,7 +54,7 @@ def regression(ensemble_size: int | None, bound: float, rows: int = 256
 def train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
           after_step=None) -> list[float]:
     """Adam on the squared error, with the projections after every step; the losses."""
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    optimizer = make_optimizer(net, "adam", lr=lr)
     losses = []
     for _ in range(steps):
         loss = (net(x) - y).pow(2).mean()
@@ -65,10 +66,6 @@ def train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr
         if after_step is not None:
             after_step()
     return losses
-
-
-def family_options(name: str, lr: float) -> dict:
-    return {"lr": lr} if name == "soft_cap" else {}
 
 
 def test_families_are_registered():
@@ -88,7 +85,7 @@ def test_soft_cap_polynomial_is_the_composition_of_two_cubic_steps():
 
 @pytest.mark.parametrize("shape", [(6, 9), (9, 6)])
 def test_soft_cap_projection_maps_singular_values_by_the_polynomial(shape):
-    layer = SoftCapLinear(shape[1], shape[0], bound=2.0, lr=0.05)
+    layer = SoftCapLinear(shape[1], shape[0], bound=2.0, max_update=0.05 * math.sqrt(54))
     delta = layer.max_update / 2.0
     values = torch.linspace(0.05, 1 + delta, 6, dtype=torch.float64) * 2.0
     weight = with_singular_values(values, *shape)
@@ -111,21 +108,31 @@ def test_soft_cap_strength_refuses_updates_it_cannot_absorb():
     with pytest.raises(ValueError, match="max_update"):
         soft_cap_strength(1.01 * MAX_DELTA)
     with pytest.raises(ValueError, match="max_update"):
-        SoftCapLinear(64, 64, bound=0.1, lr=0.01)
+        SoftCapLinear(64, 64, bound=0.1, max_update=0.64)
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(lr=0.0), "lr"), (dict(max_update=-1.0),
-                                                                    "max_update")])
-def test_soft_cap_rejects_bad_options(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        SoftCapLinear(4, 4, **kwargs)
+@pytest.mark.parametrize("max_update", [0.0, -1.0])
+def test_soft_cap_rejects_bad_options(max_update):
+    with pytest.raises(ValueError, match="max_update"):
+        SoftCapLinear(4, 4, max_update=max_update)
 
 
-def test_soft_cap_default_max_update_is_adams_entrywise_bound():
-    layer = SoftCapLinear(64, 32, bound=2.0, lr=1e-3)
-    assert layer.max_update == pytest.approx(1e-3 * math.sqrt(64 * 32))
-    assert layer.strength == soft_cap_strength(layer.max_update / 2.0)
-    assert SoftCapLinear(64, 32, bound=2.0, max_update=0.5).strength == soft_cap_strength(0.25)
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_soft_cap_couples_its_strength_to_the_optimiser(optimizer):
+    """make_optimizer tells each soft cap the largest update of its weight: Adam's entrywise
+    bound lr sqrt(out in), or Muon's spectral one on the hidden matrices; a given max_update
+    stays fixed."""
+    net = lipschitz_mlp(8, 2, [32, 16], bound=4.0, layer="soft_cap")
+    fixed = SoftCapLinear(16, 2, bound=1.0, max_update=0.5)
+    make_optimizer(net, optimizer, lr=1e-3, muon_lr=0.01)
+    make_optimizer(fixed, optimizer, lr=1e-3, muon_lr=0.01)
+    first, hidden, head = (m for m in net if isinstance(m, SoftCapLinear))
+    assert first.max_update == pytest.approx(1e-3 * math.sqrt(8 * 32))
+    hidden_bound = 0.01 * NS_MAX_GAIN if optimizer == "muon" else 1e-3 * math.sqrt(32 * 16)
+    assert hidden.max_update == pytest.approx(hidden_bound)
+    assert hidden.strength == soft_cap_strength(hidden_bound / hidden.bound)
+    assert head.max_update == pytest.approx(1e-3 * math.sqrt(16 * 2))
+    assert fixed.max_update == 0.5 and fixed.strength == soft_cap_strength(0.5)
 
 
 def test_soft_cap_holds_the_cap_under_worst_case_updates():
@@ -221,8 +228,7 @@ def test_adam_regression_keeps_the_raw_weight_at_its_bound(name):
     SVD clip exact (rounding), soft cap inside its invariant (sigma <= bound), hammer: the
     tracked top pair exactly at the bound, the true sigma within 2x (several singular values
     rise above the bound between Adam steps, and the hammer lowers one per step)."""
-    net = lipschitz_mlp(4, 1, [32, 32], bound=5.0, level=True, layer=name,
-                        **family_options(name, TRAIN_LR))
+    net = lipschitz_mlp(4, 1, [32, 32], bound=5.0, level=True, layer=name)
     layers = [m for m in net if isinstance(m, LipschitzLinear)]
     ratios, tracked = [], []
 
@@ -255,7 +261,7 @@ def pgd_ratio(net: torch.nn.Module, data: torch.Tensor, member: int | None) -> f
 def test_trained_net_certifies_below_its_bound_and_pgd_never_exceeds_it(
         name, bound, level, ensemble_size):
     net = lipschitz_mlp(4, 2, [32, 32], bound=bound, level=level, layer=name,
-                        ensemble_size=ensemble_size, **family_options(name, 1e-2))
+                        ensemble_size=ensemble_size)
     x, y = regression(ensemble_size, bound, rows=128)
     train(net, x, torch.cat([y, -y], dim=-1), 100, 1e-2)
     members = [None] if ensemble_size is None else list(range(ensemble_size))
@@ -275,7 +281,7 @@ def test_trained_net_certifies_below_its_bound_and_pgd_never_exceeds_it(
 
 
 def test_level_soft_cap_mlp_certifies_within_its_level():
-    net = lipschitz_mlp(4, 1, [64, 64], bound=50.0, level=True, layer="soft_cap", lr=1e-2)
+    net = lipschitz_mlp(4, 1, [64, 64], bound=50.0, level=True, layer="soft_cap")
     x, y = regression(None, 50.0)
     losses = train(net, x, y, 100, 1e-2)
     assert losses[-1] < 0.5 * losses[0]

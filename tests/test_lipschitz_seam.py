@@ -102,7 +102,8 @@ REGRESSION_STEPS = 25_000
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arm", ["spectral cap maxmin", "orthogonal maxmin"])
+@pytest.mark.parametrize("arm", ["spectral cap maxmin", "orthogonal maxmin", "ldl relu",
+                                 "sandwich relu"])
 def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, arm):
     constrained, upper = fitted_rmse(ARMS[arm], REGRESSION_STEPS)
     assert upper <= 800.0 * (1 + 1e-6)
@@ -111,7 +112,7 @@ def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, arm):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["spectral", "soft_cap", "hammer", "svd_clip", "aol",
-                                    "orthogonal"])
+                                    "orthogonal", "ldl", "sandwich"])
 def test_train_with_every_family_checkpoints_a_certificate_within_its_bound(workdir, family):
     lipctl("train", f"lipschitz={family}", "lipschitz.L=20", "hydra.run.dir=run", *TINY_TRAIN,
            cwd=workdir, check=True)
@@ -142,7 +143,7 @@ def test_a_learner_config_from_before_the_lipschitz_spec_still_builds():
 @pytest.mark.parametrize(("overrides", "message"), [
     (["+lipschitz.options.foo=1"], "lipschitz.options: SpectralLinear.__init__() got an "
                                    "unexpected keyword argument 'foo'"),
-    (["lipschitz=soft_cap", "+lipschitz.options.lr=1.0"],
+    (["lipschitz=soft_cap", "+lipschitz.options.max_update=2.0"],
      "lipschitz.options: the soft cap absorbs updates of at most 1.263 x bound"),
     (["lipschitz.layer=nope"], "lipschitz.layer: unknown layer family 'nope'"),
 ])

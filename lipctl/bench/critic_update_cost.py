@@ -32,28 +32,31 @@ OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
 LAYER_BOUND = 50.0  # the critic's certified bound in the layer-family arms
 
 
-def family_arms() -> dict[str, dict]:
-    """One arm per registered layer family, the critic certified at LAYER_BOUND (spectral in
-    each of its modes)."""
+def family_arms(network: str) -> dict[str, dict]:
+    """One arm per registered layer family (spectral in each of its modes), the critic
+    (`network="critic"`) or the actor ("actor") certified at LAYER_BOUND."""
     arms = {}
+    option, prefix = {"critic": ("lipschitz", ""), "actor": ("actor_lipschitz", "actor ")}[network]
     for family in FAMILIES:
         for mode in SPECTRAL_MODES if family == "spectral" else (None,):
-            name = f"layer={family}" + (f" mode={mode}" if mode else "")
-            arms[name] = {"lipschitz": {"layer": family, "L": LAYER_BOUND,
-                                        **({"mode": mode} if mode else {})}}
+            name = f"{prefix}layer={family}" + (f" mode={mode}" if mode else "")
+            arms[name] = {option: {"layer": family, "L": LAYER_BOUND,
+                                   **({"mode": mode} if mode else {})}}
     return arms
 
 
 # arm -> SAC options: the critic regularisers as conf/lipschitz/{none,spectral_cap,
-# spectral_cap_adversarial} with the MBPO benchmark's FGSM and robust sub-batch, the families,
-# then Muon (critics' and actor's hidden matrices) alone and with the soft cap
+# spectral_cap_adversarial} with the MBPO benchmark's FGSM and robust sub-batch, the families
+# on the critic and on the actor, then Muon (critics' and actor's hidden matrices) alone and
+# with the soft cap
 ARMS: dict[str, dict] = {
     "plain": {},
     "spectral_cap": {"lipschitz": {"mode": "cap", "layer_cap": 1.0, "free_output": True}},
     "spectral_cap+adversarial": {"lipschitz": {
         "mode": "cap", "layer_cap": 1.0, "free_output": True, "robust_weight": 1.0,
         "robust_eps": 0.1, "robust_steps": 1, "robust_batch": 64}},
-    **family_arms(),
+    **family_arms("critic"),
+    **family_arms("actor"),
     "optimizer=muon": {"optimizer": "muon"},
     "layer=soft_cap optimizer=muon": {"optimizer": "muon",
                                       "lipschitz": {"layer": "soft_cap", "L": LAYER_BOUND}},

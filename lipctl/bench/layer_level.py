@@ -3,7 +3,8 @@ at a Lipschitz level against the unconstrained critic -> results/layer_level.jso
 
 The target is value-like on [-2, 2]^4 (std ~350 over the box, slope up to ~600, as Pendulum's Q);
 a 2x64 twin critic is fitted by Adam (lr 3e-4, batch 256) for the same number of steps in every
-arm, and the test RMSE of member 0 on 2048 fresh points is reported with its certified bound.
+arm, and the test RMSE of member 0 on 2048 fresh points is reported with its certified bound and
+the largest ratio a 20-restart pair ascent finds (which must never exceed the certificate).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from torch import Tensor
 
 from lipctl.agents.critic_learner import TwinCritic
 from lipctl.bench.sac_throughput import cpu_count, cpu_model
-from lipctl.lipschitz import LipschitzSpec, certify, post_step
+from lipctl.lipschitz import LipschitzSpec, certify, lower_bound, post_step
+from lipctl.lipschitz.muon import make_optimizer
 
+PGD_RESTARTS = 20  # random restarts of the pair ascent that checks each certificate
 BOUND = 800.0  # above the target's largest slope (~600), as a critic's bound would be set
 # arm -> spec: the unconstrained critic with lipctl's default ReLU and with MaxMin, and every
-# family at the level BOUND, with MaxMin (gradient-norm preserving) and, for two, with ReLU
+# family at the level BOUND, with MaxMin (gradient-norm preserving) and, for two, with ReLU;
+# the by-construction families (ldl, sandwich) need an elementwise activation: ReLU
 ARMS: dict[str, LipschitzSpec] = {
     "free relu": LipschitzSpec(),
     "free maxmin": LipschitzSpec(activation="maxmin"),
@@ -36,6 +40,8 @@ ARMS: dict[str, LipschitzSpec] = {
     "svd_clip maxmin": LipschitzSpec(layer="svd_clip", L=BOUND, activation="maxmin"),
     "aol maxmin": LipschitzSpec(layer="aol", L=BOUND, activation="maxmin"),
     "orthogonal maxmin": LipschitzSpec(layer="orthogonal", L=BOUND, activation="maxmin"),
+    "ldl relu": LipschitzSpec(layer="ldl", L=BOUND),
+    "sandwich relu": LipschitzSpec(layer="sandwich", L=BOUND),
 }
 
 
@@ -44,13 +50,13 @@ def pendulum_scale_q(x: Tensor) -> Tensor:
     return 495.0 * torch.sin(1.2 * x[:, 0]) + 40.0 * x[:, 1] * x[:, 2].tanh()
 
 
-def fitted_rmse(spec: LipschitzSpec, steps: int, seed: int = 0) -> tuple[float, float]:
-    """Test RMSE of critic 0 after `steps` Adam steps on the target (projections after each
-    step), and its certified upper bound."""
+def fitted_critic(spec: LipschitzSpec, steps: int, seed: int = 0) -> tuple[TwinCritic, Tensor]:
+    """A twin critic after `steps` Adam steps on the target (projections after each step), in
+    eval mode, and 2048 fresh test points."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     critic = TwinCritic(3, 1, (64, 64), lipschitz=spec)
-    optimiser = torch.optim.Adam(critic.parameters(), lr=3e-4)
+    optimiser = make_optimizer(critic, "adam", lr=3e-4)
     test = 4 * torch.rand(2048, 4, generator=generator) - 2
     for _ in range(steps):
         x = 4 * torch.rand(256, 4, generator=generator) - 2
@@ -59,10 +65,26 @@ def fitted_rmse(spec: LipschitzSpec, steps: int, seed: int = 0) -> tuple[float, 
         loss.backward()
         optimiser.step()
         post_step(critic)
-    critic.eval()
+    return critic.eval(), test
+
+
+def rmse_and_bound(critic: TwinCritic, test: Tensor) -> tuple[float, float]:
+    """Test RMSE of critic 0 on the test points and its certified upper bound."""
     with torch.no_grad():
         error = critic(test[:, :3], test[:, 3:])[0] - pendulum_scale_q(test)
     return float(error.pow(2).mean().sqrt()), certify(critic.net, member=0).upper
+
+
+def fitted_rmse(spec: LipschitzSpec, steps: int, seed: int = 0) -> tuple[float, float]:
+    """Test RMSE of critic 0 after `steps` steps (`fitted_critic`) and its certified upper
+    bound."""
+    return rmse_and_bound(*fitted_critic(spec, steps, seed))
+
+
+def attacked_ratio(critic: TwinCritic, points: Tensor, restarts: int = PGD_RESTARTS) -> float:
+    """The largest ||Q(x1) - Q(x2)|| / ||x1 - x2|| of critic 0 found by pair ascent from
+    `restarts` random starts over `points` (a sampled lower bound of its constant)."""
+    return max(lower_bound(critic.net, points, member=0, seed=seed) for seed in range(restarts))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,10 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.arms:
         started = time.perf_counter()
-        rmse, upper = fitted_rmse(ARMS[name], args.steps)
+        critic, test = fitted_critic(ARMS[name], args.steps)
+        rmse, upper = rmse_and_bound(critic, test)
+        sampled = attacked_ratio(critic, test)
         rows.append({"arm": name, "test_rmse": round(rmse, 3), "certified_upper": round(upper, 2),
+                     "pgd_sampled": round(sampled, 2),
+                     "pgd_over_certified": round(sampled / upper, 4),
                      "seconds": round(time.perf_counter() - started, 1)})
-        print(f"{name}: test RMSE {rmse:.2f}, certified {upper:.1f}", flush=True)
+        print(f"{name}: test RMSE {rmse:.2f}, certified {upper:.1f}, PGD {sampled:.1f}",
+              flush=True)
     result = {"steps": args.steps, "bound": BOUND, "lr": 3e-4, "batch": 256, "hidden": [64, 64],
               "seed": 0, "machine": {"processor": cpu_model(), "cpus": cpu_count(),
                                      "python": platform.python_version(),
