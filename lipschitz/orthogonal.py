@@ -11,18 +11,20 @@ from lipctl.lipschitz.family import SIGMA_MARGIN, LipschitzLinear, register_fami
 def cayley_semi_orthogonal(weight: Tensor) -> Tensor:
     """A semi-orthogonal matrix (all singular values 1) of the same [..., out, in] shape.
 
-    With n = max(out, in) and k = min(out, in), the (transposed, if wide) weight [n, k] is
-    padded to P [n, n] with zeros, A = P - P' is skew-symmetric, and the result is the first k
-    columns of the Cayley transform Q = (I + A)^-1 (I - A), which is orthogonal for every skew A
-    (I + A is always invertible): one batched solve with k right-hand sides, differentiable."""
+    With k = min(out, in), the (transposed, if wide) weight [n, k] = [U; V] (U its top k x k
+    block) defines the skew-symmetric S = [[U - U', -V'], [V, 0]], and the result is the first k
+    columns of the Cayley transform Q = (I + S)^-1 (I - S), orthogonal for every skew S. By block
+    elimination they are [2X - I; -2 V X] with X = (I + A)^-1, A = U - U' + V'V: one batched
+    k x k inverse, differentiable (I + A is invertible: its symmetric part I + V'V is positive
+    definite)."""
     wide = weight.shape[-2] < weight.shape[-1]
     tall = weight.transpose(-2, -1) if wide else weight
-    n, k = tall.shape[-2:]
-    padded = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], n - k)], dim=-1)
-    skew = padded - padded.transpose(-2, -1)
-    eye = torch.eye(n, dtype=weight.dtype, device=weight.device)
-    q = torch.linalg.solve(eye + skew, (eye - skew)[..., :k])
-    return q.transpose(-2, -1) if wide else q
+    k = tall.shape[-1]
+    u, v = tall[..., :k, :], tall[..., k:, :]
+    eye = torch.eye(k, dtype=weight.dtype, device=weight.device)
+    x = torch.linalg.inv(eye + u - u.transpose(-2, -1) + v.transpose(-2, -1) @ v)
+    q = torch.cat([2 * x - eye, -2 * v @ x], dim=-2)
+    return q.transpose(-2, -1).contiguous() if wide else q  # F.linear's layout, as exported
 
 
 @register_family("orthogonal")
