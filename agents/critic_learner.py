@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.policies import PolicyController
+from lipctl.agents.stacking import Stacking, seed_state, stack_states
+from lipctl.agents.streams import SeedStreams
 from lipctl.lipschitz import (
     Certificate,
     LipschitzLinear,
@@ -29,19 +31,26 @@ EPS_UNITS = ("std", "raw")  # robust_eps in units of the states' per-dimension s
 
 
 class TwinCritic(nn.Module):
-    """E Q-networks in one batched MLP, each held to the `lipschitz` spec (None: unconstrained)."""
+    """E Q-networks in one batched MLP, each held to the `lipschitz` spec (None: unconstrained).
+
+    With `seeds=S` it holds the E critics of each of S independent runs (E * S members, seed
+    k's at rows k*E to k*E + E - 1) and maps [S, B, n] inputs to [S, E, B] values."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], ensemble_size: int = 2,
-                 lipschitz: LipschitzSpec | None = None):
+                 lipschitz: LipschitzSpec | None = None, seeds: int | None = None):
         super().__init__()
-        self.ensemble_size = ensemble_size
+        self.ensemble_size, self.seeds = ensemble_size, seeds
         spec = lipschitz or LipschitzSpec()
-        self.net = spec.mlp(obs_dim + act_dim, 1, hidden, ensemble_size=ensemble_size)
+        self.net = spec.mlp(obs_dim + act_dim, 1, hidden,
+                            ensemble_size=ensemble_size * (seeds or 1))
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
-        """Q-values of shape [E, B]."""
+        """Q-values of shape [E, B] ([S, E, B] with seeds)."""
         x = torch.cat([obs, action], dim=-1)
-        return self.net(x.expand(self.ensemble_size, *x.shape)).squeeze(-1)
+        if self.seeds is None:
+            return self.net(x.expand(self.ensemble_size, *x.shape)).squeeze(-1)
+        members = x.unsqueeze(1).expand(-1, self.ensemble_size, -1, -1).flatten(0, 1)
+        return self.net(members).squeeze(-1).unflatten(0, (self.seeds, self.ensemble_size))
 
     def layers(self) -> list[LipschitzLinear]:
         """The linear layers, input first."""
@@ -67,7 +76,14 @@ class CriticLearner(ABC):
     `optimizer` trains the critics and the actor: "adam" (Adam at the learner's rates) or
     "muon" (Muon at `muon_lr` on the hidden weight matrices, Adam at those rates on the rest);
     `make_optimizer(network, lr=...)` builds it for a network. `actor` (built by the subclass
-    before the critics) is moved to `device`.
+    before the critics) is moved to `device`. Exploration and target noise come from the
+    learner's own random streams (`streams`, saved with its state).
+
+    `seeds=S` stacks S independent runs in one learner: every network holds S (critics: 2S)
+    members, batches are [S, B, ...] (seed k's rows at index k), losses are summed over seeds
+    (so each seed's parameters get exactly their own run's gradient) and metrics are [S]
+    vectors. `seed_state_dict(k)` is seed k's state as its separate run holds it, and
+    `load_seed_state_dicts` stacks such states. The robust loss is not stacked.
     """
 
     def __init__(
@@ -83,8 +99,12 @@ class CriticLearner(ABC):
         lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
         optimizer: str = "adam",
         muon_lr: float = 0.02,
+        seeds: int | None = None,
     ):
         spec = LipschitzSpec.of(lipschitz)
+        if seeds is not None and spec.robust_weight > 0:
+            raise ValueError("the robust loss is not available with stacked seeds: run the "
+                             "seeds separately")
         if spec.robust_eps_units not in EPS_UNITS:
             raise ValueError(f"robust_eps_units must be one of {EPS_UNITS}, got "
                              f"{spec.robust_eps_units!r}")
@@ -99,12 +119,15 @@ class CriticLearner(ABC):
         self.state_scale = torch.ones(obs_dim, device=self.device)
         self._state_scale_seen = torch.zeros((), device=self.device)
         self.certificate_tier = spec.certificate_tier
+        self.seeds = seeds
+        self.streams = SeedStreams(seeds, self.device)
         self.actor = actor.to(self.device)
-        self.critic = TwinCritic(obs_dim, act_dim, hidden, lipschitz=spec).to(self.device)
+        self.critic = TwinCritic(obs_dim, act_dim, hidden, lipschitz=spec,
+                                 seeds=seeds).to(self.device)
         # The target averages the critic's effective weights (constraints applied), so it is a
         # plain network: no constraint work per target call, and an average of matrices within
         # a spectral-norm ball stays inside it.
-        self.critic_target = TwinCritic(obs_dim, act_dim, hidden).to(self.device)
+        self.critic_target = TwinCritic(obs_dim, act_dim, hidden, seeds=seeds).to(self.device)
         self.critic_target.requires_grad_(False)
         self.make_optimizer = partial(make_optimizer, name=optimizer, muon_lr=muon_lr, fused=True)
         self.critic_opt = self.make_optimizer(self.critic, lr=critic_lr)
@@ -118,8 +141,8 @@ class CriticLearner(ABC):
         `mlp` is the un-squashed network whose certified bound bounds it."""
 
     @abstractmethod
-    def _explore(self, obs: Tensor) -> Tensor:
-        """Exploratory actions in [-1, 1] for observations [B, n]."""
+    def explore(self, obs: Tensor) -> Tensor:
+        """Exploratory actions in [-1, 1] for observations [B, n] ([S, B, n] with seeds)."""
 
     @abstractmethod
     def update(self, batch: Batch) -> dict[str, Tensor]:
@@ -127,10 +150,10 @@ class CriticLearner(ABC):
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Action in [-1, 1] for one observation."""
-        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-        action = self.policy()(x) if deterministic else self._explore(x)
-        return action.squeeze(0).cpu().numpy()
+        """Action in [-1, 1] for one observation [n] (with seeds: one per seed, [S, n])."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(-2)
+        action = self.policy()(x) if deterministic else self.explore(x)
+        return action.squeeze(-2).cpu().numpy()
 
     def _critic_step(self, batch: Batch, target: Tensor
                      ) -> tuple[dict[nn.Module, Tensor], dict[str, Tensor]]:
@@ -140,16 +163,16 @@ class CriticLearner(ABC):
         metrics = {}
         with shared_weights(self.critic) as weights:
             q = self.critic(batch.obs, batch.action)
-            critic_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
+            critic_loss = 0.5 * (q - target.unsqueeze(-2)).pow(2).mean(-1).sum(-1)  # per seed
             if self.robust_weight > 0:
                 penalty = self._robust_penalty(batch, q)
                 critic_loss = critic_loss + self.robust_weight * penalty
                 metrics["robust_loss"] = penalty.detach()
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()
         self.critic_opt.step()
         post_step(self.critic)
-        metrics.update(critic_loss=critic_loss.detach(), q_mean=q.detach().mean())
+        metrics.update(critic_loss=critic_loss.detach(), q_mean=q.detach().mean((-2, -1)))
         return weights, metrics
 
     def _policy_value(self, obs: Tensor, action: Tensor, weights: dict[nn.Module, Tensor]
@@ -214,6 +237,11 @@ class CriticLearner(ABC):
             for i in range(self.critic.ensemble_size)
         }
 
+    # how each entry of `state_dict` stacks over seeds (see lipctl.agents.stacking)
+    STACKING: dict[str, Stacking] = {
+        "actor": "seed", "critic": "twin", "critic_target": "twin", "state_scale": "shared",
+        "state_scale_seen": "shared", "critic_opt": "twin", "streams": "list"}
+
     def state_dict(self) -> dict:
         return {
             "actor": self.actor.state_dict(),
@@ -222,7 +250,21 @@ class CriticLearner(ABC):
             "state_scale": self.state_scale.cpu(),
             "state_scale_seen": self._state_scale_seen.cpu(),
             "critic_opt": self.critic_opt.state_dict(),
+            "streams": self.streams.state(),
         }
+
+    def seed_state_dict(self, k: int) -> dict:
+        """Seed k's state (a stacked learner), as the separate run of seed k holds it."""
+        if self.seeds is None or not 0 <= k < self.seeds:
+            raise ValueError(f"seed index {k} is not one of this learner's {self.seeds} seeds")
+        return seed_state(self.state_dict(), self.STACKING, k)
+
+    def load_seed_state_dicts(self, states: list[dict]) -> None:
+        """Load one separate run's state per seed (seed order) into this stacked learner."""
+        if self.seeds is None or len(states) != self.seeds:
+            raise ValueError(f"a learner of {self.seeds} stacked seeds takes that many states,"
+                             f" got {len(states)}")
+        self.load_state_dict(stack_states(states, self.STACKING))
 
     def load_state_dict(self, state: dict) -> None:
         self.actor.load_state_dict(state["actor"])
@@ -232,6 +274,8 @@ class CriticLearner(ABC):
             self.state_scale.copy_(state["state_scale"])
             self._state_scale_seen.copy_(state["state_scale_seen"])
         self.critic_opt.load_state_dict(state["critic_opt"])
+        if "streams" in state:  # files from before the learners had their own streams
+            self.streams.set_state(state["streams"])
 
     def controller(self, action_low: np.ndarray, action_high: np.ndarray,
                    deterministic: bool = True) -> PolicyController:

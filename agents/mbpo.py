@@ -26,17 +26,11 @@ from lipctl.agents.dynamics import (
 from lipctl.agents.termination import TerminationFn
 
 
-class StochasticActor(Protocol):
-    """Samples actions in [-1, 1] (and their log-probabilities) for a batch of states."""
-
-    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor]: ...
-
-
 class Policy(Protocol):
-    """What rollouts need of the learner: an actor sampling actions in [-1, 1]."""
+    """What rollouts need of the learner: exploratory actions in [-1, 1] for a batch of
+    states."""
 
-    @property
-    def actor(self) -> StochasticActor: ...
+    def explore(self, obs: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -186,7 +180,7 @@ class MBPOSource:
         starts = self.real.sample(self.settings.rollouts_per_retrain).obs
         for obs in starts.split(self.settings.rollout_chunk):
             for _ in range(length):
-                action = self.policy.actor.sample(obs)[0]
+                action = self.policy.explore(obs)
                 next_obs, reward = self.model.sample_step(obs, action, self.generator)
                 done = self.termination(obs, action, next_obs)
                 self.model_buffer.add_batch(Batch(obs, action, reward, next_obs, done))

@@ -12,13 +12,13 @@ from lipctl.lipschitz import LipschitzSpec
 
 
 def actor_layers(obs_dim: int, out_features: int, hidden: Sequence[int],
-                 lipschitz: LipschitzSpec | Mapping[str, Any] | None = None
-                 ) -> tuple[nn.Sequential, nn.Module]:
+                 lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
+                 seeds: int | None = None) -> tuple[nn.Sequential, nn.Module]:
     """An actor MLP held to the `lipschitz` spec (None: unconstrained layers with nn.Linear's
     parameters and initialisation), split into its trunk (every layer but the last, with the
     activations) and its head (the last layer). Run in sequence they are the spec's MLP, so its
-    certified bound bounds them."""
-    mlp = LipschitzSpec.of(lipschitz).mlp(obs_dim, out_features, hidden)
+    certified bound bounds them. `seeds=S` stacks S actors ([S, B, n] inputs)."""
+    mlp = LipschitzSpec.of(lipschitz).mlp(obs_dim, out_features, hidden, ensemble_size=seeds)
     return mlp[:-1], mlp[-1]
 
 

@@ -16,11 +16,11 @@ from lipctl.lipschitz import LipschitzSpec, post_step
 
 
 def deterministic_actor(obs_dim: int, act_dim: int, hidden: Sequence[int],
-                        lipschitz: LipschitzSpec | Mapping[str, Any] | None = None
-                        ) -> nn.Sequential:
+                        lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
+                        seeds: int | None = None) -> nn.Sequential:
     """The un-squashed actor MLP held to the `lipschitz` spec: its trunk and a head of size
-    act_dim."""
-    return nn.Sequential(*actor_layers(obs_dim, act_dim, hidden, lipschitz))
+    act_dim (`seeds=S`: S of them stacked)."""
+    return nn.Sequential(*actor_layers(obs_dim, act_dim, hidden, lipschitz, seeds))
 
 
 class TD3(CriticLearner):
@@ -42,6 +42,7 @@ class TD3(CriticLearner):
         target_noise: float = 0.2,
         noise_clip: float = 0.5,
         actor_lipschitz: LipschitzSpec | Mapping[str, Any] | None = None,
+        seeds: int | None = None,
         **critic_options: Any,
     ):
         if policy_delay < 1:
@@ -51,8 +52,8 @@ class TD3(CriticLearner):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         super().__init__(obs_dim, act_dim,
-                         deterministic_actor(obs_dim, act_dim, hidden, actor_lipschitz),
-                         device, hidden, **critic_options)
+                         deterministic_actor(obs_dim, act_dim, hidden, actor_lipschitz, seeds),
+                         device, hidden, seeds=seeds, **critic_options)
         self.policy_delay = policy_delay
         self.exploration_noise, self.target_noise = exploration_noise, target_noise
         self.noise_clip = noise_clip
@@ -65,15 +66,16 @@ class TD3(CriticLearner):
     def policy(self) -> TanhPolicy:
         return self._policy
 
-    def _explore(self, obs: Tensor) -> Tensor:
+    def explore(self, obs: Tensor) -> Tensor:
         action = self._policy(obs)
-        return (action + self.exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        noise = self.streams.randn(action.shape)
+        return (action + self.exploration_noise * noise).clamp(-1.0, 1.0)
 
     def smoothed_target_action(self, obs: Tensor) -> Tensor:
         """The target policy's action plus clipped Gaussian noise, clipped to [-1, 1]."""
         action = self._target_policy(obs)
-        noise = (self.target_noise * torch.randn_like(action)).clamp(-self.noise_clip,
-                                                                     self.noise_clip)
+        noise = (self.target_noise * self.streams.randn(action.shape)).clamp(-self.noise_clip,
+                                                                             self.noise_clip)
         return (action + noise).clamp(-1.0, 1.0)
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
@@ -81,15 +83,15 @@ class TD3(CriticLearner):
         of both targets. Returns detached metrics (actor_loss only on actor steps)."""
         with torch.no_grad():
             next_action = self.smoothed_target_action(batch.next_obs)
-            next_q = self.critic_target(batch.next_obs, next_action).min(0).values
+            next_q = self.critic_target(batch.next_obs, next_action).min(-2).values
             target = batch.reward + self.gamma * (1.0 - batch.done) * next_q
         weights, metrics = self._critic_step(batch, target)
         self.updates += 1
         if self.updates % self.policy_delay == 0:
-            q_pi = self._policy_value(batch.obs, self._policy(batch.obs), weights)[0]
-            actor_loss = -q_pi.mean()
+            q_pi = self._policy_value(batch.obs, self._policy(batch.obs), weights)[..., 0, :]
+            actor_loss = -q_pi.mean(-1)  # per seed with stacked seeds, summed below
             self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
+            actor_loss.sum().backward()
             self.actor_opt.step()
             post_step(self.actor)
             self._update_critic_target(weights)
@@ -98,6 +100,9 @@ class TD3(CriticLearner):
                                      list(self.actor.parameters()), self.tau)
             metrics["actor_loss"] = actor_loss.detach()
         return metrics
+
+    STACKING = {**CriticLearner.STACKING, "actor_target": "seed", "actor_opt": "seed",
+                "updates": "shared"}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "actor_target": self.actor_target.state_dict(),

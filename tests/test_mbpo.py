@@ -12,6 +12,7 @@ from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.dynamics import DynamicsEnsemble
 from lipctl.agents.mbpo import MBPOSettings, MBPOSource, ModelBuffer
 from lipctl.agents.sac import SAC
+from lipctl.agents.td3 import TD3
 from lipctl.agents.termination import never, termination_fn
 from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.envs import make_env
@@ -142,13 +143,22 @@ def test_sample_mixes_real_and_model_rows_at_real_ratio(real_ratio, batch_size, 
     assert int((batch.reward < 0).sum()) == batch_size - real_rows
 
 
-def make_source(seed: int) -> MBPOSource:
+def make_source(seed: int, learner: type[SAC | TD3] = SAC) -> MBPOSource:
     torch.manual_seed(seed)
     model = DynamicsEnsemble(3, 1, ensemble_size=3, elites=2, hidden=(32, 32))
     settings = MBPOSettings(model_train_every=100, min_real_steps=200, rollouts_per_retrain=64,
                             rollout_schedule=(0, 0, 2, 2), retain_epochs=2, model_max_epochs=5)
-    return MBPOSource(pendulum_buffer(300), model, never, SAC(3, 1, hidden=(16, 16)), settings,
-                      seed=seed)
+    return MBPOSource(pendulum_buffer(300), model, never, learner(3, 1, hidden=(16, 16)),
+                      settings, seed=seed)
+
+
+def test_rollouts_take_any_learners_exploration():
+    """Rollouts ask the learner for exploratory actions, so TD3 branches them as SAC does."""
+    source = make_source(0, TD3)
+    metrics = source.on_env_step(200)
+    assert int(metrics["model_buffer_size"]) == 128
+    actions = source.model_buffer.state_dict()["fields"]["action"]
+    assert actions.abs().max() <= 1.0 and actions.std() > 0
 
 
 def test_on_env_step_trains_then_rolls_out_and_state_dict_round_trips():
@@ -167,12 +177,13 @@ def test_on_env_step_trains_then_rolls_out_and_state_dict_round_trips():
     saved.seek(0)
     other = make_source(1)
     other.load_state_dict(torch.load(saved, weights_only=True))
-    other.policy.actor.load_state_dict(source.policy.actor.state_dict())  # the learner's part
+    other.policy.load_state_dict(source.policy.state_dict())  # the learner's part
     for a, b in ((source.model.state_dict(), other.model.state_dict()),
                  (source.model_buffer.state_dict()["fields"],
                   other.model_buffer.state_dict()["fields"])):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # with the same real data and global RNG, both continue identically
+    # with the same real data, learner (its random streams too) and global RNG, both
+    # continue identically
     other.real.load_state_dict(source.real.state_dict())
     results = []
     for s in (source, other):
