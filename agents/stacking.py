@@ -17,9 +17,12 @@ from torch import Tensor
 
 Stacking = Literal["seed", "twin", "list", "shared"]
 ROWS: dict[str, int] = {"seed": 1, "twin": 2}
+SHARED_STATE = frozenset({"step"})  # optimiser state every seed has in common (its step count)
 
 
 def _take(tree: Any, k: int, rows: int) -> Any:
+    """Seed k's part: its rows of every tensor; scalars (only shared step counts are scalars
+    in a stacked state) as they are."""
     if isinstance(tree, Tensor):
         if tree.dim() == 0:
             return tree.clone()
@@ -33,9 +36,12 @@ def _take(tree: Any, k: int, rows: int) -> Any:
 
 
 def _stack(trees: list[Any], rows: int, where: str) -> Any:
+    """Stack per-seed values: tensors along a new (rows=1) or the leading dimension, except
+    optimiser step counts (SHARED_STATE), which every seed must share, as it must share every
+    value that is not a tensor."""
     first = trees[0]
     if isinstance(first, Tensor):
-        if first.dim() == 0:
+        if where.rpartition(".")[2] in SHARED_STATE:
             _require_equal(trees, where)
             return first.clone()
         return torch.stack(trees) if rows == 1 else torch.cat(trees)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -115,6 +115,8 @@ class OffPolicyTrainer:
         self.probe: dict[str, Tensor] | None = None  # fixed states for the critics' state constant
         self.seconds = {"wall": 0.0, "sac_update": 0.0}  # cumulative, kept across resumes
         self._wall_origin = time.perf_counter()
+        # called before the loop evaluates or saves its agent (a stacked run copies its seed in)
+        self.before_agent_use: Callable[[], None] | None = None
 
     def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
         center = (self.action_high + self.action_low) / 2
@@ -127,57 +129,88 @@ class OffPolicyTrainer:
     def train(self) -> float | None:
         """Run until `total_steps` env steps, or until an evaluation reaches `target_return`;
         returns the last mean evaluation return."""
-        s = self.settings
-        obs, episode_return, metrics = self._reset_env(), 0.0, {}
-        bar = progress_bar(total=s.total_steps, initial=self.step, enabled=self.progress,
-                           unit="step", dynamic_ncols=True)
-        clock, clock_step = time.perf_counter(), self.step
-        self._wall_origin = clock - self.seconds["wall"]
-        while self.step < s.total_steps:
-            if self.step < s.warmup_steps:
-                unit_action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
-            else:
-                unit_action = self.agent.act(obs)
-            next_obs, reward, terminated, truncated, _ = self.env.step(
-                self._to_env_action(unit_action))
-            self.buffer.add(obs, unit_action, reward, next_obs, terminated)
-            obs, episode_return, self.step = next_obs, episode_return + float(reward), self.step + 1
-            if terminated or truncated:
-                self.episodes += 1
-                self.logger.log("episode", self.step, {"return": episode_return,
-                                                       "episodes": self.episodes})
-                obs, episode_return = self._reset_env(), 0.0
-            metrics = {**metrics, **self.batch_source.on_env_step(self.step),
-                       **self.reward_source.on_env_step(self.step)}
-            if self.step >= s.warmup_steps:
+        self.start()
+        while not self.finished:
+            unit_action = self.random_action() if self.warming_up else self.agent.act(self.obs)
+            self.env_step(unit_action)
+            if not self.warming_up:
                 update_start = time.perf_counter()
-                for _ in range(s.updates_per_step):
-                    batch = self.reward_source.relabel(self.batch_source.sample(s.batch_size))
-                    metrics.update(self.agent.update(batch))
+                for _ in range(self.settings.updates_per_step):
+                    self.metrics.update(self.agent.update(self.sample_batch()))
                 self.seconds["sac_update"] += time.perf_counter() - update_start
-            if self.step % s.log_every == 0:
-                now = time.perf_counter()
-                self._clock_wall()
-                metrics["steps_per_s"] = (self.step - clock_step) / (now - clock)
-                metrics.update({f"{name}_seconds_total": value
-                                for name, value in self.time_breakdown().items()})
-                clock, clock_step = now, self.step
-                self.logger.log("train", self.step, metrics)
-                metrics = {}
-            reached = False
-            if self.step % s.eval_every == 0 or self.step == s.total_steps:
-                self.evaluate()
-                bar.set_postfix(eval_return=f"{self.last_eval:.1f}", refresh=False)
-                reached = s.target_return is not None and self.last_eval >= s.target_return
-            if self.checkpoint_path and (reached or self.step % s.checkpoint_every == 0
-                                         or self.step == s.total_steps):
-                self._clock_wall()
-                self.save(self.checkpoint_path)
-            bar.update(1)
-            if reached:
-                break
+            self.end_step()
+        return self.close()
+
+    # The loop in phases, so that a stacked run can drive several of them in lockstep.
+
+    def start(self) -> None:
+        """Begin (or resume) the loop: reset the env, start the progress bar and the clocks."""
+        self.obs, self.episode_return, self.metrics = self._reset_env(), 0.0, {}
+        self.finished = self.step >= self.settings.total_steps
+        self._bar = progress_bar(total=self.settings.total_steps, initial=self.step,
+                                 enabled=self.progress, unit="step", dynamic_ncols=True)
+        self._clock, self._clock_step = time.perf_counter(), self.step
+        self._wall_origin = self._clock - self.seconds["wall"]
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the next env step still takes random actions (and no update follows)."""
+        return self.step < self.settings.warmup_steps
+
+    def random_action(self) -> np.ndarray:
+        """A uniform random action in [-1, 1], from the loop's own stream."""
+        return self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+
+    def env_step(self, unit_action: np.ndarray) -> None:
+        """One env step with an action in [-1, 1]: store it, end the episode where it ends, and
+        let the batch and reward sources see the step."""
+        next_obs, reward, terminated, truncated, _ = self.env.step(
+            self._to_env_action(unit_action))
+        self.buffer.add(self.obs, unit_action, reward, next_obs, terminated)
+        self.obs, self.step = next_obs, self.step + 1
+        self.episode_return += float(reward)
+        if terminated or truncated:
+            self.episodes += 1
+            self.logger.log("episode", self.step, {"return": self.episode_return,
+                                                   "episodes": self.episodes})
+            self.obs, self.episode_return = self._reset_env(), 0.0
+        self.metrics = {**self.metrics, **self.batch_source.on_env_step(self.step),
+                        **self.reward_source.on_env_step(self.step)}
+
+    def sample_batch(self) -> Batch:
+        """A training batch from the batch source, relabelled by the reward source."""
+        return self.reward_source.relabel(self.batch_source.sample(self.settings.batch_size))
+
+    def end_step(self) -> None:
+        """Log, evaluate and checkpoint on schedule after an env step and its updates; sets
+        `finished` at the last step or once an evaluation reaches `target_return`."""
+        s = self.settings
+        if self.step % s.log_every == 0:
+            now = time.perf_counter()
+            self._clock_wall()
+            self.metrics["steps_per_s"] = (self.step - self._clock_step) / (now - self._clock)
+            self.metrics.update({f"{name}_seconds_total": value
+                                 for name, value in self.time_breakdown().items()})
+            self._clock, self._clock_step = now, self.step
+            self.logger.log("train", self.step, self.metrics)
+            self.metrics = {}
+        reached = False
+        if self.step % s.eval_every == 0 or self.step == s.total_steps:
+            self.evaluate()
+            self._bar.set_postfix(eval_return=f"{self.last_eval:.1f}", refresh=False)
+            reached = s.target_return is not None and self.last_eval >= s.target_return
+        if self.checkpoint_path and (reached or self.step % s.checkpoint_every == 0
+                                     or self.step == s.total_steps):
+            self._clock_wall()
+            self.save(self.checkpoint_path)
+        self._bar.update(1)
+        self.finished = reached or self.step >= s.total_steps
+
+    def close(self) -> float | None:
+        """End the loop: bring the wall clock up to date and close the progress bar; returns
+        the last mean evaluation return."""
         self._clock_wall()
-        bar.close()
+        self._bar.close()
         return self.last_eval
 
     def _clock_wall(self) -> None:
@@ -190,6 +223,8 @@ class OffPolicyTrainer:
 
     def evaluate(self) -> float:
         """Deterministic episodes through the closed-loop runner; logs returns and certificates."""
+        if self.before_agent_use is not None:
+            self.before_agent_use()
         controller = self.agent.controller(self.action_low, self.action_high, deterministic=True)
         episode_returns = returns(run(controller, self.eval_env, self.settings.eval_episodes,
                                       seed=self.settings.seed + 10_000))
@@ -263,6 +298,8 @@ class OffPolicyTrainer:
     def save(self, path: str | Path) -> None:
         """A checkpoint whose Lipschitz figures belong to exactly the weights it holds
         (measured now unless they were measured at this step)."""
+        if self.before_agent_use is not None:
+            self.before_agent_use()
         if self.measured_step != self.step:
             self.measure_lipschitz()
         save_checkpoint(path, self.state_dict())

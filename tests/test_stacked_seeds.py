@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from lipctl.agents.buffer import Batch
+from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 OBS, ACT, HIDDEN, SEEDS, UPDATES = 5, 2, (32, 32), 3, 25
 RTOL, ATOL = 1e-4, 1e-5  # bmm over members and mm per learner round differently
@@ -88,6 +90,10 @@ def test_seed_k_of_a_stacked_learner_follows_its_separate_run(cls, variant):
 
 def test_seed_states_round_trip_through_the_stack():
     separate, stacked = learners(SAC, VARIANTS["spectral"])
+    for k, learner in enumerate(separate):  # per-seed temperatures must not collapse to one
+        with torch.no_grad():
+            learner.log_alpha.fill_(0.1 * k)
+    stacked.load_seed_state_dicts([learner.state_dict() for learner in separate])
     states = [stacked.seed_state_dict(k) for k in range(SEEDS)]
     torch.manual_seed(7)
     again = SAC(OBS, ACT, hidden=HIDDEN, seeds=SEEDS, **VARIANTS["spectral"])
@@ -107,3 +113,52 @@ def test_the_robust_loss_is_refused_with_stacked_seeds():
     with pytest.raises(ValueError, match="robust loss is not available with stacked seeds"):
         SAC(OBS, ACT, hidden=HIDDEN, seeds=2,
             lipschitz={"robust_weight": 1.0, "robust_eps": 0.1})
+
+
+def eval_rows(path) -> np.ndarray:
+    return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+
+
+def test_lipctl_train_seeds_writes_what_the_separate_runs_write(workdir):
+    """Each seed of `lipctl train seeds=[0,1]` lands in the folder its separate run uses, with
+    the same config, evaluations and weights (float tolerance)."""
+    lipctl("train", "seeds=[0,1]", "hydra.run.dir=stacked/seed${seed}", *TINY_TRAIN,
+           cwd=workdir, check=True)
+    lipctl("train", "seed=1", "hydra.run.dir=separate/seed${seed}", *TINY_TRAIN, cwd=workdir,
+           check=True)
+    stacked, separate = (load_checkpoint(workdir / kind / "seed1" / "checkpoint.pt")
+                         for kind in ("stacked", "separate"))
+    assert stacked["config"] == separate["config"] and stacked["config"]["seed"] == 1
+    assert stacked["step"] == separate["step"] == 300
+    assert_states_close(stacked["agent"], separate["agent"], "agent")
+    np.testing.assert_allclose(eval_rows(workdir / "stacked/seed1/eval.csv"),
+                               eval_rows(workdir / "separate/seed1/eval.csv"), rtol=1e-4,
+                               atol=1e-4)
+    assert (workdir / "stacked/seed0/checkpoint.pt").exists()
+    assert load_checkpoint(workdir / "stacked/seed0/checkpoint.pt")["config"]["seed"] == 0
+
+
+def test_stacked_seeds_resume_together(workdir):
+    args = ["seeds=[0,1]", "hydra.run.dir=run/seed${seed}", *TINY_TRAIN]
+    lipctl("train", *args, cwd=workdir, check=True)
+    lipctl("train", *args, "loop.total_steps=450", "resume=true", cwd=workdir, check=True)
+    for seed in (0, 1):
+        assert load_checkpoint(workdir / f"run/seed{seed}/checkpoint.pt")["step"] == 450
+        steps = eval_rows(workdir / f"run/seed{seed}/train.csv")[:, 0]
+        assert (np.diff(steps) > 0).all() and steps[-1] == 450
+    (workdir / "run/seed1/checkpoint.pt").unlink()
+    assert_user_error(lipctl("train", *args, "loop.total_steps=600", "resume=true",
+                             cwd=workdir),
+                      "lipctl train: error: seeds: only seeds [0] have a checkpoint to resume")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["seeds=[0,0]"], "seeds: must be a list of distinct non-negative integers"),
+    (["seeds=[0,1]", "agent=mbpo"], "seeds: MBPO runs one seed per process"),
+    (["seeds=[0,1]", "lipschitz=spectral_adversarial"],
+     "seeds: the robust loss is not available with stacked seeds"),
+    (["seeds=[0,1]", "hydra.run.dir=run"], "seeds: hydra.run.dir gives the seeds the same"),
+])
+def test_a_seeds_list_that_cannot_stack_is_a_config_error(workdir, overrides, message):
+    result = lipctl("train", *overrides, *TINY_TRAIN, cwd=workdir)
+    assert_user_error(result, f"lipctl train: error: {message}")

@@ -20,6 +20,7 @@ from lipctl.agents.critic_learner import EPS_UNITS
 from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
 from lipctl.agents.mbpo import MBPOSettings, MBPOSource
 from lipctl.agents.sources import BatchSource, RewardSource
+from lipctl.agents.stacked_trainer import StackedTrainer
 from lipctl.agents.termination import TERMINATIONS, termination_fn
 from lipctl.agents.trainer import Learner, LoopSettings, OffPolicyTrainer
 from lipctl.commands import behaviour_cloning
@@ -85,10 +86,31 @@ def validate(cfg: DictConfig) -> None:
     if cfg.device != "auto":
         resolve_device(cfg.device)
     validate_lipschitz(cfg)
+    if cfg.seeds is not None:
+        validate_seeds(cfg)
     if is_behaviour_cloning(cfg):
         behaviour_cloning.validate(cfg)
     else:
         validate_off_policy(cfg)
+
+
+def validate_seeds(cfg: DictConfig) -> None:
+    """A seeds list: distinct non-negative integers, for a learner that stacks (SAC, TD3 with
+    env rewards and replay, without the robust loss)."""
+    seeds = OmegaConf.to_container(cfg, resolve=True)["seeds"]
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+            or len(set(seeds)) < len(seeds)):
+        raise ConfigError("seeds", f"must be a list of distinct non-negative integers, e.g. "
+                                   f"[0,1,2], got {seeds!r}")
+    kind = ("behaviour cloning" if is_behaviour_cloning(cfg) else "MBPO"
+            if "dynamics" in cfg.agent else "GAIL" if "gail" in cfg.agent else None)
+    if kind is not None:
+        raise ConfigError("seeds", f"{kind} runs one seed per process: run the seeds "
+                                   "separately (e.g. seed=0,1,2 --multirun)")
+    if cfg.lipschitz.robust_weight > 0:
+        raise ConfigError("seeds", "the robust loss is not available with stacked seeds: run "
+                                   "the seeds separately")
 
 
 def validate_off_policy(cfg: DictConfig) -> None:
@@ -343,12 +365,10 @@ def set_aside(run_dir: Path) -> Path | None:
     return aside
 
 
-def train(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> float | None:
-    """Build env, agent, buffer and logger from `cfg` and run the loop in `run_dir`, from the
-    checkpoint `state` where given."""
-    reset_peak_rss()
-    torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
+def build_run(cfg: DictConfig, run_dir: Path, state: dict | None, device: torch.device,
+              progress: bool) -> tuple[OffPolicyTrainer, Logger]:
+    """Env, agent, buffer, sources and logger of one seed's run in `run_dir`, and its loop,
+    resumed from the checkpoint `state` where given."""
     seed_everything(cfg.seed)
     env, eval_env = make_agent_env(cfg, seed=cfg.seed), make_agent_env(cfg)
     obs_dim, act_dim, _, _ = env_spaces(env)
@@ -365,24 +385,104 @@ def train(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> float | 
                                checkpoint_path=run_dir / CHECKPOINT_NAME, run_config=resolved,
                                batch_source=batch_source(cfg, agent, buffer, obs_dim, act_dim),
                                reward_source=reward_source(cfg, buffer, env),
-                               extra_state={"wandb_id": logger.wandb_id}, progress=cfg.progress)
+                               extra_state={"wandb_id": logger.wandb_id}, progress=progress)
     if state is not None:
         trainer.load_state_dict(state)
-        log.info("resumed from step %d (%d transitions in the buffer)", trainer.step, len(buffer))
+        log.info("%s: resumed from step %d (%d transitions in the buffer)", run_dir,
+                 trainer.step, len(buffer))
+    return trainer, logger
+
+
+def close_run(trainer: OffPolicyTrainer, logger: Logger) -> None:
+    logger.close()
+    trainer.env.close()
+    trainer.eval_env.close()
+
+
+def train(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> float | None:
+    """Build env, agent, buffer and logger from `cfg` and run the loop in `run_dir`, from the
+    checkpoint `state` where given."""
+    reset_peak_rss()
+    torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    trainer, logger = build_run(cfg, run_dir, state, device, cfg.progress)
     log.info("%s on %s | device %s, %d torch thread(s) | replay buffer %.1f MB | run dir %s",
-             cfg.agent.name, cfg.env.id, device, torch.get_num_threads(), buffer.megabytes, run_dir)
+             cfg.agent.name, cfg.env.id, device, torch.get_num_threads(),
+             trainer.buffer.megabytes, run_dir)
     try:
         final = trainer.train()
     finally:
-        logger.close()
-        env.close()
-        eval_env.close()
+        close_run(trainer, logger)
     write_summary(run_dir / "summary.json", trainer)
     log.info("finished at step %d: eval return %.1f", trainer.step, final)
     return final
 
 
-def main(cfg: DictConfig) -> float | None:
+def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The config of the separate run of `seed`: `cfg` with seed=seed and no seeds list."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.update(seed=seed, seeds=None)
+    return OmegaConf.create(config)
+
+
+def seed_run_dir(cfg: DictConfig) -> Path:
+    """The folder Hydra would give the separate run of `cfg` (hydra.run.dir resolved for it)."""
+    hydra = HydraConfig.get()
+    pattern = OmegaConf.to_container(hydra.run, resolve=False)["dir"]
+    node = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=False), "_run_dir": pattern})
+    path = Path(str(OmegaConf.select(node, "_run_dir")))
+    return path if path.is_absolute() else Path(hydra.runtime.cwd) / path
+
+
+def stacked_runs(cfg: DictConfig) -> list[tuple[DictConfig, Path, dict | None]]:
+    """Each seed's config, run folder and checkpoint to resume (None: a new run); ConfigError
+    if the folders coincide or only some seeds have a checkpoint."""
+    configs = [seed_config(cfg, seed) for seed in cfg.seeds]
+    folders = [seed_run_dir(config) for config in configs]
+    if len(set(folders)) < len(folders):
+        raise ConfigError("seeds", f"hydra.run.dir gives the seeds the same folder "
+                                   f"({folders[0]}); put ${{seed}} in it")
+    states = [previous_state(config, folder) for config, folder in zip(configs, folders,
+                                                                        strict=True)]
+    resumed = [state is not None for state in states]
+    if any(resumed) and not all(resumed):
+        have = [seed for seed, r in zip(cfg.seeds, resumed, strict=True) if r]
+        raise ConfigError("seeds", f"only seeds {have} have a checkpoint to resume: stacked "
+                                   "seeds resume together (run the others separately)")
+    return list(zip(configs, folders, states, strict=True))
+
+
+def train_seeds(cfg: DictConfig) -> list[float | None]:
+    """The seeds of `cfg.seeds` trained stacked in one process (`StackedTrainer`), each in the
+    folder, files and checkpoint its separate run would have."""
+    runs = stacked_runs(cfg)
+    for config, folder, state in runs:
+        folder.mkdir(parents=True, exist_ok=True)
+        accept_run(config, folder, resumed=state is not None)
+    reset_peak_rss()
+    torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    built = [build_run(config, folder, state, device, cfg.progress and i == 0)
+             for i, (config, folder, state) in enumerate(runs)]
+    trainers = [trainer for trainer, _ in built]
+    obs_dim, act_dim, _, _ = env_spaces(trainers[0].env)
+    stacked = instantiate(cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device=device,
+                          seeds=len(runs))
+    log.info("%s on %s, seeds %s stacked | device %s, %d torch thread(s) | run dirs %s",
+             cfg.agent.name, cfg.env.id, list(cfg.seeds), device, torch.get_num_threads(),
+             ", ".join(str(folder) for _, folder, _ in runs))
+    try:
+        finals = StackedTrainer(stacked, trainers).train()
+    finally:
+        for trainer, logger in built:
+            close_run(trainer, logger)
+    for trainer, (_, folder, _) in zip(trainers, runs, strict=True):
+        write_summary(folder / "summary.json", trainer)
+    log.info("finished: eval returns %s", ", ".join(f"{value:.1f}" for value in finals))
+    return finals
+
+
+def main(cfg: DictConfig) -> float | list[float | None] | None:
     """Check the config and the run folder, and only then write to it and train."""
     with user_errors("lipctl train"):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -391,6 +491,8 @@ def main(cfg: DictConfig) -> float | None:
             behaviour_cloning.require_new(run_dir)
             accept_run(cfg, run_dir, resumed=False)
             return behaviour_cloning.train(cfg, run_dir)
+        if cfg.seeds is not None:
+            return train_seeds(cfg)
         state = previous_state(cfg, run_dir)
         accept_run(cfg, run_dir, resumed=state is not None)
         return train(cfg, run_dir, state)
