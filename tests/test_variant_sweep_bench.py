@@ -240,3 +240,26 @@ def test_mbpo_presets_pass_the_benchmark_validation(preset):
         assert len(seeds_of(cfg.experiment, "ensemble")) >= 5
         assert len(seeds_of(cfg.experiment, "single_spectral_adversarial")) >= 5
         assert min(len(seeds_of(cfg.experiment, v)) for v in cfg.experiment.variants) >= 3
+
+
+def test_a_sweep_stacks_the_seeds_of_a_variant_that_stacks(workdir):
+    """SAC's seeds train in one process (`seeds=[0,1]`), MBPO's one per process, into the same
+    run folders; both reach the report."""
+    out = workdir / "out"
+    lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
+           "experiment.seeds=[0,1]", "experiment.variants=[single,sac]",
+           "~experiment.variant_seeds", "~experiment.envs",
+           "+experiment.envs={pendulum:['loop.total_steps=300','loop.warmup_steps=100',"
+           "'env.mbpo.warmup_steps=200','agent.learner.hidden=[16,16]',"
+           "'env.mbpo.rollouts_per_retrain=200','loop.eval_every=100','loop.eval_episodes=1',"
+           "'loop.log_every=100']}",
+           cwd=workdir, check=True, timeout=600)
+    for variant, stacked in (("sac", True), ("single", False)):
+        for seed in (0, 1):
+            run = workdir / "work" / "pendulum" / variant / f"seed{seed}"
+            assert json.loads((run / "summary.json").read_text())["env_steps"] == 300
+            overrides = (run / ".hydra" / "overrides.yaml").read_text()
+            assert ("seeds=[0,1]" in overrides) == stacked, overrides
+            assert (out / "runs" / "pendulum" / variant / f"seed{seed}" / "eval.csv").exists()
+    with (out / "summary.csv").open(newline="") as f:
+        assert {row["variant"] for row in csv.DictReader(f)} == {"single", "sac"}

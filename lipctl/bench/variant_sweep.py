@@ -3,7 +3,8 @@ Hydra multirun per env: `mbpo_vs_ensemble` (MBPO with one dynamics model against
 and `gail_lipschitz` (off-policy GAIL with and without a Lipschitz discriminator).
 
 The experiment config names the variants, seeds (`seeds`, or a variant's own list in
-`variant_seeds`), envs and overrides, the `baseline` variant that
+`variant_seeds`; a variant whose learner stacks, SAC or TD3 without the robust loss, trains its
+seeds in one process unless `stack_seeds: false`), envs and overrides, the `baseline` variant that
 times are compared with, the summary.json figures reported as medians over seeds (`medians`), the
 train.csv columns whose last value (`last_train_metrics`) or mean over training
 (`mean_train_metrics`) is reported. Where an env's runs imitate demonstrations (a `demos=PATH`
@@ -42,6 +43,8 @@ from lipctl.bench.report import (
     read_csv,
     write_csv,
 )
+from lipctl.commands import train
+from lipctl.config import check_overrides
 from lipctl.envs.demos import load_demos
 
 TRAIN_ROWS = 200  # train.csv rows kept per run under out/runs/
@@ -69,15 +72,32 @@ def seed_groups(exp: DictConfig) -> list[tuple[list[str], list[int]]]:
 
 
 def sweep_command(env: str, exp: DictConfig, sweep_dir: Path, variants: list[str],
-                  seeds: list[int]) -> list[str]:
-    """`lipctl train -m` over variants x seeds on one env config."""
+                  seeds: list[int], stacked: bool) -> list[str]:
+    """`lipctl train -m` over variants x seeds on one env config; `stacked`: over variants,
+    each run training all the seeds in one process (`seeds=[...]`), in the same folders."""
+    seed_list = ",".join(str(s) for s in seeds)
     return [
         sys.executable, "-m", "lipctl", "train", "-m", f"env={env}",
-        f"variant={','.join(variants)}", f"seed={','.join(str(s) for s in seeds)}",
+        f"variant={','.join(variants)}", f"seeds=[{seed_list}]" if stacked else f"seed={seed_list}",
         "hydra/launcher=local", f"hydra.launcher.n_jobs={exp.jobs}",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${variant}/seed${seed}",
         "progress=false", "resume=true", *run_overrides(exp, env),
     ]
+
+
+def stacking_variants(exp: DictConfig, env: str) -> set[str]:
+    """The variants whose runs on `env` stack their seeds in one process (SAC and TD3 without
+    the robust loss; see `lipctl train seeds=`), unless the experiment sets stack_seeds=false."""
+    found: set[str] = set()
+    if not exp.get("stack_seeds", True):
+        return found
+    for variant in exp.variants:
+        def record(cfg: DictConfig, variant: str = variant) -> None:
+            if train.stacking_refusal(cfg) is None:
+                found.add(variant)
+        check_overrides("train", [f"env={env}", f"variant={variant}",
+                                  *run_overrides(exp, env)], record)
+    return found
 
 
 def expert_return(exp: DictConfig, env: str) -> float | None:
@@ -90,13 +110,19 @@ def run_sweeps(exp: DictConfig, work: Path) -> None:
     """One multirun per env and seed group; finished runs are kept, interrupted ones resume
     from their checkpoints."""
     for env in exp.envs:
+        stacking = stacking_variants(exp, env)
         for variants, seeds in seed_groups(exp):
-            command = sweep_command(env, exp, work / env, variants, seeds)
-            print(f"[{env}] {len(variants) * len(seeds)} runs: {' '.join(command[3:])}",
-                  flush=True)
-            started = time.perf_counter()
-            subprocess.run(command, check=True)
-            print(f"[{env}] done in {time.perf_counter() - started:.0f} s", flush=True)
+            for stacked in (True, False):
+                group = [v for v in variants if (v in stacking) == stacked]
+                if not group:
+                    continue
+                command = sweep_command(env, exp, work / env, group, seeds, stacked)
+                print(f"[{env}] {len(group) * len(seeds)} runs"
+                      f"{' (seeds stacked)' if stacked else ''}: {' '.join(command[3:])}",
+                      flush=True)
+                started = time.perf_counter()
+                subprocess.run(command, check=True)
+                print(f"[{env}] done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def _values(rows: list[dict[str, str]], column: str) -> list[float]:

@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -103,14 +104,21 @@ def validate_seeds(cfg: DictConfig) -> None:
             or len(set(seeds)) < len(seeds)):
         raise ConfigError("seeds", f"must be a list of distinct non-negative integers, e.g. "
                                    f"[0,1,2], got {seeds!r}")
+    reason = stacking_refusal(cfg)
+    if reason is not None:
+        raise ConfigError("seeds", f"{reason}: run the seeds separately (e.g. seed=0,1,2 "
+                                   "--multirun)")
+
+
+def stacking_refusal(cfg: DictConfig) -> str | None:
+    """Why the run of `cfg` cannot be stacked with other seeds (None: it can)."""
     kind = ("behaviour cloning" if is_behaviour_cloning(cfg) else "MBPO"
             if "dynamics" in cfg.agent else "GAIL" if "gail" in cfg.agent else None)
     if kind is not None:
-        raise ConfigError("seeds", f"{kind} runs one seed per process: run the seeds "
-                                   "separately (e.g. seed=0,1,2 --multirun)")
+        return f"{kind} runs one seed per process"
     if cfg.lipschitz.robust_weight > 0:
-        raise ConfigError("seeds", "the robust loss is not available with stacked seeds: run "
-                                   "the seeds separately")
+        return "the robust loss is not available with stacked seeds"
+    return None
 
 
 def validate_off_policy(cfg: DictConfig) -> None:
@@ -426,10 +434,15 @@ def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
 
 
 def seed_run_dir(cfg: DictConfig) -> Path:
-    """The folder Hydra would give the separate run of `cfg` (hydra.run.dir resolved for it)."""
+    """The folder Hydra would give the separate run of `cfg`: hydra.run.dir, or in a multirun
+    hydra.sweep.dir/hydra.sweep.subdir, resolved for its seed."""
     hydra = HydraConfig.get()
-    pattern = OmegaConf.to_container(hydra.run, resolve=False)["dir"]
-    node = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=False), "_run_dir": pattern})
+    raw = OmegaConf.to_container(hydra, resolve=False)
+    multirun = hydra.mode == RunMode.MULTIRUN
+    pattern = (f"{raw['sweep']['dir']}/{raw['sweep']['subdir']}" if multirun
+               else raw["run"]["dir"])
+    node = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=False), "hydra": raw,
+                             "_run_dir": pattern})
     path = Path(str(OmegaConf.select(node, "_run_dir")))
     return path if path.is_absolute() else Path(hydra.runtime.cwd) / path
 
