@@ -14,7 +14,13 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.bench.variant_sweep import run_overrides, seed_groups, seeds_of, summarize
+from lipctl.bench.variant_sweep import (
+    run_overrides,
+    seed_chunks,
+    seed_groups,
+    seeds_of,
+    summarize,
+)
 from lipctl.commands import bench
 from tests.helpers import assert_user_error, lipctl
 
@@ -242,12 +248,21 @@ def test_mbpo_presets_pass_the_benchmark_validation(preset):
         assert min(len(seeds_of(cfg.experiment, v)) for v in cfg.experiment.variants) >= 3
 
 
+@pytest.mark.parametrize("seeds, variants, jobs, stacks", [
+    ([0, 1, 2, 3, 4], 1, 2, [[0, 1, 2], [3, 4]]),  # one arm: its seeds split over both cores
+    ([0, 1, 2, 3, 4], 5, 2, [[0, 1, 2, 3, 4]]),  # enough arms to keep the cores busy
+    ([0, 1], 1, 4, [[0], [1]]),
+])
+def test_stacked_seeds_split_only_to_keep_the_jobs_busy(seeds, variants, jobs, stacks):
+    assert seed_chunks(seeds, variants, jobs) == stacks
+
+
 def test_a_sweep_stacks_the_seeds_of_a_variant_that_stacks(workdir):
     """SAC's seeds train in one process (`seeds=[0,1]`), MBPO's one per process, into the same
     run folders; both reach the report."""
     out = workdir / "out"
     lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
-           "experiment.seeds=[0,1]", "experiment.variants=[single,sac]",
+           "experiment.seeds=[0,1]", "experiment.variants=[single,sac]", "experiment.jobs=1",
            "~experiment.variant_seeds", "~experiment.envs",
            "+experiment.envs={pendulum:['loop.total_steps=300','loop.warmup_steps=100',"
            "'env.mbpo.warmup_steps=200','agent.learner.hidden=[16,16]',"

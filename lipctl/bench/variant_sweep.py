@@ -71,14 +71,27 @@ def seed_groups(exp: DictConfig) -> list[tuple[list[str], list[int]]]:
     return [(variants, list(seeds)) for seeds, variants in groups.items()]
 
 
+def seed_chunks(seeds: list[int], variants: int, jobs: int) -> list[list[int]]:
+    """The seeds split into as many contiguous stacks as keep `jobs` processes busy when
+    `variants` variants stack theirs (one stack per variant when they are enough)."""
+    count = min(len(seeds), max(1, -(-jobs // variants)))
+    size = -(-len(seeds) // count)
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
 def sweep_command(env: str, exp: DictConfig, sweep_dir: Path, variants: list[str],
                   seeds: list[int], stacked: bool) -> list[str]:
-    """`lipctl train -m` over variants x seeds on one env config; `stacked`: over variants,
-    each run training all the seeds in one process (`seeds=[...]`), in the same folders."""
-    seed_list = ",".join(str(s) for s in seeds)
+    """`lipctl train -m` over variants x seeds on one env config; `stacked`: over variants x
+    stacks of seeds (`seed_chunks`), each run training its stack in one process
+    (`seeds=[...]`), in the same folders as separate runs."""
+    if stacked:
+        stacks = seed_chunks(seeds, len(variants), exp.jobs)
+        seed_arg = "seeds=" + ",".join(f"[{','.join(map(str, stack))}]" for stack in stacks)
+    else:
+        seed_arg = f"seed={','.join(map(str, seeds))}"
     return [
         sys.executable, "-m", "lipctl", "train", "-m", f"env={env}",
-        f"variant={','.join(variants)}", f"seeds=[{seed_list}]" if stacked else f"seed={seed_list}",
+        f"variant={','.join(variants)}", seed_arg,
         "hydra/launcher=local", f"hydra.launcher.n_jobs={exp.jobs}",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${variant}/seed${seed}",
         "progress=false", "resume=true", *run_overrides(exp, env),
