@@ -9,6 +9,7 @@ from lipctl.agents.buffer import Batch
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
+from lipctl.bench.report import read_csv
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 OBS, ACT, HIDDEN, SEEDS, UPDATES = 5, 2, (32, 32), 3, 25
@@ -162,3 +163,24 @@ def test_stacked_seeds_resume_together(workdir):
 def test_a_seeds_list_that_cannot_stack_is_a_config_error(workdir, overrides, message):
     result = lipctl("train", *overrides, *TINY_TRAIN, cwd=workdir)
     assert_user_error(result, f"lipctl train: error: {message}")
+
+
+def test_the_stacked_seeds_benchmark_times_every_way_and_replots(workdir):
+    out = workdir / "out"
+    lipctl("bench", "experiment=stacked_seeds", f"out={out}", f"work={workdir / 'work'}",
+           "experiment.seed_counts=[1,2]", "experiment.widths=[16]", "experiment.steps=150",
+           "experiment.warmup_steps=100", "~experiment.envs", "+experiment.envs={pendulum:[]}",
+           cwd=workdir, check=True, timeout=600)
+    rows = {int(row["seeds"]): row for row in read_csv(out / "summary.csv")}
+    assert set(rows) == {1, 2} and float(rows[1]["stacked_1core_vs_one_run"]) == 1.0
+    for row in rows.values():
+        for way in ("stacked_1core", "stacked_2core", "separate"):
+            assert float(row[f"{way}_steps_per_s_per_seed"]) > 0
+            assert float(row[f"{way}_wall_s"]) > 0 and float(row[f"{way}_peak_rss_mb"]) > 0
+    assert (out / "runs/pendulum/w16/separate_S2/seed1/train.csv").exists()
+    before = (out / "summary.csv").read_text()
+    (out / "summary.csv").unlink()
+    lipctl("bench", "experiment=stacked_seeds", f"out={out}", "replot=true", cwd=workdir,
+           check=True)
+    assert (out / "summary.csv").read_text() == before
+    assert (out / "throughput.png").stat().st_size > 0

@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench import cstr_mpc, lipschitz_bc, planning, quadtank_mpc, variant_sweep
+from lipctl.bench import (
+    cstr_mpc,
+    lipschitz_bc,
+    planning,
+    quadtank_mpc,
+    stacked_seeds,
+    variant_sweep,
+)
 from lipctl.bench.variant_sweep import run_overrides, seeds_of
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, user_errors
@@ -17,7 +24,8 @@ SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_regulariser_streng
           "gail_lipschitz", "gail_lipschitz_paper")
 CSTR = ("cstr_mpc", "cstr_mpc_fast", "cstr_mpc_paper")
 OWN_MODULES = {"lipschitz_bc": lipschitz_bc, "planning": planning,
-               "quadtank_mpc": quadtank_mpc}  # experiments with a module of their own
+               "quadtank_mpc": quadtank_mpc,
+               "stacked_seeds": stacked_seeds}  # experiments with a module of their own
 EXPERIMENTS = (*CSTR, *OWN_MODULES, *SWEEPS)  # each rebuilds its tables from out/runs/
 
 
@@ -64,6 +72,8 @@ def validate(cfg: DictConfig) -> None:
         validate_sweep(cfg.experiment)
     if cfg.experiment.name == "lipschitz_bc":
         lipschitz_bc.validate(cfg.experiment)
+    if cfg.experiment.name == "stacked_seeds":
+        stacked_seeds.validate(cfg.experiment)
     if cfg.experiment.name == "planning" and not cfg.replot:
         planning.validate(cfg.experiment)
     if cfg.experiment.name in CSTR:
