@@ -11,7 +11,7 @@ import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.critic_learner import CriticLearner
-from lipctl.agents.trainer import OffPolicyTrainer
+from lipctl.agents.trainer import PREVIOUS_CHECKPOINT, OffPolicyTrainer
 
 LOCKSTEP = ("total_steps", "warmup_steps", "batch_size", "updates_per_step")
 
@@ -26,6 +26,8 @@ class StackedTrainer:
     come from one call of `stacked`, and every update is one stacked update on the seeds'
     batches, each drawn from its own source. A seed that stops early (its target return)
     stops stepping; the others go on. Each seed's update time is the stacked update's / S.
+    While the seeds save a step, each keeps its previous checkpoint, so a kill between two
+    seeds' saves leaves every seed one at a common step.
     """
 
     def __init__(self, stacked: CriticLearner, trainers: list[OffPolicyTrainer]):
@@ -43,6 +45,7 @@ class StackedTrainer:
         self.stacked, self.trainers = stacked, trainers
         for k, trainer in enumerate(trainers):
             trainer.before_agent_use = partial(self._copy_seed, k)
+            trainer.keep_previous_checkpoint = True
 
     def _copy_seed(self, k: int) -> None:
         self.trainers[k].agent.load_state_dict(self.stacked.seed_state_dict(k))
@@ -78,7 +81,16 @@ class StackedTrainer:
                     trainer.seconds["sac_update"] += (time.perf_counter() - started) / seeds
             for trainer in active:
                 trainer.end_step()
+            self._drop_previous_checkpoints()
         return [trainer.close() for trainer in self.trainers]
+
+    def _drop_previous_checkpoints(self) -> None:
+        """Once every seed has saved this step, the checkpoints before it can go: until then a
+        kill leaves each seed a checkpoint at a step all of them have (see `align_checkpoints`
+        in the train command)."""
+        for trainer in self.trainers:
+            if trainer.checkpoint_path is not None:
+                trainer.checkpoint_path.with_name(PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
 
     def _batch(self) -> Batch:
         """Every seed's batch from its own source, stacked [S, B, ...]."""

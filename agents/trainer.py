@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from lipctl.control import Controller, returns, run
 from lipctl.envs import env_spaces
 from lipctl.lipschitz import Certificate
 
+PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"  # kept while a stacked run saves its seeds
 PROBE_STATES = 256  # buffer rows, evenly spaced at the first measurement, for the state constant
 CERTIFICATE_ROWS = 256  # buffer rows the sampled lower bounds start from
 
@@ -117,6 +119,8 @@ class OffPolicyTrainer:
         self._wall_origin = time.perf_counter()
         # called before the loop evaluates or saves its agent (a stacked run copies its seed in)
         self.before_agent_use: Callable[[], None] | None = None
+        # a stacked run keeps each seed's last checkpoint until every seed has saved its next
+        self.keep_previous_checkpoint = False
 
     def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
         center = (self.action_high + self.action_low) / 2
@@ -302,4 +306,7 @@ class OffPolicyTrainer:
             self.before_agent_use()
         if self.measured_step != self.step:
             self.measure_lipschitz()
+        path = Path(path)
+        if self.keep_previous_checkpoint and path.exists():
+            os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
         save_checkpoint(path, self.state_dict())

@@ -1,6 +1,8 @@
 """Stacked seeds: seed k of a stacked learner follows the separate learner of seed k, update for
 update, given the same batches (float tolerance), for SAC and TD3, plain and Lipschitz."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from lipctl.agents.buffer import Batch
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
+from lipctl.bench import stacked_update
 from lipctl.bench.report import read_csv
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
@@ -153,6 +156,23 @@ def test_stacked_seeds_resume_together(workdir):
                       "lipctl train: error: seeds: only seeds [0] have a checkpoint to resume")
 
 
+def test_a_kill_between_two_seeds_saves_resumes_from_their_common_step(workdir):
+    """Seed 0 had saved step 300 and seed 1 not yet (its checkpoint is at 200): seed 0's
+    previous checkpoint goes back in place and both resume from 200."""
+    args = ["seeds=[0,1]", "hydra.run.dir=run/seed${seed}", *TINY_TRAIN]
+    lipctl("train", *args, "loop.total_steps=200", cwd=workdir, check=True)
+    at_200 = {seed: (workdir / f"run/seed{seed}/checkpoint.pt").read_bytes() for seed in (0, 1)}
+    lipctl("train", *args, "resume=true", cwd=workdir, check=True)
+    assert not list(workdir.glob("run/seed*/checkpoint.previous.pt"))  # dropped once all saved
+    (workdir / "run/seed0/checkpoint.previous.pt").write_bytes(at_200[0])
+    (workdir / "run/seed1/checkpoint.pt").write_bytes(at_200[1])
+    lipctl("train", *args, "loop.total_steps=400", "resume=true", cwd=workdir, check=True)
+    for seed in (0, 1):
+        assert load_checkpoint(workdir / f"run/seed{seed}/checkpoint.pt")["step"] == 400
+        steps = eval_rows(workdir / f"run/seed{seed}/train.csv")[:, 0]
+        assert (np.diff(steps) > 0).all() and steps[-1] == 400
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["seeds=[0,0]"], "seeds: must be a list of distinct non-negative integers"),
     (["seeds=[0,1]", "agent=mbpo"], "seeds: MBPO runs one seed per process"),
@@ -172,7 +192,7 @@ def test_the_stacked_seeds_benchmark_times_every_way_and_replots(workdir):
            "experiment.warmup_steps=100", "~experiment.envs", "+experiment.envs={pendulum:[]}",
            cwd=workdir, check=True, timeout=600)
     rows = {int(row["seeds"]): row for row in read_csv(out / "summary.csv")}
-    assert set(rows) == {1, 2} and float(rows[1]["stacked_1core_vs_one_run"]) == 1.0
+    assert set(rows) == {1, 2} and float(rows[1]["stacked_1core_gain"]) == 1.0
     for row in rows.values():
         for way in ("stacked_1core", "stacked_2core", "separate"):
             assert float(row[f"{way}_steps_per_s_per_seed"]) > 0
@@ -184,3 +204,15 @@ def test_the_stacked_seeds_benchmark_times_every_way_and_replots(workdir):
            check=True)
     assert (out / "summary.csv").read_text() == before
     assert (out / "throughput.png").stat().st_size > 0
+
+
+def test_the_stacked_update_benchmark_writes_every_width_and_seed_count(tmp_path):
+    out = tmp_path / "stacked_update.json"
+    stacked_update.main(["--widths", "8", "--seeds", "1", "3", "--rounds", "2", "--updates",
+                         "1", "--burn-in", "1", "--out", str(out)])
+    rows = {row["seeds"]: row for row in json.loads(out.read_text())["results"]}
+    assert set(rows) == {1, 3} and rows[1]["gain_over_one"] == 1.0
+    for count, row in rows.items():
+        assert 0 < row["p25_s"] <= row["median_s"] <= row["p75_s"]
+        assert abs(row["per_seed_s"] - row["median_s"] / count) < 1e-6
+        assert abs(row["gain_over_one"] - rows[1]["median_s"] / row["per_seed_s"]) < 1e-2

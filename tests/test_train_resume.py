@@ -18,7 +18,7 @@ import torch
 
 from lipctl.agents.buffer import ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
-from lipctl.commands.train import previous_state
+from lipctl.commands.train import check_resumable, previous_state
 from lipctl.config import ConfigError, check_overrides
 from lipctl.logger import Logger
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
@@ -174,3 +174,11 @@ def test_kill_before_the_first_checkpoint_then_resume_sets_the_old_logs_aside(wo
     assert steps(run_dir / "train.csv") == list(range(50, 601, 50))
     assert steps(run_dir / "eval.csv") == [150, 300, 450, 600]
     assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 600
+
+
+def test_a_setting_added_since_at_its_null_default_does_not_block_a_resume(tmp_path):
+    """A checkpoint written before `seeds` existed resumes; a new key set to a value does not."""
+    saved = {"seed": 0, "loop": {"total_steps": 100}}
+    check_resumable(saved, {**saved, "seeds": None}, tmp_path)
+    with pytest.raises(ConfigError, match="seeds"):
+        check_resumable(saved, {**saved, "seeds": [0, 1]}, tmp_path)

@@ -9,7 +9,10 @@ the same S seeds, side by side in one benchmark, each a real `lipctl train` comm
   a sweep did before seeds stacked).
 Per way: the wall time of the whole command, and from each seed's train.csv its env steps per
 second over the update phase (after warm-up; a stacked run's seeds share its clock), and from
-each process's summary.json its peak memory.
+each process's summary.json its peak memory. `stacked_1core_gain`: S times a stacked seed's
+rate over one run's alone (how many more env steps per second one core gives);
+`stacked_2core_wall_vs_separate`: the wall time of the S seeds on 2 cores, stacked over
+separate.
 
 Writes out/runs/<env>/w<width>/<way>_S<S>/ (each seed's train.csv and summary.json, and
 timing.json: the command's wall seconds) and, from those files alone (`report`, also
@@ -139,9 +142,9 @@ def report(out: Path) -> None:
                 rows.append(row)
     single = {(r["env"], r["width"]): r["stacked_1core_steps_per_s_per_seed"]
               for r in rows if r["seeds"] == 1}
-    for row in rows:
-        row["stacked_1core_vs_one_run"] = round(
-            row["stacked_1core_steps_per_s_per_seed"] / single[(row["env"], row["width"])], 2)
+    for row in rows:  # env steps per second of all S seeds on one core, over one run's
+        row["stacked_1core_gain"] = round(row["seeds"] * row["stacked_1core_steps_per_s_per_seed"]
+                                          / single[(row["env"], row["width"])], 2)
         row["stacked_2core_wall_vs_separate"] = round(
             row["stacked_2core_wall_s"] / row["separate_wall_s"], 2)
     write_csv(out / "summary.csv", rows)
@@ -149,20 +152,21 @@ def report(out: Path) -> None:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    """Per (env, width): the update-phase env steps per second per seed of the stacked run on
-    one core against one run alone (top), and the wall time of the S seeds on 2 cores,
-    stacked against separate processes (bottom)."""
+    """Per (env, width): the update-phase env steps per second of all S seeds together (S x
+    each seed's) stacked on one core against one run alone (top), and the wall time of the S
+    seeds on 2 cores, stacked against separate processes (bottom)."""
     panels = sorted({(r["env"], r["width"]) for r in rows})
     fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6), squeeze=False)
     for column, (env, width) in enumerate(panels):
         part = [r for r in rows if r["env"] == env and r["width"] == width]
         counts = [r["seeds"] for r in part]
         top, bottom = axes[0][column], axes[1][column]
-        top.plot(counts, [r["stacked_1core_steps_per_s_per_seed"] for r in part], "o-",
-                 label="stacked, one core")
+        top.plot(counts, [r["seeds"] * r["stacked_1core_steps_per_s_per_seed"] for r in part],
+                 "o-", label="S seeds stacked, one core")
         top.axhline(part[0]["stacked_1core_steps_per_s_per_seed"], color="k", ls=":",
                     label="one run alone")
-        top.set(title=f"{env}, {width}x{width}", ylabel="env steps / s per seed", ylim=(0, None))
+        top.set(title=f"{env}, {width}x{width}", ylabel="env steps / s, all seeds",
+                ylim=(0, None))
         bottom.plot(counts, [r["stacked_2core_wall_s"] for r in part], "s-",
                     label="stacked, 2 cores")
         bottom.plot(counts, [r["separate_wall_s"] for r in part], "^-",

@@ -23,7 +23,7 @@ from lipctl.agents.mbpo import MBPOSettings, MBPOSource
 from lipctl.agents.sources import BatchSource, RewardSource
 from lipctl.agents.stacked_trainer import StackedTrainer
 from lipctl.agents.termination import TERMINATIONS, termination_fn
-from lipctl.agents.trainer import Learner, LoopSettings, OffPolicyTrainer
+from lipctl.agents.trainer import PREVIOUS_CHECKPOINT, Learner, LoopSettings, OffPolicyTrainer
 from lipctl.commands import behaviour_cloning
 from lipctl.config import (
     ConfigError,
@@ -69,6 +69,7 @@ class _Unset:
 
 
 _UNSET = _Unset()
+NULL_DEFAULTS = ((_UNSET, None), (None, _UNSET))  # a key one config lacks, null in the other
 
 
 def validate(cfg: DictConfig) -> None:
@@ -321,12 +322,14 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
     """ConfigError naming the keys where the resolved `config` differs from the `saved` one of
     the checkpoint it would resume. Free to change: RESUMABLE_KEYS, and loop.total_steps upwards
-    (the replay buffer grows with it, its rows kept in order)."""
+    (the replay buffer grows with it, its rows kept in order); a key the saved config lacks is
+    unchanged where it is null (a setting added since, at its default)."""
     old, new = _flat(saved), _flat(config)
     free = RESUMABLE_KEYS + BUDGET_SOURCES
     changed = [key for key in sorted(old.keys() | new.keys())
                if old.get(key, _UNSET) != new.get(key, _UNSET)
-               and not any(key == k or key.startswith(f"{k}.") for k in free)]
+               and not any(key == k or key.startswith(f"{k}.") for k in free)
+               and (old.get(key, _UNSET), new.get(key, _UNSET)) not in NULL_DEFAULTS]
     total = "loop.total_steps"
     if total in changed and isinstance(old.get(total), int) and new[total] > old[total]:
         changed.remove(total)
@@ -455,6 +458,8 @@ def stacked_runs(cfg: DictConfig) -> list[tuple[DictConfig, Path, dict | None]]:
     if len(set(folders)) < len(folders):
         raise ConfigError("seeds", f"hydra.run.dir gives the seeds the same folder "
                                    f"({folders[0]}); put ${{seed}} in it")
+    if cfg.resume:
+        align_checkpoints(folders)
     states = [previous_state(config, folder) for config, folder in zip(configs, folders,
                                                                         strict=True)]
     resumed = [state is not None for state in states]
@@ -463,6 +468,22 @@ def stacked_runs(cfg: DictConfig) -> list[tuple[DictConfig, Path, dict | None]]:
         raise ConfigError("seeds", f"only seeds {have} have a checkpoint to resume: stacked "
                                    "seeds resume together (run the others separately)")
     return list(zip(configs, folders, states, strict=True))
+
+
+def align_checkpoints(folders: list[Path]) -> None:
+    """After a stacked run was killed while its seeds saved a step, put back the previous
+    checkpoint of each seed that had saved it, so that all resume from the same step."""
+    steps = {folder: load_checkpoint(folder / CHECKPOINT_NAME)["step"] for folder in folders
+             if (folder / CHECKPOINT_NAME).exists()}
+    if len(set(steps.values())) < 2:
+        return
+    common = min(steps.values())
+    for folder, step in steps.items():
+        previous = folder / PREVIOUS_CHECKPOINT
+        if step > common and previous.exists() and load_checkpoint(previous)["step"] == common:
+            os.replace(previous, folder / CHECKPOINT_NAME)
+            log.warning("%s: its checkpoint at step %d was saved after the other seeds' last "
+                        "one; resuming it from step %d with them", folder, step, common)
 
 
 def train_seeds(cfg: DictConfig) -> list[float | None]:

@@ -1,0 +1,98 @@
+"""The SAC update alone, S seeds stacked against one: seconds per stacked update per seed, side
+by side in one process -> results/stacked_update.json.
+
+For each width and seed count S, a SAC learner with `seeds=S` updates on a fixed random
+Hopper-sized batch per seed (state 11, action 3, 256 rows), one torch thread, after a burn-in;
+the (width, S) pairs alternate in rounds, each round starting one pair later than the last, so
+a slow phase of a shared machine hits every pair alike. Reports the median, 25th and 75th
+percentile over rounds of the seconds per stacked update, per seed, and the ratio of one seed's
+update alone to that (how many times more seed-updates per second stacking gives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lipctl.agents.buffer import Batch
+from lipctl.agents.sac import SAC
+from lipctl.bench.sac_throughput import cpu_count, cpu_model
+
+OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
+
+
+def batch(seeds: int, generator: torch.Generator) -> Batch:
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(seeds, BATCH, *shape, generator=generator)
+    return Batch(rand(OBS_DIM), rand(ACT_DIM).tanh(), rand(), rand(OBS_DIM),
+                 torch.zeros(seeds, BATCH))
+
+
+def measure(widths: list[int], seed_counts: list[int], rounds: int, updates: int,
+            burn_in: int) -> dict:
+    """Seconds per stacked update per (width, S) over `rounds` interleaved rounds."""
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    pairs = [(width, count) for width in widths for count in seed_counts]
+    learners = {pair: SAC(OBS_DIM, ACT_DIM, hidden=(pair[0], pair[0]), seeds=pair[1])
+                for pair in pairs}
+    data = {pair: batch(pair[1], generator) for pair in pairs}
+    for pair, learner in learners.items():
+        for _ in range(burn_in):
+            learner.update(data[pair])
+    seconds: dict[tuple[int, int], list[float]] = {pair: [] for pair in pairs}
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    for r in range(rounds):
+        for pair in pairs[r % len(pairs):] + pairs[:r % len(pairs)]:
+            start = time.perf_counter()
+            for _ in range(updates):
+                learners[pair].update(data[pair])
+            seconds[pair].append((time.perf_counter() - start) / updates)
+    rows = []
+    for width in widths:
+        one = statistics.median(seconds[(width, 1)]) if 1 in seed_counts else None
+        for count in seed_counts:
+            times = seconds[(width, count)]
+            median = statistics.median(times)
+            p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
+            rows.append({"hidden": [width, width], "seeds": count,
+                         "median_s": round(median, 7), "p25_s": round(p25, 7),
+                         "p75_s": round(p75, 7), "per_seed_s": round(median / count, 7),
+                         "gain_over_one": None if one is None else round(one * count / median,
+                                                                         3)})
+    return {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
+            "updates_per_round": updates, "burn_in": burn_in,
+            "measured_seconds": round(time.perf_counter() - started, 1),
+            "machine": {"processor": cpu_model(), "cpus": cpu_count(),
+                        "python": platform.python_version(), "torch": torch.__version__,
+                        "torch_threads": torch.get_num_threads(),
+                        "load_average_1min": [round(load_before[0], 2),
+                                              round(os.getloadavg()[0], 2)]},
+            "results": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--burn-in", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path("results/stacked_update.json"))
+    args = parser.parse_args(argv)
+    if 1 not in args.seeds or min(args.seeds) < 1 or args.rounds < 2 or args.updates < 1:
+        parser.error("--seeds must include 1 and be positive; --rounds >= 2, --updates >= 1")
+    result = measure(args.widths, args.seeds, args.rounds, args.updates, args.burn_in)
+    for row in result["results"]:
+        print(f"{row['hidden']} S={row['seeds']}: {row['per_seed_s'] * 1e3:.2f} ms per seed "
+              f"(x{row['gain_over_one']} seed-updates per second)", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
