@@ -216,3 +216,16 @@ def test_the_stacked_update_benchmark_writes_every_width_and_seed_count(tmp_path
         assert 0 < row["p25_s"] <= row["median_s"] <= row["p75_s"]
         assert abs(row["per_seed_s"] - row["median_s"] / count) < 1e-6
         assert abs(row["gain_over_one"] - rows[1]["median_s"] / row["per_seed_s"]) < 1e-2
+
+
+@pytest.mark.slow
+def test_stacked_sac_learns_pendulum_within_10k_steps_on_every_seed(workdir):
+    """The SAC learning test's budget and threshold (tests/test_sac.py), two seeds stacked."""
+    lipctl("train", "seeds=[0,1]", "hydra.run.dir=run/seed${seed}",
+           "agent.learner.hidden=[128,128]", "loop.total_steps=10000", "agent.warmup_steps=1000",
+           "agent.batch_size=128", "loop.eval_every=2000", "loop.eval_episodes=10",
+           "loop.checkpoint_every=10000", "loop.log_every=1000", "progress=false",
+           cwd=workdir, check=True, timeout=1200)
+    for seed in (0, 1):
+        final = json.loads((workdir / f"run/seed{seed}/summary.json").read_text())["eval_return"]
+        assert final >= -250, f"seed {seed}: mean deterministic eval return {final:.1f}"
