@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
-from lipctl.bench.sac_throughput import cpu_count, cpu_model
+from lipctl.bench.timing import interleaved_seconds, machine, quartiles
 from lipctl.lipschitz import FAMILIES
 from lipctl.lipschitz.spectral import MODES as SPECTRAL_MODES
 
@@ -79,24 +79,15 @@ def measure(widths: list[int], arms: list[str], rounds: int, updates: int, burn_
     for agent in agents.values():
         for _ in range(burn_in):
             agent.update(data)
-    keys = list(agents)
-    seconds: dict[tuple[int, str], list[float]] = {key: [] for key in keys}
     load_before = os.getloadavg()
     started = time.perf_counter()
-    for r in range(rounds):
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-            start = time.perf_counter()
-            for _ in range(updates):
-                agents[key].update(data)
-            seconds[key].append((time.perf_counter() - start) / updates)
+    seconds = interleaved_seconds({key: partial(agent.update, data)
+                                   for key, agent in agents.items()}, rounds, updates)
     rows = []
     for width in widths:
         plain = statistics.median(seconds[(width, "plain")])
         for name in arms:
-            times = seconds[(width, name)]
-            median = statistics.median(times)
-            p25, _, p75 = (statistics.quantiles(times, n=4, method="inclusive")
-                           if rounds > 1 else (median, median, median))
+            median, p25, p75 = quartiles(seconds[(width, name)])
             rows.append({"hidden": [width, width], "arm": name,
                          "median_s": round(median, 7), "p25_s": round(p25, 7),
                          "p75_s": round(p75, 7), "ratio_to_plain": round(median / plain, 3),
@@ -104,11 +95,7 @@ def measure(widths: list[int], arms: list[str], rounds: int, updates: int, burn_
     return {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
             "updates_per_round": updates, "burn_in": burn_in,
             "measured_seconds": round(time.perf_counter() - started, 1),
-            "machine": {"processor": cpu_model(), "cpus": cpu_count(),
-                        "python": platform.python_version(), "torch": torch.__version__,
-                        "torch_threads": torch.get_num_threads(),
-                        "load_average_1min": [round(load_before[0], 2),
-                                              round(os.getloadavg()[0], 2)]},
+            "machine": machine(load_before),
             "results": rows}
 
 

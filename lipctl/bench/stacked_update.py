@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
-from lipctl.bench.sac_throughput import cpu_count, cpu_model
+from lipctl.bench.timing import interleaved_seconds, machine, quartiles
 
 OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
 
@@ -47,35 +47,23 @@ def measure(widths: list[int], seed_counts: list[int], rounds: int, updates: int
     for pair, learner in learners.items():
         for _ in range(burn_in):
             learner.update(data[pair])
-    seconds: dict[tuple[int, int], list[float]] = {pair: [] for pair in pairs}
     load_before = os.getloadavg()
     started = time.perf_counter()
-    for r in range(rounds):
-        for pair in pairs[r % len(pairs):] + pairs[:r % len(pairs)]:
-            start = time.perf_counter()
-            for _ in range(updates):
-                learners[pair].update(data[pair])
-            seconds[pair].append((time.perf_counter() - start) / updates)
+    seconds = interleaved_seconds({pair: partial(learners[pair].update, data[pair])
+                                   for pair in pairs}, rounds, updates)
     rows = []
     for width in widths:
-        one = statistics.median(seconds[(width, 1)]) if 1 in seed_counts else None
+        one = statistics.median(seconds[(width, 1)])
         for count in seed_counts:
-            times = seconds[(width, count)]
-            median = statistics.median(times)
-            p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
+            median, p25, p75 = quartiles(seconds[(width, count)])
             rows.append({"hidden": [width, width], "seeds": count,
                          "median_s": round(median, 7), "p25_s": round(p25, 7),
                          "p75_s": round(p75, 7), "per_seed_s": round(median / count, 7),
-                         "gain_over_one": None if one is None else round(one * count / median,
-                                                                         3)})
+                         "gain_over_one": round(one * count / median, 3)})
     return {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
             "updates_per_round": updates, "burn_in": burn_in,
             "measured_seconds": round(time.perf_counter() - started, 1),
-            "machine": {"processor": cpu_model(), "cpus": cpu_count(),
-                        "python": platform.python_version(), "torch": torch.__version__,
-                        "torch_threads": torch.get_num_threads(),
-                        "load_average_1min": [round(load_before[0], 2),
-                                              round(os.getloadavg()[0], 2)]},
+            "machine": machine(load_before),
             "results": rows}
 
 
