@@ -11,7 +11,7 @@ import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.critic_learner import CriticLearner
-from lipctl.agents.trainer import PREVIOUS_CHECKPOINT, OffPolicyTrainer
+from lipctl.agents.trainer import OffPolicyTrainer
 
 LOCKSTEP = ("total_steps", "warmup_steps", "batch_size", "updates_per_step")
 
@@ -43,12 +43,18 @@ class StackedTrainer:
             raise ValueError("stacked seeds resume together: their checkpoints are at steps "
                              f"{[trainer.step for trainer in trainers]}")
         self.stacked, self.trainers = stacked, trainers
+        self._copied_at: list[int | None] = [None] * len(trainers)
         for k, trainer in enumerate(trainers):
             trainer.before_agent_use = partial(self._copy_seed, k)
             trainer.keep_previous_checkpoint = True
 
     def _copy_seed(self, k: int) -> None:
-        self.trainers[k].agent.load_state_dict(self.stacked.seed_state_dict(k))
+        """Seed k's slice into its trainer's learner, once per step (an evaluation and a
+        checkpoint at the same step share it: nothing updates between them)."""
+        trainer = self.trainers[k]
+        if self._copied_at[k] != trainer.step:
+            trainer.agent.load_state_dict(self.stacked.seed_state_dict(k))
+            self._copied_at[k] = trainer.step
 
     def load_seeds(self) -> None:
         """Stack the seeds' learners' states (new, or as their trainers resumed them)."""
@@ -89,8 +95,9 @@ class StackedTrainer:
         kill leaves each seed a checkpoint at a step all of them have (see `align_checkpoints`
         in the train command)."""
         for trainer in self.trainers:
-            if trainer.checkpoint_path is not None:
-                trainer.checkpoint_path.with_name(PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+            if trainer.previous_checkpoint is not None:  # set only on a step that saved
+                trainer.previous_checkpoint.unlink(missing_ok=True)
+                trainer.previous_checkpoint = None
 
     def _batch(self) -> Batch:
         """Every seed's batch from its own source, stacked [S, B, ...]."""

@@ -119,8 +119,10 @@ class OffPolicyTrainer:
         self._wall_origin = time.perf_counter()
         # called before the loop evaluates or saves its agent (a stacked run copies its seed in)
         self.before_agent_use: Callable[[], None] | None = None
-        # a stacked run keeps each seed's last checkpoint until every seed has saved its next
+        # a stacked run keeps each seed's last checkpoint until every seed has saved its next;
+        # `previous_checkpoint` is where save moved it (None: nothing kept)
         self.keep_previous_checkpoint = False
+        self.previous_checkpoint: Path | None = None
 
     def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
         center = (self.action_high + self.action_low) / 2
@@ -308,5 +310,6 @@ class OffPolicyTrainer:
             self.measure_lipschitz()
         path = Path(path)
         if self.keep_previous_checkpoint and path.exists():
-            os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
+            self.previous_checkpoint = path.with_name(PREVIOUS_CHECKPOINT)
+            os.replace(path, self.previous_checkpoint)
         save_checkpoint(path, self.state_dict())
