@@ -5,8 +5,9 @@ Three projections of each member's weight W onto spectral norm <= `bound`:
 - "soft_cap": two odd cubic steps of W / bound, M <- M (I - a M'M) then M <- M (I + a M'M);
   together they map every singular value s (in units of the bound) to
   s (1 - t^2 (3 - 3t + t^2)) with t = a s^2 (`soft_cap_polynomial`), and the strength a is the
-  smallest that maps every s <= 1 + delta back to <= 1, where delta bounds one optimiser
-  update's spectral norm relative to the bound (`soft_cap_strength`);
+  smallest that maps every s <= 1 + delta back to <= 1, where delta bounds the spectral norm of
+  the update just made, relative to the bound (`soft_cap_strength`): the update's Frobenius
+  norm, at most the largest update the optimiser can make;
 - "hammer": one power-iteration step on persistent vectors gives the top singular pair
   (u, s, v); if s > bound, W <- W - (s - bound) u v';
 - "svd_clip": W <- U min(S, bound) V', exact.
@@ -77,22 +78,48 @@ MAX_STRENGTH = PEAK_T * soft_cap_polynomial(1.0, PEAK_T) ** 2
 MAX_DELTA = 1 / math.sqrt(MAX_STRENGTH) - 1  # largest relative update the soft cap can absorb
 
 
-@lru_cache(maxsize=256)
-def soft_cap_strength(delta: float) -> float:
-    """The smallest strength a such that the soft cap maps every singular value in
-    [0, 1 + delta] (units of the bound) to [0, 1]: a cap that holds under updates whose spectral
-    norm is at most delta times the bound. Solved by bisection, cached per delta."""
+def _strengths(deltas: Tensor) -> Tensor:
+    """`soft_cap_strength` of every entry of a float64 tensor of deltas in (0, MAX_DELTA]: a
+    bisection on the strength, all entries at once."""
+    lo, hi = torch.zeros_like(deltas), torch.full_like(deltas, MAX_STRENGTH)
+    for _ in range(100):  # the largest singular value's image falls as the strength grows
+        a = 0.5 * (lo + hi)
+        peak = torch.minimum(1 + deltas, (PEAK_T / a).sqrt())  # where s -> image is largest
+        capped = soft_cap_polynomial(peak, a) <= 1.0
+        lo, hi = torch.where(capped, lo, a), torch.where(capped, a, hi)
+    return hi
+
+
+def check_delta(delta: float) -> None:
+    """Raise ValueError unless the soft cap can absorb a relative update `delta`."""
     if not 0 < delta <= MAX_DELTA:
         raise ValueError(f"the soft cap absorbs updates of at most {MAX_DELTA:.3f} x bound in "
                          f"spectral norm, got max_update / bound = {delta:g}: lower lr or "
                          "max_update, or use hammer or svd_clip")
 
-    lo, hi = 0.0, MAX_STRENGTH  # the largest singular value's image falls as a grows
-    for _ in range(100):
-        a = 0.5 * (lo + hi)
-        peak = min(1 + delta, math.sqrt(PEAK_T / a))  # where s -> image is largest on the range
-        lo, hi = (lo, a) if soft_cap_polynomial(peak, a) <= 1.0 else (a, hi)
-    return hi
+
+@lru_cache(maxsize=256)
+def soft_cap_strength(delta: float) -> float:
+    """The smallest strength a such that the soft cap maps every singular value in
+    [0, 1 + delta] (units of the bound) to [0, 1]: a cap that holds under updates whose spectral
+    norm is at most delta times the bound. Solved by bisection, cached per delta."""
+    check_delta(delta)
+    return float(_strengths(torch.tensor([delta], dtype=torch.float64))[0])
+
+
+# the strengths for relative updates on a geometric grid up to MAX_DELTA: a layer looks up the
+# grid point at or above its update's delta, so the strength it applies is never too weak
+STRENGTH_GRID = torch.logspace(-9, math.log10(MAX_DELTA), 2048, dtype=torch.float64)
+STRENGTH_GRID[-1] = MAX_DELTA
+STRENGTH_TABLE = _strengths(STRENGTH_GRID)
+
+
+def grid_strength(delta: Tensor) -> Tensor:
+    """The tabulated strength for each relative update in `delta` (<= MAX_DELTA): that of the
+    nearest grid point at or above it, at least as strong as `soft_cap_strength(delta)`."""
+    grid, table = STRENGTH_GRID.to(delta.device), STRENGTH_TABLE.to(delta.device)
+    index = torch.searchsorted(grid, delta.double()).clamp(max=len(grid) - 1)
+    return table[index]
 
 
 def _odd_cubic_step(m: Tensor, c: float) -> Tensor:
@@ -110,13 +137,19 @@ ADAM_LR = 3e-4  # the learners' default rate: a soft cap's update bound before i
 class SoftCapLinear(ProjectedLinear):
     """Spectral soft cap after each optimiser step (see the module docstring).
 
-    `max_update` is the largest spectral norm one optimiser update of this weight can have; the
-    strength is chosen so that a weight inside the ball stays inside after any such update.
+    `max_update` is the largest spectral norm one optimiser update of this weight can have.
     Given, it is fixed; left None, `make_optimizer` couples it to the optimiser that trains the
     layer (`set_update_bound`): Muon's updates have a known spectral norm, and Adam moves each
     entry by about its rate lr at most, so an update's spectral norm is at most its Frobenius
     norm, lr * sqrt(out * in) (reached by rank-one sign patterns, the shape of a linear layer's
     per-sample gradient). Until coupled it assumes Adam at ADAM_LR.
+
+    Each step applies the strength for the update it just made: the layer keeps the weight it
+    left after its last projection (a buffer, not saved), and the update's Frobenius norm,
+    capped at `max_update`, bounds its spectral norm, so a weight inside the ball stays inside
+    while small updates are not shrunk as hard as the largest one would need. A loaded weight
+    counts as projected; one changed in place from outside gets at most the strength for
+    `max_update`.
     """
 
     def __init__(self, in_features: int, out_features: int, bound: float | None = 1.0,
@@ -128,6 +161,15 @@ class SoftCapLinear(ProjectedLinear):
         self.max_update, self.strength = 0.0, None
         self._couple(ADAM_LR * math.sqrt(in_features * out_features) if max_update is None
                      else float(max_update))
+        self.register_buffer("projected", self.weight.detach().clone(), persistent=False)
+        self.register_load_state_dict_post_hook(SoftCapLinear._loaded)
+
+    @staticmethod
+    @torch.no_grad()
+    def _loaded(layer: SoftCapLinear, incompatible_keys: object) -> None:
+        """A loaded weight counts as projected (a saved weight is one: every step ends with
+        the projection), so a resumed run applies the strengths the uninterrupted one would."""
+        layer.projected.copy_(layer.weight)
 
     def _couple(self, max_update: float) -> None:
         self.max_update = max_update
@@ -138,9 +180,24 @@ class SoftCapLinear(ProjectedLinear):
         if not self.fixed_update:
             self._couple(spectral_norm)
 
-    def project(self, weight: Tensor) -> Tensor:
-        m = _odd_cubic_step(weight / self.bound, -self.strength)
-        return _odd_cubic_step(m, self.strength) * self.bound
+    def project(self, weight: Tensor, strength: float | Tensor | None = None) -> Tensor:
+        """The soft-capped weight, at `strength` (a number, or one per member shaped
+        [..., 1, 1]; default: the strength for `max_update`)."""
+        strength = self.strength if strength is None else strength
+        m = _odd_cubic_step(weight / self.bound, -strength)
+        return _odd_cubic_step(m, strength) * self.bound
+
+    def step_strength(self) -> Tensor:
+        """Per member, the strength for the update made since the last projection."""
+        update = torch.linalg.matrix_norm(self.weight - self.projected)
+        delta = update.clamp(max=self.max_update) / self.bound
+        return grid_strength(delta).to(self.weight.dtype)[..., None, None]
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        if self.bound is not None:
+            self.weight.copy_(self.project(self.weight, self.step_strength()))
+            self.projected.copy_(self.weight)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", max_update={self.max_update:g}"

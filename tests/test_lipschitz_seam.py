@@ -111,6 +111,16 @@ def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, arm):
 
 
 @pytest.mark.slow
+def test_a_soft_capped_critic_at_a_level_fits_within_three_times_a_free_one(free_critic_rmse):
+    """The soft cap shrinks every large singular value at each step by about the update just
+    made, so under Adam it fits slower than the other families: 2.1-2.7x the free critic's
+    RMSE measured on three seeds, short of 2x; this guards the measured level."""
+    constrained, upper = fitted_rmse(ARMS["soft_cap maxmin"], REGRESSION_STEPS)
+    assert upper <= 800.0 * (1 + 1e-6)
+    assert constrained <= 3 * free_critic_rmse, (constrained, free_critic_rmse)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["spectral", "soft_cap", "hammer", "svd_clip", "aol",
                                     "orthogonal", "ldl", "sandwich"])
 def test_train_with_every_family_checkpoints_a_certificate_within_its_bound(workdir, family):
