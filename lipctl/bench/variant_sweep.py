@@ -222,7 +222,9 @@ def _lipschitz_columns(seeds: list[dict]) -> dict[str, float]:
 
 
 def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[dict]:
-    """One row per env x variant; times (per 1k env steps), memory and the `exp.medians` figures
+    """One row per env x variant: the final return, the best evaluation and the mean over all
+    evaluations (the area under the learning curve, over its length) as IQMs over seeds with
+    stratified-bootstrap CIs; times (per 1k env steps), memory and the `exp.medians` figures
     are medians over seeds; returns are also given as fractions of the expert's for runs that
     imitate one."""
     rows = []
@@ -240,12 +242,17 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
             "final_return_iqm": round(point, 1),
             "ci_low": round(low, 1), "ci_high": round(high, 1),
         }
+        best = np.array([run["returns"].max() for run in seeds])
+        area = np.array([run["returns"].mean() for run in seeds])  # area under the curve
+        for name, values in (("best", best), ("auc", area)):
+            point, low, high = interval_estimate(values, "iqm")
+            row |= {f"{name}_return_iqm": round(point, 1),
+                    f"{name}_return_ci_low": round(low, 1),
+                    f"{name}_return_ci_high": round(high, 1)}
         if expert is not None:
-            best = np.array([run["returns"].max() for run in seeds])
             row.update(expert_return=round(expert, 1),
                        final_normalized_mean=round(float(final.mean()) / expert, 3),
                        best_normalized_mean=round(float(best.mean()) / expert, 3))
-            area = np.array([run["returns"].mean() for run in seeds])
             for name, values in (("final", final), ("best", best), ("auc", area)):
                 point, low, high = interval_estimate(values / expert, "iqm")
                 row |= {f"{name}_normalized_iqm": round(point, 3),
@@ -366,6 +373,17 @@ def report(exp: DictConfig, out: Path) -> list[dict]:
     return rows
 
 
+def write_bench_json(exp: DictConfig, out: Path, wall_seconds: float) -> None:
+    """out/bench.json: the experiment's settings, the machine and the wall time."""
+    bench = {"settings": OmegaConf.to_container(exp, resolve=True),
+             "machine": {"processor": platform.processor() or platform.machine(),
+                         "cpu_count": os.cpu_count(),
+                         "torch": torch.__version__, "device": "cpu" if not
+                         torch.cuda.is_available() else torch.cuda.get_device_name()},
+             "wall_seconds": round(wall_seconds, 1)}
+    (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+
+
 def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     """Train every run (resuming unfinished ones), copy its files to out/runs, then `report`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -373,13 +391,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     run_sweeps(exp, work)
     copy_runs(exp, work, out)
     rows = report(exp, out)
-    bench = {"settings": OmegaConf.to_container(exp, resolve=True),
-             "machine": {"processor": platform.processor() or platform.machine(),
-                         "cpu_count": os.cpu_count(),
-                         "torch": torch.__version__, "device": "cpu" if not
-                         torch.cuda.is_available() else torch.cuda.get_device_name()},
-             "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+    write_bench_json(exp, out, time.perf_counter() - started)
     for row in rows:
         print(f"{row['env']:<18} {row['variant']:<28} return IQM {row['final_return_iqm']:>8.1f} "
               f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]  {row['seconds_per_1k_steps']:.0f} "

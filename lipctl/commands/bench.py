@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from lipctl.bench import (
     cstr_mpc,
     lipschitz_bc,
+    lipschitz_layers,
     planning,
     quadtank_mpc,
     stacked_seeds,
@@ -26,7 +27,10 @@ CSTR = ("cstr_mpc", "cstr_mpc_fast", "cstr_mpc_paper")
 OWN_MODULES = {"lipschitz_bc": lipschitz_bc, "planning": planning,
                "quadtank_mpc": quadtank_mpc,
                "stacked_seeds": stacked_seeds}  # experiments with a module of their own
-EXPERIMENTS = (*CSTR, *OWN_MODULES, *SWEEPS)  # each rebuilds its tables from out/runs/
+# experiments whose module trains `lipctl train` runs and reports them with the experiment config
+SWEEP_MODULES = {"lipschitz_layers": lipschitz_layers}
+# each rebuilds its tables from out/runs/
+EXPERIMENTS = (*CSTR, *OWN_MODULES, *SWEEP_MODULES, *SWEEPS)
 
 
 def known_variants() -> list[str]:
@@ -72,6 +76,8 @@ def validate(cfg: DictConfig) -> None:
         validate_sweep(cfg.experiment)
     if cfg.experiment.name == "lipschitz_bc":
         lipschitz_bc.validate(cfg.experiment)
+    if cfg.experiment.name == "lipschitz_layers" and not cfg.replot:
+        lipschitz_layers.validate(cfg.experiment)
     if cfg.experiment.name == "stacked_seeds":
         stacked_seeds.validate(cfg.experiment)
     if cfg.experiment.name == "planning" and not cfg.replot:
@@ -90,7 +96,8 @@ def bench(cfg: DictConfig) -> None:
         elif cfg.experiment.name in OWN_MODULES:
             OWN_MODULES[cfg.experiment.name].report(Path(cfg.out))
         else:
-            variant_sweep.report(cfg.experiment, Path(cfg.out))
+            SWEEP_MODULES.get(cfg.experiment.name, variant_sweep).report(cfg.experiment,
+                                                                         Path(cfg.out))
         print(f"tables and figures rebuilt from {cfg.out}/runs/")
         return
     if cfg.experiment.name in CSTR:
@@ -98,7 +105,7 @@ def bench(cfg: DictConfig) -> None:
     elif cfg.experiment.name in OWN_MODULES:
         run_benchmark = OWN_MODULES[cfg.experiment.name].run_benchmark
     else:
-        run_benchmark = variant_sweep.run_benchmark
+        run_benchmark = SWEEP_MODULES.get(cfg.experiment.name, variant_sweep).run_benchmark
     run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
     print(f"results written to {cfg.out}/")
 

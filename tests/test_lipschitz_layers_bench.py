@@ -1,0 +1,92 @@
+"""`lipctl bench experiment=lipschitz_layers`: its arms, its config checks, and a tiny run end to
+end (every constrained arm certified at its configured bound, the report rebuilt from runs/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from lipctl.bench import lipschitz_layers
+from lipctl.commands import bench
+from lipctl.config import ConfigError
+from tests.helpers import lipctl
+
+
+def preset(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        return compose("bench", overrides=["experiment=lipschitz_layers", *overrides])
+
+
+def test_the_preset_has_every_family_at_every_fraction_and_the_optimiser_arms():
+    exp = preset().experiment
+    arms = lipschitz_layers.arms(exp)
+    assert arms["unconstrained"]["family"] is None
+    for family in exp.families:
+        for fraction in exp.fractions:
+            assert arms[f"{family}_{fraction:g}x"] == {"family": family, "fraction": fraction,
+                                                       "optimizer": "adam"}
+    assert arms["soft_cap_0.3x_muon"] == {"family": "soft_cap", "fraction": 0.3,
+                                          "optimizer": "muon"}
+    assert len(exp.families) >= 4 and len(exp.fractions) >= 2 and len(exp.seeds) >= 5
+    overrides = lipschitz_layers.arm_overrides(exp, "pendulum", arms["aol_0.1x"])
+    assert overrides == ["lipschitz=aol", f"lipschitz.L={0.1 * exp.critic_lipschitz.pendulum}",
+                         "agent.learner.optimizer=adam"]
+
+
+def test_the_preset_composes_a_valid_train_config_for_every_arm():
+    bench.validate(preset())
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("~experiment.critic_lipschitz.pendulum", "experiment.critic_lipschitz"),
+    ("experiment.fractions=[0.3,0]", "fractions.1"),
+    ("experiment.seeds=[0,-1]", "experiment.seeds"),
+    ("experiment.families=[spectral,no_such_family]", "lipschitz"),
+])
+def test_a_bad_preset_is_refused_before_training(override, key):
+    with pytest.raises(ConfigError, match=key):
+        lipschitz_layers.validate(preset(override).experiment)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
+    out = workdir / "out"
+    args = ["bench", "experiment=lipschitz_layers", f"out={out}", f"work={workdir / 'work'}",
+            "experiment.families=[spectral,soft_cap]", "experiment.fractions=[0.5]",
+            "experiment.optimizer_arms=[{family: soft_cap, optimizer: muon, fraction: 0.5}]",
+            "experiment.seeds=[0,1]", "experiment.stack=2", "experiment.jobs=2",
+            "~experiment.envs.inverted_pendulum",
+            "experiment.envs.pendulum=['loop.total_steps=300','loop.warmup_steps=100',"
+            "'agent.learner.hidden=[16,16]','loop.eval_every=100','loop.eval_episodes=1',"
+            "'loop.log_every=100']"]
+    lipctl(*args, cwd=workdir, check=True, timeout=900)
+    rows = read_rows(out / "summary.csv")
+    assert {row["arm"] for row in rows} == {"unconstrained", "spectral_0.5x", "soft_cap_0.5x",
+                                            "soft_cap_0.5x_muon"}
+    for row in rows:
+        assert row["seeds"] == "2" and row["env_steps"] == "300"
+        for column in ("final_return_iqm", "auc_return_iqm"):  # per seed <= its best
+            assert float(row[column]) <= float(row["best_return_iqm"]) + 0.1
+        if row["family"] != "unconstrained":
+            assert float(row["bound"]) == 0.5 * 340.0
+            assert 0 < float(row["critic_lipschitz_upper"]) <= float(row["bound"]) * (1 + 1e-6)
+        for seed in (0, 1):
+            run = out / "runs" / "pendulum" / row["arm"] / f"seed{seed}"
+            assert json.loads((run / "summary.json").read_text())["env_steps"] == 300
+            overrides = (workdir / "work" / "pendulum" / row["arm"] / f"seed{seed}" / ".hydra"
+                         / "overrides.yaml").read_text()
+            assert "seeds=[0,1]" in overrides
+    assert (out / "pareto.png").stat().st_size > 0
+    before = (out / "summary.csv").read_text()
+    (out / "summary.csv").unlink()
+    lipctl(*args[:4], "replot=true", *args[4:], cwd=workdir, check=True)
+    assert (out / "summary.csv").read_text() == before
