@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -13,7 +14,13 @@ from torch import nn
 from lipctl.control.loop import Trajectory, returns, run
 from lipctl.control.policy import ModuleController
 from lipctl.envs import make_env
-from lipctl.envs.perturbation import Perturb, PerturbedObservation, SphereNoise, check_perturbation
+from lipctl.envs.perturbation import (
+    Perturb,
+    PerturbedObservation,
+    ScaledObservation,
+    SphereNoise,
+    check_perturbation,
+)
 from lipctl.lipschitz import Certificate, adversarial_perturbation
 
 
@@ -82,9 +89,27 @@ def action_change(policy: nn.Module, trajectories: Sequence[Trajectory]) -> floa
     return float(np.linalg.norm(actions - reference, axis=-1).mean())
 
 
+class ScaledInput(nn.Module):
+    """policy(scale * z): the policy on observations given in units of `scale` per dimension."""
+
+    def __init__(self, policy: nn.Module, scale: np.ndarray):
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, dtype=np.float64)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.policy(z * self.scale.to(z.dtype))
+
+
+def _plant(env_id: str, env_kwargs: dict, scale: np.ndarray | None) -> gym.Env:
+    plant = make_env(env_id, **env_kwargs)
+    return plant if scale is None else ScaledObservation(plant, scale)
+
+
 def _perturbed_returns(policy: nn.Module, env_id: str, perturb: Perturb, eps: float, norm: str,
-                       episodes: int, seed: int, env_kwargs: dict) -> tuple[np.ndarray, float]:
-    plant = PerturbedObservation(make_env(env_id, **env_kwargs), perturb, eps, norm)
+                       episodes: int, seed: int, env_kwargs: dict,
+                       scale: np.ndarray | None) -> tuple[np.ndarray, float]:
+    plant = PerturbedObservation(_plant(env_id, env_kwargs, scale), perturb, eps, norm)
     try:
         trajectories = run(ModuleController(policy), plant, episodes, seed=seed)
     finally:
@@ -95,16 +120,23 @@ def _perturbed_returns(policy: nn.Module, env_id: str, perturb: Perturb, eps: fl
 def robustness_sweep(policy: nn.Module, env_id: str, eps: Sequence[float], episodes: int = 10,
                      norm: str = "l2", attack_steps: int = 10, seed: int = 0,
                      certificate: Certificate | None = None,
-                     env_kwargs: dict | None = None) -> RobustnessReport:
+                     env_kwargs: dict | None = None,
+                     state_scale: Sequence[float] | np.ndarray | None = None
+                     ) -> RobustnessReport:
     """Nominal return of `policy` (observations [B, n] -> actions [B, m] in the env's units) on
     `env_id`, and per eps the return under random noise (`SphereNoise`, seeded by `seed`) and
     under the PGD adversary (`PGDAttack`, `attack_steps` steps). Every setting runs the same
-    `episodes` episodes (reset seeds seed, seed + 1, ...) through control.run."""
+    `episodes` episodes (reset seeds seed, seed + 1, ...) through control.run.
+
+    eps is in the observation's units, or with `state_scale` (e.g. the states' per-dimension
+    std) in units of it: the perturbation is scale * v with ||v|| <= eps, and the reported
+    action changes are those of the same actions."""
     for radius in eps:
         check_perturbation(radius, norm)
     env_kwargs = env_kwargs or {}
-    policy = policy.eval()
-    plant = make_env(env_id, **env_kwargs)
+    scale = None if state_scale is None else np.asarray(state_scale, dtype=np.float64)
+    policy = policy.eval() if scale is None else ScaledInput(policy, scale).eval()
+    plant = _plant(env_id, env_kwargs, scale)
     try:
         nominal = returns(run(ModuleController(policy), plant, episodes, seed=seed))
     finally:
@@ -112,10 +144,10 @@ def robustness_sweep(policy: nn.Module, env_id: str, eps: Sequence[float], episo
     rows = []
     for radius in eps:
         noise, noise_change = _perturbed_returns(policy, env_id, SphereNoise(radius, norm, seed),
-                                                 radius, norm, episodes, seed, env_kwargs)
+                                                 radius, norm, episodes, seed, env_kwargs, scale)
         attack, attack_change = _perturbed_returns(
             policy, env_id, PGDAttack(policy, radius, norm, attack_steps), radius, norm,
-            episodes, seed, env_kwargs)
+            episodes, seed, env_kwargs, scale)
         rows.append(RobustnessRow(float(radius), float(noise.mean()), float(noise.std()),
                                   float(attack.mean()), float(attack.std()), noise_change,
                                   attack_change))

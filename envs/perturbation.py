@@ -61,6 +61,23 @@ class PerturbedObservation(gym.Wrapper):
         return observation, reward, terminated, truncated, info
 
 
+class ScaledObservation(gym.ObservationWrapper):
+    """Observations divided by a fixed per-dimension `scale` (e.g. the states' std), so that a
+    perturbation of radius eps on top of it moves dimension i by eps * scale_i at most."""
+
+    def __init__(self, env: gym.Env, scale: np.ndarray):
+        super().__init__(env)
+        space = env.observation_space
+        self.scale = np.asarray(scale, dtype=np.float64).reshape(space.shape)
+        if not np.all(np.isfinite(self.scale) & (self.scale > 0)):
+            raise ValueError(f"scale must be finite and > 0 in every dimension, got {scale!r}")
+        self.observation_space = gym.spaces.Box(space.low / self.scale, space.high / self.scale,
+                                                dtype=space.dtype)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return (observation / self.scale).astype(np.asarray(observation).dtype)
+
+
 class SphereNoise:
     """Random deltas drawn uniformly on the sphere ||delta|| = eps (not inside the ball), so
     that noise and an adversary of the same eps move the measurement equally far. l2: a

@@ -24,18 +24,26 @@ def preset(*overrides: str) -> DictConfig:
 
 def test_the_preset_has_every_family_at_every_fraction_and_the_optimiser_arms():
     exp = preset().experiment
-    arms = lipschitz_layers.arms(exp)
-    assert arms["unconstrained"]["family"] is None
-    for family in exp.families:
-        for fraction in exp.fractions:
-            assert arms[f"{family}_{fraction:g}x"] == {"family": family, "fraction": fraction,
-                                                       "optimizer": "adam"}
-    assert arms["soft_cap_0.3x_muon"] == {"family": "soft_cap", "fraction": 0.3,
-                                          "optimizer": "muon"}
-    assert len(exp.families) >= 4 and len(exp.fractions) >= 2 and len(exp.seeds) >= 5
-    overrides = lipschitz_layers.arm_overrides(exp, "pendulum", arms["aol_0.1x"])
+    critics, actors = (lipschitz_layers.arms(exp, network) for network in ("critic", "actor"))
+    assert critics["unconstrained"]["family"] is None
+    for network, arms, section in (("critic", critics, exp), ("actor", actors, exp.policies)):
+        assert len(section.families) >= 4 and len(section.fractions) >= 2
+        for family in section.families:
+            for fraction in section.fractions:
+                name = lipschitz_layers.arm_name(family, fraction, network=network)
+                assert arms[name] == {"network": network, "family": family,
+                                      "fraction": fraction, "optimizer": "adam"}
+    assert critics["soft_cap_0.3x_muon"]["optimizer"] == "muon"
+    assert actors["actor_soft_cap_0.3x_muon"]["optimizer"] == "muon"
+    assert len(exp.seeds) >= 5
+    overrides = lipschitz_layers.arm_overrides(exp, "pendulum", critics["aol_0.1x"])
     assert overrides == ["lipschitz=aol", f"lipschitz.L={0.1 * exp.critic_lipschitz.pendulum}",
                          "agent.learner.optimizer=adam"]
+    # Pendulum's torque is in [-2, 2]: the actor's [-1, 1] output gets half the bound
+    overrides = lipschitz_layers.arm_overrides(exp, "pendulum", actors["actor_ldl_0.3x"])
+    assert overrides[-1] == ("agent.learner.actor_lipschitz={layer: ldl, L: "
+                             f"{0.3 * exp.policies.policy_lipschitz.pendulum / 2:g}, "
+                             "activation: relu}")
 
 
 def test_the_preset_composes_a_valid_train_config_for_every_arm():
@@ -47,6 +55,9 @@ def test_the_preset_composes_a_valid_train_config_for_every_arm():
     ("experiment.fractions=[0.3,0]", "fractions.1"),
     ("experiment.seeds=[0,-1]", "experiment.seeds"),
     ("experiment.families=[spectral,no_such_family]", "lipschitz"),
+    ("experiment.policies.envs=[hopper]", "experiment.policies.envs"),
+    ("experiment.policies.attack.state_std.pendulum=[0.4,0]", "state_std"),
+    ("experiment.policies.attack.eps=[0]", "policies.attack.eps.0"),
 ])
 def test_a_bad_preset_is_refused_before_training(override, key):
     with pytest.raises(ConfigError, match=key):
@@ -63,6 +74,9 @@ def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
     args = ["bench", "experiment=lipschitz_layers", f"out={out}", f"work={workdir / 'work'}",
             "experiment.families=[spectral,soft_cap]", "experiment.fractions=[0.5]",
             "experiment.optimizer_arms=[{family: soft_cap, optimizer: muon, fraction: 0.5}]",
+            "experiment.policies.families=[spectral]", "experiment.policies.fractions=[0.5]",
+            "experiment.policies.optimizer_arms=[]", "experiment.policies.attack.eps=[0.1]",
+            "experiment.policies.attack.episodes=1", "experiment.policies.attack.steps=2",
             "experiment.seeds=[0,1]", "experiment.stack=2", "experiment.jobs=2",
             "~experiment.envs.inverted_pendulum",
             "experiment.envs.pendulum=['loop.total_steps=300','loop.warmup_steps=100',"
@@ -85,8 +99,21 @@ def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
             overrides = (workdir / "work" / "pendulum" / row["arm"] / f"seed{seed}" / ".hydra"
                          / "overrides.yaml").read_text()
             assert "seeds=[0,1]" in overrides
-    assert (out / "pareto.png").stat().st_size > 0
-    before = (out / "summary.csv").read_text()
-    (out / "summary.csv").unlink()
+    (policy,) = [row for row in read_rows(out / "policies.csv")
+                 if row["arm"] == "actor_spectral_0.5x"]
+    assert float(policy["bound"]) == 0.5 * 36.8
+    assert 0 < float(policy["policy_lipschitz_lower"]) <= float(policy["policy_lipschitz_upper"])
+    assert float(policy["policy_lipschitz_upper"]) <= float(policy["bound"]) * (1 + 1e-6)
+    for column in ("attack_nominal_return_iqm", "noise_return_eps0.1_iqm",
+                   "attack_return_eps0.1_iqm"):
+        assert float(policy[column]) < 0  # Pendulum's returns
+    report = json.loads((out / "runs" / "pendulum" / "actor_spectral_0.5x" / "seed1"
+                         / "robustness.json").read_text())
+    assert report["episodes"] == 1 and report["rows"][0]["eps"] == 0.1
+    for figure in ("pareto.png", "policies.png"):
+        assert (out / figure).stat().st_size > 0
+    tables = {name: (out / name).read_text() for name in ("summary.csv", "policies.csv")}
+    for name in tables:
+        (out / name).unlink()
     lipctl(*args[:4], "replot=true", *args[4:], cwd=workdir, check=True)
-    assert (out / "summary.csv").read_text() == before
+    assert {name: (out / name).read_text() for name in tables} == tables

@@ -105,6 +105,33 @@ def test_sweep_in_closed_loop_never_moves_an_action_more_than_the_lipschitz_boun
     assert row.attack_action_change > 0.9 * gain * 0.02  # PGD finds the worst direction of -K
 
 
+def test_radii_in_units_of_a_state_scale_equal_raw_radii_times_it(lqr):
+    """With state_scale c (every dimension), radius eps moves the state as far as radius
+    c * eps in raw units: the same noise, the same returns and action changes."""
+    policy, _ = lqr
+    raw = robustness_sweep(policy, ENV_ID, [0.03], episodes=2, attack_steps=5, seed=3)
+    scaled = robustness_sweep(policy, ENV_ID, [0.01], episodes=2, attack_steps=5, seed=3,
+                              state_scale=np.full(4, 3.0))
+    assert scaled.nominal_mean == raw.nominal_mean
+    for mine, theirs in zip(scaled.rows, raw.rows, strict=True):
+        for field in ("noise_mean", "attack_mean", "noise_action_change",
+                      "attack_action_change"):
+            assert getattr(mine, field) == pytest.approx(getattr(theirs, field), rel=1e-3)
+
+
+def test_a_state_scale_perturbs_each_dimension_in_its_own_units(lqr):
+    """Only the first dimension scaled up: the attack then moves the action as far as the gain
+    of that dimension allows, and never more than ||K diag(scale)|| * eps."""
+    policy, _ = lqr
+    scale = np.array([10.0, 1e-6, 1e-6, 1e-6])
+    report = robustness_sweep(policy, ENV_ID, [0.01], episodes=1, attack_steps=5, seed=0,
+                              state_scale=scale)
+    gain = float(np.linalg.norm(policy.linear.weight.detach().double().numpy() * scale, 2))
+    (row,) = report.rows
+    assert row.attack_action_change <= gain * 0.01 * (1 + 1e-4)
+    assert row.attack_action_change > 0.9 * gain * 0.01
+
+
 @pytest.mark.parametrize("args,expected", [
     (["checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
     (["checkpoint={checkpoint}", "eps=[0.1,-0.01]"], "eps.1: must be >= 0"),
