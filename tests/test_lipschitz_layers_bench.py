@@ -77,6 +77,12 @@ def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
             "experiment.policies.families=[spectral]", "experiment.policies.fractions=[0.5]",
             "experiment.policies.optimizer_arms=[]", "experiment.policies.attack.eps=[0.1]",
             "experiment.policies.attack.episodes=1", "experiment.policies.attack.steps=2",
+            "experiment.bc_families=[aol]", "experiment.bc.seeds=[0]",
+            "experiment.bc.initial_states=4", "experiment.bc.eps=[0.5]",
+            "experiment.bc.demos.episodes=4", "experiment.bc.fit.epochs=3",
+            "experiment.bc.attack_steps=5", "experiment.bc.policy.hidden=[16,16]",
+            "~experiment.bc.systems.inverted_pendulum_linear",
+            "experiment.bc.systems.double_integrator.expert_multiples=[1.0]",
             "experiment.seeds=[0,1]", "experiment.stack=2", "experiment.jobs=2",
             "~experiment.envs.inverted_pendulum",
             "experiment.envs.pendulum=['loop.total_steps=300','loop.warmup_steps=100',"
@@ -110,9 +116,13 @@ def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
     report = json.loads((out / "runs" / "pendulum" / "actor_spectral_0.5x" / "seed1"
                          / "robustness.json").read_text())
     assert report["episodes"] == 1 and report["rows"][0]["eps"] == 0.1
-    for figure in ("pareto.png", "policies.png"):
+    clones = read_rows(out / "bc" / "runs" / "double_integrator.csv")
+    assert sorted((row["family"], row["policy"]) for row in clones) == [
+        ("", "expert"), ("", "unconstrained"), ("aol", "L=1x K")]
+    for figure in ("pareto.png", "policies.png", "bc/tradeoff_double_integrator.png"):
         assert (out / figure).stat().st_size > 0
-    tables = {name: (out / name).read_text() for name in ("summary.csv", "policies.csv")}
+    tables = {name: (out / name).read_text()
+              for name in ("summary.csv", "policies.csv", "bc/summary.csv")}
     for name in tables:
         (out / name).unlink()
     lipctl(*args[:4], "replot=true", *args[4:], cwd=workdir, check=True)

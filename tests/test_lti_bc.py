@@ -9,8 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
+from lipctl.bench import lipschitz_bc
+from lipctl.config import ConfigError
 from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
 from lipctl.control.policy import LinearFeedback
 from lipctl.envs.lti import (
@@ -135,3 +138,37 @@ def test_bench_lipschitz_bc_writes_runs_and_rebuilds_its_report(workdir):
            check=True)
     assert (out / "summary.csv").is_file() and (out / "tradeoff_inverted_pendulum_linear.png")\
         .is_file()
+
+
+@pytest.mark.slow
+def test_bench_lipschitz_bc_clones_every_family_at_the_same_bounds(workdir):
+    out = workdir / "out"
+    lipctl("bench", "experiment=lipschitz_bc", f"out={out}", "experiment.seeds=[0]",
+           "experiment.initial_states=4", "experiment.eps=[0.5]", "experiment.demos.episodes=4",
+           "experiment.fit.epochs=3", "experiment.attack_steps=5",
+           "experiment.policy.hidden=[16,16]", "experiment.jobs=1",
+           "~experiment.systems.inverted_pendulum_linear",
+           "experiment.systems.double_integrator.expert_multiples=[0.5,1.0]",
+           "+experiment.families.soft_cap={layer: soft_cap, activation: maxmin}",
+           cwd=workdir, check=True, timeout=600)
+    with (out / "runs" / "double_integrator.csv").open() as f:
+        runs = list(csv.DictReader(f))
+    assert sorted((r["family"], r["policy"]) for r in runs) == [
+        ("", "expert"), ("", "unconstrained"), ("soft_cap", "L=0.5x K"), ("soft_cap", "L=1x K"),
+        ("spectral", "L=0.5x K"), ("spectral", "L=1x K")]
+    for row in runs:
+        if row["family"]:
+            assert float(row["lipschitz_upper"]) <= float(row["L"]) * (1 + 1e-6)
+    for family in ("spectral", "soft_cap"):
+        assert (out / f"tradeoff_double_integrator_{family}.png").is_file()
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("experiment.families=null", "experiment.families"),
+    ("+experiment.families.bad={layer: no_such_family}", "experiment.families.bad"),
+])
+def test_bench_lipschitz_bc_refuses_a_bad_family(override, key):
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        exp = compose("bench", overrides=["experiment=lipschitz_bc", override]).experiment
+    with pytest.raises(ConfigError, match=key):
+        lipschitz_bc.validate(exp)

@@ -40,6 +40,7 @@ from lipctl.envs.lti import (
     least_stabilising_gain,
     smallest_stabilising_multiple,
 )
+from lipctl.lipschitz import LipschitzSpec
 from lipctl.runtime import seed_everything
 
 EXPERT, UNCONSTRAINED = "expert", "unconstrained"
@@ -65,6 +66,13 @@ def validate(exp: DictConfig) -> None:
             values = list(system[field])
             if not all(isinstance(v, (int, float)) and v > 0 for v in values):
                 raise ConfigError(f"{key}.{field}", f"needs numbers > 0, got {values}")
+    if not exp.families:
+        raise ConfigError("experiment.families", "needs at least one clone family")
+    for family, fields in exp.families.items():
+        try:
+            LipschitzSpec.of({**fields, "L": 1.0}).mlp(2, 1, [4])
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"experiment.families.{family}", str(error)) from None
     eps = list(exp.eps)
     if not eps or not all(isinstance(v, (int, float)) and v > 0 for v in eps):
         raise ConfigError("experiment.eps", f"needs numbers > 0, got {eps}")
@@ -88,20 +96,24 @@ def constants(system: LTISystem) -> dict[str, float]:
                                                                           gain)}
 
 
-def policies(exp_system: DictConfig, known: dict[str, float]) -> list[tuple[str, float | None]]:
-    """(label, bound) of every policy: the expert, clones at multiples of the critical L and of
-    ||K||, and the unconstrained clone (bounds sorted)."""
+def policies(exp_system: DictConfig, known: dict[str, float], families: list[str]
+             ) -> list[tuple[str, str | None, float | None]]:
+    """(label, family, bound) of every policy: the expert, each family's clones at multiples
+    of the critical L and of ||K|| (bounds sorted), and the unconstrained clone (family
+    None)."""
     bounds = {f"L={m:g}x crit": m * known["critical_L"] for m in exp_system.critical_multiples
               if known["critical_L"] > 0}
     bounds |= {f"L={m:g}x K": m * known["expert_lipschitz"] for m in exp_system.expert_multiples}
     ordered = sorted(bounds.items(), key=lambda item: item[1])
-    return [(EXPERT, known["expert_lipschitz"]), *ordered, (UNCONSTRAINED, None)]
+    clones = [(label, family, bound) for family in families for label, bound in ordered]
+    return [(EXPERT, None, known["expert_lipschitz"]), *clones, (UNCONSTRAINED, None, None)]
 
 
 def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
-             bound: float | None, seed: int) -> list[dict]:
-    """Fit (or take the expert) under `bound`, certify, and measure J nominally and perturbed
-    at every eps from this seed's initial states; one row per eps."""
+             family: str | None, bound: float | None, seed: int) -> list[dict]:
+    """Fit (or take the expert) under `bound` with the layers of `exp.families[family]` (None:
+    the unconstrained clone, plain layers), certify, and measure J nominally and perturbed at
+    every eps from this seed's initial states; one row per eps."""
     torch.set_num_threads(1)
     seed_everything(seed)
     system = LTI_SYSTEMS[name]()
@@ -118,10 +130,11 @@ def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
         policy, upper = expert, known["expert_lipschitz"]
         lower = sampled_lower_bound(expert, probe)
     else:
-        # spectral layers with the bound split evenly over them, as the committed results were
+        spec = {"activation": exp.policy.activation, **(
+            {} if family is None else OmegaConf.to_container(exp.families[family])), "L": bound}
         policy = BCPolicy(system.state_dim, system.input_dim, [-np.inf] * system.input_dim,
-                          [np.inf] * system.input_dim, exp.policy.hidden, exp.policy.activation,
-                          lipschitz={"L": bound, "mode": exp.policy.mode, "level": False})
+                          [np.inf] * system.input_dim, exp.policy.hidden, spec["activation"],
+                          lipschitz=spec)
         fit = fit_bc(policy, states, actions, episodes,
                      BCSettings(**OmegaConf.to_container(exp.fit)), seed=seed)
         fit_columns.update(train_mse=fit.train_mse, holdout_mse=fit.holdout_mse,
@@ -132,7 +145,7 @@ def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
     with torch.no_grad():
         nominal, expert_cost = loop.cost(x0), reference.cost(x0)
     failed = float((nominal > FAILED_COST_RATIO * expert_cost).float().mean())
-    shared = {"system": name, "policy": label, "L": bound,
+    shared = {"system": name, "family": family or "", "policy": label, "L": bound,
               "L_over_expert": None if bound is None else bound / known["expert_lipschitz"],
               "seed": seed, "lipschitz_upper": upper, "lipschitz_lower": lower, **fit_columns,
               "expert_cost": float(expert_cost.mean()), "nominal_cost": float(nominal.mean()),
@@ -155,8 +168,8 @@ def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
                      "attack_deterioration": float((attacked - nominal).mean()),
                      "noise_deterioration": float((noisy - nominal).mean()),
                      "max_action_change_over_delta": float((change / delta).max())})
-    print(f"{name} {label} seed {seed}: regret {shared['regret']:.3g}, deterioration at eps "
-          f"{exp.eps[-1]:g} {rows[-1]['attack_deterioration']:.3g} (noise "
+    print(f"{name} {family or ''} {label} seed {seed}: regret {shared['regret']:.3g}, "
+          f"deterioration at eps {exp.eps[-1]:g} {rows[-1]['attack_deterioration']:.3g} (noise "
           f"{rows[-1]['noise_deterioration']:.3g}), upper {upper:.3g}", flush=True)
     return rows
 
@@ -178,12 +191,14 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
               f"{coverage['states']} states, per-dimension range "
               f"{np.round(coverage['min'], 3).tolist()}..{np.round(coverage['max'], 3).tolist()}"
               f", std {np.round(coverage['std'], 3).tolist()}", flush=True)
-    tasks = [(name, label, bound, seed) for name in exp.systems
-             for label, bound in policies(exp.systems[name], known[name]) for seed in exp.seeds]
+    tasks = [(name, label, family, bound, seed) for name in exp.systems
+             for label, family, bound in policies(exp.systems[name], known[name],
+                                                  list(exp.families))
+             for seed in exp.seeds]
     print(f"{len(tasks)} runs in {exp.jobs} processes", flush=True)
     results = Parallel(n_jobs=exp.jobs)(
-        delayed(evaluate)(name, exp, known[name], label, bound, seed)
-        for name, label, bound, seed in tasks)
+        delayed(evaluate)(name, exp, known[name], label, family, bound, seed)
+        for name, label, family, bound, seed in tasks)
     for name in exp.systems:
         write_csv(out / "runs" / f"{name}.csv",
                   [row for rows in results for row in rows if row["system"] == name])
@@ -200,19 +215,21 @@ def _read_runs(path: Path) -> list[dict]:
     rows = read_csv(path)
     for row in rows:
         for key, value in row.items():
-            if key not in ("system", "policy"):
+            if key not in ("system", "family", "policy"):
                 row[key] = None if value == "" else float(value)
+        row.setdefault("family", "")  # runs written before clones had families
     return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per system, policy and eps: medians over seeds with 95% CIs of every metric."""
+    """Per system, family, policy and eps: medians over seeds with 95% CIs of every metric."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["system"], row["policy"], row["eps"]), []).append(row)
+        groups.setdefault((row["system"], row["family"], row["policy"], row["eps"]),
+                          []).append(row)
     summary = []
-    for (system, policy, eps), members in groups.items():
-        entry = {"system": system, "policy": policy, "L": members[0]["L"],
+    for (system, family, policy, eps), members in groups.items():
+        entry = {"system": system, "family": family, "policy": policy, "L": members[0]["L"],
                  "L_over_expert": members[0]["L_over_expert"], "eps": eps,
                  "seeds": len(members)}
         for key in METRICS:
@@ -224,10 +241,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def plot(summary: list[dict], system: str, known: dict[str, float], path: Path) -> None:
-    """Left: relative regret against L. Right: deterioration under attack (solid) and noise
-    (dashed) per eps, as a multiple of the expert's at the same eps. Medians, 95% CIs."""
-    rows = [r for r in summary if r["system"] == system]
+def plot(summary: list[dict], system: str, family: str, known: dict[str, float],
+         path: Path) -> None:
+    """One family's clones on one system. Left: relative regret against L. Right:
+    deterioration under attack (solid) and noise (dashed) per eps, as a multiple of the
+    expert's at the same eps. Medians, 95% CIs."""
+    rows = [r for r in summary if r["system"] == system and r["family"] in ("", family)]
     clones = sorted((r for r in rows if r["policy"] not in (EXPERT, UNCONSTRAINED)),
                     key=lambda r: r["L"])
     radii = sorted({r["eps"] for r in rows})
@@ -277,5 +296,9 @@ def report(out: Path) -> None:
     rows = [row for path in sorted((out / "runs").glob("*.csv")) for row in _read_runs(path)]
     summary = summarise(rows)
     write_csv(out / "summary.csv", summary)
+    families = list(dict.fromkeys(row["family"] for row in rows if row["family"]))
     for system in dict.fromkeys(row["system"] for row in rows):
-        plot(summary, system, info["constants"][system], out / f"tradeoff_{system}.png")
+        for family in families or [""]:
+            suffix = f"_{family}" if len(families) > 1 else ""
+            plot(summary, system, family, info["constants"][system],
+                 out / f"tradeoff_{system}{suffix}.png")

@@ -1,19 +1,29 @@
-"""Lipschitz bound against return, per layer family (`lipctl bench experiment=lipschitz_layers`):
-SAC with its critics constrained by each family (conf/lipschitz/<family>) at bounds set as
-fractions of the unconstrained critic's sampled state-Lipschitz constant on that env (measured
-on pilot seeds and written in the experiment config), the unconstrained baseline, and the
-optimiser question of Newhouse et al. (a family trained by Muon instead of Adam, at one bound).
+"""Lipschitz bound against return and robustness, per layer family (`lipctl bench
+experiment=lipschitz_layers`), in three sections:
+
+- critics: SAC with its critics constrained by each family (conf/lipschitz/<family>) at bounds
+  set as fractions of the unconstrained critic's sampled state-Lipschitz constant on that env
+  (measured on pilot seeds and written in the experiment config), the unconstrained baseline,
+  and the optimiser question of Newhouse et al. (a family trained by Muon instead of Adam);
+- policies: the same with the actor constrained instead (bounds as fractions of the
+  unconstrained policy's sampled constant, in action units per state unit), each final policy
+  then attacked by PGD on its measured state at radii in units of the states' std;
+- behaviour cloning: the `lipschitz_bc` benchmark with a clone per family at each bound.
 
 Every arm's seeds train stacked in one process (`lipctl train seeds=[...]`, `stack` seeds per
 process), `jobs` processes at once over all (env, arm, stack) jobs; each seed writes the folder
 its separate run would. Finished runs are kept and unfinished ones resume.
 
 Writes, under the output folder: runs/<env>/<arm>/seed<k>/ (eval.csv, summary.json, downsampled
-train.csv), and from those files alone (`report`, also `replot=true`) summary.csv (one row per
-env x arm: family, fraction, configured bound and optimiser, then the variant sweep's columns:
-final / best / area-under-the-curve returns as IQMs with stratified-bootstrap CIs, the critics'
-certified and sampled constants, seconds per 1k env steps), pareto.png (certified critic bound
-against final return, one line per family, per env), curves.png, lipschitz.png, bench.json.
+train.csv; a policy run's robustness.json), bc/ (runs/, summary.csv, tradeoff_<system>_<family>
+.png, as `lipschitz_bc` writes them), and from those files alone (`report`, also
+`replot=true`): summary.csv (critic section) and policies.csv (policy section), one row per env
+x arm: network, family, fraction, configured bound and optimiser, then the variant sweep's
+columns (final / best / area-under-the-curve returns as IQMs with stratified-bootstrap CIs, the
+critics' certified and sampled constants, seconds per 1k env steps) and for policies the
+certified and sampled policy constants and the attacked returns; pareto.png and policies.png
+(certified bound against return, one line per family, per env), curves.png, lipschitz.png,
+bench.json.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import torch
 from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.bench import variant_sweep
+from lipctl.bench import lipschitz_bc, variant_sweep
 from lipctl.bench.report import interval_estimate, write_csv
 from lipctl.bench.variant_sweep import run_overrides
 from lipctl.commands import train
@@ -148,6 +158,7 @@ def validate(exp: DictConfig) -> None:
         if not std.size or not np.all(std > 0):
             raise ConfigError("experiment.policies.attack.state_std",
                               f"needs the states' per-dimension std (> 0) on {env}")
+    lipschitz_bc.validate(bc_experiment(exp))
     for env in exp.envs:
         if env not in exp.critic_lipschitz:
             raise ConfigError("experiment.critic_lipschitz",
@@ -209,6 +220,14 @@ def attack_runs(exp: DictConfig, work: Path) -> None:
             if not (work / env / name / f"seed{seed}" / ROBUSTNESS).exists()]
     print(f"attacking {len(todo)} policies", flush=True)
     Parallel(n_jobs=exp.jobs)(delayed(attack_run)(folder, attack, std) for folder, std in todo)
+
+
+def bc_experiment(exp: DictConfig) -> DictConfig:
+    """The behaviour-cloning section as a `lipschitz_bc` experiment: its clones in every family
+    of `bc_families`, each with its conf/lipschitz layer and activation."""
+    bc = OmegaConf.create(OmegaConf.to_container(exp.bc, resolve=True))
+    bc.families = {family: family_fields(family) for family in exp.bc_families}
+    return bc
 
 
 def section_view(exp: DictConfig, network: str) -> DictConfig:
@@ -356,7 +375,9 @@ def plot_policy_pareto(exp: DictConfig, rows: list[dict], path: Path) -> None:
 
 def report(exp: DictConfig, out: Path) -> list[dict]:
     """summary.csv and pareto.png (critic section), policies.csv and policies.png (policy
-    section), curves.png and lipschitz.png, from out/runs/ alone."""
+    section), curves.png and lipschitz.png, from out/runs/ alone; and the behaviour-cloning
+    section's report in out/bc/."""
+    lipschitz_bc.report(out / "bc")
     view = section_view(exp, "critic")
     runs = variant_sweep.collect(view, out / "runs")
     rows = described(exp, "critic", variant_sweep.summarize(runs, view))
@@ -378,6 +399,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     run_jobs(exp, work)
     attack_runs(exp, work)
     copy_runs(exp, work, out)
+    lipschitz_bc.run_benchmark(bc_experiment(exp), out / "bc", work / "bc")
     rows = report(exp, out)
     variant_sweep.write_bench_json(exp, out, time.perf_counter() - started)
     for row in rows:
