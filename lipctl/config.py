@@ -8,7 +8,7 @@ import math
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,6 +170,13 @@ def require_writable(key: str, path: str | Path) -> None:
     except OSError as error:
         raise ConfigError(key, f"cannot create {path}: {existing} is not writable "
                                f"({error.strerror})") from None
+
+
+def require_seeds(seeds: object, key: str = "experiment.seeds") -> None:
+    """Check that `seeds` is a non-empty list of integers >= 0."""
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        shown = list(seeds) if isinstance(seeds, Iterable) else seeds
+        raise ConfigError(key, f"must be a non-empty list of integers >= 0, got {shown!r}")
 
 
 def require_number(cfg: DictConfig, key: str, minimum: float | None = None,

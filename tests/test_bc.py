@@ -163,7 +163,7 @@ def test_train_bc_config_errors_are_one_line(workdir, args, expected):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["experiment.seeds=[]"], "experiment.seeds: needs integers >= 0"),
+    (["experiment.seeds=[]"], "experiment.seeds: must be a non-empty list of integers >= 0"),
     (["+experiment.systems.cartpole={critical_multiples:[],expert_multiples:[1]}"],
      "experiment.systems.cartpole: unknown system; choose from double_integrator"),
     (["experiment.systems.double_integrator.expert_multiples=[0.1,-1]"],

@@ -69,10 +69,10 @@ def test_variants_with_their_own_seeds_sweep_apart_from_the_rest():
 @pytest.mark.parametrize(("override", "message"), [
     ("+experiment.variant_seeds.nosuch=[0]", "experiment.variant_seeds: unknown variant(s) "
                                              "['nosuch']"),
-    ("experiment.variant_seeds.ensemble=[]", "experiment.variant_seeds.ensemble: needs at "
-                                             "least one seed"),
-    ("experiment.variant_seeds.ensemble=[-1]", "experiment.variant_seeds.ensemble: seeds "
-                                               "must be integers >= 0, got -1"),
+    ("experiment.variant_seeds.ensemble=[]", "experiment.variant_seeds.ensemble: must be a "
+                                             "non-empty list of integers >= 0, got []"),
+    ("experiment.variant_seeds.ensemble=[-1]", "experiment.variant_seeds.ensemble: must be a "
+                                               "non-empty list of integers >= 0, got [-1]"),
 ])
 def test_bad_variant_seeds_are_one_line(override, message, workdir):
     result = lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={workdir / 'out'}",

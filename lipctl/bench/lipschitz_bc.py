@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
 from lipctl.bench.report import interval_estimate, read_csv, write_csv
-from lipctl.config import ConfigError, require_number
+from lipctl.config import ConfigError, require_number, require_seeds
 from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
 from lipctl.control.policy import LinearFeedback, sampled_lower_bound
 from lipctl.envs.lti import (
@@ -53,9 +53,7 @@ def validate(exp: DictConfig) -> None:
     """Seeds, systems, bounds and radii, before any work."""
     require_number(exp, "jobs", 1, integer=True)
     require_number(exp, "initial_states", 1, integer=True)
-    if not exp.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
-                            for s in exp.seeds):
-        raise ConfigError("experiment.seeds", f"needs integers >= 0, got {list(exp.seeds)}")
+    require_seeds(exp.seeds)
     if not exp.systems:
         raise ConfigError("experiment.systems", "needs at least one system")
     for name, system in exp.systems.items():

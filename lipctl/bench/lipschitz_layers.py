@@ -47,7 +47,7 @@ from lipctl.bench import lipschitz_bc, variant_sweep
 from lipctl.bench.report import interval_estimate, write_csv
 from lipctl.bench.variant_sweep import run_overrides
 from lipctl.commands import train
-from lipctl.config import ConfigError, check_overrides, require_number
+from lipctl.config import ConfigError, check_overrides, require_number, require_seeds
 from lipctl.control.robustness import robustness_sweep
 from lipctl.envs import make_env
 from lipctl.networks import read_network
@@ -140,9 +140,7 @@ def validate(exp: DictConfig) -> None:
     """Names, numbers and every arm's composed train config, before any training starts."""
     require_number(exp, "jobs", 1, integer=True)
     require_number(exp, "stack", 1, integer=True)
-    if not exp.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
-                            for s in exp.seeds):
-        raise ConfigError("experiment.seeds", f"needs integers >= 0, got {exp.seeds!r}")
+    require_seeds(exp.seeds)
     for key in ("fractions", "policies.fractions", "policies.attack.eps"):
         for i in range(len(OmegaConf.select(exp, key))):
             require_number(exp, f"{key}.{i}", 0, exclusive=True)

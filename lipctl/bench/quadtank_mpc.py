@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.bench.report import write_csv
-from lipctl.config import ConfigError, require_number
+from lipctl.config import ConfigError, require_number, require_seeds
 from lipctl.control.files import atomic_write
 from lipctl.control.models import (
     MODELS,
@@ -53,9 +53,7 @@ def validate(cfg: DictConfig) -> None:
         require_number(cfg, f"experiment.{key}", 1, integer=True)
     require_number(cfg, "experiment.patience", 1, integer=True, allow_none=True)
     require_number(cfg, "experiment.lr", 0, exclusive=True)
-    if not exp.seeds or any(isinstance(k, bool) or not isinstance(k, int) or k < 0
-                            for k in exp.seeds):
-        raise ConfigError("experiment.seeds", f"must be integers >= 0, got {list(exp.seeds)}")
+    require_seeds(exp.seeds)
     for setting in exp.settings:
         require_number(cfg, f"experiment.horizon.{setting}", 1, integer=True)
     points = quadtank_process().operating_points

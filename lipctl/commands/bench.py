@@ -19,7 +19,13 @@ from lipctl.bench import (
 )
 from lipctl.bench.variant_sweep import run_overrides, seeds_of
 from lipctl.commands import train
-from lipctl.config import ConfigError, check_overrides, require_number, user_errors
+from lipctl.config import (
+    ConfigError,
+    check_overrides,
+    require_number,
+    require_seeds,
+    user_errors,
+)
 
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_regulariser_strength",
           "gail_lipschitz", "gail_lipschitz_paper")
@@ -52,12 +58,7 @@ def validate_sweep(exp: DictConfig) -> None:
         raise ConfigError("experiment.variant_seeds", f"unknown variant(s) {strays}")
     for variant in exp.variants:
         key = f"experiment.variant_seeds.{variant}" if variant in own else "experiment.seeds"
-        seeds = seeds_of(exp, variant)
-        if not seeds:
-            raise ConfigError(key, "needs at least one seed")
-        for seed in seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ConfigError(key, f"seeds must be integers >= 0, got {seed!r}")
+        require_seeds(seeds_of(exp, variant), key)
     if not exp.envs:
         raise ConfigError("experiment.envs", "needs at least one env")
     for env in exp.envs:
