@@ -92,10 +92,15 @@ def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
     rows = read_rows(out / "summary.csv")
     assert {row["arm"] for row in rows} == {"unconstrained", "spectral_0.5x", "soft_cap_0.5x",
                                             "soft_cap_0.5x_muon"}
+    (base,) = [row for row in rows if row["arm"] == "unconstrained"]
     for row in rows:
         assert row["seeds"] == "2" and row["env_steps"] == "300"
         for column in ("final_return_iqm", "auc_return_iqm"):  # per seed <= its best
             assert float(row[column]) <= float(row["best_return_iqm"]) + 0.1
+        assert float(row["certified_over_reference"]) == pytest.approx(
+            float(row["critic_lipschitz_upper"]) / 340.0, abs=1e-3)
+        assert row["keeps_baseline_return"] == str(
+            float(row["final_return_iqm"]) >= float(base["ci_low"]))
         if row["family"] != "unconstrained":
             assert float(row["bound"]) == 0.5 * 340.0
             assert 0 < float(row["critic_lipschitz_upper"]) <= float(row["bound"]) * (1 + 1e-6)

@@ -267,6 +267,19 @@ def described(exp: DictConfig, network: str, rows: list[dict]) -> list[dict]:
     return result
 
 
+def compared(exp: DictConfig, network: str, rows: list[dict]) -> list[dict]:
+    """Each row with its certified bound over the section's reference constant on its env, and
+    whether its final return (IQM) keeps the baseline's: at or above the lower end of the
+    unconstrained baseline's 95% CI."""
+    reference = (exp.critic_lipschitz if network == "critic"
+                 else exp.policies.policy_lipschitz)
+    certified = "critic_lipschitz_upper" if network == "critic" else "policy_lipschitz_upper"
+    base = {row["env"]: row for row in rows if row["arm"] == exp.baseline}
+    return [row | {"certified_over_reference": round(row[certified] / reference[row["env"]], 3),
+                   "keeps_baseline_return": row["final_return_iqm"]
+                   >= base[row["env"]]["ci_low"]} for row in rows]
+
+
 def _estimate(values: list[float], name: str, digits: int = 1) -> dict[str, float]:
     point, low, high = interval_estimate(values, "iqm")
     return {f"{name}_iqm": round(point, digits), f"{name}_ci_low": round(low, digits),
@@ -297,7 +310,8 @@ def policy_rows(exp: DictConfig, out: Path) -> list[dict]:
     view = section_view(exp, "actor")
     rows = described(exp, "actor", variant_sweep.summarize(
         variant_sweep.collect(view, out / "runs"), view))
-    return [row | attack_columns(exp, out / "runs", row["env"], row["arm"]) for row in rows]
+    rows = [row | attack_columns(exp, out / "runs", row["env"], row["arm"]) for row in rows]
+    return compared(exp, "actor", rows)
 
 
 def _family_lines(ax: plt.Axes, rows: list[dict], families: list[str], x: str, y: str,
@@ -378,7 +392,7 @@ def report(exp: DictConfig, out: Path) -> list[dict]:
     lipschitz_bc.report(out / "bc")
     view = section_view(exp, "critic")
     runs = variant_sweep.collect(view, out / "runs")
-    rows = described(exp, "critic", variant_sweep.summarize(runs, view))
+    rows = compared(exp, "critic", described(exp, "critic", variant_sweep.summarize(runs, view)))
     write_csv(out / "summary.csv", rows)
     plot_critic_pareto(exp, rows, out / "pareto.png")
     variant_sweep.plot_curves(runs, view, out / "curves.png")
