@@ -112,6 +112,7 @@ class LogPolicy:
     period_tolerance: float = 0.1
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     range_check: str = "error"  # or "warn": an implausible column is imported with a warning
+    scaler: str = "standard"  # the dataset's scalers (process_data.SCALERS)
 
     def __post_init__(self) -> None:
         if self.range_check not in RANGE_CHECKS:
@@ -439,7 +440,7 @@ def import_log(process: Process, path: str | Path, columns: Mapping | None = Non
     samples = np.concatenate([np.arange(a, b) for a, b in kept] or [np.zeros(0, dtype=int)])
     split = _checked_split(len(samples), policy.fractions, path)
     dataset = make_dataset(process, x[samples], u[samples], x[samples + 1][:, None], split,
-                           substeps=1)
+                           substeps=1, scaler=policy.scaler)
 
     pause = (1 + policy.period_tolerance) * period
     gaps = merge_gaps([g for v in states + inputs for g in column_gaps(times, v, pause, max_gap)])

@@ -101,17 +101,26 @@ def sane_rows(process: Process, x0: np.ndarray, targets: np.ndarray) -> np.ndarr
     return np.all(np.abs(states - centre) <= limits, axis=(1, 2))  # False for NaN
 
 
+SCALERS = ("standard", "minmax")
+
+
 @dataclass(frozen=True)
 class Scaler:
-    """Per-feature standardisation: (x - mean) / std."""
+    """Per-feature affine scaling (x - mean) / std: standardisation (`mean`, `std` the data's)
+    or min-max scaling onto [0, 1] (`mean` the minimum, `std` the range)."""
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> Scaler:
-        """Mean and std of x [..., d] over all leading axes (std floored at 1e-12)."""
+    def fit(cls, x: np.ndarray, kind: str = "standard") -> Scaler:
+        """The scaler of `kind` (one of SCALERS) for x [..., d] over all leading axes: mean and
+        std ("standard"), or minimum and range ("minmax"); the divisor floored at 1e-12."""
+        _require(kind in SCALERS, f"scaler must be one of {', '.join(SCALERS)}, got {kind!r}")
         flat = x.reshape(-1, x.shape[-1])
+        if kind == "minmax":
+            low = flat.min(axis=0)
+            return cls(low, np.maximum(flat.max(axis=0) - low, 1e-12))
         return cls(flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-12))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -222,16 +231,23 @@ def _check_fractions(fractions: tuple[float, float, float]) -> None:
              f"fractions must be three non-negative numbers summing to 1, got {fractions}")
 
 
+def fit_state_scaler(x0: np.ndarray, targets: np.ndarray, kind: str = "standard") -> Scaler:
+    """The state scaler of `kind` fitted on states x0 [n, ns] and their targets [n, k, ns]
+    together, so that predictions can be chained."""
+    return Scaler.fit(np.concatenate([x0[:, None], targets], axis=1), kind)
+
+
 def make_dataset(process: Process, x0: np.ndarray, u: np.ndarray, targets: np.ndarray,
-                 split: np.ndarray, substeps: int | None = None) -> ProcessDataset:
-    """The dataset of `process` with the given split codes, its scalers fitted on train rows
-    only (the state scaler on train x0 and targets together, so predictions can be chained);
-    `substeps` defaults to the process's."""
+                 split: np.ndarray, substeps: int | None = None,
+                 scaler: str = "standard") -> ProcessDataset:
+    """The dataset of `process` with the given split codes, its scalers of kind `scaler` (one
+    of SCALERS) fitted on train rows only (the state scaler on train x0 and targets together, so
+    predictions can be chained); `substeps` defaults to the process's."""
     _check_finite(x0, u, targets)
     train = split == 0
     _require(bool(train.any()), f"no train rows among {len(x0)} rows")
-    state_scaler = Scaler.fit(np.concatenate([x0[train][:, None], targets[train]], axis=1))
-    return ProcessDataset(x0, u, targets, split, state_scaler, Scaler.fit(u[train]),
+    state_scaler = fit_state_scaler(x0[train], targets[train], scaler)
+    return ProcessDataset(x0, u, targets, split, state_scaler, Scaler.fit(u[train], scaler),
                           plant_id=process.name, state_names=process.state_names,
                           input_names=process.input_names,
                           sampling_period=process.sampling_period,
@@ -240,17 +256,20 @@ def make_dataset(process: Process, x0: np.ndarray, u: np.ndarray, targets: np.nd
 
 def generate(process: Process, states_per_axis: int = 25, inputs_per_axis: int = 8,
              chains: int = 64, periods: int = 40, seed: int = 0,
-             fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> ProcessDataset:
+             fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+             scaler: str = "standard") -> ProcessDataset:
     """Grid samples plus random-excitation chains of the process's ODE, insane or non-finite
-    rows dropped, then split at random into train/val/test `fractions` and scaled (`seed`
-    drives the chains and the split)."""
+    rows dropped, then split at random into train/val/test `fractions` and scaled by a
+    `scaler` (one of SCALERS) fitted on the train rows (`seed` drives the chains and the
+    split)."""
     _check_fractions(fractions)
     parts = [grid_samples(process, states_per_axis, inputs_per_axis),
              random_samples(process, chains, periods, seed)]
     x0, u, targets = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     keep = sane_rows(process, x0, targets)
     x0, u, targets = x0[keep], u[keep], targets[keep]
-    return make_dataset(process, x0, u, targets, random_split(len(x0), seed, fractions))
+    return make_dataset(process, x0, u, targets, random_split(len(x0), seed, fractions),
+                        scaler=scaler)
 
 
 def save_dataset(dataset: ProcessDataset, path: str | Path) -> None:

@@ -92,6 +92,7 @@ def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
         (["fit", "data=nonfinite.npz", "out=x.pt"], "non-finite"),
         (["fit", "data=missing.npz"], "data file not found"),
         (["data", "env=pendulum"], "env.process: this env has no process description"),
+        (["data", "scaler=robust"], "scaler: must be one of standard, minmax"),
         (["bench", "experiment.horizons=[0]"], "experiment.horizons"),
     ]
     for args, expected in cases:
@@ -129,6 +130,10 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     assert [(r["layers"], r["noise_sigma"], r["seeds"]) for r in stacked] == [
         ("2", "0.0", "2"), ("2", "0.5", "2")]
     assert all(float(r["test_mse_std"]) > 0 for r in stacked)
+    for row in models:  # the data's own units are z-scores: the same MSE, and min-max units too
+        assert float(row["test_mse_standard_mean"]) == pytest.approx(float(row["test_mse_mean"]),
+                                                                    rel=1e-3)
+        assert float(row["test_mse_minmax_mean"]) > 0
     closed_loop = read_csv(out / "closed_loop.csv")
     assert len(closed_loop) == 4 * 2 * 4  # 4 controllers x noise on/off x 4 starts
     solve = read_csv(out / "solve_time.csv")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from lipctl.control.models import build_model, mse, mse_in
 from lipctl.control.process_data import (
     Scaler,
     generate,
@@ -109,6 +111,35 @@ def test_scalers_are_fitted_on_train_rows_only(dataset):
     everything = Scaler.fit(np.concatenate([dataset.x0[:, None], dataset.targets], axis=1))
     assert not np.allclose(dataset.state_scaler.mean, everything.mean, rtol=0, atol=1e-9)
     assert not np.allclose(dataset.input_scaler.mean, dataset.u.mean(axis=0), rtol=0, atol=1e-9)
+
+
+def test_a_minmax_dataset_maps_its_train_rows_onto_the_unit_box():
+    data = generate(CSTR, **SMALL, seed=0, scaler="minmax")
+    train = data.rows("train")
+    _, y = data.sequences("train")
+    states = np.concatenate([data.state_scaler.transform(data.x0[train])[:, None], y], axis=1)
+    np.testing.assert_allclose(states.min(axis=(0, 1)), 0, atol=1e-6)
+    np.testing.assert_allclose(states.max(axis=(0, 1)), 1, atol=1e-6)
+    inputs = data.input_scaler.transform(data.u[train])
+    np.testing.assert_allclose([inputs.min(axis=0), inputs.max(axis=0)], [[0, 0], [1, 1]],
+                               atol=1e-9)
+    with pytest.raises(ValueError, match="scaler must be one of standard, minmax"):
+        Scaler.fit(data.u, "robust")
+
+
+def test_a_model_error_in_another_scalers_units(dataset):
+    """`mse_in` with the model's own scaler is its MSE; in other units every dimension's
+    squared error is rescaled by the ratio of the two scales."""
+    torch.manual_seed(0)
+    model = build_model("rnn", 2, 2, hidden=8)
+    z, y = (torch.from_numpy(a) for a in dataset.sequences("test"))
+    assert mse_in(model, dataset, "test", dataset.state_scaler) == pytest.approx(
+        float(mse(model, z, y)), rel=1e-4)
+    other = Scaler(dataset.state_scaler.mean + 1.0, dataset.state_scaler.std * np.array([2, 4]))
+    with torch.no_grad():
+        squared = ((model(z) - y) ** 2).double().numpy()
+    expected = np.mean(squared * (dataset.state_scaler.std / other.std) ** 2)
+    assert mse_in(model, dataset, "test", other) == pytest.approx(expected, rel=1e-4)
 
 
 def test_sequences_repeat_the_scaled_state_and_input(dataset):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lipctl.control.models.base import ProcessModel
-from lipctl.control.process_data import ProcessDataset
+from lipctl.control.process_data import ProcessDataset, Scaler
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,22 @@ def mse(model: ProcessModel, z: Tensor, y: Tensor) -> Tensor:
         return torch.mean((model(z) - y) ** 2)
     finally:
         model.train(training)
+
+
+@torch.no_grad()
+def mse_in(model: ProcessModel, data: ProcessDataset, split: str, scaler: Scaler) -> float:
+    """The model's MSE on `split` in the units of another state scaler (e.g. min-max units for
+    a model fitted on z-scores): predictions and targets mapped back to the plant's units, then
+    scaled by `scaler`."""
+    z, y = data.sequences(split)
+    training = model.training
+    model.eval()
+    try:
+        prediction = model(torch.from_numpy(z)).double().numpy()
+    finally:
+        model.train(training)
+    error = data.state_scaler.inverse(prediction) - data.state_scaler.inverse(y)
+    return float(np.mean((error / scaler.std) ** 2))
 
 
 def persistence_mse(data: ProcessDataset, split: str) -> float:

@@ -47,10 +47,18 @@ from lipctl.control.models import (
     certify_model,
     fit,
     load_model,
+    mse_in,
     save_model,
 )
 from lipctl.control.mpc import SolverOptions
-from lipctl.control.process_data import check_origin, generate, load_dataset, save_dataset
+from lipctl.control.process_data import (
+    SCALERS,
+    check_origin,
+    fit_state_scaler,
+    generate,
+    load_dataset,
+    save_dataset,
+)
 from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
 from lipctl.envs.cstr import (
     CSTR,
@@ -150,6 +158,9 @@ def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out:
                  target_noise_sigma=sigma, seed=seed, patience=exp.patience)
     z_test, _ = data.sequences("test")
     certificate = certify_model(net, torch.from_numpy(z_test[:512]))
+    train = data.rows("train")
+    in_units = {f"test_mse_{kind}": mse_in(net, data, "test", fit_state_scaler(
+        data.x0[train], data.targets[train], kind)) for kind in SCALERS}
     save_model(model_path(Path(work), model, sigma, seed), net, data, certificate)
     constrained = getattr(net, "constrained", None)
     every = max(1, len(result.history) // HISTORY_ROWS)
@@ -157,7 +168,7 @@ def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out:
         "model": model, "kind": kind, "noise_sigma": sigma, "seed": seed,
         "layers": int(hparams.get("layers", 1)), "hidden": int(hparams["hidden"]),
         "epochs": len(result.history), "params": sum(p.numel() for p in net.parameters()),
-        "test_mse": result.test_mse, "train_mse": result.history[-1]["train_mse"],
+        "test_mse": result.test_mse, **in_units, "train_mse": result.history[-1]["train_mse"],
         "val_mse": result.history[-1]["val_mse"], "best_epoch": result.best_epoch,
         "lipschitz_upper": certificate.upper, "lipschitz_lower": certificate.lower,
         "min_constrained_weight": (min(float(w.detach().min()) for w in constrained())
@@ -233,10 +244,15 @@ def summarize(runs: Iterable[dict]) -> list[dict]:
     for (model, sigma), group in sorted(groups.items()):
         test = np.array([r["test_mse"] for r in group])
         train = np.array([r["train_mse"] for r in group])
+        units = {}  # the test MSE in each scaler's units (NaN for runs that did not record it)
+        for kind in SCALERS:
+            values = np.array([r.get(f"test_mse_{kind}", np.nan) for r in group])
+            units |= {f"test_mse_{kind}_mean": float(values.mean()),
+                      f"test_mse_{kind}_std": _std(values)}
         rows.append({
             "model": model, "layers": group[0]["layers"], "hidden": group[0]["hidden"],
             "epochs": group[0]["epochs"], "noise_sigma": sigma, "seeds": len(group),
-            "test_mse_mean": float(test.mean()), "test_mse_std": _std(test),
+            "test_mse_mean": float(test.mean()), "test_mse_std": _std(test), **units,
             "train_mse_mean": float(train.mean()), "train_mse_std": _std(train),
             "lipschitz_upper": float(np.median([r["lipschitz_upper"] for r in group])),
             "lipschitz_lower": float(np.median([r["lipschitz_lower"] for r in group])),

@@ -10,7 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.config import ConfigError, process_of, require_choice, require_number, user_errors
 from lipctl.control.log_import import RANGE_CHECKS, Columns, LogError, LogPolicy, import_log
-from lipctl.control.process_data import SPLITS, ProcessDataset, generate, random_split, save_dataset
+from lipctl.control.process_data import (
+    SCALERS,
+    SPLITS,
+    ProcessDataset,
+    generate,
+    random_split,
+    save_dataset,
+)
 from lipctl.envs.process import Process
 
 
@@ -30,7 +37,7 @@ def log_policy(cfg: DictConfig) -> LogPolicy:
     return LogPolicy(max_gap_periods=cfg.log.max_gap_periods,
                      min_segment_periods=cfg.log.min_segment_periods,
                      period_tolerance=cfg.log.period_tolerance, fractions=fractions(cfg),
-                     range_check=cfg.log.range_check)
+                     range_check=cfg.log.range_check, scaler=cfg.scaler)
 
 
 def columns(cfg: DictConfig) -> dict | None:
@@ -42,6 +49,7 @@ def columns(cfg: DictConfig) -> dict | None:
 def validate(cfg: DictConfig) -> None:
     process = process_of(cfg)
     require_number(cfg, "seed", 0, integer=True)
+    require_choice(cfg, "scaler", SCALERS)
     fractions(cfg)
     if cfg["import"] is None:
         if not process.has_model:
@@ -79,7 +87,8 @@ def make_data(cfg: DictConfig) -> None:
     if cfg["import"] is None:
         data = generate(process, states_per_axis=cfg.states_per_axis,
                         inputs_per_axis=cfg.inputs_per_axis, chains=cfg.chains,
-                        periods=cfg.periods, seed=cfg.seed, fractions=fractions(cfg))
+                        periods=cfg.periods, seed=cfg.seed, fractions=fractions(cfg),
+                        scaler=cfg.scaler)
     else:
         data = import_data(cfg, process)
     save_dataset(data, cfg.out)
