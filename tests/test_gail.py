@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
 
 from lipctl.agents.absorbing import AbsorbingIndicator, absorb, is_absorbing, strip, with_indicator
 from lipctl.agents.buffer import Batch, ReplayBuffer
@@ -299,3 +301,11 @@ def test_gail_policy_exports_on_the_envs_own_observations(workdir):
                     check=True)
     description = json.loads((workdir / "run" / "checkpoint.onnx.json").read_text())
     assert description["input"]["shape"] == [1, 4], result.stdout
+
+
+def test_the_hard_label_variant_leaves_only_the_classification_loss():
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        cfg = compose("train", overrides=["variant=gail_no_penalty_hard"])
+    settings = instantiate(cfg.agent.gail, batch_size=256)
+    assert (settings.penalty, settings.entropy_weight) == ("none", 0.0)
+    assert (settings.expert_label_min, settings.expert_label_max) == (1.0, 1.0)
