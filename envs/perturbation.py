@@ -71,7 +71,8 @@ class ScaledObservation(gym.ObservationWrapper):
         self.scale = np.asarray(scale, dtype=np.float64).reshape(space.shape)
         if not np.all(np.isfinite(self.scale) & (self.scale > 0)):
             raise ValueError(f"scale must be finite and > 0 in every dimension, got {scale!r}")
-        self.observation_space = gym.spaces.Box(space.low / self.scale, space.high / self.scale,
+        self.observation_space = gym.spaces.Box((space.low / self.scale).astype(space.dtype),
+                                                (space.high / self.scale).astype(space.dtype),
                                                 dtype=space.dtype)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
