@@ -47,7 +47,14 @@ def test_the_preset_has_every_family_at_every_fraction_and_the_optimiser_arms():
 
 
 def test_the_preset_composes_a_valid_train_config_for_every_arm():
-    bench.validate(preset())
+    cfg = preset()
+    bench.validate(cfg)  # composes and checks every arm's train config on every env
+    exp = cfg.experiment
+    critics = 1 + len(exp.families) * len(exp.fractions) + len(exp.optimizer_arms)
+    policies = (len(exp.policies.families) * len(exp.policies.fractions)
+                + len(exp.policies.optimizer_arms))
+    assert {env: len(lipschitz_layers.env_arms(exp, env)) for env in exp.envs} == {
+        "inverted_pendulum": critics, "pendulum": critics + policies}
 
 
 @pytest.mark.parametrize(("override", "key"), [
