@@ -50,6 +50,7 @@ from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, require_seeds
 from lipctl.control.robustness import robustness_sweep
 from lipctl.envs import make_env
+from lipctl.envs.files import atomic_write
 from lipctl.networks import read_network
 
 
@@ -207,7 +208,8 @@ def attack_run(folder: Path, attack: dict, state_std: list[float]) -> None:
     report = robustness_sweep(network.module, network.env_id, attack["eps"], attack["episodes"],
                               attack["norm"], attack["steps"], attack["seed"],
                               network.certificate, state_scale=state_std)
-    (folder / ROBUSTNESS).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    atomic_write(folder / ROBUSTNESS, lambda f: f.write(text.encode()))  # whole, or not at all
 
 
 def attack_runs(exp: DictConfig, work: Path) -> None:
