@@ -40,10 +40,10 @@ def test_the_preset_has_every_family_at_every_fraction_and_the_optimiser_arms():
     assert overrides == ["lipschitz=aol", f"lipschitz.L={0.1 * exp.critic_lipschitz.pendulum}",
                          "agent.learner.optimizer=adam"]
     # Pendulum's torque is in [-2, 2]: the actor's [-1, 1] output gets half the bound
-    overrides = lipschitz_layers.arm_overrides(exp, "pendulum", actors["actor_ldl_0.3x"])
-    assert overrides[-1] == ("agent.learner.actor_lipschitz={layer: ldl, L: "
+    overrides = lipschitz_layers.arm_overrides(exp, "pendulum", actors["actor_aol_0.3x"])
+    assert overrides[-1] == ("agent.learner.actor_lipschitz={layer: aol, L: "
                              f"{0.3 * exp.policies.policy_lipschitz.pendulum / 2:g}, "
-                             "activation: relu}")
+                             "activation: maxmin}")
 
 
 def test_the_preset_composes_a_valid_train_config_for_every_arm():
