@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
@@ -24,11 +22,10 @@ import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
-from lipctl.bench.timing import interleaved_seconds, machine, quartiles
+from lipctl.bench.timing import ACT_DIM, BATCH, OBS_DIM, quartiles, timed_updates
 from lipctl.lipschitz import FAMILIES
 from lipctl.lipschitz.spectral import MODES as SPECTRAL_MODES
 
-OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
 LAYER_BOUND = 50.0  # the critic's certified bound in the layer-family arms
 
 
@@ -79,10 +76,9 @@ def measure(widths: list[int], arms: list[str], rounds: int, updates: int, burn_
     for agent in agents.values():
         for _ in range(burn_in):
             agent.update(data)
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    seconds = interleaved_seconds({key: partial(agent.update, data)
-                                   for key, agent in agents.items()}, rounds, updates)
+    seconds, record = timed_updates({key: partial(agent.update, data)
+                                    for key, agent in agents.items()}, rounds, updates,
+                                   burn_in)
     rows = []
     for width in widths:
         plain = statistics.median(seconds[(width, "plain")])
@@ -92,11 +88,7 @@ def measure(widths: list[int], arms: list[str], rounds: int, updates: int, burn_
                          "median_s": round(median, 7), "p25_s": round(p25, 7),
                          "p75_s": round(p75, 7), "ratio_to_plain": round(median / plain, 3),
                          "rounds": rounds, "options": ARMS[name]})
-    return {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
-            "updates_per_round": updates, "burn_in": burn_in,
-            "measured_seconds": round(time.perf_counter() - started, 1),
-            "machine": machine(load_before),
-            "results": rows}
+    return record | {"results": rows}
 
 
 def main(argv: list[str] | None = None) -> None:

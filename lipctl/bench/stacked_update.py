@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
@@ -23,9 +21,7 @@ import torch
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
-from lipctl.bench.timing import interleaved_seconds, machine, quartiles
-
-OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
+from lipctl.bench.timing import ACT_DIM, BATCH, OBS_DIM, quartiles, timed_updates
 
 
 def batch(seeds: int, generator: torch.Generator) -> Batch:
@@ -47,10 +43,8 @@ def measure(widths: list[int], seed_counts: list[int], rounds: int, updates: int
     for pair, learner in learners.items():
         for _ in range(burn_in):
             learner.update(data[pair])
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    seconds = interleaved_seconds({pair: partial(learners[pair].update, data[pair])
-                                   for pair in pairs}, rounds, updates)
+    seconds, record = timed_updates({pair: partial(learners[pair].update, data[pair])
+                                    for pair in pairs}, rounds, updates, burn_in)
     rows = []
     for width in widths:
         one = statistics.median(seconds[(width, 1)])
@@ -60,11 +54,7 @@ def measure(widths: list[int], seed_counts: list[int], rounds: int, updates: int
                          "median_s": round(median, 7), "p25_s": round(p25, 7),
                          "p75_s": round(p75, 7), "per_seed_s": round(median / count, 7),
                          "gain_over_one": round(one * count / median, 3)})
-    return {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
-            "updates_per_round": updates, "burn_in": burn_in,
-            "measured_seconds": round(time.perf_counter() - started, 1),
-            "machine": machine(load_before),
-            "results": rows}
+    return record | {"results": rows}
 
 
 def main(argv: list[str] | None = None) -> None:

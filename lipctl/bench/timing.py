@@ -12,6 +12,8 @@ import torch
 
 from lipctl.bench.sac_throughput import cpu_count, cpu_model
 
+OBS_DIM, ACT_DIM, BATCH = 11, 3, 256  # the timed SAC updates: Hopper-sized, batch 256
+
 
 def interleaved_seconds(calls: dict[Hashable, Callable[[], object]], rounds: int, repeats: int
                         ) -> dict[Hashable, list[float]]:
@@ -43,3 +45,16 @@ def machine(load_before: tuple[float, float, float]) -> dict:
     return {"processor": cpu_model(), "cpus": cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
+
+
+def timed_updates(calls: dict[Hashable, Callable[[], object]], rounds: int, updates: int,
+                  burn_in: int) -> tuple[dict[Hashable, list[float]], dict]:
+    """`interleaved_seconds` of the update `calls`, and the fields every update-cost record
+    holds: the batch shape, the rounds, the measured wall time and the machine."""
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    seconds = interleaved_seconds(calls, rounds, updates)
+    return seconds, {"batch": BATCH, "obs_dim": OBS_DIM, "act_dim": ACT_DIM, "rounds": rounds,
+                     "updates_per_round": updates, "burn_in": burn_in,
+                     "measured_seconds": round(time.perf_counter() - started, 1),
+                     "machine": machine(load_before)}
