@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -100,9 +101,10 @@ def family_fields(family: str) -> dict[str, str]:
     return {"layer": node.get("layer", "spectral"), "activation": node.get("activation", "relu")}
 
 
+@lru_cache
 def action_half_range(env: str) -> float:
     """The largest half-range of `env`'s actions: a policy whose [-1, 1] output is
-    L-Lipschitz is L x this in action units."""
+    L-Lipschitz is L x this in action units (composed and read once per env)."""
     ids = []
     check_overrides("train", [f"env={env}"], lambda cfg: ids.append(cfg.env.id))
     space = make_env(ids[0]).action_space
