@@ -6,9 +6,10 @@ import importlib
 import sys
 from typing import Any
 
+from lipctl.exit_codes import USAGE_EXIT_CODE
+
 # Light on purpose: `lipctl --help` and `lipctl <command> --help` import neither torch nor mujoco
 # nor casadi; a command's module is imported only when it runs.
-USAGE_EXIT_CODE = 2
 
 COMMANDS = {
     "train": ("train", "train an agent (default: SAC on Pendulum-v1)"),

@@ -22,12 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lipctl.agents.checkpoint import CheckpointError
-from lipctl.cli import USAGE_EXIT_CODE
 from lipctl.control.mpc import SolverOptions
 from lipctl.envs import UnknownEnvError
 from lipctl.envs.demos import DemosError
 from lipctl.envs.files import WriteError
 from lipctl.envs.process import Process
+from lipctl.exit_codes import USAGE_EXIT_CODE
 from lipctl.extras import LAUNCHER_EXTRAS, MissingExtra, require_extra
 
 

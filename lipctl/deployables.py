@@ -17,12 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from lipctl.commands.plant_serve import security_config
 from lipctl.config import ConfigError
 from lipctl.control.loop import Controller
 from lipctl.control.mpc import SolverOptions
 from lipctl.control.opcua_plant import OpcUaPlant, PlantUnavailable, TagError, TagMap, tag_map
-from lipctl.control.opcua_security import CLIENT_URI, PlantRefused, SettingError
+from lipctl.control.opcua_security import (
+    CLIENT_URI,
+    PlantRefused,
+    Security,
+    SettingError,
+    security_settings,
+)
 from lipctl.control.planner import PlannerSettings
 from lipctl.control.policy import ModuleController
 from lipctl.control.process_mpc import process_mpc
@@ -108,6 +113,15 @@ def gym_plant(deployment: Deployment, id: str, period_s: float,
 
 OPCUA_REFUSALS = {PlantUnavailable: "plant.url", PlantRefused: "plant.security",
                   TagError: "plant.tags"}  # a failed first connection -> the key to look at
+
+
+def security_config(raw: Mapping[str, Any] | None, key: str, application_uri: str) -> Security:
+    """The OPC UA security settings `raw` (at config `key`; the password read from where they
+    say); ConfigError naming the key of a wrong one."""
+    try:
+        return security_settings(raw, application_uri)
+    except SettingError as error:
+        raise ConfigError(f"{key}.{error.key}", error.message) from None
 
 
 def opcua_tags(process: Process, tags: Mapping | None, period_s: float | None

@@ -92,6 +92,67 @@ def test_the_arrow_check_sees_a_violation(tmp_path):
     assert _layer("lipctl.agents.sac") not in ALLOWED[_layer("lipctl.control.bad")]
 
 
+# Inside the top layer: commands are imported by the CLI (by name), the bench command and the
+# benchmarks that drive them, and by no library builder.
+MAY_IMPORT_COMMANDS = ("lipctl.commands", "lipctl.bench")
+
+
+def _top_layer_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the top-layer modules it imports (`from package import module` included)."""
+    top = {name: path for name, path in modules.items() if _layer(name) == "lipctl"}
+    graph = {}
+    for name, path in top.items():
+        found = _imports(name, path)
+        found |= {f"{node.module}.{alias.name}" for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                  for alias in node.names}
+        graph[name] = {imported for imported in found if imported in top} - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle a depth-first walk meets, as the modules along it."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+    found = []
+
+    def walk(module: str) -> None:
+        state[module] = "open"
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                found.append(path[path.index(imported):] + [imported])
+            elif imported not in state:
+                walk(imported)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module)
+    return found
+
+
+def test_the_top_layer_has_no_circle_and_only_commands_import_commands():
+    graph = _top_layer_graph(_modules())
+    assert not _cycles(graph), "\n".join(" -> ".join(c) for c in _cycles(graph))
+    reaching = [f"{module} imports {imported}" for module, imports in graph.items()
+                for imported in imports if imported.startswith("lipctl.commands")
+                and not module.startswith(MAY_IMPORT_COMMANDS)]
+    assert not reaching, "\n".join(reaching)
+
+
+def test_the_top_layer_check_sees_a_circle_and_a_builder_importing_a_command(tmp_path):
+    """The checker itself, on a copy of the top layer with the two defects put back."""
+    modules = _modules()
+    circle, builder = tmp_path / "config.py", tmp_path / "deployables.py"
+    circle.write_text(modules["lipctl.config"].read_text() + "\nfrom lipctl.cli import main\n")
+    builder.write_text("from lipctl.commands.plant_serve import validate\n")
+    graph = _top_layer_graph(modules | {"lipctl.config": circle, "lipctl.deployables": builder})
+    assert any({"lipctl.config", "lipctl.cli"} <= set(cycle) for cycle in _cycles(graph))
+    assert "lipctl.commands.plant_serve" in graph["lipctl.deployables"]
+
+
 def _python(code: str, cwd: Path, python: str = sys.executable) -> str:
     result = subprocess.run([python, "-c", code], cwd=cwd, capture_output=True, text=True,
                             timeout=300)

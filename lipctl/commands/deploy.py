@@ -20,7 +20,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.checkpoint import CheckpointError
-from lipctl.commands.plant_serve import security_config
 from lipctl.config import (
     ConfigError,
     instantiate_settings,
@@ -35,7 +34,7 @@ from lipctl.control.opcua_plant import quiet_asyncua
 from lipctl.control.opcua_security import CLIENT_URI
 from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import HOLD, DeploymentRefused, Runtime, lipschitz_gate
-from lipctl.deployables import Deployment, PlantHandle, opcua_tags
+from lipctl.deployables import Deployment, PlantHandle, opcua_tags, security_config
 from lipctl.envs import make_env
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import TIERS

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Mapping
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,17 +18,9 @@ from lipctl.config import (
     user_errors,
 )
 from lipctl.control.opcua_plant import PlantServer, quiet_asyncua
-from lipctl.control.opcua_security import SERVER_URI, Security, SettingError, security_settings
+from lipctl.control.opcua_security import SERVER_URI, Security, SettingError
+from lipctl.deployables import security_config
 from lipctl.envs import make_env
-
-
-def security_config(raw: Mapping[str, Any] | None, key: str, application_uri: str) -> Security:
-    """The OPC UA security settings `raw` (at config `key`; the password read from where they
-    say); ConfigError naming the key of a wrong one."""
-    try:
-        return security_settings(raw, application_uri)
-    except SettingError as error:
-        raise ConfigError(f"{key}.{error.key}", error.message) from None
 
 
 def _security(cfg: DictConfig) -> Security:
