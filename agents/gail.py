@@ -29,6 +29,7 @@ from lipctl.agents.discriminator import (
 )
 from lipctl.agents.preconditioning import ForwardModel
 from lipctl.agents.trainer import CERTIFICATE_ROWS
+from lipctl.envs.action_scale import ActionScale
 from lipctl.envs.demos import Demos
 from lipctl.lipschitz import Certificate, certify, post_step
 from lipctl.lipschitz.muon import make_optimizer
@@ -96,9 +97,9 @@ def expert_batch(demos: Demos, action_low: np.ndarray, action_high: np.ndarray, 
     def tensor(values: np.ndarray) -> Tensor:
         return torch.as_tensor(values, dtype=torch.float32, device=device)
 
-    center, half_range = (action_high + action_low) / 2, (action_high - action_low) / 2
     obs, next_obs = tensor(demos.observations), tensor(demos.next_observations)
-    batch = Batch(obs, tensor((demos.actions - center) / half_range), tensor(demos.rewards),
+    unit_actions = ActionScale(action_low, action_high).to_unit(demos.actions)
+    batch = Batch(obs, tensor(unit_actions), tensor(demos.rewards),
                   next_obs, tensor(demos.terminated))
     if not absorbing:
         return batch

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor, nn
 
+from lipctl.envs.action_scale import ActionScale
 from lipctl.lipschitz import LipschitzSpec
 
 
@@ -47,12 +48,11 @@ class PolicyController:
                  deterministic: bool = True):
         self.agent = agent
         self.deterministic = deterministic
-        self.center = (action_high + action_low) / 2
-        self.half_range = (action_high - action_low) / 2
+        self.scale = ActionScale(action_low, action_high)
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         unit = self.agent.act(observation, deterministic=self.deterministic)
-        return (self.center + self.half_range * unit).astype(np.float32)
+        return self.scale.to_env(unit)
 
     def reset(self) -> None:
         pass

@@ -20,6 +20,7 @@ from lipctl.agents.progress import progress_bar
 from lipctl.agents.sources import BatchSource, EnvironmentReward, ReplaySource, RewardSource
 from lipctl.control import Controller, returns, run
 from lipctl.envs import env_spaces
+from lipctl.envs.action_scale import ActionScale
 from lipctl.lipschitz import Certificate
 
 PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"  # kept while a stacked run saves its seeds
@@ -107,6 +108,7 @@ class OffPolicyTrainer:
         self.reward_source = reward_source or EnvironmentReward()
         self.progress = progress
         _, self.act_dim, self.action_low, self.action_high = env_spaces(env)
+        self.action_scale = ActionScale(self.action_low, self.action_high)
         self.rng = np.random.default_rng(settings.seed)
         self.step = 0
         self.episodes = 0
@@ -123,10 +125,6 @@ class OffPolicyTrainer:
         # `previous_checkpoint` is where save moved it (None: nothing kept)
         self.keep_previous_checkpoint = False
         self.previous_checkpoint: Path | None = None
-
-    def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
-        center = (self.action_high + self.action_low) / 2
-        return (center + (self.action_high - self.action_low) / 2 * unit_action).astype(np.float32)
 
     def _reset_env(self) -> np.ndarray:
         obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
@@ -171,7 +169,7 @@ class OffPolicyTrainer:
         """One env step with an action in [-1, 1]: store it, end the episode where it ends, and
         let the batch and reward sources see the step."""
         next_obs, reward, terminated, truncated, _ = self.env.step(
-            self._to_env_action(unit_action))
+            self.action_scale.to_env(unit_action))
         self.buffer.add(self.obs, unit_action, reward, next_obs, terminated)
         self.obs, self.step = next_obs, self.step + 1
         self.episode_return += float(reward)

@@ -51,6 +51,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
+from lipctl.envs.action_scale import ActionScale
 from lipctl.envs.process import Process
 
 Model = Callable[[Any, Any], Any]
@@ -195,7 +196,7 @@ class MPC:
                               else float(level_min))
             if self.level_min <= 0:
                 raise ValueError(f"level_min must be > 0, got {self.level_min}")
-        self._center, self._scale = (high + low) / 2, (high - low) / 2
+        self.action_scale = ActionScale(low, high)
         self._nx, self._nu = process.state_size, process.input_size
         self.options, self.time_budget = solver, time_budget
         if time_budget is not None and solver.method == "ipopt":
@@ -221,7 +222,7 @@ class MPC:
         parameters = ca.vertcat(x0, bound, x_ref, u_ref, symbol.sym("cost_scale"))
         x, states = x0, []
         for j in range(self.horizon):
-            x = model(x, self._center + self._scale * scaled[:, j])
+            x = model(x, self.action_scale.to_env(scaled[:, j]))
             if x.shape != (self._nx, 1):
                 raise ValueError(f"model must return a state of size {self._nx}, got {x.shape}")
             states.append(x)
@@ -249,7 +250,7 @@ class MPC:
         u_ref, cost_scale = parameters[2 * nx + 1:2 * nx + 1 + nu], parameters[-1]
         cost, constraints = 0, []
         for j, x in enumerate(states):
-            u = self._center + self._scale * scaled[:, j]
+            u = self.action_scale.to_env(scaled[:, j])
             cost += self.process.stage_cost(x, u, x_ref, u_ref)
             if self.contraction:
                 constraints.append(self.process.lyapunov(x, x_ref) / bound)
@@ -297,7 +298,7 @@ class MPC:
         solve_time = time.perf_counter() - start
         if scaled is not None and self.time_budget is not None and solve_time > self.time_budget:
             status, scaled, self._multipliers = "Time_Budget_Exceeded", None, {}
-        self.plan = shifted if scaled is None else self._center + self._scale * scaled
+        self.plan = shifted if scaled is None else self.action_scale.to_env(scaled)
         self.stats.append(SolveStats(solve_time, status, scaled is None, iterations))
         if self.strict and scaled is None:
             raise SolveFailed(status)
@@ -317,7 +318,7 @@ class MPC:
         input): the solver's status and the scaled plan, None unless it succeeded."""
         if guess is None:
             guess = np.tile(self._rest, (self.horizon, 1))
-        start = ((guess - self._center) / self._scale).ravel()
+        start = self.action_scale.to_unit(guess).ravel()
         solution = self._solver(x0=start, p=self.parameters(x), lbx=-1.0, ubx=1.0, ubg=1.0,
                                 **self._multipliers)
         stats = self._solver.stats()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lipctl.envs.action_scale import ActionScale
+
 Dynamics = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 Value = Callable[[Tensor], Tensor]
 Termination = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -74,15 +76,13 @@ class Planner:
                  action_high: Sequence[float] | np.ndarray, settings: PlannerSettings,
                  terminal_value: Value | None = None, termination: Termination | None = None,
                  proposal: Proposal | None = None, seed: int = 0, device: str = "cpu"):
-        low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=device)
-        high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=device)
-        if low.ndim != 1 or low.shape != high.shape or not torch.all(low < high):
-            raise ValueError(f"action bounds must be 1-D with low < high, got {low} and {high}")
+        scale = ActionScale(action_low, action_high)
         self.dynamics, self.terminal_value = dynamics, terminal_value
         self.termination, self.proposal = termination, proposal
         self.settings, self.device = settings, device
-        self.low, self.high = low, high
-        self.center, self.half_range = (high + low) / 2, (high - low) / 2
+        self.low, self.high = (torch.as_tensor(bound, dtype=torch.float32, device=device)
+                               for bound in (scale.low, scale.high))
+        self.center, self.half_range = scale.tensors(device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.discounts = settings.gamma ** torch.arange(settings.horizon + 1, device=device,
                                                         dtype=torch.float32)

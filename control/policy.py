@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lipctl.envs.action_scale import ActionScale
 from lipctl.lipschitz.certificates import Certificate, certify, pair_ratio_ascent
 
 
@@ -22,13 +23,10 @@ class ScaledPolicy(nn.Module):
     def __init__(self, module: nn.Module, action_low: Sequence[float] | np.ndarray,
                  action_high: Sequence[float] | np.ndarray):
         super().__init__()
-        low = torch.as_tensor(np.asarray(action_low, dtype=np.float64))
-        high = torch.as_tensor(np.asarray(action_high, dtype=np.float64))
-        if low.shape != high.shape or low.ndim != 1 or not torch.all(low < high):
-            raise ValueError(f"action bounds must be 1-D with low < high, got {low} and {high}")
+        center, half_range = ActionScale(action_low, action_high).tensors()
         self.module = module
-        self.register_buffer("center", ((high + low) / 2).float())
-        self.register_buffer("half_range", ((high - low) / 2).float())
+        self.register_buffer("center", center)
+        self.register_buffer("half_range", half_range)
         self.train(module.training)
 
     def forward(self, obs: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from lipctl.agents.dynamics import DynamicsEnsemble
 from lipctl.agents.termination import TerminationFn, termination_fn
 from lipctl.control.planner import Planner, PlannerSettings
 from lipctl.envs import env_spaces, make_env
+from lipctl.envs.action_scale import ActionScale
 from lipctl.networks import learner_config
 from lipctl.runtime import uses_absorbing_states
 
@@ -73,11 +74,10 @@ class LearnedModel:
 
     def __init__(self, model: DynamicsEnsemble, action_low: np.ndarray, action_high: np.ndarray):
         self.model = model
-        self.center = torch.as_tensor((action_high + action_low) / 2, dtype=torch.float32)
-        self.half_range = torch.as_tensor((action_high - action_low) / 2, dtype=torch.float32)
+        self.action_scale = ActionScale(action_low, action_high)
 
     def __call__(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        unit = (action - self.center) / self.half_range  # the model was fitted on unit actions
+        unit = self.action_scale.to_unit(action)  # the model was fitted on unit actions
         inputs = torch.cat([state, unit], -1)
         elites, rows = self.model.elite_index, len(inputs)
         per_member = -(-rows // len(elites))
@@ -96,14 +96,13 @@ def build_planner(parts: PlanningParts, settings: PlannerSettings, terminal_valu
     """A planner on the checkpoint's model; its critic (the smaller twin at the actor's action)
     as terminal value and its deterministic actor as proposal where asked."""
     agent, actor = parts.agent, parts.agent.policy()
-    center = torch.as_tensor((parts.action_high + parts.action_low) / 2, dtype=torch.float32)
-    half_range = torch.as_tensor((parts.action_high - parts.action_low) / 2, dtype=torch.float32)
+    action_scale = ActionScale(parts.action_low, parts.action_high)
 
     def value(state: Tensor) -> Tensor:
         return agent.critic(state, actor(state)).min(0).values
 
     def policy(state: Tensor) -> Tensor:
-        return center + half_range * actor(state)
+        return action_scale.to_env(actor(state))
 
     return Planner(LearnedModel(parts.model, parts.action_low, parts.action_high),
                    parts.action_low, parts.action_high, settings,
