@@ -144,6 +144,17 @@ class CriticLearner(ABC):
     def explore(self, obs: Tensor) -> Tensor:
         """Exploratory actions in [-1, 1] for observations [B, n] ([S, B, n] with seeds)."""
 
+    def value(self, obs: Tensor, action: Tensor) -> Tensor:
+        """The pessimistic action value: the smaller twin critic's Q for observations [B, n]
+        and actions in [-1, 1] [B, m], [B]; the critics read in eval mode (no power-iteration
+        step), their mode restored after."""
+        training = self.critic.training
+        self.critic.eval()
+        try:
+            return self.critic(obs, action).min(-2).values
+        finally:
+            self.critic.train(training)
+
     @abstractmethod
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One learning step on a batch; returns detached metrics."""

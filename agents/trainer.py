@@ -45,6 +45,14 @@ class Learner(Protocol):
         `mlp` attribute is the un-squashed network whose certified bound bounds it."""
         ...
 
+    def explore(self, obs: Tensor) -> Tensor:
+        """Exploratory actions in [-1, 1] for observations [B, n] (model rollouts use them)."""
+        ...
+
+    def value(self, obs: Tensor, action: Tensor) -> Tensor:
+        """The learner's action value [B] (planners take it as terminal value)."""
+        ...
+
     def update(self, batch: Batch) -> dict[str, Tensor]: ...
 
     def controller(self, action_low: np.ndarray, action_high: np.ndarray,

@@ -60,7 +60,6 @@ def read_planning_parts(path: str | Path) -> PlanningParts:
                         device="cpu")
     agent.load_state_dict(state["agent"])
     agent.policy().eval()
-    agent.critic.eval()
     observations = state["buffer"]["fields"]["obs"]
     return PlanningParts(run_cfg.env.id, model.eval(), agent, termination_fn(run_cfg.env.id),
                          low, high, observations.std(0).numpy(), state.get("certificates", {}),
@@ -99,7 +98,7 @@ def build_planner(parts: PlanningParts, settings: PlannerSettings, terminal_valu
     action_scale = ActionScale(parts.action_low, parts.action_high)
 
     def value(state: Tensor) -> Tensor:
-        return agent.critic(state, actor(state)).min(0).values
+        return agent.value(state, actor(state))
 
     def policy(state: Tensor) -> Tensor:
         return action_scale.to_env(actor(state))

@@ -233,3 +233,24 @@ def test_gail_trains_with_td3_as_its_learner(workdir):
     network = read_network(workdir / "run" / "checkpoint.pt")  # without the absorbing indicator
     assert network.example.shape == (1, 4)
     assert 0 < network.certificate.lower <= network.certificate.upper
+
+
+@pytest.mark.parametrize("learner", ["sac", "td3"])
+def test_value_is_the_smaller_twin_read_in_eval_mode(learner):
+    """What planners take as terminal value, asked of the learner rather than its critics."""
+    from lipctl.agents.sac import SAC
+
+    agent = (SAC if learner == "sac" else TD3)(3, 1, hidden=(16, 16),
+                                                lipschitz={"name": "spectral", "L": 5.0})
+    obs, action = torch.randn(32, 3), torch.rand(32, 1) * 2 - 1
+    agent.critic.eval()
+    with torch.no_grad():
+        expected = agent.critic(obs, action).min(0).values
+    agent.critic.train()
+    before = {k: v.clone() for k, v in agent.critic.state_dict().items()}
+    with torch.no_grad():
+        value = agent.value(obs, action)
+    torch.testing.assert_close(value, expected)
+    assert agent.critic.training
+    after = agent.critic.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no power-iteration step
