@@ -1,10 +1,10 @@
 """Networks read from a checkpoint file for export and deployment: a trained agent's policy
 (an off-policy learner's or behaviour cloning's, rebuilt from the checkpoint's own config) or a
-fitted process model, each with its Lipschitz certificate computed from the weights in the file."""
+fitted process model, each with its Lipschitz certificate: the policy's computed from the weights
+in the file, the process model's as saved when it was fitted."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +22,9 @@ from lipctl.agents.bc import BCPolicy
 from lipctl.agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.control.files import load_data
-from lipctl.control.models import (
-    TrainedModel,
-    load_model,
-    sequence_lower_bound,
-    sequence_upper_bound,
-)
+from lipctl.control.models import TrainedModel, certify_model
 from lipctl.control.models.io import FORMAT as MODEL_FORMAT
+from lipctl.control.models.io import trained_model
 from lipctl.control.policy import ScaledPolicy, policy_certificate
 from lipctl.envs import env_spaces, make_env
 from lipctl.lipschitz import freeze
@@ -155,20 +151,18 @@ def _policy(state: dict, path: Path, tier: str) -> Network:
     return Network(POLICY, policy, observations[:1], probes, certificate, env_id)
 
 
-def _process_model(path: Path) -> Network:
+def _process_model(state: dict, path: Path) -> Network:
+    """The process model of a model file's contents, with the certificate saved when it was
+    fitted (computed from the weights only for a file that holds none)."""
     try:
-        trained = load_model(path)
+        trained = trained_model(state, path)
     except ValueError as error:
         raise CheckpointError(str(error)) from None
     model, steps = trained.model, trained.substeps
     generator = torch.Generator().manual_seed(0)
     width = model.state_size + model.input_size
     sequences = torch.randn(PROBE_SAMPLES, steps, width, generator=generator)  # scaled units
-    start = time.perf_counter()
-    upper = sequence_upper_bound(model, steps)
-    lower = sequence_lower_bound(model, sequences)
-    certificate = Certificate(upper, lower, "recurrent spectral product",
-                              time.perf_counter() - start)
+    certificate = trained.certificate or certify_model(model, sequences)
     probes = [row[None] for row in sequences[:8]]
     return Network(PROCESS_MODEL, model, sequences[:1], probes, certificate, trained.plant_id,
                    trained)
@@ -181,5 +175,5 @@ def read_network(path: str | Path, tier: str = "eclipse") -> Network:
     path = Path(path)
     state = _read(path)
     if state["format"] == MODEL_FORMAT:
-        return _process_model(path)
+        return _process_model(state, path)
     return _policy(state, path, tier)

@@ -17,7 +17,8 @@ import torch
 
 from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.agents.sac import SAC
-from lipctl.control.models import build_model, save_model
+from lipctl.control.models import build_model, certify_model, load_model, save_model
+from lipctl.control.models.certify import sequence_upper_bound
 from lipctl.control.process_data import generate
 from lipctl.envs.cstr import CSTR
 from lipctl.envs.quadtank import quadtank_process
@@ -69,6 +70,22 @@ def test_export_policy_to_onnx_and_process_model_to_torchscript(files):
     assert described["kind"] == "process model" and described["input"]["shape"] == [1, 10, 4]
     loaded = torch.jit.load(str(files / "model.ts"))
     assert loaded(torch.zeros(1, 10, 4)).shape == (1, 10, 2)
+
+
+def test_a_process_model_deploys_with_the_certificate_saved_at_fit_time(tmp_path):
+    """Deploy and MPC read one certificate for one file: the one `lipctl fit` saved."""
+    data = generate(CSTR, states_per_axis=3, inputs_per_axis=2, chains=2, periods=2, seed=0)
+    torch.manual_seed(1)
+    model = build_model("iclrnn", 2, 2, hidden=8)
+    z, _ = data.sequences("test")
+    saved = certify_model(model, torch.from_numpy(z[:64]), pairs=16, steps=5, seed=3)
+    save_model(tmp_path / "fitted.pt", model, data, saved)
+    network = read_network(tmp_path / "fitted.pt")
+    assert network.certificate == saved == load_model(tmp_path / "fitted.pt").certificate
+    save_model(tmp_path / "bare.pt", model, data)  # a file that holds no certificate
+    computed = read_network(tmp_path / "bare.pt").certificate
+    assert computed.upper == pytest.approx(sequence_upper_bound(model, data.substeps))
+    assert 0 < computed.lower <= computed.upper
 
 
 def _records(folder: Path) -> list[dict]:

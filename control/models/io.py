@@ -115,7 +115,13 @@ def load_model(path: str | Path, data: ProcessDataset | None = None,
     `process`: other name, variables or period) or (given `data`) of other scalers or timing is
     a ValueError."""
     path = Path(path)
-    state = _read(path)
+    return trained_model(_read(path), path, data, process)
+
+
+def trained_model(state: dict, path: str | Path, data: ProcessDataset | None = None,
+                  process: Process | None = None) -> TrainedModel:
+    """The model of a model file's contents `state` (as `load_model` checks them; `path` names
+    the file in errors), for a reader that has already read the file."""
     sizes = (state["state_size"], state["input_size"])
     names = (tuple(state["state_names"]), tuple(state["input_names"]))
     if tuple(map(len, names)) != sizes:
