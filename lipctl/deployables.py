@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lipctl.agents.saved import load_agent
 from lipctl.config import ConfigError
 from lipctl.control.loop import Controller
 from lipctl.control.mpc import SolverOptions
@@ -35,7 +36,6 @@ from lipctl.control.runtime import GymPlant, Plant
 from lipctl.envs import UnknownEnvError, env_spaces, make_env
 from lipctl.envs.process import Process
 from lipctl.networks import Network
-from lipctl.planning import build_planner, read_planning_parts
 
 Built = tuple[Controller, str | None]
 """A controller and the env it was made for (None: not made for one)."""
@@ -85,9 +85,9 @@ def policy_controller(deployment: Deployment) -> Built:
 
 def planner_controller(deployment: Deployment, planner: PlannerSettings,
                        terminal_value: bool = True, proposal: bool = True) -> Built:
-    """A sampling planner on the MBPO checkpoint's dynamics model (lipctl.planning)."""
-    parts = read_planning_parts(deployment.checkpoint)
-    return build_planner(parts, planner, terminal_value, proposal), parts.env_id
+    """A sampling planner on the MBPO checkpoint's dynamics model (`SavedAgent.planner`)."""
+    saved = load_agent(deployment.checkpoint)
+    return saved.planner(planner, terminal_value, proposal), saved.env_id
 
 
 def initial_input(process: Process | None, low: np.ndarray, high: np.ndarray) -> np.ndarray:

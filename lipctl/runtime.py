@@ -1,4 +1,4 @@
-"""Devices, threads, seeds, memory figures and the agent's view of its env, for one process."""
+"""Devices, threads, seeds and memory figures, for one process."""
 
 from __future__ import annotations
 
@@ -6,14 +6,10 @@ import random
 import resource
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
-from lipctl.agents.absorbing import AbsorbingIndicator
 from lipctl.config import ConfigError
-from lipctl.envs import make_env
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,18 +25,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError("device", f"unsupported device '{name}' (use auto, cpu or cuda)")
     return device
-
-
-def uses_absorbing_states(run_cfg: DictConfig) -> bool:
-    """Whether the agent of a (train) config sees observations with the absorbing indicator."""
-    return bool(run_cfg.agent.get("gail", {}).get("absorbing", False))
-
-
-def make_agent_env(run_cfg: DictConfig, seed: int | None = None) -> gym.Env:
-    """The env of a (train) config as its agent sees it: with the absorbing-state indicator
-    appended to observations when the agent uses absorbing states."""
-    env = make_env(run_cfg.env.id, seed=seed)
-    return AbsorbingIndicator(env) if uses_absorbing_states(run_cfg) else env
 
 
 def seed_everything(seed: int) -> None:

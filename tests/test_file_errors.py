@@ -25,6 +25,7 @@ from lipctl.agents.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from lipctl.agents.saved import load_agent
 from lipctl.config import user_errors
 from lipctl.control import run
 from lipctl.control.files import WriteError, atomic_write
@@ -35,7 +36,6 @@ from lipctl.envs.cstr import CSTR
 from lipctl.envs.demos import DemosError, from_episodes, load_demos, save_demos
 from lipctl.envs.experts import make_expert
 from lipctl.logger import CsvWriter
-from lipctl.planning import read_planning_parts
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 from tests.test_checkpoint import COMPLETE
 
@@ -218,7 +218,7 @@ def test_a_checkpoint_without_contents_names_what_is_missing(tmp_path):
                                               "certificates, agent, step, episodes, buffer"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="incomplete checkpoint: no config"):
-        read_planning_parts(path)
+        load_agent(path)
     torch.save({"format": 2, "config": {}, "certificates": {}, "policy": {}}, path)
     assert load_checkpoint(path)["policy"] == {}  # behaviour cloning's: no loop state
     torch.save({**COMPLETE, "format": 2, "config": [1, 2]}, path)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
+from lipctl.agents.saved import learner_config
 from lipctl.bench import layer_level
 from lipctl.bench.layer_level import ARMS, fitted_rmse
 from lipctl.commands.train import validate
@@ -26,7 +27,6 @@ from lipctl.lipschitz import (
     lower_bound,
     register_family,
 )
-from lipctl.networks import learner_config
 from tests.helpers import TINY_TRAIN, lipctl
 from tests.test_sac import random_batch
 

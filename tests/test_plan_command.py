@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from lipctl.agents.checkpoint import CheckpointError
+from lipctl.agents.saved import LearnedModel, load_agent
 from lipctl.control import NoisyMeasurements, run
 from lipctl.control.planner import PlannerSettings
 from lipctl.envs import make_env
-from lipctl.planning import LearnedModel, build_planner, read_planning_parts
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 MBPO_TINY = ["agent=mbpo", "env=pendulum", *TINY_TRAIN, "env.mbpo.total_steps=300",
@@ -42,20 +43,20 @@ def test_plan_prints_return_planning_time_and_the_critic_certificate(checkpoints
 
 
 def test_the_learned_model_rolls_each_row_with_one_elite_member(checkpoints):
-    parts = read_planning_parts(checkpoints["mbpo"])
-    model = LearnedModel(parts.model, parts.action_low, parts.action_high)
+    saved = load_agent(checkpoints["mbpo"])
+    model = LearnedModel(saved.dynamics, saved.action_low, saved.action_high)
     states, actions = torch.randn(7, 3), torch.rand(7, 1) * 4 - 2
     next_states, rewards = model(states, actions)
     unit = actions / 2.0  # Pendulum's torque range is [-2, 2]
-    mean, _ = parts.model.predict(torch.cat([states, unit], -1))
+    mean, _ = saved.dynamics.predict(torch.cat([states, unit], -1))
     assert torch.allclose(next_states, states + mean[0, :, 1:], atol=1e-5)
     assert torch.allclose(rewards, mean[0, :, 0], atol=1e-5)
 
 
 def test_planning_with_noisy_measurements_keeps_the_true_rewards(checkpoints):
-    parts = read_planning_parts(checkpoints["mbpo"])
-    planner = build_planner(parts, PlannerSettings(horizon=1, samples=16, proposal_samples=4))
-    env = make_env(parts.env_id)
+    saved = load_agent(checkpoints["mbpo"])
+    planner = saved.planner(PlannerSettings(horizon=1, samples=16, proposal_samples=4))
+    env = make_env(saved.env_id)
     seen = []
 
     class Recording:
@@ -66,7 +67,7 @@ def test_planning_with_noisy_measurements_keeps_the_true_rewards(checkpoints):
         def reset(self):
             planner.reset()
 
-    (trajectory,) = run(NoisyMeasurements(Recording(), parts.observation_std, seed=1), env,
+    (trajectory,) = run(NoisyMeasurements(Recording(), saved.observation_std, seed=1), env,
                         episodes=1, seed=0, max_steps=5)
     assert len(trajectory) == 5
     assert not np.allclose(np.stack(seen), trajectory.observations[:5])
@@ -140,3 +141,29 @@ def test_planning_benchmark_refuses_missing_checkpoints(tmp_path):
     assert_user_error(lipctl("bench", "experiment=planning", f"out={tmp_path / 'out'}",
                              f"experiment.checkpoints={tmp_path}", cwd=tmp_path),
                       "experiment.checkpoints: 20 checkpoint(s) missing")
+
+
+def test_mbpo_trains_and_plans_with_a_td3_learner(tmp_path):
+    """The model rollouts and the planner ask the learner (explore, value), not SAC's parts."""
+    lipctl("train", *MBPO_TINY, "agent/learner=td3", "hydra.run.dir=run", cwd=tmp_path,
+           check=True)
+    saved = load_agent(tmp_path / "run" / "checkpoint.pt")
+    assert type(saved.learner).__name__ == "TD3" and saved.dynamics is not None
+    planner = saved.planner(PlannerSettings(horizon=2, samples=16, proposal_samples=4))
+    action = planner.act(np.array([1.0, 0.0, 0.0], dtype=np.float32))
+    assert action.shape == (1,) and abs(float(action[0])) <= 2.0
+    state = torch.zeros(4, 3)
+    values = saved.learner.value(state, saved.learner.policy()(state))
+    assert values.shape == (4,) and torch.isfinite(values).all()
+
+
+def test_a_reloaded_sac_agent_acts_in_the_env_units_and_keeps_its_certificates(checkpoints):
+    saved = load_agent(checkpoints["sac"])
+    assert saved.bc is None and saved.dynamics is None and saved.step is not None
+    assert saved.current and saved.certificates() == saved.stored_certificates
+    env = saved.env()
+    (trajectory,) = run(saved.controller(), env, episodes=1, seed=0, max_steps=5)
+    env.close()
+    assert np.all(np.abs(trajectory.actions) <= 2.0)
+    with pytest.raises(CheckpointError, match="holds no dynamics model"):
+        saved.planner(PlannerSettings(horizon=1, samples=16, proposal_samples=4))

@@ -26,12 +26,12 @@ import torch
 from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.agents.saved import SavedAgent, load_agent
 from lipctl.bench.report import interval_estimate, read_csv, write_csv
 from lipctl.config import ConfigError, require_number
 from lipctl.control import NoisyMeasurements, TimedController, returns, run
 from lipctl.control.planner import PlannerSettings
 from lipctl.envs import make_env
-from lipctl.planning import PlanningParts, build_planner, read_planning_parts
 
 POLICY, WITH_VALUE, WITHOUT_VALUE = "policy", "mppi+value", "mppi"
 EPISODE_SEED = 1000  # episode i of every controller starts from reset(seed=EPISODE_SEED + i)
@@ -70,17 +70,17 @@ def settings(exp: DictConfig, horizon: int) -> PlannerSettings:
 def evaluate(exp: DictConfig, env_name: str, variant: str, seed: int) -> list[dict]:
     """Every controller x horizon x noise level on one checkpoint: one row each."""
     torch.set_num_threads(1)
-    parts = read_planning_parts(checkpoint_path(exp, env_name, variant, seed))
+    saved = load_agent(checkpoint_path(exp, env_name, variant, seed))
     episodes = exp.episodes[env_name]
     controllers = [(POLICY, 0)] + [(name, h) for h in exp.horizons
                                    for name in (WITH_VALUE, WITHOUT_VALUE)]
     rows = []
     for noise in exp.obs_noise:
         for name, horizon in controllers:
-            planned, seconds = _controller(parts, exp, name, horizon, seed)
-            controller = (NoisyMeasurements(planned, noise * parts.observation_std, seed)
+            planned, seconds = _controller(saved, exp, name, horizon, seed)
+            controller = (NoisyMeasurements(planned, noise * saved.observation_std, seed)
                           if noise > 0 else planned)
-            env = make_env(parts.env_id)
+            env = make_env(saved.env_id)
             started = time.perf_counter()
             values = returns(run(controller, env, episodes, seed=EPISODE_SEED))
             steps = len(seconds) or None
@@ -96,12 +96,12 @@ def evaluate(exp: DictConfig, env_name: str, variant: str, seed: int) -> list[di
     return rows
 
 
-def _controller(parts: PlanningParts, exp: DictConfig, name: str, horizon: int, seed: int):
+def _controller(saved: SavedAgent, exp: DictConfig, name: str, horizon: int, seed: int):
     """The controller `name` on a checkpoint, timed per act (seconds list; empty: the policy's
     acts are not timed)."""
     if name == POLICY:
-        return parts.agent.controller(parts.action_low, parts.action_high), []
-    planner = build_planner(parts, settings(exp, horizon), terminal_value=name == WITH_VALUE,
+        return saved.controller(), []
+    planner = saved.planner(settings(exp, horizon), terminal_value=name == WITH_VALUE,
                             proposal=True, seed=seed)
     timed = TimedController(planner)
     return timed, timed.seconds
@@ -113,21 +113,20 @@ def speed(exp: DictConfig) -> list[dict]:
     torch.set_num_threads(1)
     rows = []
     for env_name in exp.episodes:
-        parts = read_planning_parts(checkpoint_path(exp, env_name, exp.variants[0], exp.seeds[0]))
-        env = make_env(parts.env_id)
-        states = run(parts.agent.controller(parts.action_low, parts.action_high), env, 1,
+        saved = load_agent(checkpoint_path(exp, env_name, exp.variants[0], exp.seeds[0]))
+        env = make_env(saved.env_id)
+        states = run(saved.controller(), env, 1,
                      seed=EPISODE_SEED, max_steps=60)[0].observations[10:60]
         env.close()
         for samples in exp.speed_samples:
-            planner = build_planner(parts, replace(settings(exp, max(exp.horizons)),
-                                                   samples=samples))
+            planner = saved.planner(replace(settings(exp, max(exp.horizons)), samples=samples))
             planner.act(states[0])  # warm-up
             seconds = []
             for state in states:
                 start = time.perf_counter()
                 planner.act(state)
                 seconds.append(time.perf_counter() - start)
-            rows.append({"env": env_name, "model_members": len(parts.model.elite_index),
+            rows.append({"env": env_name, "model_members": len(saved.dynamics.elite_index),
                          "horizon": max(exp.horizons), "samples": samples,
                          "ms_median": round(1000 * float(np.median(seconds)), 2),
                          "ms_p95": round(1000 * float(np.percentile(seconds, 95)), 2)})

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.bc import fit_bc
 from lipctl.agents.checkpoint import save_checkpoint
+from lipctl.agents.saved import bc_policy
 from lipctl.config import ConfigError, require_number
 from lipctl.control import returns, run
 from lipctl.control.policy import ModuleController
@@ -20,7 +21,6 @@ from lipctl.envs.demos import load_demos
 from lipctl.envs.files import atomic_write
 from lipctl.lipschitz import lipschitz_mlp
 from lipctl.logger import Logger, run_name
-from lipctl.networks import bc_policy
 from lipctl.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)

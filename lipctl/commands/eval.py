@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lipctl.agents.checkpoint import CheckpointError, load_checkpoint
+from lipctl.agents.checkpoint import CheckpointError
+from lipctl.agents.saved import load_agent
 from lipctl.config import require_number, user_errors
 from lipctl.control import returns, run
-from lipctl.control.policy import ModuleController
-from lipctl.envs import env_spaces
-from lipctl.networks import bc_policy, is_behaviour_cloning, learner_config
-from lipctl.runtime import make_agent_env, resolve_device
+from lipctl.runtime import resolve_device
 
 
 def validate(cfg: DictConfig) -> None:
@@ -30,30 +27,14 @@ def validate(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> tuple[float, float]:
     """Mean and standard deviation of the episode return; prints them with the certificates."""
     torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
-    state = load_checkpoint(cfg.checkpoint, map_location=device)
-    run_cfg = OmegaConf.create(state["config"])
-    env = make_agent_env(run_cfg)
-    certificates = state["certificates"]  # measured for the weights in the file
-    if is_behaviour_cloning(run_cfg):  # a small MLP: acts on the CPU
-        controller = ModuleController(bc_policy(run_cfg, env, state["policy"]))
-    else:
-        obs_dim, act_dim, low, high = env_spaces(env)
-        agent = instantiate(learner_config(run_cfg.agent.learner), obs_dim=obs_dim, act_dim=act_dim,
-                            device=device)
-        agent.load_state_dict(state["agent"])
-        controller = agent.controller(low, high)
-        if state.get("measured_step") != state["step"]:
-            # written by an older lipctl, whose figures are an earlier evaluation's: the
-            # critics' certificates recomputed for these weights
-            certificates = {name: c.to_dict()
-                            for name, c in agent.critic_certificates().items()}
-    episode_returns = returns(run(controller, env, cfg.episodes, seed=cfg.seed))
+    saved = load_agent(cfg.checkpoint, resolve_device(cfg.device))
+    env = saved.env()
+    episode_returns = returns(run(saved.controller(), env, cfg.episodes, seed=cfg.seed))
     env.close()
     mean, std = float(episode_returns.mean()), float(episode_returns.std())
-    step = f" | step {state['step']}" if "step" in state else ""  # behaviour cloning has none
-    print(f"{run_cfg.env.id}{step} | {cfg.episodes} episodes | return {mean:.1f} +- {std:.1f}")
-    for name, certificate in certificates.items():
+    step = "" if saved.step is None else f" | step {saved.step}"  # behaviour cloning has none
+    print(f"{saved.env_id}{step} | {cfg.episodes} episodes | return {mean:.1f} +- {std:.1f}")
+    for name, certificate in saved.certificates().items():
         lower = certificate["lower"]
         print(f"{name}: Lipschitz upper {certificate['upper']:.4g} ({certificate['method']})"
               + ("" if lower is None else f", sampled lower {lower:.4g}"))

@@ -10,11 +10,11 @@ import torch
 from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.agents.saved import load_agent
 from lipctl.config import instantiate_settings, require_number, user_errors
 from lipctl.control import NoisyMeasurements, TimedController, returns, run
 from lipctl.control.planner import PlannerSettings
 from lipctl.envs import make_env
-from lipctl.planning import build_planner, read_planning_parts
 
 
 def validate(cfg: DictConfig) -> PlannerSettings:
@@ -31,23 +31,23 @@ def plan(cfg: DictConfig) -> dict[str, float]:
     """Return mean and std and planning ms per step; prints them with the certificates."""
     settings = validate(cfg)
     torch.set_num_threads(cfg.torch_threads)
-    parts = read_planning_parts(cfg.checkpoint)
-    planner = TimedController(build_planner(parts, settings, cfg.terminal_value, cfg.proposal,
+    saved = load_agent(cfg.checkpoint)
+    planner = TimedController(saved.planner(settings, cfg.terminal_value, cfg.proposal,
                                             seed=cfg.seed))
-    controller = (NoisyMeasurements(planner, cfg.obs_noise * parts.observation_std, cfg.seed)
+    controller = (NoisyMeasurements(planner, cfg.obs_noise * saved.observation_std, cfg.seed)
                   if cfg.obs_noise > 0 else planner)
-    env = make_env(parts.env_id)
+    env = make_env(saved.env_id)
     episode_returns = returns(run(controller, env, cfg.episodes, seed=cfg.seed))
     env.close()
     result = {"return_mean": float(episode_returns.mean()),
               "return_std": float(episode_returns.std()),
               "plan_ms_median": 1000 * float(np.median(planner.seconds)),
               "plan_ms_p95": 1000 * float(np.percentile(planner.seconds, 95))}
-    print(f"{parts.env_id} | {settings.method} H={settings.horizon} samples={settings.samples} "
+    print(f"{saved.env_id} | {settings.method} H={settings.horizon} samples={settings.samples} "
           f"| terminal value {'on' if cfg.terminal_value else 'off'} | {cfg.episodes} episodes "
           f"| return {result['return_mean']:.1f} +- {result['return_std']:.1f} | planning "
           f"{result['plan_ms_median']:.1f} ms per step (p95 {result['plan_ms_p95']:.1f})")
-    for name, certificate in parts.certificates.items():
+    for name, certificate in saved.stored_certificates.items():
         if name.startswith("critic"):
             print(f"{name}: Lipschitz upper {certificate['upper']:.4g} ({certificate['method']})"
                   f", sampled lower {certificate['lower']:.4g}")

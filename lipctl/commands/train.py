@@ -20,6 +20,7 @@ from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.critic_learner import EPS_UNITS
 from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
 from lipctl.agents.mbpo import MBPOSettings, MBPOSource
+from lipctl.agents.saved import is_behaviour_cloning, make_agent_env
 from lipctl.agents.sources import BatchSource, RewardSource
 from lipctl.agents.stacked_trainer import StackedTrainer
 from lipctl.agents.termination import TERMINATIONS, termination_fn
@@ -40,9 +41,7 @@ from lipctl.lipschitz import FAMILIES, TIERS, LipschitzSpec
 from lipctl.lipschitz.layers import GROUPSORT_SIZE
 from lipctl.lipschitz.muon import OPTIMIZERS
 from lipctl.logger import BACKENDS, Logger, run_name
-from lipctl.networks import is_behaviour_cloning
 from lipctl.runtime import (
-    make_agent_env,
     peak_rss_mb,
     reset_peak_rss,
     resolve_device,
