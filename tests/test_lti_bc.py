@@ -130,6 +130,12 @@ def test_bench_lipschitz_bc_writes_runs_and_rebuilds_its_report(workdir):
         assert float(row["lipschitz_lower"]) <= float(row["lipschitz_upper"]) * (1 + 1e-6)
     expert = [r for r in runs if r["policy"] == "expert"]
     assert all(float(r["regret"]) == 0 for r in expert)
+    # the regret bound holds for every policy; the deterioration bound where the policy is
+    # linear (the expert: no linearisation error)
+    assert all(float(r["regret"]) <= float(r["regret_bound"]) for r in runs)
+    for row in expert:
+        assert float(row["linearity_residual"]) < 1e-6
+        assert float(row["attack_deterioration"]) <= float(row["attack_deterioration_bound"])
     info = json.loads((out / "summary.json").read_text())
     assert info["constants"]["inverted_pendulum_linear"]["critical_L"] > 0
     (out / "summary.csv").unlink()

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
 from lipctl.bench.report import interval_estimate, read_csv, write_csv
 from lipctl.config import ConfigError, require_number, require_seeds
+from lipctl.control.lti_bounds import deterioration_bound, linearity_residual, regret_bound
 from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
 from lipctl.control.policy import LinearFeedback, sampled_lower_bound
 from lipctl.envs.lti import (
@@ -45,7 +46,9 @@ from lipctl.runtime import seed_everything
 
 EXPERT, UNCONSTRAINED = "expert", "unconstrained"
 METRICS = ("regret", "relative_regret", "attack_deterioration", "noise_deterioration",
-           "lipschitz_upper", "lipschitz_lower", "failed_fraction")
+           "lipschitz_upper", "lipschitz_lower", "failed_fraction", "regret_bound",
+           "relative_regret_bound", "attack_deterioration_bound", "jacobian_norm",
+           "closed_loop_radius", "closed_loop_gain", "expert_loop_gain", "linearity_residual")
 FAILED_COST_RATIO = 100  # a run "failed" where J(clone) > this multiple of J(expert)
 
 
@@ -141,15 +144,27 @@ def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
         upper, lower = certificate.upper, certificate.lower
     loop, reference = LTILoop(policy, system), LTILoop(expert, system)
     with torch.no_grad():
-        nominal, expert_cost = loop.cost(x0), reference.cost(x0)
+        nominal, clone_states, clone_actions = loop.rollout(x0)
+        expert_cost, expert_states, _ = reference.rollout(x0)
+        demo_errors = torch.linalg.vector_norm(
+            loop.policy(torch.as_tensor(states, dtype=torch.float64))
+            - torch.as_tensor(actions, dtype=torch.float64), dim=-1).numpy()
     failed = float((nominal > FAILED_COST_RATIO * expert_cost).float().mean())
+    regret = regret_bound(system, expert_states.numpy(), clone_states.numpy(), upper, states,
+                          demo_errors)
+    deterioration = deterioration_bound(system, loop.policy, clone_states.numpy(),
+                                        clone_actions.numpy(), scale.numpy())
     shared = {"system": name, "family": family or "", "policy": label, "L": bound,
               "L_over_expert": None if bound is None else bound / known["expert_lipschitz"],
               "seed": seed, "lipschitz_upper": upper, "lipschitz_lower": lower, **fit_columns,
               "expert_cost": float(expert_cost.mean()), "nominal_cost": float(nominal.mean()),
               "regret": float((nominal - expert_cost).mean()),
               "relative_regret": float(((nominal - expert_cost) / expert_cost).mean()),
-              "failed_fraction": failed}
+              "failed_fraction": failed, "regret_bound": float(regret.bound.mean()),
+              "relative_regret_bound": float((regret.bound / expert_cost.numpy()).mean()),
+              "jacobian_norm": float(np.linalg.norm(deterioration.jacobian, 2)),
+              "closed_loop_radius": deterioration.closed_loop_radius,
+              "closed_loop_gain": deterioration.gain, "expert_loop_gain": regret.expert_gain}
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for eps in exp.eps:
@@ -161,7 +176,11 @@ def evaluate(name: str, exp: DictConfig, known: dict[str, float], label: str,
             clean_actions = loop.policy(states_seen)
         change = torch.linalg.vector_norm(actions_seen - clean_actions, dim=-1)
         delta = torch.linalg.vector_norm(attack, dim=-1)
+        measured = torch.cat([clone_states, states_seen + attack]).reshape(-1, x0.shape[-1])
         rows.append({**shared, "eps": eps, "attacked_cost": float(attacked.mean()),
+                     "attack_deterioration_bound": float(deterioration.bound(eps).mean()),
+                     "linearity_residual": linearity_residual(
+                         loop.policy, deterioration.offset, deterioration.jacobian, measured),
                      "noisy_cost": float(noisy.mean()),
                      "attack_deterioration": float((attacked - nominal).mean()),
                      "noise_deterioration": float((noisy - nominal).mean()),
@@ -230,7 +249,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry = {"system": system, "family": family, "policy": policy, "L": members[0]["L"],
                  "L_over_expert": members[0]["L_over_expert"], "eps": eps,
                  "seeds": len(members)}
-        for key in METRICS:
+        for key in (key for key in METRICS if members[0].get(key) is not None):
             median, low, high = interval_estimate([m[key] for m in members])
             entry |= {key: median, f"{key}_ci_low": low, f"{key}_ci_high": high}
         entry["max_action_change_over_delta"] = max(m["max_action_change_over_delta"]
@@ -241,9 +260,10 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def plot(summary: list[dict], system: str, family: str, known: dict[str, float],
          path: Path) -> None:
-    """One family's clones on one system. Left: relative regret against L. Right:
-    deterioration under attack (solid) and noise (dashed) per eps, as a multiple of the
-    expert's at the same eps. Medians, 95% CIs."""
+    """One family's clones on one system. Left: relative regret against L, and its bound
+    (dashed). Right: deterioration under attack (solid) and noise (dashed) per eps, and the
+    attack's bound (dotted), as multiples of the expert's attack deterioration at the same eps.
+    Medians, 95% CIs."""
     rows = [r for r in summary if r["system"] == system and r["family"] in ("", family)]
     clones = sorted((r for r in rows if r["policy"] not in (EXPERT, UNCONSTRAINED)),
                     key=lambda r: r["L"])
@@ -252,6 +272,9 @@ def plot(summary: list[dict], system: str, family: str, known: dict[str, float],
     mine = [r for r in clones if r["eps"] == radii[0]]
     left.errorbar([r["L"] for r in mine], [r["relative_regret"] for r in mine],
                   yerr=_errors(mine, "relative_regret"), marker="o", capsize=3, label="clones")
+    if "relative_regret_bound" in mine[0]:
+        left.plot([r["L"] for r in mine], [r["relative_regret_bound"] for r in mine], ls="--",
+                  color="tab:blue", alpha=0.6, label="bound (Lipschitz generalisation)")
     free = next(r for r in rows if r["policy"] == UNCONSTRAINED and r["eps"] == radii[0])
     left.axhline(free["relative_regret"], color="tab:red", ls=":", label="unconstrained")
     left.set(xscale="log", yscale="log", xlabel="certified bound L",
@@ -267,6 +290,10 @@ def plot(summary: list[dict], system: str, family: str, known: dict[str, float],
             right.errorbar(bounds, values, yerr=errors if style == "-" else None, ls=style,
                            marker="o" if style == "-" else None, ms=3, capsize=2, color=colour,
                            label=f"{key.split('_')[0]} eps={eps:g}")
+        if "attack_deterioration_bound" in mine[0]:
+            right.plot(bounds, [r["attack_deterioration_bound"] / expert["attack_deterioration"]
+                                for r in mine], ls=":", color=colour, lw=1.5,
+                       label=f"bound eps={eps:g} (linearised)")
     right.axhline(1.0, color="k", lw=0.8, label="expert")
     right.set(xscale="log", yscale="log", ylim=(0.05, 50), xlabel="certified bound L",
               ylabel="deterioration / the expert's (same eps)",
