@@ -20,10 +20,10 @@ COMMANDS = {
     "data": ("data", "generate process-model training data: data env=cstr"),
     "fit": ("fit", "train a process model: fit model=iclrnn|icrnn|rnn|lstm"),
     "bench": ("bench", "run a benchmark into results/: bench experiment=cstr_mpc|mbpo_vs_ensemble"),
-    "mpc": ("mpc", "closed-loop Lyapunov MPC of the CSTR: mpc model=first_principles|iclrnn|..."),
+    "mpc": ("mpc", "closed-loop Lyapunov MPC of a process: mpc env=cstr model=iclrnn|..."),
     "export": ("export", "policy or process model to ONNX/TorchScript: export checkpoint=PATH"),
     "deploy": ("deploy", "controller vs plant with fallbacks: deploy controller=mpc plant=opcua"),
-    "plant": ("plant", "the CSTR as an OPC UA server on localhost: plant serve env=cstr"),
+    "plant": ("plant", "a simulated process as an OPC UA server: plant serve env=cstr"),
 }
 # Commands that need an optional extra of lipctl as a whole (lipctl/extras.py)
 COMMAND_EXTRAS = {"export": "export", "deploy": "deploy", "plant": "deploy"}
