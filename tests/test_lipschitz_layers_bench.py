@@ -43,7 +43,7 @@ def test_the_preset_has_every_family_at_every_fraction_and_the_optimiser_arms():
     overrides = lipschitz_layers.arm_overrides(exp, "pendulum", actors["actor_aol_0.3x"])
     assert overrides[-1] == ("agent.learner.actor_lipschitz={layer: aol, L: "
                              f"{0.3 * exp.policies.policy_lipschitz.pendulum / 2:g}, "
-                             "activation: maxmin}")
+                             "activation: relu}")
 
 
 def test_the_preset_composes_a_valid_train_config_for_every_arm():
