@@ -130,10 +130,12 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     assert [(r["layers"], r["noise_sigma"], r["seeds"]) for r in stacked] == [
         ("2", "0.0", "2"), ("2", "0.5", "2")]
     assert all(float(r["test_mse_std"]) > 0 for r in stacked)
-    for row in models:  # the data's own units are z-scores: the same MSE, and min-max units too
-        assert float(row["test_mse_standard_mean"]) == pytest.approx(float(row["test_mse_mean"]),
-                                                                    rel=1e-3)
-        assert float(row["test_mse_minmax_mean"]) > 0
+    # the preset scales as the reference does (min-max): its MSE is the data's, z-scores too
+    assert (workdir / "work" / "cstr-minmax.npz").is_file()
+    for row in models:
+        assert float(row["test_mse_minmax_mean"]) == pytest.approx(float(row["test_mse_mean"]),
+                                                                  rel=1e-3)
+        assert float(row["test_mse_standard_mean"]) > float(row["test_mse_minmax_mean"])
     closed_loop = read_csv(out / "closed_loop.csv")
     assert len(closed_loop) == 4 * 2 * 4  # 4 controllers x noise on/off x 4 starts
     solve = read_csv(out / "solve_time.csv")
@@ -183,6 +185,7 @@ def test_bench_models_take_the_experiment_architecture_unless_an_extra_model_nam
 @pytest.mark.parametrize("args,expected", [
     (["experiment.stages=[models,dance]"], "experiment.stages: must be a non-empty list"),
     (["experiment.models=[gru]"], "experiment.models: unknown model(s) ['gru']"),
+    (["experiment.data.scaler=robust"], "experiment.data.scaler: must be one of"),
     (["experiment.patience=0"], "experiment.patience: must be >= 1"),
     (["experiment.noise=[-0.1]"], "experiment.noise: must be a non-empty list of numbers >= 0"),
     (["experiment.solver.default=nosuch"], "experiment.solver.default: must name"),

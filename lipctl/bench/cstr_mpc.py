@@ -89,6 +89,9 @@ def validate(cfg: DictConfig) -> None:
         require_number(cfg, f"experiment.{key}", 1, integer=True)
     require_number(cfg, "experiment.patience", 1, integer=True, allow_none=True)
     require_number(cfg, "experiment.lr", 0, exclusive=True)
+    if exp.data.get("scaler", "standard") not in SCALERS:
+        raise ConfigError("experiment.data.scaler", f"must be one of {', '.join(SCALERS)}, got "
+                                                    f"{exp.data.scaler!r}")
     for key, values, minimum in (("noise", exp.noise, 0), ("seeds", exp.seeds, 0),
                                  ("horizons", exp.horizons, 1), ("budget_ms", exp.budget_ms, 0)):
         if not values or any(isinstance(v, bool) or not v >= minimum for v in values):
@@ -200,8 +203,8 @@ def fit_models(exp: DictConfig, out: Path, work: Path,
                runs: list[tuple[str, float, int]] | None = None) -> None:
     """Each of `runs` (default: every model x sigma x seed) whose run file or usable model file
     is missing, `exp.jobs` processes at once; the dataset is generated again unless the kept one
-    is usable."""
-    data_path = work / "cstr.npz"
+    is usable (one file per scaler, so a kept dataset is never read in the other's units)."""
+    data_path = work / f"cstr-{exp.data.get('scaler', 'standard')}.npz"
     if not _usable(data_path, load_dataset):
         save_dataset(generate(CSTR, seed=exp.data_seed, **OmegaConf.to_container(exp.data)),
                      data_path)
@@ -273,8 +276,8 @@ def plot_robustness(rows: list[dict], path: Path) -> None:
         std = np.nan_to_num(np.array([float(r["test_mse_std"]) for r in mine]))
         ax.errorbar(sigma, mean, yerr=std, marker="o", capsize=3, label=model)
     ax.set_yscale("log")
-    ax.set_xlabel("noise std on scaled training targets")
-    ax.set_ylabel("test MSE (clean targets, scaled)")
+    ax.set_xlabel("noise std on the scaled training targets (the data's scaler units)")
+    ax.set_ylabel("test MSE (clean targets, scaler units)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
