@@ -12,9 +12,9 @@ from lipctl.control.log_import import LogError, LogPolicy, import_log
 from lipctl.control.process_data import load_dataset
 from lipctl.control.units import UnitError, convert
 from lipctl.envs.cstr import CSTR
-from tests import test_log_import
+from tests.control import test_log_import
 from tests.helpers import assert_user_error, lipctl
-from tests.test_log_import import COLUMNS, TAGS, write_log
+from tests.control.test_log_import import COLUMNS, TAGS, write_log
 
 lipctl_data = test_log_import.lipctl_data  # the fixture running `lipctl data` in this process
 LEVELS = [TAGS[name] for name in ("h1", "h2", "h3", "h4")]

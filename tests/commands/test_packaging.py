@@ -16,7 +16,7 @@ import tomllib
 from lipctl.cli import COMMAND_EXTRAS, COMMANDS
 from lipctl.extras import EXTRAS, LAUNCHER_EXTRAS, MissingExtra, require_extra
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_DIRS = PYPROJECT["tool"]["setuptools"]["package-dir"]  # lipctl.<name> -> folder
 # What each layer may import of lipctl (besides itself): arrows point one way.

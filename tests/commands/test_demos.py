@@ -197,7 +197,7 @@ def test_cli_writes_a_loadable_file_and_rejects_bad_input(workdir):
 
 
 def test_committed_demonstrations_load_against_their_env():
-    path = Path(__file__).resolve().parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"
+    path = Path(__file__).resolve().parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
     loaded = load_demos(path, env=ENV_ID)
     assert loaded.num_episodes == 10 and len(loaded) == 10000 and loaded.expert == "lqr"
     np.testing.assert_array_equal(loaded.episode_returns, np.full(10, 1000.0))

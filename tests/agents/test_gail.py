@@ -24,7 +24,7 @@ from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify, input_gradient_norm
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
-DEMOS = Path(__file__).parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"
+DEMOS = Path(__file__).parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
 
 
 def _batch(done: list[float], obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> Batch:

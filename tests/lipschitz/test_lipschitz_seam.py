@@ -28,7 +28,7 @@ from lipctl.lipschitz import (
     register_family,
 )
 from tests.helpers import TINY_TRAIN, lipctl
-from tests.test_sac import random_batch
+from tests.agents.test_sac import random_batch
 
 
 class FrobeniusLinear(LipschitzLinear):

@@ -154,7 +154,7 @@ def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(pres
 
 
 def test_imitation_returns_are_normalised_by_the_expert_return():
-    demos = Path(__file__).resolve().parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"
+    demos = Path(__file__).resolve().parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
     exp = OmegaConf.create({"baseline": "gail_no_penalty", "medians": ["wall_seconds"],
                             "last_train_metrics": [], "overrides": [],
                             "envs": {"inverted_pendulum": [f"demos={demos}"]}})

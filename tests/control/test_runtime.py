@@ -25,7 +25,7 @@ from lipctl.envs.cstr import CSTR, ENV_ID, PUBLISHED_STARTS, SAMPLING_PERIOD
 from lipctl.lipschitz.certificates import Certificate
 
 PERIOD = SAMPLING_PERIOD * 3600  # seconds
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Zero:

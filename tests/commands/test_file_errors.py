@@ -37,7 +37,7 @@ from lipctl.envs.demos import DemosError, from_episodes, load_demos, save_demos
 from lipctl.envs.experts import make_expert
 from lipctl.logger import CsvWriter
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
-from tests.test_checkpoint import COMPLETE
+from tests.agents.test_checkpoint import COMPLETE
 
 FILE_TOO_LARGE = os.strerror(errno.EFBIG)
 

@@ -14,7 +14,7 @@ from lipctl.cli import main
 from lipctl.control.models.train import persistence_mse
 from lipctl.control.process_data import generate, load_dataset, save_dataset
 from lipctl.envs.quadtank import quadtank_process
-from tests.test_log_import import COLUMNS, write_log
+from tests.control.test_log_import import COLUMNS, write_log
 
 PROCESS = quadtank_process()
 REPORT = re.compile(r"test MSE ([\d.]+) \(scaled; predicting no change: ([\d.]+)\)")

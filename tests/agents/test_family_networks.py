@@ -22,7 +22,7 @@ from lipctl.lipschitz import FAMILIES, LipschitzLinear, certify, lower_bound
 from lipctl.networks import read_network
 from tests.helpers import assert_user_error, lipctl
 
-DEMOS = Path(__file__).parents[1] / "demos" / "InvertedPendulum-v5-lqr.npz"
+DEMOS = Path(__file__).parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
 RESTARTS = 20  # random restarts (pairs) of the attack on each certified network
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import TINY_TRAIN, assert_user_error
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from lipctl.envs.experts import make_expert
 from lipctl.lipschitz import SpectralLinear, freeze
 from tests.helpers import assert_user_error, lipctl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMOS = ROOT / "demos" / "InvertedPendulum-v5-lqr.npz"
 ENV_ID = "InvertedPendulum-v5"
 

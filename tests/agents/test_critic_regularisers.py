@@ -13,7 +13,7 @@ import torch
 from lipctl.agents.critic_learner import TwinCritic
 from lipctl.agents.sac import SAC
 from lipctl.lipschitz import LipschitzSpec, SpectralLinear, certify, shared_weights
-from tests.test_sac import random_batch
+from tests.agents.test_sac import random_batch
 
 
 def _fit(critic: TwinCritic, steps: int = 400) -> None:

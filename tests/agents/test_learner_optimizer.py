@@ -25,7 +25,7 @@ from lipctl.envs import make_env
 from lipctl.lipschitz import LipschitzLinear
 from lipctl.lipschitz.muon import MuonAdam, make_optimizer
 from lipctl.logger import Logger
-from tests.test_sac import SMALL_LOOP, random_batch
+from tests.agents.test_sac import SMALL_LOOP, random_batch
 
 
 def hidden_matrices(agent: CriticLearner) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -19,10 +19,10 @@ from lipctl.lipschitz import certify
 from lipctl.logger import Logger
 from lipctl.networks import read_network
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
-from tests.test_sac import random_batch
+from tests.agents.test_sac import random_batch
 
 ENV_ID = "InvertedPendulum-v5"
-DEMOS = Path(__file__).resolve().parents[1] / "demos" / f"{ENV_ID}-lqr.npz"
+DEMOS = Path(__file__).resolve().parents[2] / "demos" / f"{ENV_ID}-lqr.npz"
 
 
 def parameters(module: torch.nn.Module) -> list[torch.Tensor]:
