@@ -28,7 +28,7 @@ from lipctl.config import (
 )
 
 SWEEPS = ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_regulariser_strength",
-          "gail_lipschitz", "gail_lipschitz_paper")
+          "gail_lipschitz", "gail_lipschitz_long", "gail_lipschitz_paper")
 CSTR = ("cstr_mpc", "cstr_mpc_fast", "cstr_mpc_paper")
 OWN_MODULES = {"lipschitz_bc": lipschitz_bc, "planning": planning,
                "quadtank_mpc": quadtank_mpc,
