@@ -72,9 +72,8 @@ STAGES = ("models", "closed_loop", "solve_time", "budget")
 HISTORY_ROWS = 50  # history rows kept per run file
 
 
-def validate(cfg: DictConfig) -> None:
-    """The experiment's settings, before any work starts (keys named experiment.*)."""
-    exp = cfg.experiment
+def validate(exp: DictConfig) -> None:
+    """The experiment's settings, before any work starts."""
     if not exp.stages or any(stage not in STAGES for stage in exp.stages):
         raise ConfigError("experiment.stages", f"must be a non-empty list of {', '.join(STAGES)}, "
                                                f"got {list(exp.stages)}")
@@ -86,9 +85,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"experiment.extra_models.{name}",
                               f"needs a model name ({', '.join(MODELS)}) and a hidden size")
     for key in ("hidden", "layers", "epochs", "batch_size", "jobs", "steps", "solve_time_steps"):
-        require_number(cfg, f"experiment.{key}", 1, integer=True)
-    require_number(cfg, "experiment.patience", 1, integer=True, allow_none=True)
-    require_number(cfg, "experiment.lr", 0, exclusive=True)
+        require_number(exp, key, 1, integer=True)
+    require_number(exp, "patience", 1, integer=True, allow_none=True)
+    require_number(exp, "lr", 0, exclusive=True)
     if exp.data.get("scaler", "standard") not in SCALERS:
         raise ConfigError("experiment.data.scaler", f"must be one of {', '.join(SCALERS)}, got "
                                                     f"{exp.data.scaler!r}")
@@ -284,7 +283,7 @@ def plot_robustness(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """models.csv and robustness.png from out/runs/ alone."""
     rows = summarize(_runs(out))
     write_csv(out / "models.csv", rows)
@@ -446,7 +445,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     started = time.perf_counter()
     # the models stage fits every run; the MPC stages alone, only the models they plan on
     fit_models(exp, out, work, None if "models" in exp.stages else _mpc_runs(exp))
-    report(out)
+    report(exp, out)
     if "closed_loop" in exp.stages:
         loop_rows, paths = run_controllers(exp, work)
         write_csv(out / "closed_loop.csv", loop_rows)

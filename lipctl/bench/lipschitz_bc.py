@@ -224,7 +224,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                        "torch": torch.__version__}
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
-    report(out)
+    report(exp, out)
 
 
 def _read_runs(path: Path) -> list[dict]:
@@ -315,7 +315,7 @@ def _errors(rows: list[dict], key: str) -> np.ndarray:
                      [r[f"{key}_ci_high"] - r[key] for r in rows]]).clip(min=0)
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """summary.csv and one figure per system, from out/runs/*.csv and out/summary.json."""
     info = json.loads((out / "summary.json").read_text())
     rows = [row for path in sorted((out / "runs").glob("*.csv")) for row in _read_runs(path)]

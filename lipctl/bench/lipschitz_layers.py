@@ -400,7 +400,7 @@ def report(exp: DictConfig, out: Path) -> list[dict]:
     """summary.csv and pareto.png (critic section), policies.csv and policies.png (policy
     section), curves.png and lipschitz.png, from out/runs/ alone; and the behaviour-cloning
     section's report in out/bc/."""
-    lipschitz_bc.report(out / "bc")
+    lipschitz_bc.report(bc_experiment(exp), out / "bc")
     view = section_view(exp, "critic")
     runs = variant_sweep.collect(view, out / "runs")
     rows = compared(exp, "critic", described(exp, "critic", variant_sweep.summarize(runs, view)))

@@ -202,7 +202,7 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path) -> list[dict]:
+def report(exp: DictConfig, out: Path) -> list[dict]:
     """summary.csv and planning.png from out/runs/ alone."""
     summary = summarise(_read_runs(out))
     write_csv(out / "summary.csv", summary)
@@ -225,7 +225,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     kept = [row for row in (read_csv(out / "speed.csv") if (out / "speed.csv").exists() else [])
             if row["env"] not in exp.episodes]
     write_csv(out / "speed.csv", kept + timed)
-    summary = report(out)
+    summary = report(exp, out)
     bench = {"settings": OmegaConf.to_container(exp, resolve=True),
              "machine": {"processor": platform.processor() or platform.machine(),
                          "cpu_count": os.cpu_count(), "processes": exp.jobs,

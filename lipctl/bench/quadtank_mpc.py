@@ -40,9 +40,8 @@ from lipctl.envs.process import Process
 from lipctl.envs.quadtank import SETTINGS, quadtank_process
 
 
-def validate(cfg: DictConfig) -> None:
-    """The experiment's settings, before any work starts (keys named experiment.*)."""
-    exp = cfg.experiment
+def validate(exp: DictConfig) -> None:
+    """The experiment's settings, before any work starts."""
     if unknown := [s for s in exp.settings if s not in SETTINGS]:
         raise ConfigError("experiment.settings", f"unknown setting(s) {unknown}; choose from "
                                                  f"{', '.join(SETTINGS)}")
@@ -50,12 +49,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("experiment.models", f"unknown model(s) {unknown}; choose from "
                                                f"{', '.join(MODELS)}")
     for key in ("hidden", "epochs", "batch_size", "steps"):
-        require_number(cfg, f"experiment.{key}", 1, integer=True)
-    require_number(cfg, "experiment.patience", 1, integer=True, allow_none=True)
-    require_number(cfg, "experiment.lr", 0, exclusive=True)
+        require_number(exp, key, 1, integer=True)
+    require_number(exp, "patience", 1, integer=True, allow_none=True)
+    require_number(exp, "lr", 0, exclusive=True)
     require_seeds(exp.seeds)
     for setting in exp.settings:
-        require_number(cfg, f"experiment.horizon.{setting}", 1, integer=True)
+        require_number(exp, f"horizon.{setting}", 1, integer=True)
     points = quadtank_process().operating_points
     for step, setpoint in exp.schedule.items():
         if not isinstance(step, int) or not 0 <= step < exp.steps or setpoint not in points:
@@ -180,14 +179,14 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                 "experiment": OmegaConf.to_container(exp, resolve=True)}
     atomic_write(out / "bench.json",
                  lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
-    report(out)
+    report(exp, out)
 
 
 def _records(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*.json"))]
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """closed_loop.csv (one row per setting x controller x noise, medians and ranges over
     seeds) and closed_loop.png, from the run files."""
     records = _records(out)

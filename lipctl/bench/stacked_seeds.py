@@ -111,7 +111,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
         "machine": {"processor": cpu_model(), "cpus": cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "torch_threads": 1}}, indent=2) + "\n")
-    report(out)
+    report(exp, out)
 
 
 def _update_rate(train_csv: Path, warmup: int) -> float:
@@ -121,7 +121,7 @@ def _update_rate(train_csv: Path, warmup: int) -> float:
     return float(np.median(rates))
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """summary.csv and throughput.png from out/runs/ and bench.json."""
     exp = json.loads((out / "bench.json").read_text())["experiment"]
     rows = []

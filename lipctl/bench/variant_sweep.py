@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -44,11 +45,38 @@ from lipctl.bench.report import (
     write_csv,
 )
 from lipctl.commands import train
-from lipctl.config import check_overrides
+from lipctl.config import ConfigError, check_overrides, require_number, require_seeds
 from lipctl.envs.demos import load_demos
 
 TRAIN_ROWS = 200  # train.csv rows kept per run under out/runs/
 SOLVED_FRACTION = 0.9  # of the expert's return: the level imitation runs are timed to
+
+
+def known_variants() -> list[str]:
+    """The agent + regulariser pairs of conf/variant."""
+    return sorted(path.name.removesuffix(".yaml")
+                  for path in resources.files("lipctl.conf").joinpath("variant").iterdir()
+                  if path.name.endswith(".yaml"))
+
+
+def validate(exp: DictConfig) -> None:
+    """Names, seeds and the composed train config of every run, before any training starts."""
+    require_number(exp, "jobs", 1, integer=True)
+    unknown = [v for v in exp.variants if v not in known_variants()]
+    if unknown or not exp.variants:
+        raise ConfigError("experiment.variants", f"unknown variant(s) {unknown}; choose from "
+                                                 f"{', '.join(known_variants())}")
+    own = exp.get("variant_seeds") or {}
+    if strays := [v for v in own if v not in known_variants()]:
+        raise ConfigError("experiment.variant_seeds", f"unknown variant(s) {strays}")
+    for variant in exp.variants:
+        key = f"experiment.variant_seeds.{variant}" if variant in own else "experiment.seeds"
+        require_seeds(seeds_of(exp, variant), key)
+    if not exp.envs:
+        raise ConfigError("experiment.envs", "needs at least one env")
+    for env in exp.envs:
+        check_overrides("train", [f"env={env}", f"variant={','.join(exp.variants)}",
+                                  *run_overrides(exp, env)], train.validate)
 
 
 def run_overrides(exp: DictConfig, env: str) -> list[str]:
