@@ -25,8 +25,6 @@ summary.json holds the settings, the machine and the wall time.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,9 +36,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.bench.kit import machine_info, write_bench_record
 from lipctl.bench.report import read_csv, write_csv
 from lipctl.config import ConfigError, require_number
-from lipctl.control.files import atomic_write
 from lipctl.control.models import (
     MODELS,
     build_model,
@@ -67,6 +65,7 @@ from lipctl.envs.cstr import (
     STABILITY_LEVEL,
     TARGET_HALF_WIDTHS,
 )
+from lipctl.envs.files import atomic_write
 
 STAGES = ("models", "closed_loop", "solve_time", "budget")
 HISTORY_ROWS = 50  # history rows kept per run file
@@ -456,9 +455,5 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
         Path(exp.solve_time_file).write_text(json.dumps(rows, indent=1) + "\n")
     if "budget" in exp.stages:
         write_csv(out / "budget.csv", budgeted_runs(exp, work))
-    summary = {"settings": OmegaConf.to_container(exp, resolve=True),
-               "machine": {"processor": platform.processor() or platform.machine(),
-                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "torch": torch.__version__},
-               "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_bench_record(out / "summary.json", exp, time.perf_counter() - started,
+                       machine_info(processes=exp.jobs))

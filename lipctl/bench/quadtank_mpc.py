@@ -13,7 +13,7 @@ models.csv, closed_loop.csv and closed_loop.png are rebuilt from those files (`r
 from __future__ import annotations
 
 import json
-import platform
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.bench.kit import write_bench_record
 from lipctl.bench.report import write_csv
 from lipctl.config import ConfigError, require_number, require_seeds
-from lipctl.control.files import atomic_write
 from lipctl.control.models import (
     MODELS,
     TrainedModel,
@@ -36,6 +36,7 @@ from lipctl.control.models import (
 from lipctl.control.process_data import generate
 from lipctl.control.process_metrics import true_states
 from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
+from lipctl.envs.files import atomic_write
 from lipctl.envs.process import Process
 from lipctl.envs.quadtank import SETTINGS, quadtank_process
 
@@ -151,6 +152,7 @@ def run_closed_loop(exp: DictConfig, process: Process, setting: str, controller:
 
 def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     """Fit, run every closed loop (resuming from existing run files), then report."""
+    started = time.perf_counter()
     runs = out / "runs"
     model_rows = []
     for setting in exp.settings:
@@ -174,11 +176,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                           f"solve {record['solve_ms_median']:.1f} ms", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "models.csv", model_rows)
-    settings = {"machine": f"{platform.processor() or platform.machine()}, "
-                           f"{torch.get_num_threads()} torch thread(s)",
-                "experiment": OmegaConf.to_container(exp, resolve=True)}
-    atomic_write(out / "bench.json",
-                 lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
+    write_bench_record(out / "bench.json", exp, time.perf_counter() - started)
     report(exp, out)
 
 

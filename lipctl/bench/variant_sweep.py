@@ -24,8 +24,6 @@ time).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,9 +33,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lipctl.bench.kit import write_bench_record
 from lipctl.bench.report import (
     interval_estimate,
     probability_of_improvement,
@@ -401,17 +399,6 @@ def report(exp: DictConfig, out: Path) -> list[dict]:
     return rows
 
 
-def write_bench_json(exp: DictConfig, out: Path, wall_seconds: float) -> None:
-    """out/bench.json: the experiment's settings, the machine and the wall time."""
-    bench = {"settings": OmegaConf.to_container(exp, resolve=True),
-             "machine": {"processor": platform.processor() or platform.machine(),
-                         "cpu_count": os.cpu_count(),
-                         "torch": torch.__version__, "device": "cpu" if not
-                         torch.cuda.is_available() else torch.cuda.get_device_name()},
-             "wall_seconds": round(wall_seconds, 1)}
-    (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
-
-
 def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     """Train every run (resuming unfinished ones), copy its files to out/runs, then `report`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +406,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     run_sweeps(exp, work)
     copy_runs(exp, work, out)
     rows = report(exp, out)
-    write_bench_json(exp, out, time.perf_counter() - started)
+    write_bench_record(out / "bench.json", exp, time.perf_counter() - started)
     for row in rows:
         print(f"{row['env']:<18} {row['variant']:<28} return IQM {row['final_return_iqm']:>8.1f} "
               f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]  {row['seconds_per_1k_steps']:.0f} "

@@ -29,13 +29,13 @@ from lipctl.config import (
     solver_options,
     user_errors,
 )
-from lipctl.control.files import atomic_write
 from lipctl.control.opcua_plant import quiet_asyncua
 from lipctl.control.opcua_security import CLIENT_URI
 from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import HOLD, DeploymentRefused, Runtime, lipschitz_gate
 from lipctl.deployables import Deployment, PlantHandle, opcua_tags, security_config
 from lipctl.envs import make_env
+from lipctl.envs.files import atomic_write
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import POLICY, PROCESS_MODEL, read_network
