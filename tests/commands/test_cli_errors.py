@@ -1,10 +1,14 @@
-"""Every user mistake is one clear stderr line and exit code 2, before any work starts."""
+"""Every user mistake is one clear stderr line and exit code 2, before any work starts: checked
+in-process through `lipctl.cli.main`, and once through the installed command."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
 
+from lipctl import cli
 from tests.helpers import assert_user_error, lipctl
 
 BAD_INPUTS = [
@@ -47,10 +51,27 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize(("args", "expected"), BAD_INPUTS, ids=lambda a: " ".join(a)
                          if isinstance(a, list) else None)
-def test_bad_input_is_one_line_and_exit_code_2(workdir, args, expected):
-    (workdir / "garbage.pt").write_bytes(b"not a checkpoint")
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI points argv at the command
+    threads = torch.get_num_threads()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(args)
+    finally:
+        torch.set_num_threads(threads)
+    message = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2, message
+    assert "\n" not in message and "Traceback" not in message, message
+    assert expected in message, message
+    assert not (tmp_path / "runs").exists(), "work started before the config was checked"
+
+
+@pytest.mark.parametrize(("args", "expected"), [BAD_INPUTS[0], (["frobnicate"],
+                                                                 "unknown command 'frobnicate'")])
+def test_the_installed_command_exits_2_with_one_line(workdir, args, expected):
     assert_user_error(lipctl(*args, cwd=workdir, timeout=120), expected)
-    assert not (workdir / "runs").exists(), "work started before the config was checked"
 
 
 def test_help_lists_commands(workdir):
