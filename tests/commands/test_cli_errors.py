@@ -3,12 +3,9 @@ in-process through `lipctl.cli.main`, and once through the installed command."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from lipctl import cli
 from tests.helpers import assert_user_error, lipctl
 
 BAD_INPUTS = [
@@ -51,21 +48,9 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize(("args", "expected"), BAD_INPUTS, ids=lambda a: " ".join(a)
                          if isinstance(a, list) else None)
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, args, expected):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI points argv at the command
-    threads = torch.get_num_threads()
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, cli_error, args, expected):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            cli.main(args)
-    finally:
-        torch.set_num_threads(threads)
-    message = capsys.readouterr().err.strip()
-    assert stopped.value.code == 2, message
-    assert "\n" not in message and "Traceback" not in message, message
-    assert expected in message, message
-    assert not (tmp_path / "runs").exists(), "work started before the config was checked"
+    assert expected in cli_error(*args)
 
 
 @pytest.mark.parametrize(("args", "expected"), [BAD_INPUTS[0], (["frobnicate"],
