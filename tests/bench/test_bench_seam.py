@@ -3,9 +3,7 @@ needs no edit to run a new one, and refuses a module that is missing or lacks th
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from hydra import compose, initialize_config_module
 
 from lipctl.commands import bench
 from lipctl.config import ConfigError
-from tests.helpers import assert_user_error
+from tests.helpers import assert_user_error, lipctl_with_user_code
 
 TOY_MODULE = '''"""A toy benchmark: one run file per number, and their mean."""
 import json
@@ -49,12 +47,7 @@ numbers: [1.0, 2.0, 3.0]
 
 def toy_bench(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`lipctl bench experiment=toy` with the toy's module and yaml in `folder` only."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get(
-        "PYTHONPATH", "")]), "HYDRA_FULL_ERROR": "0"}
-    command = [sys.executable, "-m", "lipctl", "bench", "experiment=toy",
-               f"hydra.searchpath=[file://{folder / 'conf'}]", *overrides]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return lipctl_with_user_code(folder, "bench", "experiment=toy", *overrides)
 
 
 def test_a_new_benchmark_is_one_module_and_one_yaml(tmp_path):

@@ -6,25 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import lipctl_with_user_code
 
 USER = Path(__file__).resolve().parent / "user_process"
 
 
 def user_lipctl(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """`lipctl ARGS` in `folder` with the user's module importable and configs searchable."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get(
-        "PYTHONPATH", "")]), "HYDRA_FULL_ERROR": "0"}
-    command = [sys.executable, "-m", "lipctl", *args,
-               f"hydra.searchpath=[file://{folder / 'conf'}]"]
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
-                            timeout=600)
+    """`lipctl ARGS` as the user runs it in `folder`; it must succeed."""
+    result = lipctl_with_user_code(folder, *args)
     assert result.returncode == 0, f"lipctl {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result
 
