@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lipctl.control.files import atomic_write, load_data
+from lipctl.envs.files import atomic_write, load_data
 
 
 class CheckpointError(RuntimeError):

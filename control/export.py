@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lipctl.control.files import atomic_write
+from lipctl.envs.files import atomic_write
 
 FORMATS = ("torchscript", "onnx")
 

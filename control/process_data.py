@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lipctl.control.files import atomic_write, load_arrays
+from lipctl.envs.files import atomic_write, load_arrays
 from lipctl.envs.process import Process
 
 SCHEMA_VERSION = 1

@@ -1,18 +1,21 @@
-"""Files written so that a crash never leaves a half-written one behind, and lipctl's .npz files
-read back as plain arrays only."""
+"""Files written so that a crash never leaves a half-written one behind, lipctl's .npz files read
+back as plain arrays only, and its torch files as plain data only."""
 
 from __future__ import annotations
 
 import glob
 import os
+import pickle
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import torch
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save and np.savez both write zip archives
 _TEMP_NAME = re.compile(r"[a-z0-9_]{8}")  # the random part of tempfile.mkstemp's names
@@ -115,3 +118,32 @@ def load_arrays(path: str | Path, error: type[Exception], noun: str, description
         raise error(f"{path} is not {description} (refused: it is not plain data)") from None
     except Exception:  # zipfile, zlib and end-of-file errors of a damaged archive
         raise error(f"cannot read {noun} {path}: corrupt or truncated file") from None
+
+
+def load_data(path: str | Path, formats: Collection[object], error: type[Exception], noun: str,
+              description: str, map_location: str | torch.device = "cpu") -> dict:
+    """A dict saved by torch.save, loaded as data only (weights_only=True). Raises `error` for a
+    missing file ("<noun> not found"), one that is not plain data or not a torch file at all
+    ("<path> is not <description> (refused: ...)"), an unreadable, empty or truncated one
+    ("cannot read <noun> <path>: ..."), or a "format" not in `formats` ("<path> is not
+    <description>")."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{noun} not found: {path}")
+    magic = read_magic(path, error, noun)
+    if not magic:
+        raise error(f"cannot read {noun} {path}: empty file")
+    archive = magic == ZIP_MAGIC  # a torch file, damaged or not, rather than a foreign one
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as failure:  # never retried unsafely, never with torch's advice to do so
+        # torch reports a cut-off archive as a RuntimeError or an OSError (EINVAL), by where it
+        # ends; a refused pickle in an intact archive is an UnpicklingError
+        if archive and not isinstance(failure, pickle.UnpicklingError):
+            raise error(f"cannot read {noun} {path}: corrupt or truncated file") from None
+        raise error(f"{path} is not {description} (refused: it is not plain data)") from None
+    if not isinstance(state, dict) or state.get("format") not in formats:
+        raise error(f"{path} is not {description}")
+    return state

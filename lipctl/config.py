@@ -37,6 +37,19 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.message = message
+
+
+@contextmanager
+def keys_under(prefix: str) -> Iterator[None]:
+    """Re-raise a ConfigError whose key is relative to the config at `prefix` (a section checked on
+    its own) with the key as the user writes it, `prefix.key`."""
+    try:
+        yield
+    except ConfigError as error:
+        if error.key == prefix or error.key.startswith(f"{prefix}."):
+            raise
+        raise ConfigError(f"{prefix}.{error.key}", error.message) from None
 
 
 USER_ERRORS = (ConfigError, CheckpointError, UnknownEnvError, DemosError, MissingExtra,

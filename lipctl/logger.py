@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lipctl.control.files import atomic_write, writing
+from lipctl.envs.files import atomic_write, writing
 
 BACKENDS = ("csv", "tensorboard", "wandb")
 

@@ -15,11 +15,11 @@ from torch import Tensor, nn
 from lipctl.agents.checkpoint import FORMAT_VERSION as AGENT_FORMAT
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.agents.saved import saved_agent
-from lipctl.control.files import load_data
 from lipctl.control.models import TrainedModel, certify_model
 from lipctl.control.models.io import FORMAT as MODEL_FORMAT
 from lipctl.control.models.io import trained_model
 from lipctl.envs import make_env
+from lipctl.envs.files import load_data
 from lipctl.lipschitz.certificates import Certificate
 
 POLICY, PROCESS_MODEL = "policy", "process model"

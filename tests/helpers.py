@@ -25,6 +25,18 @@ def lipctl(*args: str, cwd: Path, timeout: float = 300, check: bool = False
     return result
 
 
+def lipctl_with_user_code(folder: Path, *args: str, timeout: float = 600
+                          ) -> subprocess.CompletedProcess:
+    """`lipctl ARGS` in `folder` as a user with code of their own there runs it: their modules on
+    the PYTHONPATH and their configs (folder/conf) on Hydra's search path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get(
+        "PYTHONPATH", "")]), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    command = [sys.executable, "-m", "lipctl", *args,
+               f"hydra.searchpath=[file://{folder / 'conf'}]"]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def assert_user_error(result: subprocess.CompletedProcess, expected: str) -> None:
     """A user's mistake: exit code 2 and one stderr line holding `expected`, no traceback."""
     message = result.stderr.strip()

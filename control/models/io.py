@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipctl.control.files import atomic_write, load_data
 from lipctl.control.models.base import ProcessModel
 from lipctl.control.models.registry import build_model
 from lipctl.control.process_data import ProcessDataset, Scaler, check_origin, encode
+from lipctl.envs.files import atomic_write, load_data
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import Certificate
 

@@ -25,8 +25,6 @@ summary.json holds the settings, the machine and the wall time.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,9 +36,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.bench.kit import machine_info, write_bench_record
 from lipctl.bench.report import read_csv, write_csv
 from lipctl.config import ConfigError, require_number
-from lipctl.control.files import atomic_write
 from lipctl.control.models import (
     MODELS,
     build_model,
@@ -67,14 +65,14 @@ from lipctl.envs.cstr import (
     STABILITY_LEVEL,
     TARGET_HALF_WIDTHS,
 )
+from lipctl.envs.files import atomic_write
 
 STAGES = ("models", "closed_loop", "solve_time", "budget")
 HISTORY_ROWS = 50  # history rows kept per run file
 
 
-def validate(cfg: DictConfig) -> None:
-    """The experiment's settings, before any work starts (keys named experiment.*)."""
-    exp = cfg.experiment
+def validate(exp: DictConfig) -> None:
+    """The experiment's settings, before any work starts."""
     if not exp.stages or any(stage not in STAGES for stage in exp.stages):
         raise ConfigError("experiment.stages", f"must be a non-empty list of {', '.join(STAGES)}, "
                                                f"got {list(exp.stages)}")
@@ -86,9 +84,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"experiment.extra_models.{name}",
                               f"needs a model name ({', '.join(MODELS)}) and a hidden size")
     for key in ("hidden", "layers", "epochs", "batch_size", "jobs", "steps", "solve_time_steps"):
-        require_number(cfg, f"experiment.{key}", 1, integer=True)
-    require_number(cfg, "experiment.patience", 1, integer=True, allow_none=True)
-    require_number(cfg, "experiment.lr", 0, exclusive=True)
+        require_number(exp, key, 1, integer=True)
+    require_number(exp, "patience", 1, integer=True, allow_none=True)
+    require_number(exp, "lr", 0, exclusive=True)
     if exp.data.get("scaler", "standard") not in SCALERS:
         raise ConfigError("experiment.data.scaler", f"must be one of {', '.join(SCALERS)}, got "
                                                     f"{exp.data.scaler!r}")
@@ -284,7 +282,7 @@ def plot_robustness(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """models.csv and robustness.png from out/runs/ alone."""
     rows = summarize(_runs(out))
     write_csv(out / "models.csv", rows)
@@ -446,7 +444,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     started = time.perf_counter()
     # the models stage fits every run; the MPC stages alone, only the models they plan on
     fit_models(exp, out, work, None if "models" in exp.stages else _mpc_runs(exp))
-    report(out)
+    report(exp, out)
     if "closed_loop" in exp.stages:
         loop_rows, paths = run_controllers(exp, work)
         write_csv(out / "closed_loop.csv", loop_rows)
@@ -457,9 +455,5 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
         Path(exp.solve_time_file).write_text(json.dumps(rows, indent=1) + "\n")
     if "budget" in exp.stages:
         write_csv(out / "budget.csv", budgeted_runs(exp, work))
-    summary = {"settings": OmegaConf.to_container(exp, resolve=True),
-               "machine": {"processor": platform.processor() or platform.machine(),
-                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "torch": torch.__version__},
-               "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_bench_record(out / "summary.json", exp, time.perf_counter() - started,
+                       machine_info(processes=exp.jobs))

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import select
 import statistics
 import subprocess
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lipctl.bench.kit import machine_info
 from lipctl.control.faults import FaultyController, FaultyPlant
 from lipctl.control.models import build_model, fit, save_model
 from lipctl.control.opcua_plant import OpcUaPlant, quiet_asyncua
@@ -224,18 +223,6 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"processor": model, "cpus": len(os.sched_getaffinity(0)), "gpu": "none",
-            "python": platform.python_version(), "torch": torch.__version__}
-
-
 CAUSE_COLOURS = {"solver_failure": "tab:red", "deadline_miss": "tab:orange",
                  "non_finite_measurement": "tab:purple", "out_of_range": "tab:brown",
                  "stale_measurement": "tab:pink", "read_error": "tab:gray"}
@@ -317,7 +304,7 @@ def run_benchmark(s: Settings, out: Path, work: Path, model: Path | None = None)
     plot(logs, out / "closed_loop.png")
     result = {"settings": asdict(s), "model": str(model_path),
               "medians": {name: medians(r) for name, r in runs.items()}, "runs": runs,
-              "machine": _machine(), "wall_seconds": round(time.perf_counter() - started, 1)}
+              "machine": machine_info(), "wall_seconds": round(time.perf_counter() - started, 1)}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

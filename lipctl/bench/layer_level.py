@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lipctl.agents.critic_learner import TwinCritic
-from lipctl.bench.sac_throughput import cpu_count, cpu_model
+from lipctl.bench.kit import machine_info
 from lipctl.lipschitz import LipschitzSpec, certify, lower_bound, post_step
 from lipctl.lipschitz.muon import make_optimizer
 
@@ -109,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: test RMSE {rmse:.2f}, certified {upper:.1f}, PGD {sampled:.1f}",
               flush=True)
     result = {"steps": args.steps, "bound": BOUND, "lr": 3e-4, "batch": 256, "hidden": [64, 64],
-              "seed": 0, "machine": {"processor": cpu_model(), "cpus": cpu_count(),
-                                     "python": platform.python_version(),
-                                     "torch": torch.__version__, "torch_threads": 1},
+              "seed": 0, "machine": machine_info(),
               "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -18,7 +18,6 @@ tradeoff_<system>.png and summary.json (settings, coverage, constants, machine, 
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -29,7 +28,9 @@ from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
+from lipctl.bench.kit import machine_info
 from lipctl.bench.report import interval_estimate, read_csv, write_csv
+from lipctl.compute import seed_everything
 from lipctl.config import ConfigError, require_number, require_seeds
 from lipctl.control.lti_bounds import deterioration_bound, linearity_residual, regret_bound
 from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
@@ -42,7 +43,6 @@ from lipctl.envs.lti import (
     smallest_stabilising_multiple,
 )
 from lipctl.lipschitz import LipschitzSpec
-from lipctl.runtime import seed_everything
 
 EXPERT, UNCONSTRAINED = "expert", "unconstrained"
 METRICS = ("regret", "relative_regret", "attack_deterioration", "noise_deterioration",
@@ -219,12 +219,10 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     for name in exp.systems:
         write_csv(out / "runs" / f"{name}.csv",
                   [row for rows in results for row in rows if row["system"] == name])
-    info["machine"] = {"processor": platform.processor() or platform.machine(),
-                       "processes": exp.jobs, "torch_threads_per_process": 1,
-                       "torch": torch.__version__}
+    info["machine"] = machine_info(processes=exp.jobs, torch_threads_per_process=1)
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
-    report(out)
+    report(exp, out)
 
 
 def _read_runs(path: Path) -> list[dict]:
@@ -315,7 +313,7 @@ def _errors(rows: list[dict], key: str) -> np.ndarray:
                      [r[f"{key}_ci_high"] - r[key] for r in rows]]).clip(min=0)
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """summary.csv and one figure per system, from out/runs/*.csv and out/summary.json."""
     info = json.loads((out / "summary.json").read_text())
     rows = [row for path in sorted((out / "runs").glob("*.csv")) for row in _read_runs(path)]

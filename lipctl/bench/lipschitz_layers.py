@@ -39,13 +39,14 @@ from importlib import resources
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
 import numpy as np
 import torch
 from joblib import Parallel, delayed
+from matplotlib.ticker import NullFormatter
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.bench import lipschitz_bc, variant_sweep
+from lipctl.bench.kit import write_bench_record
 from lipctl.bench.report import interval_estimate, write_csv
 from lipctl.bench.variant_sweep import run_overrides
 from lipctl.commands import train
@@ -400,7 +401,7 @@ def report(exp: DictConfig, out: Path) -> list[dict]:
     """summary.csv and pareto.png (critic section), policies.csv and policies.png (policy
     section), curves.png and lipschitz.png, from out/runs/ alone; and the behaviour-cloning
     section's report in out/bc/."""
-    lipschitz_bc.report(out / "bc")
+    lipschitz_bc.report(bc_experiment(exp), out / "bc")
     view = section_view(exp, "critic")
     runs = variant_sweep.collect(view, out / "runs")
     rows = compared(exp, "critic", described(exp, "critic", variant_sweep.summarize(runs, view)))
@@ -424,7 +425,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     copy_runs(exp, work, out)
     lipschitz_bc.run_benchmark(bc_experiment(exp), out / "bc", work / "bc")
     rows = report(exp, out)
-    variant_sweep.write_bench_json(exp, out, time.perf_counter() - started)
+    write_bench_record(out / "bench.json", exp, time.perf_counter() - started)
     for row in rows:
         print(f"{row['env']:<18} {row['arm']:<26} return IQM {row['final_return_iqm']:>8.1f} "
               f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]  certified critic bound "

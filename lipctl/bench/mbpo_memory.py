@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from lipctl.bench.kit import machine_info
 
 ROLLOUTS = (25_000, 100_000, 400_000)
 SETTINGS = ["env=inverted_pendulum", "variant=ensemble", "env.mbpo.warmup_steps=1000",
@@ -51,8 +51,7 @@ def main() -> None:
             rows.append(peak_rss(rollouts, Path(work)))
             print(rows[-1], flush=True)
     result = {"settings": SETTINGS, "mbrl_lib_peak_rss_mb": MBRL_LIB_PEAK_MB,
-              "machine": {"processor": platform.processor() or platform.machine(),
-                          "cpu_count": os.cpu_count()},
+              "machine": machine_info(),
               "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -13,9 +13,6 @@ settings, machine and wall time of the invocation that planned those envs).
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +24,7 @@ from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.saved import SavedAgent, load_agent
+from lipctl.bench.kit import machine_info, write_bench_record
 from lipctl.bench.report import interval_estimate, read_csv, write_csv
 from lipctl.config import ConfigError, require_number
 from lipctl.control import NoisyMeasurements, TimedController, returns, run
@@ -202,7 +200,7 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path) -> list[dict]:
+def report(exp: DictConfig, out: Path) -> list[dict]:
     """summary.csv and planning.png from out/runs/ alone."""
     summary = summarise(_read_runs(out))
     write_csv(out / "summary.csv", summary)
@@ -225,13 +223,10 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     kept = [row for row in (read_csv(out / "speed.csv") if (out / "speed.csv").exists() else [])
             if row["env"] not in exp.episodes]
     write_csv(out / "speed.csv", kept + timed)
-    summary = report(out)
-    bench = {"settings": OmegaConf.to_container(exp, resolve=True),
-             "machine": {"processor": platform.processor() or platform.machine(),
-                         "cpu_count": os.cpu_count(), "processes": exp.jobs,
-                         "torch_threads_per_process": 1, "torch": torch.__version__},
-             "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out / f"bench_{'_'.join(exp.episodes)}.json").write_text(json.dumps(bench, indent=2) + "\n")
+    summary = report(exp, out)
+    write_bench_record(out / f"bench_{'_'.join(exp.episodes)}.json", exp,
+                       time.perf_counter() - started,
+                       machine_info(processes=exp.jobs, torch_threads_per_process=1))
     for row in summary:
         print(f"{row['env']:<18} {row['variant']:<28} {row['controller']:<10} H={row['horizon']} "
               f"noise {row['obs_noise']:g}: return IQM {row['return_iqm']:.1f} "

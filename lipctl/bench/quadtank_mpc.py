@@ -13,7 +13,7 @@ models.csv, closed_loop.csv and closed_loop.png are rebuilt from those files (`r
 from __future__ import annotations
 
 import json
-import platform
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.bench.kit import write_bench_record
 from lipctl.bench.report import write_csv
 from lipctl.config import ConfigError, require_number, require_seeds
-from lipctl.control.files import atomic_write
 from lipctl.control.models import (
     MODELS,
     TrainedModel,
@@ -36,13 +36,13 @@ from lipctl.control.models import (
 from lipctl.control.process_data import generate
 from lipctl.control.process_metrics import true_states
 from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
+from lipctl.envs.files import atomic_write
 from lipctl.envs.process import Process
 from lipctl.envs.quadtank import SETTINGS, quadtank_process
 
 
-def validate(cfg: DictConfig) -> None:
-    """The experiment's settings, before any work starts (keys named experiment.*)."""
-    exp = cfg.experiment
+def validate(exp: DictConfig) -> None:
+    """The experiment's settings, before any work starts."""
     if unknown := [s for s in exp.settings if s not in SETTINGS]:
         raise ConfigError("experiment.settings", f"unknown setting(s) {unknown}; choose from "
                                                  f"{', '.join(SETTINGS)}")
@@ -50,12 +50,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("experiment.models", f"unknown model(s) {unknown}; choose from "
                                                f"{', '.join(MODELS)}")
     for key in ("hidden", "epochs", "batch_size", "steps"):
-        require_number(cfg, f"experiment.{key}", 1, integer=True)
-    require_number(cfg, "experiment.patience", 1, integer=True, allow_none=True)
-    require_number(cfg, "experiment.lr", 0, exclusive=True)
+        require_number(exp, key, 1, integer=True)
+    require_number(exp, "patience", 1, integer=True, allow_none=True)
+    require_number(exp, "lr", 0, exclusive=True)
     require_seeds(exp.seeds)
     for setting in exp.settings:
-        require_number(cfg, f"experiment.horizon.{setting}", 1, integer=True)
+        require_number(exp, f"horizon.{setting}", 1, integer=True)
     points = quadtank_process().operating_points
     for step, setpoint in exp.schedule.items():
         if not isinstance(step, int) or not 0 <= step < exp.steps or setpoint not in points:
@@ -152,6 +152,7 @@ def run_closed_loop(exp: DictConfig, process: Process, setting: str, controller:
 
 def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     """Fit, run every closed loop (resuming from existing run files), then report."""
+    started = time.perf_counter()
     runs = out / "runs"
     model_rows = []
     for setting in exp.settings:
@@ -175,19 +176,15 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                           f"solve {record['solve_ms_median']:.1f} ms", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "models.csv", model_rows)
-    settings = {"machine": f"{platform.processor() or platform.machine()}, "
-                           f"{torch.get_num_threads()} torch thread(s)",
-                "experiment": OmegaConf.to_container(exp, resolve=True)}
-    atomic_write(out / "bench.json",
-                 lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
-    report(out)
+    write_bench_record(out / "bench.json", exp, time.perf_counter() - started)
+    report(exp, out)
 
 
 def _records(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*.json"))]
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """closed_loop.csv (one row per setting x controller x noise, medians and ranges over
     seeds) and closed_loop.png, from the run files."""
     records = _records(out)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from lipctl.bench.kit import machine_info
 from lipctl.extras import MissingExtra, require_extra
 
 
@@ -123,27 +123,8 @@ def compare(s: Setting, repeats: int = 3) -> dict:
         "measured_steps": s.steps,
         "repeats": repeats,
         "runs": runs,
-        "machine": {"cpus": cpu_count(), "processor": cpu_model(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "stable_baselines3": stable_baselines3.__version__},
+        "machine": machine_info(stable_baselines3=stable_baselines3.__version__),
     }
-
-
-def cpu_count() -> int:
-    """The CPU cores this process may run on."""
-    import os
-
-    return len(os.sched_getaffinity(0))
-
-
-def cpu_model() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> None:

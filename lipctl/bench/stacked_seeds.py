@@ -23,7 +23,6 @@ timing.json: the command's wall seconds) and, from those files alone (`report`, 
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,11 +31,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lipctl.bench.kit import machine_info, write_bench_record
 from lipctl.bench.report import read_csv, write_csv
-from lipctl.bench.sac_throughput import cpu_count, cpu_model
 from lipctl.config import ConfigError, require_number
 
 WAYS = ("stacked_1core", "stacked_2core", "separate")
@@ -105,13 +103,9 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                     seconds = time.perf_counter() - clock
                     _keep(folder, out / "runs" / name, seeds, seconds)
                     print(f"[{name}] {seconds:.1f} s", flush=True)
-    (out / "bench.json").write_text(json.dumps({
-        "experiment": OmegaConf.to_container(exp, resolve=True),
-        "seconds": round(time.perf_counter() - started, 1),
-        "machine": {"processor": cpu_model(), "cpus": cpu_count(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "torch_threads": 1}}, indent=2) + "\n")
-    report(out)
+    write_bench_record(out / "bench.json", exp, time.perf_counter() - started,
+                       machine_info(torch_threads=1))
+    report(exp, out)
 
 
 def _update_rate(train_csv: Path, warmup: int) -> float:
@@ -121,9 +115,9 @@ def _update_rate(train_csv: Path, warmup: int) -> float:
     return float(np.median(rates))
 
 
-def report(out: Path) -> None:
+def report(exp: DictConfig, out: Path) -> None:
     """summary.csv and throughput.png from out/runs/ and bench.json."""
-    exp = json.loads((out / "bench.json").read_text())["experiment"]
+    exp = json.loads((out / "bench.json").read_text())["settings"]
     rows = []
     for env in exp["envs"]:
         for width in exp["widths"]:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Hashable
 
-import torch
-
-from lipctl.bench.sac_throughput import cpu_count, cpu_model
+from lipctl.bench.kit import machine_info
 
 OBS_DIM, ACT_DIM, BATCH = 11, 3, 256  # the timed SAC updates: Hopper-sized, batch 256
 
@@ -42,9 +39,8 @@ def quartiles(times: list[float]) -> tuple[float, float, float]:
 
 def machine(load_before: tuple[float, float, float]) -> dict:
     """The machine a timing ran on, with the 1-minute load before and now."""
-    return {"processor": cpu_model(), "cpus": cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
+    return machine_info(load_average_1min=[round(load_before[0], 2),
+                                           round(os.getloadavg()[0], 2)])
 
 
 def timed_updates(calls: dict[Hashable, Callable[[], object]], rounds: int, updates: int,

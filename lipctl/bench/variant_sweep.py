@@ -24,19 +24,18 @@ time).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lipctl.bench.kit import write_bench_record
 from lipctl.bench.report import (
     interval_estimate,
     probability_of_improvement,
@@ -44,11 +43,38 @@ from lipctl.bench.report import (
     write_csv,
 )
 from lipctl.commands import train
-from lipctl.config import check_overrides
+from lipctl.config import ConfigError, check_overrides, require_number, require_seeds
 from lipctl.envs.demos import load_demos
 
 TRAIN_ROWS = 200  # train.csv rows kept per run under out/runs/
 SOLVED_FRACTION = 0.9  # of the expert's return: the level imitation runs are timed to
+
+
+def known_variants() -> list[str]:
+    """The agent + regulariser pairs of conf/variant."""
+    return sorted(path.name.removesuffix(".yaml")
+                  for path in resources.files("lipctl.conf").joinpath("variant").iterdir()
+                  if path.name.endswith(".yaml"))
+
+
+def validate(exp: DictConfig) -> None:
+    """Names, seeds and the composed train config of every run, before any training starts."""
+    require_number(exp, "jobs", 1, integer=True)
+    unknown = [v for v in exp.variants if v not in known_variants()]
+    if unknown or not exp.variants:
+        raise ConfigError("experiment.variants", f"unknown variant(s) {unknown}; choose from "
+                                                 f"{', '.join(known_variants())}")
+    own = exp.get("variant_seeds") or {}
+    if strays := [v for v in own if v not in known_variants()]:
+        raise ConfigError("experiment.variant_seeds", f"unknown variant(s) {strays}")
+    for variant in exp.variants:
+        key = f"experiment.variant_seeds.{variant}" if variant in own else "experiment.seeds"
+        require_seeds(seeds_of(exp, variant), key)
+    if not exp.envs:
+        raise ConfigError("experiment.envs", "needs at least one env")
+    for env in exp.envs:
+        check_overrides("train", [f"env={env}", f"variant={','.join(exp.variants)}",
+                                  *run_overrides(exp, env)], train.validate)
 
 
 def run_overrides(exp: DictConfig, env: str) -> list[str]:
@@ -373,17 +399,6 @@ def report(exp: DictConfig, out: Path) -> list[dict]:
     return rows
 
 
-def write_bench_json(exp: DictConfig, out: Path, wall_seconds: float) -> None:
-    """out/bench.json: the experiment's settings, the machine and the wall time."""
-    bench = {"settings": OmegaConf.to_container(exp, resolve=True),
-             "machine": {"processor": platform.processor() or platform.machine(),
-                         "cpu_count": os.cpu_count(),
-                         "torch": torch.__version__, "device": "cpu" if not
-                         torch.cuda.is_available() else torch.cuda.get_device_name()},
-             "wall_seconds": round(wall_seconds, 1)}
-    (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
-
-
 def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     """Train every run (resuming unfinished ones), copy its files to out/runs, then `report`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -391,7 +406,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     run_sweeps(exp, work)
     copy_runs(exp, work, out)
     rows = report(exp, out)
-    write_bench_json(exp, out, time.perf_counter() - started)
+    write_bench_record(out / "bench.json", exp, time.perf_counter() - started)
     for row in rows:
         print(f"{row['env']:<18} {row['variant']:<28} return IQM {row['final_return_iqm']:>8.1f} "
               f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]  {row['seconds_per_1k_steps']:.0f} "

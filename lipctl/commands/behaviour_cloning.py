@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from lipctl.agents.bc import fit_bc
 from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.agents.saved import bc_policy
+from lipctl.compute import resolve_device, seed_everything
 from lipctl.config import ConfigError, require_number
 from lipctl.control import returns, run
 from lipctl.control.policy import ModuleController
@@ -21,7 +22,6 @@ from lipctl.envs.demos import load_demos
 from lipctl.envs.files import atomic_write
 from lipctl.lipschitz import lipschitz_mlp
 from lipctl.logger import Logger, run_name
-from lipctl.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -29,13 +29,13 @@ from lipctl.config import (
     solver_options,
     user_errors,
 )
-from lipctl.control.files import atomic_write
 from lipctl.control.opcua_plant import quiet_asyncua
 from lipctl.control.opcua_security import CLIENT_URI
 from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import HOLD, DeploymentRefused, Runtime, lipschitz_gate
 from lipctl.deployables import Deployment, PlantHandle, opcua_tags, security_config
 from lipctl.envs import make_env
+from lipctl.envs.files import atomic_write
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import POLICY, PROCESS_MODEL, read_network
@@ -95,6 +95,8 @@ def validate(cfg: DictConfig) -> None:
     require_choice(cfg, "certificate_tier", TIERS)
     require_choice(cfg, "fallback", FALLBACKS)
     require_number(cfg, "torch_threads", 1, integer=True)
+    # first, so that a plant of the user's own has registered its env (importing its module)
+    process = plant_process(cfg)
     if cfg.plant.get("kind") == "gym":
         if cfg.plant.id not in gym.registry:
             make_env(cfg.plant.id)  # raises UnknownEnvError with suggestions
@@ -111,7 +113,6 @@ def validate(cfg: DictConfig) -> None:
     measurement_range(cfg)
     needs_process = [f"controller={controller}"] if controller in PROCESS_CONTROLLERS else []
     needs_process += ["fallback=mpc"] if cfg.fallback == "mpc" else []
-    process = plant_process(cfg)
     if cfg.plant.get("kind") == "opcua" and process is None:
         needs_process.append("plant=opcua")
     if needs_process and process is None:

@@ -9,9 +9,9 @@ from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.agents.saved import load_agent
+from lipctl.compute import resolve_device
 from lipctl.config import require_number, user_errors
 from lipctl.control import returns, run
-from lipctl.runtime import resolve_device
 
 
 def validate(cfg: DictConfig) -> None:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import require_choice, require_number, user_errors
 from lipctl.control.export import FORMATS, export_module, export_parity
-from lipctl.control.files import atomic_write
+from lipctl.envs.files import atomic_write
 from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import PROCESS_MODEL, read_network
 

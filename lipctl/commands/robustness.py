@@ -13,13 +13,13 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.compute import seed_everything
 from lipctl.config import ConfigError, require_choice, require_number, user_errors
 from lipctl.control.robustness import RobustnessReport, robustness_sweep
 from lipctl.envs.files import atomic_write
 from lipctl.lipschitz import TIERS
 from lipctl.lipschitz.regularizers import NORMS
 from lipctl.networks import POLICY, read_network
-from lipctl.runtime import seed_everything
 
 OUT_SUFFIXES = (".csv", ".json")
 

@@ -26,6 +26,12 @@ from lipctl.agents.stacked_trainer import StackedTrainer
 from lipctl.agents.termination import TERMINATIONS, termination_fn
 from lipctl.agents.trainer import PREVIOUS_CHECKPOINT, Learner, LoopSettings, OffPolicyTrainer
 from lipctl.commands import behaviour_cloning
+from lipctl.compute import (
+    peak_rss_mb,
+    reset_peak_rss,
+    resolve_device,
+    seed_everything,
+)
 from lipctl.config import (
     ConfigError,
     instantiate_settings,
@@ -33,20 +39,14 @@ from lipctl.config import (
     require_number,
     user_errors,
 )
-from lipctl.control.files import atomic_write
 from lipctl.envs import env_spaces, make_env
 from lipctl.envs.demos import Demos, load_demos
+from lipctl.envs.files import atomic_write
 from lipctl.extras import EXTRAS, require_extra
 from lipctl.lipschitz import FAMILIES, TIERS, LipschitzSpec
 from lipctl.lipschitz.layers import GROUPSORT_SIZE
 from lipctl.lipschitz.muon import OPTIMIZERS
 from lipctl.logger import BACKENDS, Logger, run_name
-from lipctl.runtime import (
-    peak_rss_mb,
-    reset_peak_rss,
-    resolve_device,
-    seed_everything,
-)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"

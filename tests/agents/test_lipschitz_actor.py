@@ -12,8 +12,8 @@ from torch import nn
 from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
 from lipctl.lipschitz import LipschitzLinear, certify, lower_bound
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 from tests.agents.test_sac import random_batch
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 FAMILIES = ["spectral", "soft_cap", "hammer", "svd_clip", "aol", "orthogonal"]
 BOUND = 5.0

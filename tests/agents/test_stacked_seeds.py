@@ -220,7 +220,8 @@ def test_the_stacked_update_benchmark_writes_every_width_and_seed_count(tmp_path
 
 @pytest.mark.slow
 def test_stacked_sac_learns_pendulum_within_10k_steps_on_every_seed(workdir):
-    """The SAC learning test's budget and threshold (tests/agents/test_sac.py), two seeds stacked."""
+    """The SAC learning test's budget and threshold (tests/agents/test_sac.py), two seeds
+    stacked."""
     lipctl("train", "seeds=[0,1]", "hydra.run.dir=run/seed${seed}",
            "agent.learner.hidden=[128,128]", "loop.total_steps=10000", "agent.warmup_steps=1000",
            "agent.batch_size=128", "loop.eval_every=2000", "loop.eval_episodes=10",

@@ -18,8 +18,8 @@ from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify
 from lipctl.logger import Logger
 from lipctl.networks import read_network
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 from tests.agents.test_sac import random_batch
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 ENV_ID = "InvertedPendulum-v5"
 DEMOS = Path(__file__).resolve().parents[2] / "demos" / f"{ENV_ID}-lqr.npz"

@@ -28,16 +28,16 @@ from lipctl.agents.checkpoint import (
 from lipctl.agents.saved import load_agent
 from lipctl.config import user_errors
 from lipctl.control import run
-from lipctl.control.files import WriteError, atomic_write
 from lipctl.control.models import build_model, load_model, save_model
 from lipctl.control.process_data import generate, load_dataset, save_dataset
 from lipctl.envs import make_env
 from lipctl.envs.cstr import CSTR
 from lipctl.envs.demos import DemosError, from_episodes, load_demos, save_demos
 from lipctl.envs.experts import make_expert
+from lipctl.envs.files import WriteError, atomic_write
 from lipctl.logger import CsvWriter
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 from tests.agents.test_checkpoint import COMPLETE
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 FILE_TOO_LARGE = os.strerror(errno.EFBIG)
 

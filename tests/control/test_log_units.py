@@ -13,8 +13,8 @@ from lipctl.control.process_data import load_dataset
 from lipctl.control.units import UnitError, convert
 from lipctl.envs.cstr import CSTR
 from tests.control import test_log_import
-from tests.helpers import assert_user_error, lipctl
 from tests.control.test_log_import import COLUMNS, TAGS, write_log
+from tests.helpers import assert_user_error, lipctl
 
 lipctl_data = test_log_import.lipctl_data  # the fixture running `lipctl data` in this process
 LEVELS = [TAGS[name] for name in ("h1", "h2", "h3", "h4")]

@@ -27,8 +27,8 @@ from lipctl.lipschitz import (
     lower_bound,
     register_family,
 )
-from tests.helpers import TINY_TRAIN, lipctl
 from tests.agents.test_sac import random_batch
+from tests.helpers import TINY_TRAIN, lipctl
 
 
 class FrobeniusLinear(LipschitzLinear):

@@ -1,0 +1,93 @@
+"""The benchmark seam: a benchmark is a module and a conf/experiment yaml naming it; `lipctl bench`
+needs no edit to run a new one, and refuses a module that is missing or lacks the protocol."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from lipctl.commands import bench
+from lipctl.config import ConfigError
+from tests.helpers import assert_user_error, lipctl_with_user_code
+
+TOY_MODULE = '''"""A toy benchmark: one run file per number, and their mean."""
+import json
+
+from lipctl.config import ConfigError, require_number
+
+
+def validate(exp):
+    if not exp.numbers:
+        raise ConfigError("numbers", "needs at least one number")
+    for i in range(len(exp.numbers)):
+        require_number(exp, f"numbers.{i}")
+
+
+def run_benchmark(exp, out, work):
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(exp.numbers):
+        (out / "runs" / f"{i}.json").write_text(json.dumps({"x": x}))
+    report(exp, out)
+
+
+def report(exp, out):
+    xs = [json.loads(p.read_text())["x"] for p in sorted((out / "runs").glob("*.json"))]
+    (out / "mean.txt").write_text(f"{sum(xs) / len(xs)}\\n")
+'''
+
+TOY_CONFIG = """name: toy
+module: toy_bench
+numbers: [1.0, 2.0, 3.0]
+"""
+
+
+def toy_bench(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`lipctl bench experiment=toy` with the toy's module and yaml in `folder` only."""
+    return lipctl_with_user_code(folder, "bench", "experiment=toy", *overrides)
+
+
+def test_a_new_benchmark_is_one_module_and_one_yaml(tmp_path):
+    (tmp_path / "toy_bench.py").write_text(TOY_MODULE)
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "toy.yaml").write_text(TOY_CONFIG)
+    result = toy_bench(tmp_path)
+    assert result.returncode == 0, result.stderr
+    mean = tmp_path / "results" / "toy" / "mean.txt"
+    assert mean.read_text() == "2.0\n"
+    mean.unlink()  # replot rebuilds it from runs/ alone
+    assert toy_bench(tmp_path, "replot=true", "experiment.numbers=[9.0]").returncode == 0
+    assert mean.read_text() == "2.0\n"
+    # the module's errors name their keys as the user writes them
+    assert_user_error(toy_bench(tmp_path, "experiment.numbers=[]"),
+                      "experiment.numbers: needs at least one number")
+    assert_user_error(toy_bench(tmp_path, "experiment.numbers=[1.0,oops]"),
+                      "experiment.numbers.1: must be a number")
+
+
+@pytest.mark.parametrize(("module", "expected"), [
+    (None, "experiment.module: must name the benchmark's module"),
+    ("lipctl.no_such_bench", "experiment.module: cannot import lipctl.no_such_bench"),
+    ("lipctl.bench.report", "experiment.module: lipctl.bench.report lacks validate, "
+                            "run_benchmark, report"),
+])
+def test_an_experiment_must_name_a_module_with_the_protocol(module, expected):
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        cfg = compose("bench", overrides=["experiment=lipschitz_bc"])
+    cfg.experiment.module = module
+    with pytest.raises(ConfigError, match=expected):
+        bench.validate(cfg)
+
+
+def test_every_shipped_experiment_names_a_module_with_the_protocol():
+    experiments = sorted(p.name.removesuffix(".yaml") for p in resources.files(
+        "lipctl.conf").joinpath("experiment").iterdir() if p.name.endswith(".yaml"))
+    assert "cstr_mpc" in experiments and "gail_lipschitz" in experiments
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        for name in experiments:
+            exp = compose("bench", overrides=[f"experiment={name}"]).experiment
+            module = bench.benchmark_module(exp)
+            assert module.__name__.startswith("lipctl.bench."), name
