@@ -22,7 +22,7 @@ from lipctl.agents.preconditioning import ForwardModel
 from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify, input_gradient_norm
-from tests.helpers import TINY_TRAIN, lipctl
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 DEMOS = Path(__file__).parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
 
@@ -241,24 +241,27 @@ def test_hidden_spectral_discriminator_has_normalised_hidden_layers_and_a_free_h
         Discriminator(4, 1, head_bound=1.0)
 
 
-GAIL_IP_DEMOS = ["agent=gail", "env=inverted_pendulum", f"demos={DEMOS}"]
-
-
-@pytest.mark.parametrize(("args", "expected"), [
-    (["agent=gail", "env=inverted_pendulum"],
-     "demos: agent=gail learns from expert demonstrations"),
-    (["agent=gail", f"demos={DEMOS}"], "recorded on 'InvertedPendulum-v5', not 'Pendulum-v1'"),
-    ([*GAIL_IP_DEMOS, "agent.gail.penalty=everywhere"], "agent.gail.penalty: must be one of"),
-    ([*GAIL_IP_DEMOS, "agent.demo_episodes=11"], "holds 10 episodes, 11 were asked for"),
-    ([*GAIL_IP_DEMOS, "agent.gail.precondition_floor=1.5"],
-     "agent.gail.precondition_floor: must be in (0, 1]"),
-    ([*GAIL_IP_DEMOS, "agent.discriminator.bound=1", "agent.discriminator.hidden_bound=1"],
-     "agent.discriminator.hidden_bound: give either bound"),
-    ([*GAIL_IP_DEMOS, "agent.gail.expert_label_min=1.3"],
-     "agent.gail.expert_label_min: must be in [0, expert_label_max = 1.2]"),
-])
-def test_gail_cli_errors(cli_error, args, expected):
-    assert expected in cli_error("train", *args)
+def test_gail_cli_errors(workdir):
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", cwd=workdir),
+                      "demos: agent=gail learns from expert demonstrations")
+    assert_user_error(lipctl("train", "agent=gail", f"demos={DEMOS}", cwd=workdir),
+                      "recorded on 'InvertedPendulum-v5', not 'Pendulum-v1'")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.gail.penalty=everywhere", cwd=workdir),
+                      "agent.gail.penalty: must be one of")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.demo_episodes=11", cwd=workdir),
+                      "holds 10 episodes, 11 were asked for")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.gail.precondition_floor=1.5", cwd=workdir),
+                      "agent.gail.precondition_floor: must be in (0, 1]")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.discriminator.bound=1", "agent.discriminator.hidden_bound=1",
+                             cwd=workdir),
+                      "agent.discriminator.hidden_bound: give either bound")
+    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
+                             "agent.gail.expert_label_min=1.3", cwd=workdir),
+                      "agent.gail.expert_label_min: must be in [0, expert_label_max = 1.2]")
 
 
 GAIL_IP = ["agent=gail", "env=inverted_pendulum", f"demos={DEMOS}", "agent.demo_episodes=4",
