@@ -28,7 +28,7 @@ from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
-from lipctl.bench.kit import machine_info
+from lipctl.bench.kit import machine_info, write_bench_record
 from lipctl.bench.report import interval_estimate, read_csv, write_csv
 from lipctl.compute import seed_everything
 from lipctl.config import ConfigError, require_number, require_seeds
@@ -197,8 +197,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     systems = {name: LTI_SYSTEMS[name]() for name in exp.systems}
     known = {name: constants(system) for name, system in systems.items()}
-    info = {"settings": OmegaConf.to_container(exp, resolve=True), "constants": known,
-            "coverage": {}}
+    info = {"constants": known, "coverage": {}}
     for name, system in systems.items():
         coverage = demonstrations(system, system.lqr_gain(), exp.demos.episodes,
                                   exp.demos.noise_radius, np.random.default_rng(exp.seeds[0]))[3]
@@ -219,9 +218,8 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     for name in exp.systems:
         write_csv(out / "runs" / f"{name}.csv",
                   [row for rows in results for row in rows if row["system"] == name])
-    info["machine"] = machine_info(processes=exp.jobs, torch_threads_per_process=1)
-    info["wall_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_bench_record(out / "summary.json", exp, time.perf_counter() - started,
+                       machine_info(processes=exp.jobs, torch_threads_per_process=1), **info)
     report(exp, out)
 
 
