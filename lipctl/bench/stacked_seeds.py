@@ -116,17 +116,18 @@ def _update_rate(train_csv: Path, warmup: int) -> float:
 
 
 def report(exp: DictConfig, out: Path) -> None:
-    """summary.csv and throughput.png from out/runs/ and bench.json."""
-    exp = json.loads((out / "bench.json").read_text())["settings"]
+    """summary.csv and throughput.png from out/runs/ and the settings the runs were made with
+    (bench.json), not `exp`, which may have changed since."""
+    settings = json.loads((out / "bench.json").read_text())["settings"]
     rows = []
-    for env in exp["envs"]:
-        for width in exp["widths"]:
-            for count in exp["seed_counts"]:
+    for env in settings["envs"]:
+        for width in settings["widths"]:
+            for count in settings["seed_counts"]:
                 row = {"env": env, "width": width, "seeds": count}
                 for way in WAYS:
                     folder = out / "runs" / env / f"w{width}" / f"{way}_S{count}"
                     rates = [_update_rate(folder / f"seed{k}" / "train.csv",
-                                          exp["warmup_steps"]) for k in range(count)]
+                                          settings["warmup_steps"]) for k in range(count)]
                     peaks = [json.loads((folder / f"seed{k}" / "summary.json").read_text())
                              ["peak_rss_mb"] for k in range(count)]
                     wall = json.loads((folder / "timing.json").read_text())["wall_seconds"]
