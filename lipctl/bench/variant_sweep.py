@@ -7,11 +7,14 @@ The experiment config names the variants, seeds (`seeds`, or a variant's own lis
 seeds in one process unless `stack_seeds: false`), envs and overrides, the `baseline` variant that
 times are compared with, the summary.json figures reported as medians over seeds (`medians`), the
 train.csv columns whose last value (`last_train_metrics`) or mean over training
-(`mean_train_metrics`) is reported. Where an env's runs imitate demonstrations (a `demos=PATH`
-override), returns are also reported as fractions of the mean episode return in that file (IQM
-and CI of the final evaluation, of the best, and of the mean over all evaluations, the area under
-the learning curve; how many runs reached 0.9 of it and after how many steps), and `ablation`
-names variants whose rows are also written to ablation.csv.
+(`mean_train_metrics`) is reported. `arms` names runs of a variant with overrides of their own
+(`arm: {variant: V, overrides: [...], env_overrides: {env: [...]}}`, e.g. a critic bound per env)
+that `variants` lists beside plain variants. Where an env's runs imitate demonstrations (a
+`demos=PATH` override), returns are also reported as fractions of the mean episode return in
+that file (IQM and CI of the final evaluation, of the best, and of the mean over all evaluations,
+the area under the learning curve; how many runs reached 0.9 of it and after how many steps);
+elsewhere `solved: {env: return}` gives the level runs are timed to. `ablation` names variants
+whose rows are also written to ablation.csv.
 
 Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, summary.json
 and downsampled train.csv), and from those files alone (`report`, also `lipctl bench ...
@@ -60,28 +63,56 @@ def known_variants() -> list[str]:
 def validate(exp: DictConfig) -> None:
     """Names, seeds and the composed train config of every run, before any training starts."""
     require_number(exp, "jobs", 1, integer=True)
-    unknown = [v for v in exp.variants if v not in known_variants()]
+    arms = exp.get("arms") or {}
+    for name, arm in arms.items():
+        if not isinstance(arm, DictConfig) or arm.get("variant") not in known_variants():
+            raise ConfigError(f"experiment.arms.{name}", "needs `variant:` one of "
+                                                         f"{', '.join(known_variants())}")
+        if strays := [env for env in arm.get("env_overrides") or {} if env not in exp.envs]:
+            raise ConfigError(f"experiment.arms.{name}.env_overrides",
+                              f"env(s) {strays} are not in experiment.envs")
+    names = [*known_variants(), *arms]
+    unknown = [v for v in exp.variants if v not in names]
     if unknown or not exp.variants:
         raise ConfigError("experiment.variants", f"unknown variant(s) {unknown}; choose from "
-                                                 f"{', '.join(known_variants())}")
+                                                 f"{', '.join(names)}")
     own = exp.get("variant_seeds") or {}
-    if strays := [v for v in own if v not in known_variants()]:
+    if strays := [v for v in own if v not in names]:
         raise ConfigError("experiment.variant_seeds", f"unknown variant(s) {strays}")
     for variant in exp.variants:
         key = f"experiment.variant_seeds.{variant}" if variant in own else "experiment.seeds"
         require_seeds(seeds_of(exp, variant), key)
     if not exp.envs:
         raise ConfigError("experiment.envs", "needs at least one env")
+    plain = [v for v in exp.variants if v not in arms]
     for env in exp.envs:
-        check_overrides("train", [f"env={env}", f"variant={','.join(exp.variants)}",
-                                  *run_overrides(exp, env)], train.validate)
+        if plain:
+            check_overrides("train", [f"env={env}", f"variant={','.join(plain)}",
+                                      *run_overrides(exp, env)], train.validate)
+        for name in (v for v in exp.variants if v in arms):
+            check_overrides("train", [f"env={env}", f"variant={arms[name].variant}",
+                                      *run_overrides(exp, env, name)], train.validate)
 
 
-def run_overrides(exp: DictConfig, env: str) -> list[str]:
-    """The overrides of every run, then the env's own (which win where both set a key)."""
+def run_overrides(exp: DictConfig, env: str, variant: str | None = None) -> list[str]:
+    """The overrides of every run, then the env's own, then (for an arm) the arm's and the
+    arm's on that env; later ones win where two set a key."""
+    arm = arm_settings(exp, variant)
     merged = {override.split("=", 1)[0]: override
-              for override in [*exp.overrides, *exp.envs[env]]}
+              for override in [*exp.overrides, *exp.envs[env], *arm.get("overrides", []),
+                               *(arm.get("env_overrides") or {}).get(env, [])]}
     return list(merged.values())
+
+
+def arm_settings(exp: DictConfig, name: str | None) -> DictConfig | dict:
+    """The arm of that name in `arms` (empty for a plain variant)."""
+    arms = exp.get("arms") or {}
+    return arms[name] if name is not None and name in arms else {}
+
+
+def variant_of(exp: DictConfig, name: str) -> str:
+    """The conf/variant config a name of `variants` runs (an arm's variant, or itself)."""
+    return arm_settings(exp, name).get("variant", name)
 
 
 def seeds_of(exp: DictConfig, variant: str) -> list[int]:
@@ -90,11 +121,14 @@ def seeds_of(exp: DictConfig, variant: str) -> list[int]:
 
 
 def seed_groups(exp: DictConfig) -> list[tuple[list[str], list[int]]]:
-    """(variants, seeds) groups: variants that share a seed list sweep together."""
-    groups: dict[tuple[int, ...], list[str]] = {}
+    """(variants, seeds) groups: plain variants that share a seed list sweep together; each arm
+    sweeps alone."""
+    groups: dict[tuple, list[str]] = {}
+    arms = exp.get("arms") or {}
     for variant in exp.variants:
-        groups.setdefault(tuple(seeds_of(exp, variant)), []).append(variant)
-    return [(variants, list(seeds)) for seeds, variants in groups.items()]
+        key = (variant if variant in arms else None, *seeds_of(exp, variant))
+        groups.setdefault(key, []).append(variant)
+    return [(variants, list(key[1:])) for key, variants in groups.items()]
 
 
 def seed_chunks(seeds: list[int], variants: int, jobs: int) -> list[list[int]]:
@@ -107,9 +141,11 @@ def seed_chunks(seeds: list[int], variants: int, jobs: int) -> list[list[int]]:
 
 def sweep_command(env: str, exp: DictConfig, sweep_dir: Path, variants: list[str],
                   seeds: list[int], stacked: bool) -> list[str]:
-    """`lipctl train -m` over variants x seeds on one env config; `stacked`: over variants x
-    stacks of seeds (`seed_chunks`), each run training its stack in one process
-    (`seeds=[...]`), in the same folders as separate runs."""
+    """`lipctl train -m` over variants x seeds on one env config (or over the seeds of one arm);
+    `stacked`: over variants x stacks of seeds (`seed_chunks`), each run training its stack in
+    one process (`seeds=[...]`), in the same folders as separate runs."""
+    arm = variants[0] if variants[0] in (exp.get("arms") or {}) else None
+    subdir = (arm or "${variant}") + "/seed${seed}"
     if stacked:
         stacks = seed_chunks(seeds, len(variants), exp.jobs)
         seed_arg = "seeds=" + ",".join(f"[{','.join(map(str, stack))}]" for stack in stacks)
@@ -117,10 +153,10 @@ def sweep_command(env: str, exp: DictConfig, sweep_dir: Path, variants: list[str
         seed_arg = f"seed={','.join(map(str, seeds))}"
     return [
         sys.executable, "-m", "lipctl", "train", "-m", f"env={env}",
-        f"variant={','.join(variants)}", seed_arg,
+        f"variant={variant_of(exp, arm) if arm else ','.join(variants)}", seed_arg,
         "hydra/launcher=local", f"hydra.launcher.n_jobs={exp.jobs}",
-        f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${variant}/seed${seed}",
-        "progress=false", "resume=true", *run_overrides(exp, env),
+        f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={subdir}",
+        "progress=false", "resume=true", *run_overrides(exp, env, arm),
     ]
 
 
@@ -134,8 +170,8 @@ def stacking_variants(exp: DictConfig, env: str) -> set[str]:
         def record(cfg: DictConfig, variant: str = variant) -> None:
             if train.stacking_refusal(cfg) is None:
                 found.add(variant)
-        check_overrides("train", [f"env={env}", f"variant={variant}",
-                                  *run_overrides(exp, env)], record)
+        check_overrides("train", [f"env={env}", f"variant={variant_of(exp, variant)}",
+                                  *run_overrides(exp, env, variant)], record)
     return found
 
 
@@ -285,6 +321,8 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
                         f"{name}_normalized_ci_low": round(low, 3),
                         f"{name}_normalized_ci_high": round(high, 3)}
             row |= _steps_to_reach(seeds, SOLVED_FRACTION * expert)
+        elif env in (exp.get("solved") or {}):
+            row |= {"solved_return": exp.solved[env], **_steps_to_reach(seeds, exp.solved[env])}
         row["seconds_per_1k_steps"] = round(1000 * median.pop("wall_seconds") / steps, 1)
         for key in [key for key in median if key.endswith("_seconds")]:  # the time's split
             row[f"{key}_per_1k_steps"] = round(1000 * median.pop(key) / steps, 1)

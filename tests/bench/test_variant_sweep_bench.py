@@ -20,6 +20,7 @@ from lipctl.bench.variant_sweep import (
     seed_groups,
     seeds_of,
     summarize,
+    sweep_command,
 )
 from lipctl.commands import bench
 from tests.helpers import assert_user_error, lipctl
@@ -85,6 +86,48 @@ def test_env_overrides_replace_the_common_ones_with_the_same_key():
                             "envs": {"hopper": ["loop.eval_every=100", "env.mbpo.total_steps=9"]}})
     assert run_overrides(exp, "hopper") == ["loop.eval_every=100", "lipschitz.L=10",
                                             "env.mbpo.total_steps=9"]
+
+
+ARMS = {"capped": {"variant": "single_spectral", "overrides": ["lipschitz.L=7"],
+                   "env_overrides": {"hopper": ["lipschitz.L=9", "loop.eval_every=50"]}}}
+
+
+def test_an_arm_runs_its_variant_with_its_own_overrides_in_its_own_folder():
+    exp = OmegaConf.create({"variants": ["single", "capped", "ensemble"], "seeds": [0, 1],
+                            "jobs": 2, "arms": ARMS, "overrides": ["loop.eval_every=500"],
+                            "envs": {"hopper": ["lipschitz.L=1"], "pendulum": []}})
+    assert run_overrides(exp, "hopper", "capped") == ["loop.eval_every=50", "lipschitz.L=9"]
+    assert run_overrides(exp, "pendulum", "capped") == ["loop.eval_every=500", "lipschitz.L=7"]
+    assert run_overrides(exp, "hopper", "single") == run_overrides(exp, "hopper")
+    assert seed_groups(exp) == [(["single", "ensemble"], [0, 1]), (["capped"], [0, 1])]
+    command = sweep_command("hopper", exp, Path("w"), ["capped"], [0, 1], stacked=False)
+    assert "variant=single_spectral" in command and "lipschitz.L=9" in command
+    assert "hydra.sweep.subdir=capped/seed${seed}" in command
+    plain = sweep_command("hopper", exp, Path("w"), ["single", "ensemble"], [0], stacked=False)
+    assert "variant=single,ensemble" in plain and "hydra.sweep.subdir=${variant}/seed${seed}" in plain
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+experiment.arms={capped:{variant:nosuch}}", "experiment.arms.capped: needs `variant:`"),
+    ("+experiment.arms={capped:{variant:single,env_overrides:{hopper:[]}}}",
+     "experiment.arms.capped.env_overrides: env(s) ['hopper'] are not in experiment.envs"),
+    ("+experiment.arms={capped:{variant:single,overrides:[lipschitz.L=-1]}}",
+     "lipschitz.L"),
+])
+def test_bad_arms_are_one_line(override, message, workdir):
+    result = lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={workdir / 'out'}",
+                    "experiment.variants=[ensemble,capped]", override, cwd=workdir)
+    assert_user_error(result, message)
+
+
+def test_runs_are_timed_to_the_solved_level_of_their_env():
+    exp = OmegaConf.create({"baseline": "single", "medians": ["wall_seconds"],
+                            "last_train_metrics": [], "overrides": [], "solved": {"pendulum": -200},
+                            "envs": {"pendulum": []}})
+    runs = {("pendulum", "single"): [fake_run(s, -150.0 - 100 * s, 40.0, 3.0) for s in range(3)]}
+    (row,) = summarize(runs, exp)
+    assert row["solved_return"] == -200 and row["runs_reaching_solved"] == 1
+    assert row["steps_to_solved_median"] == 1000
 
 
 @pytest.mark.slow
