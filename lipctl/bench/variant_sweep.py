@@ -8,13 +8,15 @@ seeds in one process unless `stack_seeds: false`), envs and overrides, the `base
 times are compared with, the summary.json figures reported as medians over seeds (`medians`), the
 train.csv columns whose last value (`last_train_metrics`) or mean over training
 (`mean_train_metrics`) is reported. `arms` names runs of a variant with overrides of their own
-(`arm: {variant: V, overrides: [...], env_overrides: {env: [...]}}`, e.g. a critic bound per env)
-that `variants` lists beside plain variants. Where an env's runs imitate demonstrations (a
-`demos=PATH` override), returns are also reported as fractions of the mean episode return in
-that file (IQM and CI of the final evaluation, of the best, and of the mean over all evaluations,
-the area under the learning curve; how many runs reached 0.9 of it and after how many steps);
-elsewhere `solved: {env: return}` gives the level runs are timed to. `ablation` names variants
-whose rows are also written to ablation.csv.
+(`arm: {variant: V, overrides: [...], env_overrides: {env: [...]}}`, e.g. a critic bound per env;
+`bound_fraction: f` sets the critic's certified bound `lipschitz.L` to f times the baseline's critic
+constant on that env: the median over its seeds of the final sampled state-Lipschitz constant, the
+baseline's runs trained first) that `variants` lists beside plain variants. Where an env's runs
+imitate demonstrations (a `demos=PATH` override), returns are also reported as fractions of the mean
+episode return in that file (IQM and CI of the final evaluation, of the best, and of the mean over
+all evaluations, the area under the learning curve; how many runs reached 0.9 of it and after how
+many steps); elsewhere `solved: {env: return}` gives the level runs are timed to. `ablation` names
+variants whose rows are also written to ablation.csv.
 
 Writes, under the output folder: runs/<env>/<variant>/seed<k>/ (each run's eval.csv, summary.json
 and downsampled train.csv), and from those files alone (`report`, also `lipctl bench ...
@@ -68,6 +70,11 @@ def validate(exp: DictConfig) -> None:
         if not isinstance(arm, DictConfig) or arm.get("variant") not in known_variants():
             raise ConfigError(f"experiment.arms.{name}", "needs `variant:` one of "
                                                          f"{', '.join(known_variants())}")
+        if arm.get("bound_fraction") is not None:
+            require_number(exp, f"arms.{name}.bound_fraction", 0.0, exclusive=True)
+            if exp.baseline in arms or exp.baseline not in exp.variants:
+                raise ConfigError(f"experiment.arms.{name}.bound_fraction", "needs the baseline "
+                                  "to be a plain variant of experiment.variants")
         if strays := [env for env in arm.get("env_overrides") or {} if env not in exp.envs]:
             raise ConfigError(f"experiment.arms.{name}.env_overrides",
                               f"env(s) {strays} are not in experiment.envs")
@@ -90,8 +97,9 @@ def validate(exp: DictConfig) -> None:
             check_overrides("train", [f"env={env}", f"variant={','.join(plain)}",
                                       *run_overrides(exp, env)], train.validate)
         for name in (v for v in exp.variants if v in arms):
+            bound = ["lipschitz.L=1.0"] if arms[name].get("bound_fraction") is not None else []
             check_overrides("train", [f"env={env}", f"variant={arms[name].variant}",
-                                      *run_overrides(exp, env, name)], train.validate)
+                                      *run_overrides(exp, env, name), *bound], train.validate)
 
 
 def run_overrides(exp: DictConfig, env: str, variant: str | None = None) -> list[str]:
@@ -122,13 +130,32 @@ def seeds_of(exp: DictConfig, variant: str) -> list[int]:
 
 def seed_groups(exp: DictConfig) -> list[tuple[list[str], list[int]]]:
     """(variants, seeds) groups: plain variants that share a seed list sweep together; each arm
-    sweeps alone."""
+    sweeps alone, arms whose bound follows the baseline's critic last."""
     groups: dict[tuple, list[str]] = {}
     arms = exp.get("arms") or {}
     for variant in exp.variants:
         key = (variant if variant in arms else None, *seeds_of(exp, variant))
         groups.setdefault(key, []).append(variant)
-    return [(variants, list(key[1:])) for key, variants in groups.items()]
+    order = sorted(groups.items(), key=lambda item: arm_settings(exp, item[0][0]).get(
+        "bound_fraction") is not None)
+    return [(variants, list(key[1:])) for key, variants in order]
+
+
+def reference_lipschitz(runs: list[Path]) -> float:
+    """The median over runs of the final sampled state-Lipschitz constant of the critics (the
+    larger of each run's), from their eval.csv."""
+    finals = [_state_lipschitz(read_csv(run / "eval.csv"))[-1] for run in runs]
+    return float(np.median(finals))
+
+
+def bound_overrides(exp: DictConfig, sweep_dir: Path, arm: str | None) -> list[str]:
+    """`lipschitz.L=` of an arm with a `bound_fraction`, from the baseline's finished runs in
+    `sweep_dir` (none for other arms)."""
+    fraction = arm_settings(exp, arm).get("bound_fraction")
+    if fraction is None:
+        return []
+    runs = [sweep_dir / exp.baseline / f"seed{seed}" for seed in seeds_of(exp, exp.baseline)]
+    return [f"lipschitz.L={fraction * reference_lipschitz(runs):.3f}"]
 
 
 def seed_chunks(seeds: list[int], variants: int, jobs: int) -> list[list[int]]:
@@ -157,6 +184,7 @@ def sweep_command(env: str, exp: DictConfig, sweep_dir: Path, variants: list[str
         "hydra/launcher=local", f"hydra.launcher.n_jobs={exp.jobs}",
         f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={subdir}",
         "progress=false", "resume=true", *run_overrides(exp, env, arm),
+        *bound_overrides(exp, sweep_dir, arm),
     ]
 
 
@@ -335,6 +363,7 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
                          and r["variant"] == exp.baseline), None)
         row[f"time_vs_{exp.baseline}"] = (None if baseline is None else round(
             row["seconds_per_1k_steps"] / baseline["seconds_per_1k_steps"], 2))
+        row |= _critic_ratios(row, baseline, exp.baseline)
         reference = runs.get((row["env"], exp.baseline))
         estimate = (None, None, None)
         if reference is not None and row["variant"] != exp.baseline:
@@ -344,6 +373,18 @@ def summarize(runs: dict[tuple[str, str], list[dict]], exp: DictConfig) -> list[
         row |= dict(zip((f"p_improvement_vs_{exp.baseline}", "p_improvement_ci_low",
                          "p_improvement_ci_high"), estimate, strict=True))
     return rows
+
+
+def _critic_ratios(row: dict, baseline: dict | None, name: str) -> dict[str, float]:
+    """The row's critic constants, certified and sampled (final IQM), over the baseline's
+    sampled one (empty without both)."""
+    reference = (baseline or {}).get("critic_state_lipschitz_final")
+    if not reference or "critic_state_lipschitz_final" not in row:
+        return {}
+    return {f"critic_state_lipschitz_final_vs_{name}": round(
+                row["critic_state_lipschitz_final"] / reference, 3),
+            f"critic_lipschitz_upper_vs_{name}_sampled": round(
+                row.get("critic_lipschitz_upper", float("nan")) / reference, 3)}
 
 
 def _steps_to_reach(seeds: list[dict], level: float) -> dict[str, float | int]:

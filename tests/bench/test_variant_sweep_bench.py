@@ -57,6 +57,8 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     assert rows["ensemble"]["p_improvement_vs_ensemble"] is None
     assert rows["single"]["critic_state_lipschitz_final"] == 50.0
     assert rows["single"]["critic_state_lipschitz_mean"] == 75.0
+    assert rows["single"]["critic_state_lipschitz_final_vs_ensemble"] == 0.5
+    assert rows["single"]["critic_lipschitz_upper_vs_ensemble_sampled"] == 0.51
     assert rows["single"]["seeds"] == 3 and rows["single"]["env_steps"] == 1000
 
 
@@ -104,11 +106,30 @@ def test_an_arm_runs_its_variant_with_its_own_overrides_in_its_own_folder():
     assert "variant=single_spectral" in command and "lipschitz.L=9" in command
     assert "hydra.sweep.subdir=capped/seed${seed}" in command
     plain = sweep_command("hopper", exp, Path("w"), ["single", "ensemble"], [0], stacked=False)
-    assert "variant=single,ensemble" in plain and "hydra.sweep.subdir=${variant}/seed${seed}" in plain
+    assert "variant=single,ensemble" in plain
+    assert "hydra.sweep.subdir=${variant}/seed${seed}" in plain
+
+
+def test_an_arm_bound_as_a_fraction_of_the_baseline_critic_runs_after_the_baseline(tmp_path):
+    exp = OmegaConf.create({"variants": ["level", "ensemble"], "seeds": [0, 1, 2], "jobs": 2,
+                            "baseline": "ensemble", "overrides": [], "envs": {"pendulum": []},
+                            "arms": {"level": {"variant": "single_soft_cap",
+                                               "bound_fraction": 0.5}}})
+    assert seed_groups(exp) == [(["ensemble"], [0, 1, 2]), (["level"], [0, 1, 2])]
+    for seed, final in enumerate((100.0, 300.0, 40.0)):  # the larger critic's, per run
+        run = tmp_path / "ensemble" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "eval.csv").write_text("step,return_mean,critic0_state_lipschitz,"
+                                      f"critic1_state_lipschitz\n500,-900,1e4,1e4\n"
+                                      f"1000,-200,{final},{final / 2}\n")
+    command = sweep_command("pendulum", exp, tmp_path, ["level"], [0], stacked=False)
+    assert command[-1] == "lipschitz.L=50.000"  # half the median of 100, 300 and 40
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("+experiment.arms={capped:{variant:nosuch}}", "experiment.arms.capped: needs `variant:`"),
+    ("+experiment.arms={capped:{variant:single_soft_cap,bound_fraction:0}}",
+     "experiment.arms.capped.bound_fraction: must be > 0.0, got 0"),
     ("+experiment.arms={capped:{variant:single,env_overrides:{hopper:[]}}}",
      "experiment.arms.capped.env_overrides: env(s) ['hopper'] are not in experiment.envs"),
     ("+experiment.arms={capped:{variant:single,overrides:[lipschitz.L=-1]}}",
