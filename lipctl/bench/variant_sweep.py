@@ -29,6 +29,7 @@ time).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -70,8 +71,12 @@ def validate(exp: DictConfig) -> None:
         if not isinstance(arm, DictConfig) or arm.get("variant") not in known_variants():
             raise ConfigError(f"experiment.arms.{name}", "needs `variant:` one of "
                                                          f"{', '.join(known_variants())}")
-        if arm.get("bound_fraction") is not None:
-            require_number(exp, f"arms.{name}.bound_fraction", 0.0, exclusive=True)
+        fraction = arm.get("bound_fraction")
+        if fraction is not None:
+            if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not (
+                    0 < fraction < math.inf):
+                raise ConfigError(f"experiment.arms.{name}.bound_fraction",
+                                  f"must be a finite number > 0, got {fraction!r}")
             if exp.baseline in arms or exp.baseline not in exp.variants:
                 raise ConfigError(f"experiment.arms.{name}.bound_fraction", "needs the baseline "
                                   "to be a plain variant of experiment.variants")

@@ -129,7 +129,7 @@ def test_an_arm_bound_as_a_fraction_of_the_baseline_critic_runs_after_the_baseli
 @pytest.mark.parametrize(("override", "message"), [
     ("+experiment.arms={capped:{variant:nosuch}}", "experiment.arms.capped: needs `variant:`"),
     ("+experiment.arms={capped:{variant:single_soft_cap,bound_fraction:0}}",
-     "experiment.arms.capped.bound_fraction: must be > 0.0, got 0"),
+     "experiment.arms.capped.bound_fraction: must be a finite number > 0, got 0"),
     ("+experiment.arms={capped:{variant:single,env_overrides:{hopper:[]}}}",
      "experiment.arms.capped.env_overrides: env(s) ['hopper'] are not in experiment.envs"),
     ("+experiment.arms={capped:{variant:single,overrides:[lipschitz.L=-1]}}",
