@@ -52,6 +52,14 @@ def inverted_pendulum(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
     return ~torch.isfinite(next_obs).all(-1) | (next_obs[:, 1].abs() > 0.2)
 
 
+def inverted_double_pendulum(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Fallen: a non-finite observation or the tip at height <= 1 (two 0.6-long poles; the
+    observation holds sin and cos of both hinge angles at columns 1-4)."""
+    sin1, sin2, cos1, cos2 = next_obs[:, 1], next_obs[:, 2], next_obs[:, 3], next_obs[:, 4]
+    tip = 0.6 * cos1 + 0.6 * (cos1 * cos2 - sin1 * sin2)
+    return ~torch.isfinite(next_obs).all(-1) | (tip <= 1.0)
+
+
 TERMINATIONS: dict[str, TerminationFn] = {
     "Hopper-v5": hopper,
     "Walker2d-v5": walker2d,
@@ -59,6 +67,7 @@ TERMINATIONS: dict[str, TerminationFn] = {
     "Humanoid-v5": humanoid,
     "HalfCheetah-v5": never,
     "InvertedPendulum-v5": inverted_pendulum,
+    "InvertedDoublePendulum-v5": inverted_double_pendulum,
     "Pendulum-v1": never,
 }
 

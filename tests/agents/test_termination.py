@@ -8,7 +8,8 @@ import torch
 from lipctl.agents.termination import TERMINATIONS, termination_fn
 
 # envs whose random-action episodes end by termination within a few hundred steps
-TERMINATING = {"Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5", "InvertedPendulum-v5"}
+TERMINATING = {"Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5", "InvertedPendulum-v5",
+               "InvertedDoublePendulum-v5"}
 
 
 @pytest.mark.parametrize("env_id", sorted(TERMINATIONS))
