@@ -14,13 +14,16 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.bench.report import read_csv
 from lipctl.bench.variant_sweep import (
+    arm_settings,
     run_overrides,
     seed_chunks,
     seed_groups,
     seeds_of,
     summarize,
     sweep_command,
+    variant_of,
 )
 from lipctl.commands import bench
 from tests.helpers import assert_user_error, lipctl
@@ -72,9 +75,9 @@ def test_variants_with_their_own_seeds_sweep_apart_from_the_rest():
 @pytest.mark.parametrize(("override", "message"), [
     ("+experiment.variant_seeds.nosuch=[0]", "experiment.variant_seeds: unknown variant(s) "
                                              "['nosuch']"),
-    ("experiment.variant_seeds.ensemble=[]", "experiment.variant_seeds.ensemble: must be a "
+    ("+experiment.variant_seeds.ensemble=[]", "experiment.variant_seeds.ensemble: must be a "
                                              "non-empty list of integers >= 0, got []"),
-    ("experiment.variant_seeds.ensemble=[-1]", "experiment.variant_seeds.ensemble: must be a "
+    ("+experiment.variant_seeds.ensemble=[-1]", "experiment.variant_seeds.ensemble: must be a "
                                                "non-empty list of integers >= 0, got [-1]"),
 ])
 def test_bad_variant_seeds_are_one_line(override, message, workdir):
@@ -155,24 +158,33 @@ def test_runs_are_timed_to_the_solved_level_of_their_env():
 def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     out = workdir / "out"
     lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
-           "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_spectral_adversarial]",
-           "experiment.variant_seeds.ensemble=[0,1]",
-           "experiment.variant_seeds.single_spectral_adversarial=[1]", "~experiment.envs",
+           "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_soft_cap]",
+           "+experiment.variant_seeds.single_soft_cap=[1]", "~experiment.envs",
            "+experiment.envs={pendulum:['env.mbpo.total_steps=300','env.mbpo.warmup_steps=200',"
            "'agent.learner.hidden=[16,16]','env.mbpo.rollouts_per_retrain=200',"
            "'loop.eval_every=100','loop.eval_episodes=1','loop.log_every=100']}",
            cwd=workdir, check=True, timeout=600)
     with (out / "summary.csv").open(newline="") as f:
         rows = {row["variant"]: row for row in csv.DictReader(f)}
-    assert set(rows) == {"ensemble", "single_spectral_adversarial"}
-    assert rows["ensemble"]["seeds"] == "2" and rows["single_spectral_adversarial"]["seeds"] == "1"
+    assert set(rows) == {"ensemble", "single_soft_cap"}
+    assert rows["ensemble"]["seeds"] == "2" and rows["single_soft_cap"]["seeds"] == "1"
     for row in rows.values():
         assert row["env"] == "pendulum" and row["env_steps"] == "300"
         assert float(row["model_train_seconds_per_1k_steps"]) > 0
         assert float(row["sac_update_seconds_per_1k_steps"]) > 0
         assert 0 < float(row["critic_state_lipschitz_final"]) <= float(
             row["critic_lipschitz_upper"])
-    assert float(rows["single_spectral_adversarial"]["p_improvement_ci_low"]) >= 0
+    assert float(rows["single_soft_cap"]["p_improvement_ci_low"]) >= 0
+    finals = [float(read_csv(workdir / "work" / "pendulum" / "ensemble" / f"seed{seed}" /
+                             "eval.csv")[-1][f"critic{i}_state_lipschitz"])
+              for seed in (0, 1) for i in (0, 1)]
+    reference = np.median([max(finals[:2]), max(finals[2:])])  # the baseline's, per run
+    capped = OmegaConf.load(workdir / "work" / "pendulum" / "single_soft_cap" / "seed1" /
+                            ".hydra" / "config.yaml")
+    fraction = OmegaConf.load(Path(__file__).parents[2] / "conf" / "experiment" /
+                              "mbpo_vs_ensemble.yaml").arms.single_soft_cap.bound_fraction
+    assert capped.lipschitz.L == pytest.approx(fraction * reference, abs=1e-3)
+    assert float(rows["single_soft_cap"]["critic_lipschitz_upper"]) <= capped.lipschitz.L + 1e-3
     assert (out / "curves.png").stat().st_size > 0 and (out / "lipschitz.png").stat().st_size > 0
     run = out / "runs" / "pendulum" / "ensemble" / "seed1"
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 300
@@ -182,39 +194,46 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
         (out / made).unlink()
     shutil.rmtree(workdir / "work")  # the report needs out/runs only
     lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", "replot=true",
-           "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_spectral_adversarial]",
-           "experiment.variant_seeds.ensemble=[0,1]",
-           "experiment.variant_seeds.single_spectral_adversarial=[1]",
+           "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_soft_cap]",
+           "+experiment.variant_seeds.single_soft_cap=[1]",
            "~experiment.envs", "+experiment.envs={pendulum:[]}", cwd=workdir, check=True)
     assert (out / "summary.csv").read_text() == before and (out / "lipschitz.png").exists()
 
 
 def preset_runs(preset: str) -> Iterator[tuple[str, str, DictConfig]]:
-    """(env, variant, composed train config) of every run of a benchmark preset."""
+    """(env, variant or arm, composed train config) of every run of a benchmark preset (an arm
+    bound by the baseline's critic at a stand-in bound)."""
     with initialize_config_module(config_module="lipctl.conf", version_base=None):
         exp = compose("bench", overrides=[f"experiment={preset}"]).experiment
         for env in exp.envs:
-            for variant in exp.variants:
-                yield env, variant, compose("train", overrides=[
-                    f"env={env}", f"variant={variant}", *run_overrides(exp, env)])
+            for name in exp.variants:
+                bound = (["lipschitz.L=1.0"] if arm_settings(exp, name).get("bound_fraction")
+                         is not None else [])
+                yield env, name, compose("train", overrides=[
+                    f"env={env}", f"variant={variant_of(exp, name)}",
+                    *run_overrides(exp, env, name), *bound])
 
 
-@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper",
-                                    "mbpo_regulariser_strength"])
+MBPO_PRESETS = ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_gap_pilot",
+                "mbpo_gap_pilot_long", "mbpo_strength_pilot"]
+
+
+@pytest.mark.parametrize("preset", MBPO_PRESETS)
 def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(preset):
-    """Overrides shared by every run must not turn the baselines into regularised critics."""
-    for env, variant, cfg in preset_runs(preset):
-        spectral, adversarial = "spectral" in variant, "adversarial" in variant
-        assert cfg.lipschitz.L is None, (env, variant)  # no variant rescales by normalize
-        capped = cfg.lipschitz.mode == "cap" and cfg.lipschitz.layer_cap is not None
-        assert capped == spectral, (env, variant)
-        assert cfg.lipschitz.robust_eps_units == "std", (env, variant)
-        assert (cfg.lipschitz.robust_weight > 0) == adversarial, (env, variant)
-        assert cfg.agent.dynamics.ensemble_size == (7 if variant == "ensemble" else 1)
-        if variant == "single_spectral_cap3":
-            assert cfg.lipschitz.layer_cap == 3.0 and cfg.lipschitz.robust_weight == 0.0
-        if variant == "single_adversarial_weak":
-            assert cfg.lipschitz.robust_weight == 0.1 and cfg.lipschitz.layer_cap is None
+    """Overrides shared by every run must not turn the baselines into regularised critics; a
+    bounded critic is held at the Lipschitz level (unit layers, output scale L)."""
+    for env, name, cfg in preset_runs(preset):
+        bounded = "spectral" in name or "soft_cap" in name
+        robust = "adversarial" in name or "robust" in name
+        assert (cfg.lipschitz.L is not None) == bounded, (env, name)
+        assert cfg.lipschitz.layer_cap is None and cfg.lipschitz.level, (env, name)
+        if bounded:
+            layer = "soft_cap" if "soft_cap" in name else "spectral"
+            assert cfg.lipschitz.layer == layer and cfg.lipschitz.mode == "normalize", name
+        assert cfg.lipschitz.robust_eps_units == "std", (env, name)
+        assert (cfg.lipschitz.robust_weight > 0) == robust, (env, name)
+        assert cfg.agent.dynamics.ensemble_size == (7 if name == "ensemble" else 1)
+        assert cfg.agent.dynamics.probabilistic == (name != "single_deterministic")
 
 
 def test_imitation_returns_are_normalised_by_the_expert_return():
@@ -293,23 +312,37 @@ def test_gail_paper_preset_passes_the_benchmark_validation(tmp_path):
     assert "loop.total_steps=1000000" in experiment.overrides
 
 
-@pytest.mark.parametrize("preset", ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"])
+@pytest.mark.parametrize("preset", MBPO_PRESETS)
 def test_mbpo_presets_pass_the_benchmark_validation(preset):
     """Every run of the preset composes and passes `lipctl train`'s checks before any work."""
     with initialize_config_module(config_module="lipctl.conf", version_base=None):
         cfg = compose("bench", overrides=[f"experiment={preset}"])
     bench.validate(cfg)
     runs = {(env, variant): cfg for env, variant, cfg in preset_runs(preset)}
+    experiment = cfg.experiment
     if preset == "mbpo_vs_ensemble_paper":
         assert {env for env, _ in runs} == {"inverted_pendulum", "hopper", "walker2d",
                                             "halfcheetah", "ant", "humanoid"}
         assert all(cfg.agent.updates_per_step == 20 for cfg in runs.values())
-        assert all(seeds_of(cfg.experiment, v) == [0, 1, 2, 3, 4] for v in cfg.experiment.variants)
-    else:
-        assert {env for env, _ in runs} == {"pendulum", "inverted_pendulum"}
-        assert len(seeds_of(cfg.experiment, "ensemble")) >= 5
-        assert len(seeds_of(cfg.experiment, "single_spectral_adversarial")) >= 5
-        assert min(len(seeds_of(cfg.experiment, v)) for v in cfg.experiment.variants) >= 3
+    if preset.startswith("mbpo_vs_ensemble"):  # the comparisons: fresh seeds, >= 5 per arm
+        assert all(seeds_of(experiment, v) == [0, 1, 2, 3, 4] for v in experiment.variants)
+    else:  # the pilots: seeds the comparisons never report
+        assert all(min(seeds_of(experiment, v)) >= 100 for v in experiment.variants)
+
+
+def test_the_paper_preset_carries_the_cpu_presets_critic_levels_and_strengths():
+    """The GPU preset runs the arms the cpu preset's pilots chose: the same bounds (as fractions
+    of the ensemble critic's constant) and robust-loss weights."""
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        cpu, paper = (compose("bench", overrides=[f"experiment={name}"]).experiment
+                      for name in ("mbpo_vs_ensemble", "mbpo_vs_ensemble_paper"))
+    assert list(paper.variants) == list(cpu.variants)
+
+    def strengths(exp: DictConfig) -> dict:
+        return {name: (arm.variant, arm.get("bound_fraction"),
+                       [o for o in arm.get("overrides", []) if "robust_weight" in o])
+                for name, arm in exp.arms.items()}
+    assert strengths(paper) == strengths(cpu) and strengths(cpu)
 
 
 @pytest.mark.parametrize("seeds, variants, jobs, stacks", [

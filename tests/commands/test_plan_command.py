@@ -106,7 +106,7 @@ def test_deploying_a_planner_on_another_env_is_one_line(checkpoints, tmp_path):
 
 
 def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp_path):
-    for variant in ("single", "single_spectral_adversarial"):
+    for variant in ("single", "single_soft_cap"):
         target = tmp_path / "checkpoints" / "pendulum" / variant / "seed0"
         target.mkdir(parents=True)
         shutil.copy(checkpoints["mbpo"], target / "checkpoint.pt")
