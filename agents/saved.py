@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -24,7 +25,7 @@ from lipctl.agents.critic_learner import CriticLearner
 from lipctl.agents.dynamics import DynamicsEnsemble
 from lipctl.agents.termination import termination_fn
 from lipctl.control.loop import Controller
-from lipctl.control.planner import Planner, PlannerSettings
+from lipctl.control.planner import PlannerFactory
 from lipctl.control.policy import ModuleController, ScaledPolicy, policy_certificate
 from lipctl.envs import env_spaces, make_env
 from lipctl.envs.action_scale import ActionScale
@@ -151,12 +152,13 @@ class SavedAgent:
         scaled = ScaledPolicy(policy, self.action_low, self.action_high)
         return scaled, policy_certificate(mlp, scaled, observations, tier=tier)
 
-    def planner(self, settings: PlannerSettings, terminal_value: bool = True,
-                proposal: bool = True, seed: int = 0) -> Planner:
-        """A sampling planner on an MBPO checkpoint's model (`LearnedModel`) and its env's
-        termination rule; the learner's value at its deterministic action as terminal value and
-        that policy as proposal where asked. CheckpointError for a checkpoint without a model
-        or whose agent uses absorbing states."""
+    def planner(self, factory: PlannerFactory, terminal_value: bool = True,
+                proposal: bool = True, seed: int = 0) -> Any:
+        """The planner `factory` builds (conf/planner) on an MBPO checkpoint's model
+        (`LearnedModel`) and its env's termination rule; the learner's value at its
+        deterministic action as terminal value and that policy as proposal where asked.
+        CheckpointError for a checkpoint without a model or whose agent uses absorbing
+        states."""
         if self.dynamics is None:
             raise CheckpointError(f"{self.path} holds no dynamics model (only agent=mbpo or "
                                   "agent=mbpo_ensemble checkpoints can be planned with)")
@@ -172,8 +174,8 @@ class SavedAgent:
         def policy(state: Tensor) -> Tensor:
             return scale.to_env(actor(state))
 
-        return Planner(LearnedModel(self.dynamics, self.action_low, self.action_high),
-                       self.action_low, self.action_high, settings,
+        return factory(dynamics=LearnedModel(self.dynamics, self.action_low, self.action_high),
+                       action_low=self.action_low, action_high=self.action_high,
                        terminal_value=value if terminal_value else None,
                        termination=termination_fn(self.env_id),
                        proposal=policy if proposal else None, seed=seed)

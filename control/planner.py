@@ -6,12 +6,18 @@ model: `dynamics(state [B, n], action [B, m]) -> (next_state [B, n], reward [B])
 `termination(state, action, next_state) -> bool [B]` after which a rollout earns nothing more,
 and an optional `proposal(state [B, n]) -> action [B, m]` whose rollouts are mixed in with the
 sampled ones. Every sample is rolled out at once (one batched model call per horizon step).
+
+A planner config (conf/planner/<name>.yaml) names a planner factory with `_partial_: true`: a
+callable that takes the model faces as keywords, (dynamics, action_low, action_high,
+terminal_value, termination, proposal, seed), and returns a Controller; its other keys are the
+planner's settings. `sampling_planner` is the factory of MPPI and CEM.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +29,7 @@ Dynamics = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 Value = Callable[[Tensor], Tensor]
 Termination = Callable[[Tensor, Tensor, Tensor], Tensor]
 Proposal = Callable[[Tensor], Tensor]
+PlannerFactory = Callable[..., Any]  # model faces as keywords -> a Controller (act, reset)
 
 METHODS = ("mppi", "cem")
 
@@ -153,3 +160,21 @@ class Planner:
         sequence = self.plan_actions(observation)
         self.plan = torch.cat([sequence[1:], sequence[-1:]])  # warm start of the next step
         return sequence[0].cpu().numpy().astype(np.float64)
+
+
+def sampling_planner(dynamics: Dynamics, action_low: Sequence[float] | np.ndarray,
+                     action_high: Sequence[float] | np.ndarray, *,
+                     terminal_value: Value | None = None, termination: Termination | None = None,
+                     proposal: Proposal | None = None, seed: int = 0, device: str = "cpu",
+                     **settings: Any) -> Planner:
+    """MPPI or CEM on the given model, the `PlannerSettings` fields as keywords (the planner
+    factory of conf/planner/mppi.yaml and cem.yaml)."""
+    return Planner(dynamics, action_low, action_high, PlannerSettings(**settings),
+                   terminal_value=terminal_value, termination=termination, proposal=proposal,
+                   seed=seed, device=device)
+
+
+def stand_in_dynamics(state: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+    """A one-state model that stays put and earns nothing: what a planner factory is built on
+    to check its settings before a real model is at hand."""
+    return state, torch.zeros(len(state), device=state.device)

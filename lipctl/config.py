@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.control.mpc import SolverOptions
+from lipctl.control.planner import PlannerFactory, stand_in_dynamics
 from lipctl.envs import UnknownEnvError
 from lipctl.envs.demos import DemosError
 from lipctl.envs.files import WriteError
@@ -225,6 +226,28 @@ def instantiate_settings(cfg: DictConfig, key: str) -> object:
             raise
         name, _, message = str(error.__cause__).partition(" ")
         raise ConfigError(f"{key}.{name}", message) from None
+
+
+def planner_factory(cfg: DictConfig, key: str) -> PlannerFactory:
+    """The planner factory configured at `key` (conf/planner: a `_target_` with `_partial_`),
+    checked by building one planner on a stand-in one-state model; a bad setting is a
+    ConfigError naming `key` (and the setting, where the error starts with its name)."""
+    node = OmegaConf.select(cfg, key)
+    try:
+        factory = instantiate(node, _convert_="all")
+    except InstantiationException as error:
+        raise ConfigError(key, str(error).splitlines()[0]) from None
+    if not callable(factory):
+        raise ConfigError(key, f"must name a planner factory (`_target_` with `_partial_: true`)"
+                               f", got {type(factory).__name__}")
+    try:
+        factory(dynamics=stand_in_dynamics, action_low=[-1.0], action_high=[1.0])
+    except (TypeError, ValueError) as error:
+        name, _, message = str(error).partition(" ")
+        if isinstance(error, ValueError) and name in node:
+            raise ConfigError(f"{key}.{name}", message) from None
+        raise ConfigError(key, str(error)) from None
+    return factory
 
 
 def solver_options(cfg: DictConfig, key: str) -> SolverOptions | None:

@@ -29,7 +29,7 @@ from lipctl.control.opcua_security import (
     SettingError,
     security_settings,
 )
-from lipctl.control.planner import PlannerSettings
+from lipctl.control.planner import PlannerFactory
 from lipctl.control.policy import ModuleController
 from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import GymPlant, Plant
@@ -83,7 +83,7 @@ def policy_controller(deployment: Deployment) -> Built:
     return ModuleController(network.module), network.env_id
 
 
-def planner_controller(deployment: Deployment, planner: PlannerSettings,
+def planner_controller(deployment: Deployment, planner: PlannerFactory,
                        terminal_value: bool = True, proposal: bool = True) -> Built:
     """A sampling planner on the MBPO checkpoint's dynamics model (`SavedAgent.planner`)."""
     saved = load_agent(deployment.checkpoint)

@@ -14,7 +14,7 @@ settings, machine and wall time of the invocation that planned those envs).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -28,7 +28,7 @@ from lipctl.bench.kit import machine_info, write_bench_record
 from lipctl.bench.report import interval_estimate, read_csv, write_csv
 from lipctl.config import ConfigError, require_number
 from lipctl.control import NoisyMeasurements, TimedController, returns, run
-from lipctl.control.planner import PlannerSettings
+from lipctl.control.planner import PlannerFactory, PlannerSettings, sampling_planner
 from lipctl.envs import make_env
 
 POLICY, WITH_VALUE, WITHOUT_VALUE = "policy", "mppi+value", "mppi"
@@ -41,7 +41,7 @@ def checkpoint_path(exp: DictConfig, env: str, variant: str, seed: int) -> Path:
 
 def validate(exp: DictConfig) -> None:
     """Every checkpoint exists, and the settings are in range, before any planning."""
-    settings(exp, exp.horizons[0] if exp.horizons else 1)
+    planner_of(exp, exp.horizons[0] if exp.horizons else 1)
     if not exp.horizons or min(exp.horizons) < 1:
         raise ConfigError("experiment.horizons", f"needs horizons >= 1, got {list(exp.horizons)}")
     if any(noise < 0 for noise in exp.obs_noise):
@@ -58,11 +58,15 @@ def validate(exp: DictConfig) -> None:
                                                     f"experiment=mbpo_vs_ensemble)")
 
 
-def settings(exp: DictConfig, horizon: int) -> PlannerSettings:
+def planner_of(exp: DictConfig, horizon: int, **changes: int) -> PlannerFactory:
+    """The sampling planner of the experiment's settings at `horizon` (and `changes`), as a
+    planner factory; its settings checked now."""
+    keywords = {**OmegaConf.to_container(exp.planner), "horizon": horizon, **changes}
     try:
-        return PlannerSettings(**OmegaConf.to_container(exp.planner), horizon=horizon)
+        PlannerSettings(**keywords)
     except (TypeError, ValueError) as error:
         raise ConfigError("experiment.planner", str(error)) from None
+    return partial(sampling_planner, **keywords)
 
 
 def evaluate(exp: DictConfig, env_name: str, variant: str, seed: int) -> list[dict]:
@@ -99,7 +103,7 @@ def _controller(saved: SavedAgent, exp: DictConfig, name: str, horizon: int, see
     acts are not timed)."""
     if name == POLICY:
         return saved.controller(), []
-    planner = saved.planner(settings(exp, horizon), terminal_value=name == WITH_VALUE,
+    planner = saved.planner(planner_of(exp, horizon), terminal_value=name == WITH_VALUE,
                             proposal=True, seed=seed)
     timed = TimedController(planner)
     return timed, timed.seconds
@@ -117,7 +121,7 @@ def speed(exp: DictConfig) -> list[dict]:
                      seed=EPISODE_SEED, max_steps=60)[0].observations[10:60]
         env.close()
         for samples in exp.speed_samples:
-            planner = saved.planner(replace(settings(exp, max(exp.horizons)), samples=samples))
+            planner = saved.planner(planner_of(exp, max(exp.horizons), samples=samples))
             planner.act(states[0])  # warm-up
             seconds = []
             for state in states:

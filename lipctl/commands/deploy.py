@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import (
     ConfigError,
-    instantiate_settings,
+    planner_factory,
     process_of,
     require_choice,
     require_number,
@@ -85,7 +85,7 @@ def validate(cfg: DictConfig) -> None:
         require_number(cfg, "controller.horizon", 1, integer=True)
         solver_options(cfg, "controller.solver")
     if controller == "planner":
-        instantiate_settings(cfg, "controller.planner")
+        planner_factory(cfg, "controller.planner")
     for group in OWN_KEYS:
         if cfg[group].get("_target_") is None:
             raise ConfigError(group, f"{group} {cfg[group].name!r} has no _target_ (its builder)")

@@ -11,28 +11,37 @@ from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.agents.saved import load_agent
-from lipctl.config import instantiate_settings, require_number, user_errors
+from lipctl.config import planner_factory, require_number, user_errors
 from lipctl.control import NoisyMeasurements, TimedController, returns, run
-from lipctl.control.planner import PlannerSettings
+from lipctl.control.planner import PlannerFactory
 from lipctl.envs import make_env
 
 
-def validate(cfg: DictConfig) -> PlannerSettings:
+def validate(cfg: DictConfig) -> PlannerFactory:
     if not Path(cfg.checkpoint).is_file():
         raise CheckpointError(f"checkpoint not found: {cfg.checkpoint}")
     require_number(cfg, "episodes", 1, integer=True)
     require_number(cfg, "seed", 0, integer=True)
     require_number(cfg, "obs_noise", 0.0)
     require_number(cfg, "torch_threads", 1, integer=True)
-    return instantiate_settings(cfg, "planner")
+    return planner_factory(cfg, "planner")
+
+
+def planner_name(planner: DictConfig) -> str:
+    """The planner as the config names it: its method (or factory) and main settings."""
+    name = planner.get("method") or planner._target_.rsplit(".", 1)[-1]
+    settings = [f"{label}={planner[key]}" for key, label in (("horizon", "H"),
+                                                             ("samples", "samples"))
+                if key in planner]
+    return " ".join([name, *settings])
 
 
 def plan(cfg: DictConfig) -> dict[str, float]:
     """Return mean and std and planning ms per step; prints them with the certificates."""
-    settings = validate(cfg)
+    factory = validate(cfg)
     torch.set_num_threads(cfg.torch_threads)
     saved = load_agent(cfg.checkpoint)
-    planner = TimedController(saved.planner(settings, cfg.terminal_value, cfg.proposal,
+    planner = TimedController(saved.planner(factory, cfg.terminal_value, cfg.proposal,
                                             seed=cfg.seed))
     controller = (NoisyMeasurements(planner, cfg.obs_noise * saved.observation_std, cfg.seed)
                   if cfg.obs_noise > 0 else planner)
@@ -43,8 +52,8 @@ def plan(cfg: DictConfig) -> dict[str, float]:
               "return_std": float(episode_returns.std()),
               "plan_ms_median": 1000 * float(np.median(planner.seconds)),
               "plan_ms_p95": 1000 * float(np.percentile(planner.seconds, 95))}
-    print(f"{saved.env_id} | {settings.method} H={settings.horizon} samples={settings.samples} "
-          f"| terminal value {'on' if cfg.terminal_value else 'off'} | {cfg.episodes} episodes "
+    print(f"{saved.env_id} | {planner_name(cfg.planner)} | terminal value "
+          f"{'on' if cfg.terminal_value else 'off'} | {cfg.episodes} episodes "
           f"| return {result['return_mean']:.1f} +- {result['return_std']:.1f} | planning "
           f"{result['plan_ms_median']:.1f} ms per step (p95 {result['plan_ms_p95']:.1f})")
     for name, certificate in saved.stored_certificates.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,9 @@ import torch
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.agents.saved import LearnedModel, load_agent
 from lipctl.control import NoisyMeasurements, run
-from lipctl.control.planner import PlannerSettings
+from lipctl.control.planner import sampling_planner
 from lipctl.envs import make_env
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
+from tests.helpers import TINY_TRAIN, assert_user_error, lipctl, lipctl_with_user_code
 
 MBPO_TINY = ["agent=mbpo", "env=pendulum", *TINY_TRAIN, "env.mbpo.total_steps=300",
              "env.mbpo.warmup_steps=100", "env.mbpo.rollouts_per_retrain=100",
@@ -42,6 +43,24 @@ def test_plan_prints_return_planning_time_and_the_critic_certificate(checkpoints
     assert certificates[0].startswith("critic0: Lipschitz upper ")
 
 
+USER_PLANNER = Path(__file__).parent / "user_planner"
+
+
+def test_a_planner_of_the_users_own_plans_by_config_alone(checkpoints, tmp_path):
+    """A planner module and conf/planner/<name>.yaml outside lipctl: `lipctl plan` completes
+    its factory with the checkpoint's model, value and termination, and checks its settings."""
+    folder = tmp_path / "user"
+    shutil.copytree(USER_PLANNER, folder)
+    result = lipctl_with_user_code(folder, "plan", f"checkpoint={checkpoints['mbpo']}",
+                                   "planner=greedy", "planner.candidates=5", "episodes=1")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[0]
+    assert line.startswith("Pendulum-v1 | GreedyPlanner | terminal value on | 1 episodes"), line
+    assert_user_error(lipctl_with_user_code(folder, "plan", f"checkpoint={checkpoints['mbpo']}",
+                                            "planner=greedy", "planner.candidates=1"),
+                      "planner.candidates: must be >= 2, got 1")
+
+
 def test_the_learned_model_rolls_each_row_with_one_elite_member(checkpoints):
     saved = load_agent(checkpoints["mbpo"])
     model = LearnedModel(saved.dynamics, saved.action_low, saved.action_high)
@@ -55,7 +74,7 @@ def test_the_learned_model_rolls_each_row_with_one_elite_member(checkpoints):
 
 def test_planning_with_noisy_measurements_keeps_the_true_rewards(checkpoints):
     saved = load_agent(checkpoints["mbpo"])
-    planner = saved.planner(PlannerSettings(horizon=1, samples=16, proposal_samples=4))
+    planner = saved.planner(partial(sampling_planner, horizon=1, samples=16, proposal_samples=4))
     env = make_env(saved.env_id)
     seen = []
 
@@ -149,7 +168,7 @@ def test_mbpo_trains_and_plans_with_a_td3_learner(tmp_path):
            check=True)
     saved = load_agent(tmp_path / "run" / "checkpoint.pt")
     assert type(saved.learner).__name__ == "TD3" and saved.dynamics is not None
-    planner = saved.planner(PlannerSettings(horizon=2, samples=16, proposal_samples=4))
+    planner = saved.planner(partial(sampling_planner, horizon=2, samples=16, proposal_samples=4))
     action = planner.act(np.array([1.0, 0.0, 0.0], dtype=np.float32))
     assert action.shape == (1,) and abs(float(action[0])) <= 2.0
     state = torch.zeros(4, 3)
@@ -166,4 +185,4 @@ def test_a_reloaded_sac_agent_acts_in_the_env_units_and_keeps_its_certificates(c
     env.close()
     assert np.all(np.abs(trajectory.actions) <= 2.0)
     with pytest.raises(CheckpointError, match="holds no dynamics model"):
-        saved.planner(PlannerSettings(horizon=1, samples=16, proposal_samples=4))
+        saved.planner(partial(sampling_planner, horizon=1, samples=16, proposal_samples=4))
