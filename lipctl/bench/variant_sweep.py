@@ -96,6 +96,10 @@ def validate(exp: DictConfig) -> None:
         require_seeds(seeds_of(exp, variant), key)
     if not exp.envs:
         raise ConfigError("experiment.envs", "needs at least one env")
+    for env in exp.get("solved") or {}:
+        if env not in exp.envs:
+            raise ConfigError("experiment.solved", f"env {env!r} is not in experiment.envs")
+        require_number(exp, f"solved.{env}")
     plain = [v for v in exp.variants if v not in arms]
     for env in exp.envs:
         if plain:

@@ -144,6 +144,17 @@ def test_bad_arms_are_one_line(override, message, workdir):
     assert_user_error(result, message)
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("+experiment.solved.hopper=1000", "experiment.solved: env 'hopper' is not in "
+                                        "experiment.envs"),
+    ("experiment.solved.pendulum=high", "experiment.solved.pendulum: must be a number"),
+])
+def test_bad_solved_levels_are_one_line(override, message, workdir):
+    result = lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={workdir / 'out'}", override,
+                    cwd=workdir)
+    assert_user_error(result, message)
+
+
 def test_runs_are_timed_to_the_solved_level_of_their_env():
     exp = OmegaConf.create({"baseline": "single", "medians": ["wall_seconds"],
                             "last_train_metrics": [], "overrides": [], "solved": {"pendulum": -200},
