@@ -371,7 +371,7 @@ def test_a_sweep_stacks_the_seeds_of_a_variant_that_stacks(workdir):
     out = workdir / "out"
     lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
            "experiment.seeds=[0,1]", "experiment.variants=[single,sac]", "experiment.jobs=1",
-           "~experiment.variant_seeds", "~experiment.envs",
+           "~experiment.envs",
            "+experiment.envs={pendulum:['loop.total_steps=300','loop.warmup_steps=100',"
            "'env.mbpo.warmup_steps=200','agent.learner.hidden=[16,16]',"
            "'env.mbpo.rollouts_per_retrain=200','loop.eval_every=100','loop.eval_episodes=1',"
