@@ -22,7 +22,7 @@ def test_run_names_tell_runs_apart(tmp_path):
     assert names[:6] == ["Pendulum-v1/sac-none/seed0", "Pendulum-v1/sac-none/seed1",
                          "Pendulum-v1/td3-none/seed0", "Pendulum-v1/sac-spectral-L50/seed0",
                          "Pendulum-v1/sac-spectral-L10/seed0",
-                         "Pendulum-v1/single_spectral/seed0"]
+                         "Pendulum-v1/single_spectral-L50/seed0"]
     assert names[6].startswith("InvertedPendulum") and names[7] == "Pendulum-v1/bc-L2-none/seed0"
     assert len(set(names)) == len(names)
 
