@@ -67,7 +67,9 @@ def validate(exp: DictConfig) -> None:
     """Names, seeds and the composed train config of every run, before any training starts."""
     require_number(exp, "jobs", 1, integer=True)
     arms = exp.get("arms") or {}
-    for name, arm in arms.items():
+    for name, arm in arms.items():  # the arms the experiment runs
+        if name not in exp.variants:
+            continue
         if not isinstance(arm, DictConfig) or arm.get("variant") not in known_variants():
             raise ConfigError(f"experiment.arms.{name}", "needs `variant:` one of "
                                                          f"{', '.join(known_variants())}")
@@ -83,7 +85,7 @@ def validate(exp: DictConfig) -> None:
         if strays := [env for env in arm.get("env_overrides") or {} if env not in exp.envs]:
             raise ConfigError(f"experiment.arms.{name}.env_overrides",
                               f"env(s) {strays} are not in experiment.envs")
-    names = [*known_variants(), *arms]
+    names = list(dict.fromkeys([*known_variants(), *arms]))
     unknown = [v for v in exp.variants if v not in names]
     if unknown or not exp.variants:
         raise ConfigError("experiment.variants", f"unknown variant(s) {unknown}; choose from "
