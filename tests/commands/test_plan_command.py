@@ -159,7 +159,7 @@ def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp
 def test_planning_benchmark_refuses_missing_checkpoints(tmp_path):
     assert_user_error(lipctl("bench", "experiment=planning", f"out={tmp_path / 'out'}",
                              f"experiment.checkpoints={tmp_path}", cwd=tmp_path),
-                      "experiment.checkpoints: 20 checkpoint(s) missing")
+                      "experiment.checkpoints: 10 checkpoint(s) missing")
 
 
 def test_mbpo_trains_and_plans_with_a_td3_learner(tmp_path):
