@@ -3,6 +3,7 @@ one-line errors, and a model fitted on an imported log against one fitted on sim
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -44,11 +45,14 @@ def lipctl_data(tmp_path, monkeypatch, capsys):
 
     def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
         capsys.readouterr()
+        handlers = logging.root.handlers[:]
         try:
             main(["data", *args])
             code = 0
         except SystemExit as exit_:
             code = exit_.code
+        finally:  # handlers Hydra's run left on the root logger hold this test's capture
+            logging.root.handlers[:] = handlers
         out, err = capsys.readouterr()
         if check and code != 0:
             raise AssertionError(f"lipctl data {' '.join(args)} failed:\n{out}\n{err}")
