@@ -3,10 +3,8 @@ one-line errors, and a model fitted on an imported log against one fitted on sim
 
 from __future__ import annotations
 
-import logging
 import re
 import subprocess
-import sys
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from lipctl.cli import main
 from lipctl.control.log_import import time_split
 from lipctl.control.models import build_model, fit
 from lipctl.control.process_data import (
@@ -24,7 +21,7 @@ from lipctl.control.process_data import (
     make_dataset,
 )
 from lipctl.envs.quadtank import ENV_ID, quadtank_process
-from tests.helpers import assert_user_error
+from tests.helpers import assert_user_error, lipctl
 
 PROCESS = quadtank_process()
 PERIOD = PROCESS.sampling_period
@@ -37,26 +34,11 @@ HOLD = (3, 9)  # periods a voltage pair is held
 
 
 @pytest.fixture
-def lipctl_data(tmp_path, monkeypatch, capsys):
-    """`lipctl data ARGS` run in tmp_path by the CLI's own main, in this process (a subprocess
-    per bad log would take seconds each); its result as a CompletedProcess."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands its arguments to Hydra
+def lipctl_data(tmp_path):
+    """`lipctl data ARGS` run in tmp_path as a subprocess; its CompletedProcess."""
 
     def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        handlers = logging.root.handlers[:]
-        try:
-            main(["data", *args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        finally:  # handlers Hydra's run left on the root logger hold this test's capture
-            logging.root.handlers[:] = handlers
-        out, err = capsys.readouterr()
-        if check and code != 0:
-            raise AssertionError(f"lipctl data {' '.join(args)} failed:\n{out}\n{err}")
-        return subprocess.CompletedProcess(["lipctl", "data", *args], code, out, err)
+        return lipctl("data", *args, cwd=tmp_path, check=check)
 
     return run
 
