@@ -1,17 +1,20 @@
 """What every benchmark records beside its results: the machine it ran on, and its bench record
-(settings, machine, wall time) written atomically."""
+(settings, machine, wall time) or results JSON written atomically; and the check of a list of
+integer settings."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.config import ConfigError
 from lipctl.envs.files import atomic_write
 
 
@@ -44,6 +47,21 @@ def write_bench_record(path: Path, settings: DictConfig | dict, wall_seconds: fl
     """Write {settings, machine, wall_seconds, **extra} as JSON to `path`, atomically."""
     if isinstance(settings, DictConfig):
         settings = OmegaConf.to_container(settings, resolve=True)
-    record = {"settings": settings, "machine": machine or machine_info(),
-              "wall_seconds": round(wall_seconds, 1), **extra}
-    atomic_write(path, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+    write_json(path, {"settings": settings, "machine": machine or machine_info(),
+                      "wall_seconds": round(wall_seconds, 1), **extra})
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON to `path`, atomically (its folder made if missing)."""
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def require_integers(cfg: DictConfig, key: str, minimum: int) -> list[int]:
+    """cfg[key] as a list of integers at or above `minimum`; a ConfigError if it is empty or
+    holds anything else."""
+    values = cfg[key]
+    if (not isinstance(values, Sequence) or not values
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum
+                   for v in values)):
+        raise ConfigError(key, f"must be a list of integers >= {minimum}, got {values}")
+    return list(values)

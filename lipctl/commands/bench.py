@@ -3,7 +3,8 @@
 A benchmark is a module and a config: conf/experiment/<name>.yaml names the module in `module`,
 and the module offers `validate(exp)` (the settings, before any work), `run_benchmark(exp, out,
 work)` (the runs, then the report) and `report(exp, out)` (tables and figures from out/runs/
-alone, which `replot=true` calls)."""
+alone, which `replot=true` calls). A benchmark that writes one results file instead names it in
+`output` (under out), and its report reads that."""
 
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ def validate(cfg: DictConfig) -> ModuleType:
     require_number(cfg, "torch_threads", 1, integer=True)
     module = benchmark_module(cfg.experiment)
     if cfg.replot:
-        if not (Path(cfg.out) / "runs").is_dir():
+        output = cfg.experiment.get("output")
+        if output is None and not (Path(cfg.out) / "runs").is_dir():
             raise ConfigError("replot", f"no per-run files in {cfg.out}/runs/")
+        if output is not None and not (Path(cfg.out) / output).is_file():
+            raise ConfigError("replot", f"no {Path(cfg.out) / output} to report from")
     else:
         with keys_under("experiment"):
             module.validate(cfg.experiment)
