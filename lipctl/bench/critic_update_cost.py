@@ -7,22 +7,24 @@ Updates run on a fixed random batch (state 11, action 3: Hopper-sized), one torc
 a burn-in; the arms alternate in rounds, each round starting one arm later than the last, so a
 slow phase of a shared machine hits every arm alike. Reports the median, 25th and 75th
 percentile over rounds of the mean seconds per update within a round.
-Writes results/layer_cost.json.
+Writes out/<output> (results/layer_cost.json); `report` prints its table.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from functools import partial
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
+from lipctl.bench.kit import require_integers, write_json
 from lipctl.bench.timing import ACT_DIM, BATCH, OBS_DIM, quartiles, timed_updates
+from lipctl.config import ConfigError, require_number
 from lipctl.lipschitz import FAMILIES
 from lipctl.lipschitz.spectral import MODES as SPECTRAL_MODES
 
@@ -91,27 +93,31 @@ def measure(widths: list[int], arms: list[str], rounds: int, updates: int, burn_
     return record | {"results": rows}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS),
-                        default=list(ARMS), help="plain is always measured")
-    parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--updates", type=int, default=30)
-    parser.add_argument("--burn-in", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("results/layer_cost.json"))
-    args = parser.parse_args(argv)
-    if min(args.rounds, args.updates, *args.widths) < 1 or args.burn_in < 0:
-        parser.error("--rounds, --updates and --widths must be >= 1, --burn-in >= 0")
-    arms = ["plain", *(arm for arm in dict.fromkeys(args.arms) if arm != "plain")]
-    result = measure(args.widths, arms, args.rounds, args.updates, args.burn_in)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for row in result["results"]:
+def arms_of(exp: DictConfig) -> list[str]:
+    """The arms to measure: plain first, then the experiment's (every arm where it names none)."""
+    chosen = list(ARMS) if exp.arms is None else list(exp.arms)
+    return ["plain", *(arm for arm in dict.fromkeys(chosen) if arm != "plain")]
+
+
+def validate(exp: DictConfig) -> None:
+    require_integers(exp, "widths", 1)
+    require_number(exp, "rounds", 1, integer=True)
+    require_number(exp, "updates", 1, integer=True)
+    require_number(exp, "burn_in", 0, integer=True)
+    if exp.arms is not None and (unknown := [a for a in exp.arms if a not in ARMS]):
+        raise ConfigError("arms", f"unknown arms {unknown}; the arms: {', '.join(ARMS)}")
+
+
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Measure every arm at every width and write out/<output>."""
+    result = measure(list(exp.widths), arms_of(exp), exp.rounds, exp.updates, exp.burn_in)
+    write_json(out / exp.output, result)
+    report(exp, out)
+
+
+def report(exp: DictConfig, out: Path) -> None:
+    """Print the table of out/<output>."""
+    for row in json.loads((out / exp.output).read_text())["results"]:
         print(f"{row['hidden']} {row['arm']}: {1e3 * row['median_s']:.3f} ms per update "
               f"(p25-p75 {1e3 * row['p25_s']:.3f}-{1e3 * row['p75_s']:.3f}), "
               f"{row['ratio_to_plain']}x plain")
-
-
-if __name__ == "__main__":
-    main()

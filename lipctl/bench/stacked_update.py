@@ -1,5 +1,5 @@
 """The SAC update alone, S seeds stacked against one: seconds per stacked update per seed, side
-by side in one process -> results/stacked_update.json.
+by side in one process -> out/<output> (results/stacked_update.json; `report` prints its table).
 
 For each width and seed count S, a SAC learner with `seeds=S` updates on a fixed random
 Hopper-sized batch per seed (state 11, action 3, 256 rows), one torch thread, after a burn-in;
@@ -11,17 +11,19 @@ update alone to that (how many times more seed-updates per second stacking gives
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from functools import partial
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
+from lipctl.bench.kit import require_integers, write_json
 from lipctl.bench.timing import ACT_DIM, BATCH, OBS_DIM, quartiles, timed_updates
+from lipctl.config import ConfigError, require_number
 
 
 def batch(seeds: int, generator: torch.Generator) -> Batch:
@@ -57,20 +59,26 @@ def measure(widths: list[int], seed_counts: list[int], rounds: int, updates: int
     return record | {"results": rows}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--updates", type=int, default=20)
-    parser.add_argument("--burn-in", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path("results/stacked_update.json"))
-    args = parser.parse_args(argv)
-    if 1 not in args.seeds or min(args.seeds) < 1 or args.rounds < 2 or args.updates < 1:
-        parser.error("--seeds must include 1 and be positive; --rounds >= 2, --updates >= 1")
-    result = measure(args.widths, args.seeds, args.rounds, args.updates, args.burn_in)
-    for row in result["results"]:
+def validate(exp: DictConfig) -> None:
+    require_integers(exp, "widths", 1)
+    if 1 not in require_integers(exp, "seed_counts", 1):
+        raise ConfigError("seed_counts", f"must include 1 (the gain's reference), got "
+                                         f"{list(exp.seed_counts)}")
+    require_number(exp, "rounds", 2, integer=True)
+    require_number(exp, "updates", 1, integer=True)
+    require_number(exp, "burn_in", 0, integer=True)
+
+
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Measure every (width, S) pair and write out/<output>."""
+    result = measure(list(exp.widths), list(exp.seed_counts), exp.rounds, exp.updates,
+                     exp.burn_in)
+    write_json(out / exp.output, result)
+    report(exp, out)
+
+
+def report(exp: DictConfig, out: Path) -> None:
+    """Print the table of out/<output>."""
+    for row in json.loads((out / exp.output).read_text())["results"]:
         print(f"{row['hidden']} S={row['seeds']}: {row['per_seed_s'] * 1e3:.2f} ms per seed "
               f"(x{row['gain_over_one']} seed-updates per second)", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -11,7 +11,6 @@ from lipctl.agents.buffer import Batch
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
-from lipctl.bench import stacked_update
 from lipctl.bench.report import read_csv
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
@@ -204,18 +203,6 @@ def test_the_stacked_seeds_benchmark_times_every_way_and_replots(workdir):
            check=True)
     assert (out / "summary.csv").read_text() == before
     assert (out / "throughput.png").stat().st_size > 0
-
-
-def test_the_stacked_update_benchmark_writes_every_width_and_seed_count(tmp_path):
-    out = tmp_path / "stacked_update.json"
-    stacked_update.main(["--widths", "8", "--seeds", "1", "3", "--rounds", "2", "--updates",
-                         "1", "--burn-in", "1", "--out", str(out)])
-    rows = {row["seeds"]: row for row in json.loads(out.read_text())["results"]}
-    assert set(rows) == {1, 3} and rows[1]["gain_over_one"] == 1.0
-    for count, row in rows.items():
-        assert 0 < row["p25_s"] <= row["median_s"] <= row["p75_s"]
-        assert abs(row["per_seed_s"] - row["median_s"] / count) < 1e-6
-        assert abs(row["gain_over_one"] - rows[1]["median_s"] / row["per_seed_s"]) < 1e-2
 
 
 @pytest.mark.slow

@@ -2,15 +2,23 @@
 
 import json
 
-from lipctl.bench.critic_update_cost import ARMS, main
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from lipctl.bench.critic_update_cost import ARMS, run_benchmark
 from lipctl.lipschitz import FAMILIES
 
 
+def experiment(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        return compose("bench", overrides=["experiment=critic_update_cost", *overrides]).experiment
+
+
 def test_tiny_run_writes_every_family_arm(tmp_path):
-    out = tmp_path / "layer_cost.json"
-    main(["--widths", "8", "16", "--rounds", "2", "--updates", "1", "--burn-in", "1",
-          "--out", str(out)])
-    result = json.loads(out.read_text())
+    exp = experiment("experiment.widths=[8,16]", "experiment.rounds=2", "experiment.updates=1",
+                     "experiment.burn_in=1")
+    run_benchmark(exp, tmp_path, tmp_path / "work")
+    result = json.loads((tmp_path / "layer_cost.json").read_text())
     rows = {(tuple(row["hidden"]), row["arm"]): row for row in result["results"]}
     assert set(rows) == {((w, w), arm) for w in (8, 16) for arm in ARMS}
     specs = [row["options"].get("lipschitz", {}) for row in rows.values()]
@@ -29,9 +37,9 @@ def test_tiny_run_writes_every_family_arm(tmp_path):
 
 
 def test_selected_arms_always_include_plain(tmp_path):
-    out = tmp_path / "cost.json"
-    main(["--widths", "8", "--arms", "layer=hammer", "--rounds", "1", "--updates", "1",
-          "--burn-in", "0", "--out", str(out)])
-    rows = json.loads(out.read_text())["results"]
+    exp = experiment("experiment.widths=[8]", "experiment.arms=['layer=hammer']",
+                     "experiment.rounds=1", "experiment.updates=1", "experiment.burn_in=0")
+    run_benchmark(exp, tmp_path, tmp_path / "work")
+    rows = json.loads((tmp_path / "layer_cost.json").read_text())["results"]
     assert [row["arm"] for row in rows] == ["plain", "layer=hammer"]
     assert rows[0]["p25_s"] == rows[0]["median_s"] == rows[0]["p75_s"]
