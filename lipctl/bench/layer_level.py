@@ -1,5 +1,6 @@
 """Can a critic held to a certified bound fit a Pendulum-scale value function? Each layer family
-at a Lipschitz level against the unconstrained critic -> results/layer_level.json.
+at a Lipschitz level against the unconstrained critic -> out/<output> (results/layer_level.json;
+`report` prints its table).
 
 The target is value-like on [-2, 2]^4 (std ~350 over the box, slope up to ~600, as Pendulum's Q);
 a 2x64 twin critic is fitted by Adam (lr 3e-4, batch 256) for the same number of steps in every
@@ -9,16 +10,17 @@ the largest ratio a 20-restart pair ascent finds (which must never exceed the ce
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from lipctl.agents.critic_learner import TwinCritic
-from lipctl.bench.kit import machine_info
+from lipctl.bench.kit import machine_info, write_json
+from lipctl.config import ConfigError, require_number
 from lipctl.lipschitz import LipschitzSpec, certify, lower_bound, post_step
 from lipctl.lipschitz.muon import make_optimizer
 
@@ -86,19 +88,19 @@ def attacked_ratio(critic: TwinCritic, points: Tensor, restarts: int = PGD_RESTA
     return max(lower_bound(critic.net, points, member=0, seed=seed) for seed in range(restarts))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=25_000)
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    parser.add_argument("--out", type=Path, default=Path("results/layer_level.json"))
-    args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error("--steps must be >= 1")
+def validate(exp: DictConfig) -> None:
+    require_number(exp, "steps", 1, integer=True)
+    if exp.arms is not None and (unknown := [a for a in exp.arms if a not in ARMS]):
+        raise ConfigError("arms", f"unknown arms {unknown}; the arms: {', '.join(ARMS)}")
+
+
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Fit, certify and attack every arm's critic; write out/<output>."""
     torch.set_num_threads(1)
     rows = []
-    for name in args.arms:
+    for name in list(ARMS) if exp.arms is None else exp.arms:
         started = time.perf_counter()
-        critic, test = fitted_critic(ARMS[name], args.steps)
+        critic, test = fitted_critic(ARMS[name], exp.steps)
         rmse, upper = rmse_and_bound(critic, test)
         sampled = attacked_ratio(critic, test)
         rows.append({"arm": name, "test_rmse": round(rmse, 3), "certified_upper": round(upper, 2),
@@ -107,8 +109,13 @@ def main(argv: list[str] | None = None) -> None:
                      "seconds": round(time.perf_counter() - started, 1)})
         print(f"{name}: test RMSE {rmse:.2f}, certified {upper:.1f}, PGD {sampled:.1f}",
               flush=True)
-    result = {"steps": args.steps, "bound": BOUND, "lr": 3e-4, "batch": 256, "hidden": [64, 64],
-              "seed": 0, "machine": machine_info(),
-              "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / exp.output, {"steps": exp.steps, "bound": BOUND, "lr": 3e-4, "batch": 256,
+                                  "hidden": [64, 64], "seed": 0, "machine": machine_info(),
+                                  "results": rows})
+
+
+def report(exp: DictConfig, out: Path) -> None:
+    """Print the table of out/<output>."""
+    for row in json.loads((out / exp.output).read_text())["results"]:
+        print(f"{row['arm']}: test RMSE {row['test_rmse']:.2f}, certified "
+              f"{row['certified_upper']:.1f}, PGD {row['pgd_sampled']:.1f}")

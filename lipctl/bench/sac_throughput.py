@@ -3,23 +3,25 @@
 Each measurement runs in its own subprocess (one torch thread unless told otherwise), the two
 implementations alternate, and the median over repeats is reported. Steps are counted after
 the warm-up phase, so every measured step is one env step plus one gradient update.
+Writes out/<output> (results/sac_throughput.json); `report` prints the ratio.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
-from lipctl.bench.kit import machine_info
-from lipctl.extras import MissingExtra, require_extra
+from lipctl.bench.kit import machine_info, write_json
+from lipctl.config import ConfigError, require_number
+from lipctl.extras import require_extra
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,7 @@ WORKERS = {"ours": measure_ours, "sb3": measure_sb3}
 
 def _worker(name: str, s: Setting) -> float:
     """Run one measurement in a fresh interpreter so neither implementation warms the other."""
-    command = [sys.executable, "-m", "lipctl.bench.sac_throughput", "--worker", name,
-               "--setting", json.dumps(s.__dict__)]
+    command = [sys.executable, "-m", "lipctl.bench.sac_throughput", name, json.dumps(s.__dict__)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -127,35 +128,31 @@ def compare(s: Setting, repeats: int = 3) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--setting", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=Setting.steps)
-    parser.add_argument("--warmup", type=int, default=Setting.warmup)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("results/sac_throughput.json"))
-    args = parser.parse_args(argv)
+def validate(exp: DictConfig) -> None:
+    require_extra("sb3", "the SAC throughput benchmark")
+    for key in ("steps", "warmup", "repeats", "threads", "hidden", "batch_size"):
+        require_number(exp, key, 1, integer=True)
     try:
-        require_extra("sb3", "the SAC throughput benchmark")
-    except MissingExtra as missing:
-        parser.exit(2, f"{parser.prog}: error: {missing}\n")
-    if args.worker:
-        s = Setting(**json.loads(args.setting))
-        torch.set_num_threads(s.threads)
-        print(WORKERS[args.worker](s))
-        return
-    if min(args.steps, args.warmup, args.repeats, args.threads) < 1:
-        parser.error("--steps, --warmup, --repeats and --threads must be >= 1")
-    s = Setting(warmup=args.warmup, steps=args.steps, threads=args.threads, device=args.device)
-    result = compare(s, args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        torch.device(exp.device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"must name a torch device, got {exp.device!r}") from None
+
+
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Alternate ours and SB3 `repeats` times in worker processes; write out/<output>."""
+    setting = Setting(**{f.name: exp[f.name] for f in fields(Setting)})
+    write_json(out / exp.output, compare(setting, exp.repeats))
+    report(exp, out)
+
+
+def report(exp: DictConfig, out: Path) -> None:
+    """Print the medians and ratio of out/<output>."""
+    result = json.loads((out / exp.output).read_text())
     print(f"ours {result['ours_steps_per_s']} vs SB3 {result['sb3_steps_per_s']} steps/s: "
-          f"ratio {result['ratio']} -> {args.out}")
+          f"ratio {result['ratio']}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a worker: python -m lipctl.bench.sac_throughput NAME SETTING_JSON
+    worker, setting = WORKERS[sys.argv[1]], Setting(**json.loads(sys.argv[2]))
+    torch.set_num_threads(setting.threads)
+    print(worker(setting))

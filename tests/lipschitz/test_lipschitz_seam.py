@@ -166,10 +166,12 @@ def test_a_family_option_it_cannot_take_is_a_config_error(overrides, message):
 
 
 def test_the_level_benchmark_writes_every_arm_it_runs(tmp_path):
-    out = tmp_path / "layer_level.json"
-    layer_level.main(["--steps", "3", "--arms", "free relu", "soft_cap maxmin", "--out",
-                      str(out)])
-    result = json.loads(out.read_text())
+    with initialize_config_module(config_module="lipctl.conf", version_base=None):
+        exp = compose("bench", overrides=["experiment=layer_level", "experiment.steps=3",
+                                          "experiment.arms=['free relu','soft_cap maxmin']"]
+                      ).experiment
+    layer_level.run_benchmark(exp, tmp_path, tmp_path / "work")
+    result = json.loads((tmp_path / "layer_level.json").read_text())
     assert [row["arm"] for row in result["results"]] == ["free relu", "soft_cap maxmin"]
     constrained = result["results"][1]
     assert constrained["certified_upper"] <= layer_level.BOUND * (1 + 1e-6)
