@@ -6,13 +6,14 @@ Scenarios, run in one session on one machine (repeats alternate the order):
 - iclrnn: Lyapunov MPC on a fitted ICLRNN process model, through the Lipschitz gate, no faults;
 - iclrnn_faults: the same with a solver failure, a slow solve, three dropped measurements in
   a row, a NaN measurement, a spike and a restart of the plant server process; fallback "hold".
-Each run writes its step log; `summary.json` holds every run's runtime summary and the medians
-over repeats; `closed_loop.png` shows the first repeat of each scenario.
+Each run writes its step log (the first repeat's in out/, the others' in work/); out/<output>
+(summary.json) holds every run's runtime summary and the medians over repeats; `closed_loop.png`
+shows the first repeat of each scenario (`report` redraws it from the step logs in out/ and prints
+the medians).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import select
 import statistics
@@ -27,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
-from lipctl.bench.kit import machine_info
+from lipctl.bench.kit import machine_info, write_json
+from lipctl.config import ConfigError, require_number
 from lipctl.control.faults import FaultyController, FaultyPlant
 from lipctl.control.models import build_model, fit, save_model
 from lipctl.control.opcua_plant import OpcUaPlant, quiet_asyncua
@@ -281,48 +284,53 @@ def plot(logs: dict[str, Path], out: Path) -> None:
     plt.close(fig)
 
 
-def run_benchmark(s: Settings, out: Path, work: Path, model: Path | None = None) -> dict:
-    """Run every scenario `s.repeats` times; write summary.json, step logs and the figure."""
+def validate(exp: DictConfig) -> None:
+    require_number(exp, "period_s", 0, exclusive=True)
+    require_number(exp, "steps", 1, integer=True)
+    require_number(exp, "repeats", 1, integer=True)
+    if exp.steps <= Settings.restart_after_step + 5:
+        raise ConfigError("steps", f"must be > {Settings.restart_after_step + 5} (the server "
+                                   f"restarts after step {Settings.restart_after_step})")
+    if exp.model is not None and not Path(exp.model).is_file():
+        raise ConfigError("model", f"no such file: {exp.model}")
+
+
+def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
+    """Run every scenario `repeats` times; write out/<output>, the step logs and the figure."""
+    s = Settings(period_s=exp.period_s, steps=exp.steps, repeats=exp.repeats)
     quiet_asyncua()
     torch.set_num_threads(1)
-    out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model_path = model or fit_iclrnn(s, work / "iclrnn.pt")
+    model_path = Path(exp.model) if exp.model is not None else fit_iclrnn(s, work / "iclrnn.pt")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
-    logs = {name: out / f"steps_{name}.jsonl" for name in SCENARIOS}
+    out.mkdir(parents=True, exist_ok=True)
     for repeat in range(s.repeats):
         order = SCENARIOS if repeat % 2 == 0 else tuple(reversed(SCENARIOS))
         for name in order:
-            log = logs[name] if repeat == 0 else work / f"steps_{name}_{repeat}.jsonl"
+            log = step_log(out, name) if repeat == 0 else work / f"steps_{name}_{repeat}.jsonl"
             summary = run_scenario(name, s, model_path, log, work / "server.log")
             runs[name].append(summary)
             causes = summary["fallbacks_by_cause"]
             print(f"repeat {repeat + 1}/{s.repeats} {name}: reached step "
                   f"{summary['reached_step']}, fallbacks {causes or 0}, solve p50 "
                   f"{1e3 * summary['solve_time']['p50']:.1f} ms", flush=True)
-    plot(logs, out / "closed_loop.png")
-    result = {"settings": asdict(s), "model": str(model_path),
-              "medians": {name: medians(r) for name, r in runs.items()}, "runs": runs,
-              "machine": machine_info(), "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    write_json(out / exp.output, {
+        "settings": asdict(s), "model": str(model_path),
+        "medians": {name: medians(r) for name, r in runs.items()}, "runs": runs,
+        "machine": machine_info(), "wall_seconds": round(time.perf_counter() - started, 1)})
+    report(exp, out)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/deploy"))
-    parser.add_argument("--work", type=Path, default=Path("runs/bench/deploy"),
-                        help="the fitted model and the other repeats' step logs")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="an ICLRNN file to use instead of fitting one")
-    parser.add_argument("--period", type=float, default=Settings.period_s)
-    parser.add_argument("--steps", type=int, default=Settings.steps)
-    parser.add_argument("--repeats", type=int, default=Settings.repeats)
-    args = parser.parse_args(argv)
-    settings = Settings(period_s=args.period, steps=args.steps, repeats=args.repeats)
-    if settings.steps <= settings.restart_after_step + 5:
-        parser.error(f"--steps must be > {settings.restart_after_step + 5} "
-                     "(the server restarts after that step)")
-    run_benchmark(settings, args.out, args.work, args.model)
-    print(f"results written to {args.out}/")
+def step_log(out: Path, scenario: str) -> Path:
+    """The step log of a scenario's first repeat."""
+    return out / f"steps_{scenario}.jsonl"
+
+
+def report(exp: DictConfig, out: Path) -> None:
+    """closed_loop.png from the step logs in out/, and the medians of out/<output> printed."""
+    plot({name: step_log(out, name) for name in SCENARIOS}, out / "closed_loop.png")
+    for name, m in json.loads((out / exp.output).read_text())["medians"].items():
+        print(f"{name}: reached step {m['reached_step']}, fallbacks {m['fallbacks_by_cause'] or 0}"
+              f", deadline misses {m['deadline_misses']}, solve p50 / p95 "
+              f"{1e3 * m['solve_time_p50']:.1f} / {1e3 * m['solve_time_p95']:.1f} ms")
