@@ -35,16 +35,20 @@ def benchmark_module(exp: DictConfig) -> ModuleType:
     return module
 
 
+def report_source(cfg: DictConfig) -> Path:
+    """What the report reads: out/runs/, or out/<output> where the experiment names one file."""
+    return Path(cfg.out) / cfg.experiment.get("output", "runs")
+
+
 def validate(cfg: DictConfig) -> ModuleType:
     """The benchmark's module and, unless replotting, its settings; returns the module."""
     require_number(cfg, "torch_threads", 1, integer=True)
     module = benchmark_module(cfg.experiment)
     if cfg.replot:
-        output = cfg.experiment.get("output")
-        if output is None and not (Path(cfg.out) / "runs").is_dir():
-            raise ConfigError("replot", f"no per-run files in {cfg.out}/runs/")
-        if output is not None and not (Path(cfg.out) / output).is_file():
-            raise ConfigError("replot", f"no {Path(cfg.out) / output} to report from")
+        if not report_source(cfg).exists():
+            raise ConfigError("replot", f"no per-run files in {cfg.out}/runs/"
+                              if cfg.experiment.get("output") is None
+                              else f"no {report_source(cfg)} to report from")
     else:
         with keys_under("experiment"):
             module.validate(cfg.experiment)
@@ -57,7 +61,7 @@ def main(cfg: DictConfig) -> None:
         torch.set_num_threads(cfg.torch_threads)
         if cfg.replot:
             module.report(cfg.experiment, Path(cfg.out))
-            print(f"tables and figures rebuilt from {cfg.out}/runs/")
+            print(f"tables and figures rebuilt from {report_source(cfg)}")
             return
         module.run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
         print(f"results written to {cfg.out}/")
