@@ -4,6 +4,7 @@ with setpoint changes."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from lipctl.control.loop import Trajectory, run
 from lipctl.control.models import TrainedModel, casadi_model
 from lipctl.control.models.io import check_process
-from lipctl.control.mpc import MPC, SolverOptions
+from lipctl.control.mpc import MPC, SolverOptions, SolveStats
 from lipctl.control.process_metrics import ProcessMetrics, process_metrics
 from lipctl.envs import make_env
 from lipctl.envs.process import Process
@@ -46,11 +47,28 @@ def process_mpc(process: Process, trained: TrainedModel | None = None, horizon: 
                time_budget=time_budget)
 
 
-class SetpointSchedule:
-    """A Controller that switches the setpoint of an MPC and of its plant (a ProcessEnv) to
-    `schedule[k]` before step k (step 0 included); `reset` restarts the count."""
+class ProcessController(Protocol):
+    """What the closed-loop process runner needs of a controller: MPC, or a planner on a process
+    model (control/process_planning.py)."""
 
-    def __init__(self, mpc: MPC, plant: gym.Env, schedule: Mapping[int, str | None]) -> None:
+    process: Process
+    setpoint: str | None
+    x_ref: np.ndarray
+    stats: list[SolveStats]
+
+    def set_setpoint(self, setpoint: str | None) -> None: ...
+
+    def act(self, observation: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+class SetpointSchedule:
+    """A Controller that switches the setpoint of a process controller and of its plant (a
+    ProcessEnv) to `schedule[k]` before step k (step 0 included); `reset` restarts the count."""
+
+    def __init__(self, mpc: ProcessController, plant: gym.Env,
+                 schedule: Mapping[int, str | None]) -> None:
         self.mpc, self.plant, self.schedule = mpc, plant.unwrapped, dict(schedule)
         self._step = 0
 
@@ -66,12 +84,12 @@ class SetpointSchedule:
         self.mpc.reset()
 
 
-def mpc_episode(mpc: MPC, start: Sequence[float], steps: int = 30,
+def mpc_episode(mpc: ProcessController, start: Sequence[float], steps: int = 30,
                 obs_noise_std: Sequence[float] | None = None,
                 disturbance_std: Sequence[float] | None = None, seed: int = 0,
                 schedule: Mapping[int, str | None] | None = None,
                 plant_kwargs: Mapping | None = None) -> tuple[Trajectory, ProcessMetrics]:
-    """One episode of `steps` sampling periods of the MPC's process's simulated plant (its
+    """One episode of `steps` sampling periods of the controller's process's simulated plant (its
     registered env, made with `plant_kwargs`) from state `start`, switching setpoints as
     `schedule` says, with its metrics around the last setpoint."""
     process = mpc.process

@@ -19,8 +19,9 @@ from typing import Any
 
 import casadi as ca
 import numpy as np
+import torch
 
-Vector = Any  # a numpy array [..., n] or a CasADi column [n, 1]
+Vector = Any  # a numpy array or torch tensor [..., n], or a CasADi column [n, 1]
 RightHandSide = Callable[[Vector, Vector], Vector]
 """rhs(x, u) -> dx/dt per time unit of the process (numpy or CasADi)."""
 
@@ -31,9 +32,12 @@ def is_symbolic(*values: Any) -> bool:
 
 
 def split(v: Vector) -> list:
-    """Components of a vector: rows of a CasADi column, last-axis slices of a numpy array."""
+    """Components of a vector: rows of a CasADi column, last-axis slices of a numpy array or a
+    torch tensor."""
     if is_symbolic(v):
         return [v[i] for i in range(v.shape[0])]
+    if isinstance(v, torch.Tensor):
+        return list(v.unbind(-1))
     v = np.asarray(v, dtype=np.float64)
     return [v[..., i] for i in range(v.shape[-1])]
 
@@ -44,9 +48,10 @@ def join(parts: list, symbolic: bool) -> Vector:
 
 
 def quadratic_form(v: Vector, matrix: np.ndarray) -> Any:
-    """v' M v (numpy, batched over leading axes, or CasADi); zero entries of M are skipped."""
+    """v' M v (numpy or torch, batched over leading axes, or CasADi); zero entries of M are
+    skipped."""
     parts = split(v)
-    return sum(m * parts[i] * parts[j] for (i, j), m in np.ndenumerate(matrix) if m != 0)
+    return sum(float(m) * parts[i] * parts[j] for (i, j), m in np.ndenumerate(matrix) if m != 0)
 
 
 def rk4(rhs: RightHandSide, x: Vector, u: Vector, dt: float, substeps: int,

@@ -250,6 +250,15 @@ def planner_factory(cfg: DictConfig, key: str) -> PlannerFactory:
     return factory
 
 
+def planner_name(planner: DictConfig) -> str:
+    """The planner as the config names it: its method (or factory) and main settings."""
+    name = planner.get("method") or planner._target_.rsplit(".", 1)[-1]
+    settings = [f"{label}={planner[key]}" for key, label in (("horizon", "H"),
+                                                             ("samples", "samples"))
+                if key in planner]
+    return " ".join([name, *settings])
+
+
 def solver_options(cfg: DictConfig, key: str) -> SolverOptions | None:
     """The MPC solver options at `key` (a mapping of SolverOptions fields), None where unset;
     an unknown field or a bad value is a ConfigError naming `key`."""

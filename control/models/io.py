@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lipctl.control.models.base import ProcessModel
 from lipctl.control.models.registry import build_model
-from lipctl.control.process_data import ProcessDataset, Scaler, check_origin, encode
+from lipctl.control.process_data import ProcessDataset, Scaler, check_origin
 from lipctl.envs.files import atomic_write, load_data
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import Certificate
@@ -39,9 +40,29 @@ class TrainedModel:
     @torch.no_grad()
     def predict(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
         """States [n, substeps, ns] (process units) over one period from x0 [n, ns], u [n, nu]."""
-        z = encode(x0, u, self.state_scaler, self.input_scaler, self.substeps)
-        y = self.model.eval()(torch.from_numpy(z)).double().numpy()
-        return self.state_scaler.inverse(y)
+        return self.trajectory(torch.as_tensor(x0, dtype=torch.float64),
+                               torch.as_tensor(u, dtype=torch.float64)).numpy()
+
+    def trajectory(self, x0: Tensor, u: Tensor) -> Tensor:
+        """`predict` on torch tensors, batched and differentiable: states [B, substeps, ns] over
+        one period from x0 [B, ns] with u [B, nu] held, scaled in the inputs' dtype and run in
+        the network's (the torch dynamics face that planners use)."""
+        def scaled(values: Tensor, scaler: Scaler) -> Tensor:
+            mean, std = (torch.as_tensor(a, dtype=values.dtype, device=values.device)
+                         for a in (scaler.mean, scaler.std))
+            return (values - mean) / std
+
+        features = torch.cat([scaled(x0, self.state_scaler), scaled(u, self.input_scaler)], -1)
+        weight = next(self.model.parameters())
+        z = features[:, None].expand(-1, self.substeps, -1).to(weight)
+        y = self.model.eval()(z).to(x0.dtype)
+        mean, std = (torch.as_tensor(a, dtype=x0.dtype, device=x0.device)
+                     for a in (self.state_scaler.mean, self.state_scaler.std))
+        return y * std + mean
+
+    def next_state(self, x: Tensor, u: Tensor) -> Tensor:
+        """The state [B, ns] one sampling period after x [B, ns] with u [B, nu] held (torch)."""
+        return self.trajectory(x, u)[:, -1]
 
 
 def _scaler_dict(scaler: Scaler) -> dict[str, list[float]]:

@@ -1,4 +1,5 @@
-"""lipctl mpc env=NAME model=NAME: closed-loop MPC of a process on its ODE or a fitted model."""
+"""lipctl mpc env=NAME model=NAME [planner=NAME]: closed-loop MPC of a process on its ODE or a
+fitted model, solved by IPOPT or by a sampling planner."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lipctl.config import (
     ConfigError,
+    planner_factory,
+    planner_name,
     process_of,
     require_in_box,
     require_number,
@@ -18,7 +21,14 @@ from lipctl.config import (
     user_errors,
 )
 from lipctl.control.models import MODELS, TrainedModel, load_model
-from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
+from lipctl.control.planner import PlannerFactory
+from lipctl.control.process_mpc import (
+    FIRST_PRINCIPLES,
+    ProcessController,
+    mpc_episode,
+    process_mpc,
+)
+from lipctl.control.process_planning import ProcessPlanner, process_step
 from lipctl.envs.process import Process
 
 
@@ -54,7 +64,21 @@ def validate(cfg: DictConfig) -> Process:
     if cfg.contraction and process.lyapunov_matrix is None:
         raise ConfigError("contraction", f"process {process.name!r} has no Lyapunov function")
     solver_options(cfg, "solver")
+    if cfg.get("planner") is not None:
+        for key in ("solver", "contraction"):
+            if cfg[key] is not None:
+                raise ConfigError(key, "applies to MPC solved by IPOPT, not to a planner "
+                                       "(leave it null with planner=...)")
     return process
+
+
+def planner_of(cfg: DictConfig) -> PlannerFactory | None:
+    """The planner factory configured (with the command's horizon), None for IPOPT MPC."""
+    if cfg.get("planner") is None:
+        return None
+    with open_dict(cfg):
+        cfg.planner.horizon = cfg.horizon
+    return planner_factory(cfg, "planner")
 
 
 def read_model(path: str, process: Process) -> TrainedModel:
@@ -76,20 +100,32 @@ def describe_certificate(trained: TrainedModel | None) -> str:
     return f"certified Lipschitz upper bound {c.upper:.4g} ({c.method}){lower}"
 
 
-def closed_loop(cfg: DictConfig, process: Process) -> None:
+def controller_of(cfg: DictConfig, process: Process, trained: TrainedModel | None,
+                  factory: PlannerFactory | None, setpoint: str | None
+                  ) -> tuple[ProcessController, str]:
+    """The closed-loop controller the config asks for, with how it plans, as one phrase."""
+    if factory is None:
+        mpc = process_mpc(process, trained, cfg.horizon, cfg.contraction,
+                          solver=solver_options(cfg, "solver"), setpoint=setpoint)
+        return mpc, f"horizon {cfg.horizon} ({mpc.options.describe()})"
+    planner = ProcessPlanner(factory, process, process_step(process, trained), setpoint,
+                             seed=cfg.seed)
+    return planner, f"planner {planner_name(cfg.planner)}"
+
+
+def closed_loop(cfg: DictConfig, process: Process, factory: PlannerFactory | None) -> None:
     torch.set_num_threads(cfg.torch_threads)
     trained = None if cfg.model.name == FIRST_PRINCIPLES else read_model(cfg.model_file, process)
     setpoints = OmegaConf.to_container(cfg.setpoints) if cfg.setpoints else None
-    controller = process_mpc(process, trained, cfg.horizon, cfg.contraction,
-                             solver=solver_options(cfg, "solver"),
-                             setpoint=(setpoints or {}).get(0))
+    controller, planning = controller_of(cfg, process, trained, factory,
+                                         (setpoints or {}).get(0))
     plant_kwargs = OmegaConf.select(cfg, "env.kwargs", default=None)
     _, metrics = mpc_episode(controller, cfg.start, cfg.steps, cfg.obs_noise_std,
                              cfg.disturbance_std, cfg.seed, setpoints,
                              OmegaConf.to_container(plant_kwargs) if plant_kwargs else None)
     reached = "never" if metrics.reached_step is None else f"at step {metrics.reached_step}"
-    print(f"{process.name}: {cfg.model.name} MPC ({describe_certificate(trained)}), horizon "
-          f"{cfg.horizon} ({controller.options.describe()}), start {list(cfg.start)}: target "
+    print(f"{process.name}: {cfg.model.name} MPC ({describe_certificate(trained)}), {planning}"
+          f", start {list(cfg.start)}: target "
           f"{'of the last setpoint ' if setpoints else ''}reached {reached}; cost "
           f"{metrics.integrated_cost:.4g}; solve {metrics.solve_ms_median:.1f} ms median, "
           f"{metrics.solve_ms_p95:.1f} ms p95; fallbacks {metrics.fallbacks}; input-bound "
@@ -100,4 +136,4 @@ def closed_loop(cfg: DictConfig, process: Process) -> None:
 def main(cfg: DictConfig) -> None:
     with user_errors("lipctl mpc"):
         process = validate(cfg)
-        closed_loop(cfg, process)
+        closed_loop(cfg, process, planner_of(cfg))

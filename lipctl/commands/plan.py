@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.agents.saved import load_agent
-from lipctl.config import planner_factory, require_number, user_errors
+from lipctl.config import planner_factory, planner_name, require_number, user_errors
 from lipctl.control import NoisyMeasurements, TimedController, returns, run
 from lipctl.control.planner import PlannerFactory
 from lipctl.envs import make_env
@@ -25,15 +25,6 @@ def validate(cfg: DictConfig) -> PlannerFactory:
     require_number(cfg, "obs_noise", 0.0)
     require_number(cfg, "torch_threads", 1, integer=True)
     return planner_factory(cfg, "planner")
-
-
-def planner_name(planner: DictConfig) -> str:
-    """The planner as the config names it: its method (or factory) and main settings."""
-    name = planner.get("method") or planner._target_.rsplit(".", 1)[-1]
-    settings = [f"{label}={planner[key]}" for key, label in (("horizon", "H"),
-                                                             ("samples", "samples"))
-                if key in planner]
-    return " ".join([name, *settings])
 
 
 def plan(cfg: DictConfig) -> dict[str, float]:

@@ -53,6 +53,10 @@ def test_mpc_on_a_fitted_model_runs_the_closed_loop(fitted):
     sqp = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=2",
                  "solver={symbolic:MX,method:sqp,hessian:gauss-newton}", cwd=fitted, check=True)
     assert "(MX graph, SQP, gauss-newton Hessian)" in sqp.stdout
+    planned = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=2", "planner=mppi",
+                     "planner.samples=64", cwd=fitted, check=True)
+    assert "cstr: iclrnn MPC (certified Lipschitz upper bound" in planned.stdout
+    assert "planner mppi H=2 samples=64" in planned.stdout
 
 
 def test_the_quadruple_tank_from_the_same_commands(fitted):
@@ -88,6 +92,8 @@ def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
         (["mpc", "start=[1.0]"], "start: must hold 2 numbers"),
         (["mpc", "solver={symbolic:XX}"], "solver: symbolic must be one of"),
         (["mpc", "solver={jit:true,fast:1}"], "solver: got an unexpected keyword argument 'fast'"),
+        (["mpc", "planner=mppi", "planner.samples=0"], "planner.samples: must be an integer"),
+        (["mpc", "planner=cem", "contraction=true"], "contraction: applies to MPC solved by"),
         (["fit", "model=nosuch"], "model/nosuch"),
         (["fit", "data=nonfinite.npz", "out=x.pt"], "non-finite"),
         (["fit", "data=missing.npz"], "data file not found"),

@@ -4,17 +4,22 @@ and an ICLRNN-MPC driving the true CSTR to its target."""
 from __future__ import annotations
 
 import copy
+from importlib.resources import files
 from pathlib import Path
 
 import casadi as ca
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lipctl.control import MPC, SolverOptions, process_metrics, run
 from lipctl.control.models import TrainedModel, build_model, casadi_model, fit, save_model
 from lipctl.control.models.base import ProcessModel
 from lipctl.control.process_data import Scaler, generate
+from lipctl.control.process_mpc import mpc_episode
+from lipctl.control.process_planning import ProcessPlanner, process_step
 from lipctl.envs import make_env
 from lipctl.envs.cstr import CSTR, ENV_ID, PUBLISHED_STARTS
 
@@ -236,3 +241,16 @@ def test_iclrnn_mpc_solve_time_at_horizon_ten(iclrnn):
     print(f"\nICLRNN-MPC N=10 from {STARTS[0]}: reached step {metrics.reached_step}, solve "
           f"median {metrics.solve_ms_median:.1f} ms (p95 {metrics.solve_ms_p95:.1f})")
     assert metrics.reached_step is not None
+
+
+def test_mppi_on_the_fitted_iclrnn_reaches_the_target_from_every_published_start(iclrnn):
+    """The torch face of the same fitted model that IPOPT plans on, planned on by MPPI."""
+    factory = instantiate(OmegaConf.merge(OmegaConf.load(files("lipctl.conf") / "planner"
+                                                         / "mppi.yaml"), {"horizon": 2}))
+    for start in STARTS:
+        planner = ProcessPlanner(factory, CSTR, process_step(CSTR, iclrnn))
+        _, metrics = mpc_episode(planner, start, steps=30)
+        print(f"MPPI on the ICLRNN from {start}: reached step {metrics.reached_step}, cost "
+              f"{metrics.integrated_cost:.4g}, planning {metrics.solve_ms_median:.1f} ms")
+        assert metrics.reached_step is not None and metrics.reached_step <= 25
+        assert metrics.bound_violations == 0
