@@ -62,27 +62,42 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         sys.exit(0 if args else USAGE_EXIT_CODE)
+    command, name, rest = resolve(args)
+    if not HYDRA_FLAGS_WITHOUT_CHECK.intersection(rest):
+        from lipctl.config import user_errors
+
+        with user_errors(f"lipctl {command}"):
+            check_config(command, name, rest)
+    sys.argv = [f"lipctl {command}", *rest]
+    hydra_app(name)()
+
+
+def resolve(args: list[str]) -> tuple[str, str, list[str]]:
+    """(command as the user writes it, its module and config name, its arguments) of a command
+    line; an unknown command or action is a usage error."""
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(f"lipctl: error: unknown command '{command}'; choose from {', '.join(COMMANDS)}",
               file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)
-    name = COMMANDS[command][0]
-    extra = COMMAND_EXTRAS.get(command)
     if command in ACTIONS:
-        command, name, rest = _action(command, rest)
-    if not HYDRA_FLAGS_WITHOUT_CHECK.intersection(rest):
-        from lipctl.config import check_overrides, user_errors
-        from lipctl.extras import require_extra
+        return _action(command, rest)
+    return command, COMMANDS[command][0], rest
 
-        with user_errors(f"lipctl {command}"):
-            if extra is not None:
-                require_extra(extra, f"lipctl {command}")
-            module = importlib.import_module(f"lipctl.commands.{name}")
-            check_overrides(name, _overrides(rest), module.validate,
-                            multirun=bool({"-m", "--multirun"}.intersection(rest)))
-    sys.argv = [f"lipctl {command}", *rest]
-    hydra_app(name)()
+
+def check_config(command: str, name: str, rest: list[str]) -> None:
+    """What runs before any work: the command's extra is installed, its config composes for
+    every sweep value, its outputs can be written and its module's `validate` passes; a user's
+    mistake raises (ConfigError and the other errors `user_errors` reports in one line)."""
+    from lipctl.config import check_overrides
+    from lipctl.extras import require_extra
+
+    extra = COMMAND_EXTRAS.get(command.split()[0])
+    if extra is not None:
+        require_extra(extra, f"lipctl {command}")
+    module = importlib.import_module(f"lipctl.commands.{name}")
+    check_overrides(name, _overrides(rest), module.validate,
+                    multirun=bool({"-m", "--multirun"}.intersection(rest)))
 
 
 def hydra_app(name: str) -> Any:

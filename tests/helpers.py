@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from lipctl import cli
 
 # A tiny SAC run: small nets and budgets so learning code paths run in seconds.
 TINY_TRAIN = [
@@ -43,3 +46,21 @@ def assert_user_error(result: subprocess.CompletedProcess, expected: str) -> Non
     assert result.returncode == 2, (result.args, result.stdout, message)
     assert "\n" not in message and "Traceback" not in message, message
     assert expected in message, message
+
+
+def config_error(*args: str, cwd: Path) -> str:
+    """The one-line error `lipctl ARGS` (run in `cwd`) stops with before any work, found in this
+    process by the check the CLI runs first (`cli.check_config`); AssertionError if it passes.
+    The exit code and the stderr line of a user error are tested once, by subprocess, in
+    tests/commands/test_cli_errors.py."""
+    from lipctl.config import USER_ERRORS
+
+    command, name, rest = cli.resolve(list(args))
+    with contextlib.chdir(cwd):
+        try:
+            cli.check_config(command, name, rest)
+        except USER_ERRORS as error:
+            message = str(error)
+            assert "\n" not in message, message
+            return message
+    raise AssertionError(f"lipctl {' '.join(args)} passed its config check")

@@ -69,6 +69,7 @@ def validate(cfg: DictConfig) -> Process:
             if cfg[key] is not None:
                 raise ConfigError(key, "applies to MPC solved by IPOPT, not to a planner "
                                        "(leave it null with planner=...)")
+        planner_of(cfg)
     return process
 
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lipctl.bench import cstr_mpc
 from lipctl.bench.report import read_csv
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import assert_user_error, config_error, lipctl
 
 TINY_DATA = ["states_per_axis=5", "inputs_per_axis=3", "chains=8", "periods=5"]
 
@@ -75,7 +75,26 @@ def test_the_quadruple_tank_from_the_same_commands(fitted):
     assert_user_error(refused, "models process 'cstr', expected 'quadtank'")
 
 
-def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
+BAD_PROCESS_INPUTS = [
+    (["mpc", "horizon=0"], "horizon: must be >= 1"),
+    (["mpc", "model=transformer"], "model/transformer"),
+    (["mpc", "model=iclrnn", "model_file=missing.pt"], "model file not found"),
+    (["mpc", "start=[1.0]"], "start: must hold 2 numbers"),
+    (["mpc", "solver={symbolic:XX}"], "solver: symbolic must be one of"),
+    (["mpc", "solver={jit:true,fast:1}"], "solver: got an unexpected keyword argument 'fast'"),
+    (["mpc", "planner=mppi", "planner.samples=0"], "planner.samples: must be an integer"),
+    (["mpc", "planner=cem", "contraction=true"], "contraction: applies to MPC solved by"),
+    (["fit", "model=nosuch"], "model/nosuch"),
+    (["fit", "data=missing.npz"], "data file not found"),
+    (["data", "env=pendulum"], "env.process: this env has no process description"),
+    (["data", "scaler=robust"], "scaler: must be one of standard, minmax"),
+    (["bench", "experiment.horizons=[0]"], "experiment.horizons"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(fitted):
+    """A model file of another plant, one that is no model, data with a non-finite target."""
     saved = torch.load(fitted / "iclrnn.pt", weights_only=True)
     torch.save({**saved, "plant_id": "lipctl/Other-v0"}, fitted / "other_plant.pt")
     (fitted / "garbage.pt").write_bytes(b"not a model")
@@ -83,26 +102,21 @@ def test_bad_process_inputs_are_one_line_and_exit_code_2(fitted):
         arrays = dict(record)
     arrays["targets"][0, 0, 0] = np.nan
     np.savez(fitted / "nonfinite.npz", **arrays)
-    cases = [
-        (["mpc", "horizon=0"], "horizon: must be >= 1"),
-        (["mpc", "model=transformer"], "model/transformer"),
-        (["mpc", "model=iclrnn", "model_file=missing.pt"], "model file not found"),
-        (["mpc", "model=iclrnn", "model_file=other_plant.pt"], "model_file:"),
-        (["mpc", "model=iclrnn", "model_file=garbage.pt"], "model_file:"),
-        (["mpc", "start=[1.0]"], "start: must hold 2 numbers"),
-        (["mpc", "solver={symbolic:XX}"], "solver: symbolic must be one of"),
-        (["mpc", "solver={jit:true,fast:1}"], "solver: got an unexpected keyword argument 'fast'"),
-        (["mpc", "planner=mppi", "planner.samples=0"], "planner.samples: must be an integer"),
-        (["mpc", "planner=cem", "contraction=true"], "contraction: applies to MPC solved by"),
-        (["fit", "model=nosuch"], "model/nosuch"),
-        (["fit", "data=nonfinite.npz", "out=x.pt"], "non-finite"),
-        (["fit", "data=missing.npz"], "data file not found"),
-        (["data", "env=pendulum"], "env.process: this env has no process description"),
-        (["data", "scaler=robust"], "scaler: must be one of standard, minmax"),
-        (["bench", "experiment.horizons=[0]"], "experiment.horizons"),
-    ]
+    return fitted
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_PROCESS_INPUTS,
+                         ids=[" ".join(args) for args, _ in BAD_PROCESS_INPUTS])
+def test_bad_process_inputs_are_refused_before_any_work(bad_files, args, expected):
+    assert expected in config_error(*args, cwd=bad_files)
+
+
+def test_bad_files_are_refused_when_read_in_one_line_with_exit_code_2(bad_files):
+    cases = [(["mpc", "model=iclrnn", "model_file=other_plant.pt"], "model_file:"),
+             (["mpc", "model=iclrnn", "model_file=garbage.pt"], "model_file:"),
+             (["fit", "data=nonfinite.npz", "out=x.pt"], "non-finite")]
     for args, expected in cases:
-        assert_user_error(lipctl(*args, cwd=fitted, timeout=120), expected)
+        assert_user_error(lipctl(*args, cwd=bad_files, timeout=120), expected)
 
 
 TINY_BENCH = ["experiment.data.states_per_axis=10", "experiment.data.inputs_per_axis=3",
