@@ -14,7 +14,7 @@ from lipctl.control.units import UnitError, convert
 from lipctl.envs.cstr import CSTR
 from tests.control import test_log_import
 from tests.control.test_log_import import COLUMNS, TAGS, write_log
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import assert_user_error, config_error
 
 lipctl_data = test_log_import.lipctl_data  # the fixture running `lipctl data` in this process
 LEVELS = [TAGS[name] for name in ("h1", "h2", "h3", "h4")]
@@ -146,18 +146,19 @@ def test_inf_and_text_cells_are_counted_apart_and_read_as_gaps(tmp_path, lipctl_
     assert_same_data(tmp_path / "gaps.npz", tmp_path / "bad.npz")
 
 
-def test_an_unknown_or_incompatible_unit_is_one_line(tmp_path, lipctl_data):
+UNIT_ERRORS = [
+    ("h3:inch", "log.columns: units: h3 (column 'LT103'): unknown unit 'inch'; length units: mm, "
+                "cm, m"),
+    ("v1:cm", "units: v1 (column 'P1_V'): 'cm' is a length unit, not a voltage unit like 'V'; "
+              "use one of mV, V"),
+    ("h9:cm", "units: process 'quadtank' has no variable 'h9'"),
+    ("h1:furlong", "log.columns: units: h1 (column 'LT101'): unknown unit 'furlong'"),
+]
+
+
+@pytest.mark.parametrize(("unit", "expected"), UNIT_ERRORS, ids=[u for u, _ in UNIT_ERRORS])
+def test_an_unknown_or_incompatible_unit_is_one_line(tmp_path, unit, expected):
     write_log(tmp_path / "log.csv", 30, seed=11, noise=0.0)
-    unknown = lipctl_data("env=quadtank", "import=log.csv", COLUMNS[:-1] + ",units:{h3:inch}}")
-    assert_user_error(unknown, "lipctl data: error: log.columns: units: h3 (column 'LT103'): "
-                               "unknown unit 'inch'; length units: mm, cm, m")
-    wrong = lipctl_data("env=quadtank", "import=log.csv", COLUMNS[:-1] + ",units:{v1:cm}}")
-    assert_user_error(wrong, "units: v1 (column 'P1_V'): 'cm' is a length unit, not a voltage "
-                             "unit like 'V'; use one of mV, V")
-    nobody = lipctl_data("env=quadtank", "import=log.csv", COLUMNS[:-1] + ",units:{h9:cm}}")
-    assert_user_error(nobody, "units: process 'quadtank' has no variable 'h9'")
-    # the installed command line too: exit code 2, one line, nothing written
-    result = lipctl("data", "env=quadtank", "import=log.csv", "out=cli.npz",
-                    COLUMNS[:-1] + ",units:{h1:furlong}}", cwd=tmp_path)
-    assert_user_error(result, "log.columns: units: h1 (column 'LT101'): unknown unit 'furlong'")
+    assert expected in config_error("data", "env=quadtank", "import=log.csv", "out=cli.npz",
+                                    COLUMNS[:-1] + f",units:{{{unit}}}}}", cwd=tmp_path)
     assert not (tmp_path / "cli.npz").exists()
