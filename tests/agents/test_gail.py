@@ -22,7 +22,7 @@ from lipctl.agents.preconditioning import ForwardModel
 from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify, input_gradient_norm
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
+from tests.helpers import TINY_TRAIN, config_error, lipctl
 
 DEMOS = Path(__file__).parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
 
@@ -241,27 +241,27 @@ def test_hidden_spectral_discriminator_has_normalised_hidden_layers_and_a_free_h
         Discriminator(4, 1, head_bound=1.0)
 
 
-def test_gail_cli_errors(workdir):
-    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", cwd=workdir),
-                      "demos: agent=gail learns from expert demonstrations")
-    assert_user_error(lipctl("train", "agent=gail", f"demos={DEMOS}", cwd=workdir),
-                      "recorded on 'InvertedPendulum-v5', not 'Pendulum-v1'")
-    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
-                             "agent.gail.penalty=everywhere", cwd=workdir),
-                      "agent.gail.penalty: must be one of")
-    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
-                             "agent.demo_episodes=11", cwd=workdir),
-                      "holds 10 episodes, 11 were asked for")
-    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
-                             "agent.gail.precondition_floor=1.5", cwd=workdir),
-                      "agent.gail.precondition_floor: must be in (0, 1]")
-    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
-                             "agent.discriminator.bound=1", "agent.discriminator.hidden_bound=1",
-                             cwd=workdir),
-                      "agent.discriminator.hidden_bound: give either bound")
-    assert_user_error(lipctl("train", "agent=gail", "env=inverted_pendulum", f"demos={DEMOS}",
-                             "agent.gail.expert_label_min=1.3", cwd=workdir),
-                      "agent.gail.expert_label_min: must be in [0, expert_label_max = 1.2]")
+GAIL_ERRORS = [
+    (["env=inverted_pendulum"], "demos: agent=gail learns from expert demonstrations"),
+    ([f"demos={DEMOS}"], "recorded on 'InvertedPendulum-v5', not 'Pendulum-v1'"),
+    (["env=inverted_pendulum", f"demos={DEMOS}", "agent.gail.penalty=everywhere"],
+     "agent.gail.penalty: must be one of"),
+    (["env=inverted_pendulum", f"demos={DEMOS}", "agent.demo_episodes=11"],
+     "holds 10 episodes, 11 were asked for"),
+    (["env=inverted_pendulum", f"demos={DEMOS}", "agent.gail.precondition_floor=1.5"],
+     "agent.gail.precondition_floor: must be in (0, 1]"),
+    (["env=inverted_pendulum", f"demos={DEMOS}", "agent.discriminator.bound=1",
+      "agent.discriminator.hidden_bound=1"], "agent.discriminator.hidden_bound: give either bound"),
+    (["env=inverted_pendulum", f"demos={DEMOS}", "agent.gail.expert_label_min=1.3"],
+     "agent.gail.expert_label_min: must be in [0, expert_label_max = 1.2]"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), GAIL_ERRORS,
+                         ids=[" ".join(a.replace(str(DEMOS), "DEMOS") for a in args)
+                              for args, _ in GAIL_ERRORS])
+def test_gail_cli_errors(workdir, args, expected):
+    assert expected in config_error("train", "agent=gail", *args, cwd=workdir)
 
 
 GAIL_IP = ["agent=gail", "env=inverted_pendulum", f"demos={DEMOS}", "agent.demo_episodes=4",
