@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from lipctl.agents.saved import LearnedModel, load_agent
 from lipctl.control import NoisyMeasurements, run
 from lipctl.control.planner import sampling_planner
 from lipctl.envs import make_env
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl, lipctl_with_user_code
+from tests.helpers import (TINY_TRAIN, assert_user_error, config_error, lipctl,
+                           lipctl_with_user_code)
 
 MBPO_TINY = ["agent=mbpo", "env=pendulum", *TINY_TRAIN, "env.mbpo.total_steps=300",
              "env.mbpo.warmup_steps=100", "env.mbpo.rollouts_per_retrain=100",
@@ -48,7 +50,7 @@ USER_PLANNER = Path(__file__).parent / "user_planner"
 
 def test_a_planner_of_the_users_own_plans_by_config_alone(checkpoints, tmp_path):
     """A planner module and conf/planner/<name>.yaml outside lipctl: `lipctl plan` completes
-    its factory with the checkpoint's model, value and termination, and checks its settings."""
+    its factory with the checkpoint's model, value and termination."""
     folder = tmp_path / "user"
     shutil.copytree(USER_PLANNER, folder)
     result = lipctl_with_user_code(folder, "plan", f"checkpoint={checkpoints['mbpo']}",
@@ -56,9 +58,21 @@ def test_a_planner_of_the_users_own_plans_by_config_alone(checkpoints, tmp_path)
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip().splitlines()[0]
     assert line.startswith("Pendulum-v1 | GreedyPlanner | terminal value on | 1 episodes"), line
-    assert_user_error(lipctl_with_user_code(folder, "plan", f"checkpoint={checkpoints['mbpo']}",
-                                            "planner=greedy", "planner.candidates=1"),
-                      "planner.candidates: must be >= 2, got 1")
+
+
+def test_a_bad_setting_of_the_users_own_planner_is_refused_by_the_config_check(
+        checkpoints, tmp_path, monkeypatch):
+    """The user's planner settings are checked before any work, their module and configs found
+    as `lipctl` run in their folder finds them."""
+    folder = tmp_path / "user"
+    shutil.copytree(USER_PLANNER, folder)
+    monkeypatch.syspath_prepend(str(folder))  # as lipctl_with_user_code's PYTHONPATH
+    try:
+        assert "planner.candidates: must be >= 2, got 1" in config_error(
+            "plan", f"checkpoint={checkpoints['mbpo']}", "planner=greedy", "planner.candidates=1",
+            f"hydra.searchpath=[file://{folder / 'conf'}]", cwd=folder)
+    finally:
+        sys.modules.pop("greedy", None)  # the user's module, imported in this process
 
 
 def test_the_learned_model_rolls_each_row_with_one_elite_member(checkpoints):
@@ -99,8 +113,8 @@ def test_planning_with_noisy_measurements_keeps_the_true_rewards(checkpoints):
     ("obs_noise=-1", "obs_noise"),
 ])
 def test_bad_planner_settings_are_one_line(override, message, checkpoints, tmp_path):
-    assert_user_error(lipctl("plan", f"checkpoint={checkpoints['mbpo']}", override,
-                             cwd=tmp_path), message)
+    assert message in config_error("plan", f"checkpoint={checkpoints['mbpo']}", override,
+                                   cwd=tmp_path)
 
 
 def test_a_checkpoint_without_a_dynamics_model_is_one_line(checkpoints, tmp_path):
@@ -157,9 +171,9 @@ def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp
 
 
 def test_planning_benchmark_refuses_missing_checkpoints(tmp_path):
-    assert_user_error(lipctl("bench", "experiment=planning", f"out={tmp_path / 'out'}",
-                             f"experiment.checkpoints={tmp_path}", cwd=tmp_path),
-                      "experiment.checkpoints: 10 checkpoint(s) missing")
+    assert "experiment.checkpoints: 10 checkpoint(s) missing" in config_error(
+        "bench", "experiment=planning", f"out={tmp_path / 'out'}",
+        f"experiment.checkpoints={tmp_path}", cwd=tmp_path)
 
 
 def test_mbpo_trains_and_plans_with_a_td3_learner(tmp_path):
