@@ -18,8 +18,7 @@ from lipctl.agents.saved import LearnedModel, load_agent
 from lipctl.control import NoisyMeasurements, run
 from lipctl.control.planner import sampling_planner
 from lipctl.envs import make_env
-from tests.helpers import (TINY_TRAIN, assert_user_error, config_error, lipctl,
-                           lipctl_with_user_code)
+from tests.helpers import TINY_TRAIN, assert_user_error, config_error, lipctl, lipctl_with_user_code
 
 MBPO_TINY = ["agent=mbpo", "env=pendulum", *TINY_TRAIN, "env.mbpo.total_steps=300",
              "env.mbpo.warmup_steps=100", "env.mbpo.rollouts_per_retrain=100",
