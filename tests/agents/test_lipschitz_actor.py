@@ -13,7 +13,7 @@ from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
 from lipctl.lipschitz import LipschitzLinear, certify, lower_bound
 from tests.agents.test_sac import random_batch
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
+from tests.helpers import TINY_TRAIN, config_error, lipctl
 
 FAMILIES = ["spectral", "soft_cap", "hammer", "svd_clip", "aol", "orthogonal"]
 BOUND = 5.0
@@ -107,15 +107,14 @@ def test_projection_family_projects_the_actor_after_each_step(learner):
             assert float(torch.linalg.matrix_norm(layer.weight.detach(), ord=2)) <= 1 + 1e-5
 
 
-def test_bad_actor_lipschitz_is_one_config_error_line(workdir):
-    result = lipctl("train", "agent.learner.actor_lipschitz={layer: soft_cap, L: -1}",
-                    cwd=workdir, timeout=120)
-    assert_user_error(result, "agent.learner.actor_lipschitz.L")
-    result = lipctl("train", "agent.learner.actor_lipschitz={layer: nope}", cwd=workdir,
-                    timeout=120)
-    assert_user_error(result, "agent.learner.actor_lipschitz.layer")
-    result = lipctl("train", "agent.learner.actor_lipschitz=5", cwd=workdir, timeout=120)
-    assert_user_error(result, "agent.learner.actor_lipschitz: must be a mapping")
+@pytest.mark.parametrize(("value", "expected"), [
+    ("{layer: soft_cap, L: -1}", "agent.learner.actor_lipschitz.L"),
+    ("{layer: nope}", "agent.learner.actor_lipschitz.layer"),
+    ("5", "agent.learner.actor_lipschitz: must be a mapping"),
+])
+def test_bad_actor_lipschitz_is_one_config_error_line(workdir, value, expected):
+    assert expected in config_error("train", f"agent.learner.actor_lipschitz={value}",
+                                    cwd=workdir)
 
 
 @pytest.mark.slow
