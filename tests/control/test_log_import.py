@@ -21,7 +21,7 @@ from lipctl.control.process_data import (
     make_dataset,
 )
 from lipctl.envs.quadtank import ENV_ID, quadtank_process
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import assert_user_error, config_error, lipctl
 
 PROCESS = quadtank_process()
 PERIOD = PROCESS.sampling_period
@@ -184,12 +184,15 @@ def test_bad_logs_are_one_line_and_exit_code_2(tmp_path, lipctl_data):
         ("slow.csv", "more than the sampling period of 10 s"),
         ("empty.csv", "column 'P1_V' holds no numbers"),
         ("short.csv", "too few for the 0.7/0.15/0.15 train/val/test split"),
-        ("nope.csv", "log file not found: nope.csv"),
     ]
     for log, expected in cases:
         result = lipctl_data("env=quadtank", f"import={log}", COLUMNS, "out=bad.npz")
         assert_user_error(result, expected)
         assert "lipctl data: error: import: " in result.stderr
+    # refused before any work, by the config check
+    missing = config_error("data", "env=quadtank", "import=nope.csv", COLUMNS, "out=bad.npz",
+                           cwd=tmp_path)
+    assert "log file not found: nope.csv" in missing and missing.startswith("import: ")
     assert not (tmp_path / "bad.npz").exists()
-    bad_map = lipctl_data("env=quadtank", "import=good.csv", "log.columns={states:{h9:X}}")
-    assert_user_error(bad_map, "log.columns: states: process 'quadtank' has no state 'h9'")
+    assert "log.columns: states: process 'quadtank' has no state 'h9'" in config_error(
+        "data", "env=quadtank", "import=good.csv", "log.columns={states:{h9:X}}", cwd=tmp_path)
