@@ -23,7 +23,7 @@ from lipctl.control.process_data import generate
 from lipctl.envs.cstr import CSTR
 from lipctl.envs.quadtank import quadtank_process
 from lipctl.networks import read_network
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import assert_user_error, config_error, lipctl
 
 
 @pytest.fixture(scope="module")
@@ -168,16 +168,28 @@ def test_ctrl_c_stops_deploy_with_a_summary_of_the_logged_steps(files):
     assert summary["interrupted"] and 10 <= summary["steps"] == len(records) < 100000
 
 
+CONFIG_MISTAKES = [
+    (["export", "checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
+    (["deploy", "controller=mpc", "controller.solver={hessian:newton}"],
+     "controller.solver: hessian must be one of"),
+    (["deploy", "controller=mpc", "plant=gym"], "need a plant with a process description"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), CONFIG_MISTAKES,
+                         ids=[" ".join(args) for args, _ in CONFIG_MISTAKES])
+def test_config_mistakes_are_refused_before_any_work(files, args, expected):
+    assert expected in config_error(*args, cwd=files)
+
+
 def test_users_mistakes_are_one_line_and_exit_code_2(files):
+    """Mistakes the config check does not find (a missing action word, files and a plant read
+    at run time): still one line and exit code 2."""
     cases = [
-        (["export", "checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
         (["deploy", "controller=policy", "checkpoint=iclrnn.pt"], "needs a policy file"),
         (["deploy", "plant=opcua", "plant.url=opc.tcp://127.0.0.1:9/none"], "unavailable"),
         (["plant"], "missing action; choose from serve"),
         (["plant", "serve", "host=0.0.0.0"], "non-loopback host"),
-        (["deploy", "controller=mpc", "controller.solver={hessian:newton}"],
-         "controller.solver: hessian must be one of"),
-        (["deploy", "controller=mpc", "plant=gym"], "need a plant with a process description"),
         (["deploy", "controller=model_mpc", "checkpoint=quadtank-iclrnn.pt"],
          "models process 'quadtank', expected 'cstr'"),
         (["deploy", "controller=mpc", "plant=quadtank", "controller.setpoint=top"],
