@@ -4,6 +4,7 @@ needs no edit to run a new one, and refuses a module that is missing or lacks th
 from __future__ import annotations
 
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hydra import compose, initialize_config_module
 
 from lipctl.commands import bench
 from lipctl.config import ConfigError
-from tests.helpers import assert_user_error, lipctl_with_user_code
+from tests.helpers import config_error, lipctl_with_user_code
 
 TOY_MODULE = '''"""A toy benchmark: one run file per number, and their mean."""
 import json
@@ -61,11 +62,26 @@ def test_a_new_benchmark_is_one_module_and_one_yaml(tmp_path):
     mean.unlink()  # replot rebuilds it from runs/ alone
     assert toy_bench(tmp_path, "replot=true", "experiment.numbers=[9.0]").returncode == 0
     assert mean.read_text() == "2.0\n"
-    # the module's errors name their keys as the user writes them
-    assert_user_error(toy_bench(tmp_path, "experiment.numbers=[]"),
-                      "experiment.numbers: needs at least one number")
-    assert_user_error(toy_bench(tmp_path, "experiment.numbers=[1.0,oops]"),
-                      "experiment.numbers.1: must be a number")
+
+
+@pytest.mark.parametrize(("numbers", "expected"), [
+    ("[]", "experiment.numbers: needs at least one number"),
+    ("[1.0,oops]", "experiment.numbers.1: must be a number"),
+])
+def test_a_new_benchmarks_errors_name_their_keys_as_the_user_writes_them(
+        tmp_path, monkeypatch, numbers, expected):
+    """Found by the config check, with the toy's module and yaml found as `toy_bench` finds
+    them: the module importable, its conf/ on Hydra's search path."""
+    (tmp_path / "toy_bench.py").write_text(TOY_MODULE)
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "toy.yaml").write_text(TOY_CONFIG)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert expected in config_error("bench", "experiment=toy", f"experiment.numbers={numbers}",
+                                        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                                        cwd=tmp_path)
+    finally:
+        sys.modules.pop("toy_bench", None)  # the toy's module, imported in this process
 
 
 @pytest.mark.parametrize(("module", "expected"), [
