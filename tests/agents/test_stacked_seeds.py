@@ -12,7 +12,7 @@ from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
 from lipctl.bench.report import read_csv
-from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
+from tests.helpers import TINY_TRAIN, assert_user_error, config_error, lipctl
 
 OBS, ACT, HIDDEN, SEEDS, UPDATES = 5, 2, (32, 32), 3, 25
 RTOL, ATOL = 1e-4, 1e-5  # bmm over members and mm per learner round differently
@@ -177,11 +177,15 @@ def test_a_kill_between_two_seeds_saves_resumes_from_their_common_step(workdir):
     (["seeds=[0,1]", "agent=mbpo"], "seeds: MBPO runs one seed per process"),
     (["seeds=[0,1]", "lipschitz=spectral_adversarial"],
      "seeds: the robust loss is not available with stacked seeds"),
-    (["seeds=[0,1]", "hydra.run.dir=run"], "seeds: hydra.run.dir gives the seeds the same"),
 ])
 def test_a_seeds_list_that_cannot_stack_is_a_config_error(workdir, overrides, message):
-    result = lipctl("train", *overrides, *TINY_TRAIN, cwd=workdir)
-    assert_user_error(result, f"lipctl train: error: {message}")
+    assert config_error("train", *overrides, *TINY_TRAIN, cwd=workdir).startswith(message)
+
+
+def test_seeds_sharing_a_run_folder_are_refused_in_one_line(workdir):
+    """Found once the seeds' run folders are resolved, at the start of the run."""
+    result = lipctl("train", "seeds=[0,1]", "hydra.run.dir=run", *TINY_TRAIN, cwd=workdir)
+    assert_user_error(result, "lipctl train: error: seeds: hydra.run.dir gives the seeds the same")
 
 
 def test_the_stacked_seeds_benchmark_times_every_way_and_replots(workdir):
