@@ -14,7 +14,7 @@ from lipctl.control.robustness import PGDAttack, robustness_sweep
 from lipctl.envs import make_env
 from lipctl.envs.experts import make_expert
 from lipctl.envs.perturbation import PerturbedObservation, SphereNoise, vector_norm
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import assert_user_error, config_error, lipctl
 
 ENV_ID = "InvertedPendulum-v5"
 
@@ -132,17 +132,27 @@ def test_a_state_scale_perturbs_each_dimension_in_its_own_units(lqr):
     assert row.attack_action_change > 0.9 * gain * 0.01
 
 
-@pytest.mark.parametrize("args,expected", [
+ROBUSTNESS_ERRORS = [
     (["checkpoint=missing.pt"], "checkpoint not found: missing.pt"),
     (["checkpoint={checkpoint}", "eps=[0.1,-0.01]"], "eps.1: must be >= 0"),
     (["checkpoint={checkpoint}", "norm=l1"], "norm: must be one of l2, linf"),
     (["checkpoint={checkpoint}", "attack_steps=0"], "attack_steps: must be >= 1"),
     (["checkpoint={checkpoint}", "out=report.txt"], "out: must end in .csv or .json"),
-    (["checkpoint={garbage}"], "(refused: it is not plain data)"),
-])
+]
+
+
+@pytest.mark.parametrize("args,expected", ROBUSTNESS_ERRORS,
+                         ids=[" ".join(args) for args, _ in ROBUSTNESS_ERRORS])
 def test_robustness_cli_errors_are_one_line(workdir, args, expected):
-    checkpoint, garbage = workdir / "policy.pt", workdir / "garbage.pt"
+    checkpoint = workdir / "policy.pt"
     checkpoint.write_bytes(b"")  # validation fails before the file is read
+    args = [arg.format(checkpoint=checkpoint) for arg in args]
+    assert expected in config_error("robustness", *args, cwd=workdir)
+
+
+def test_robustness_refuses_a_file_that_is_no_checkpoint_in_one_line(workdir):
+    """Found when the checkpoint is read, at the start of the run."""
+    garbage = workdir / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    args = [arg.format(checkpoint=checkpoint, garbage=garbage) for arg in args]
-    assert_user_error(lipctl("robustness", *args, cwd=workdir, timeout=120), expected)
+    assert_user_error(lipctl("robustness", f"checkpoint={garbage}", cwd=workdir, timeout=120),
+                      "(refused: it is not plain data)")
