@@ -26,7 +26,7 @@ from lipctl.control.opcua_security import (
     security_settings,
 )
 from lipctl.envs.cstr import CSTR, CSTREnv
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import config_error, lipctl
 from tests.opcua_certs import CertFiles, make_certificate
 
 PASSWORD = "s3cret-Pa55word-do-not-log"
@@ -136,8 +136,8 @@ def _security_overrides(prefix: str, own: CertFiles, trusted: CertFiles, uri: st
 
 
 def test_plant_serve_allow_remote_needs_security(tmp_path: Path):
-    result = lipctl("plant", "serve", "allow_remote=true", "port=0", cwd=tmp_path)
-    assert_user_error(result, "allow_remote: a plant served beyond this machine must be secured")
+    assert "allow_remote: a plant served beyond this machine must be secured" in config_error(
+        "plant", "serve", "allow_remote=true", "port=0", cwd=tmp_path)
 
 
 def test_encrypted_authenticated_closed_loop_leaks_no_password(tmp_path: Path, certs,
