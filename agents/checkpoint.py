@@ -17,6 +17,7 @@ FORMAT_VERSION = 2  # 2: SAC keeps a plain target critic, its state scale and th
 # What every reader of a checkpoint needs: the run's config, its certificates and its weights (an
 # off-policy learner's `agent`, with the loop state a resume or a planner reads, or behaviour
 # cloning's `policy`)
+CHECKPOINT_NAME = "checkpoint.pt"  # a run's checkpoint in its folder
 REQUIRED = ("config", "certificates")
 LEARNER_REQUIRED = ("agent", "step", "episodes", "buffer", "batch_source", "reward_source", "rng")
 

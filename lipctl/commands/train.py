@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.agents.buffer import ReplayBuffer
-from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.critic_learner import EPS_UNITS
-from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
-from lipctl.agents.mbpo import MBPOSettings, MBPOSource
-from lipctl.agents.saved import is_behaviour_cloning, make_agent_env
-from lipctl.agents.sources import BatchSource, RewardSource
-from lipctl.agents.stacked_trainer import StackedTrainer
-from lipctl.agents.termination import TERMINATIONS, termination_fn
-from lipctl.agents.trainer import PREVIOUS_CHECKPOINT, Learner, LoopSettings, OffPolicyTrainer
+from lipctl.agents.saved import is_behaviour_cloning
+from lipctl.agents.termination import TERMINATIONS
 from lipctl.commands import behaviour_cloning
-from lipctl.compute import (
-    peak_rss_mb,
-    reset_peak_rss,
-    resolve_device,
-    seed_everything,
-)
+from lipctl.compute import resolve_device
 from lipctl.config import (
     ConfigError,
     instantiate_settings,
@@ -39,36 +19,14 @@ from lipctl.config import (
     require_number,
     user_errors,
 )
-from lipctl.envs import env_spaces, make_env
-from lipctl.envs.demos import Demos, load_demos
-from lipctl.envs.files import atomic_write
+from lipctl.envs import make_env
 from lipctl.extras import EXTRAS, require_extra
 from lipctl.lipschitz import FAMILIES, TIERS, LipschitzSpec
 from lipctl.lipschitz.layers import GROUPSORT_SIZE
 from lipctl.lipschitz.muon import OPTIMIZERS
-from lipctl.logger import BACKENDS, Logger, run_name
-
-log = logging.getLogger(__name__)
-CHECKPOINT_NAME = "checkpoint.pt"
-# Keys a resumed run may change: they affect neither the learning nor the files' meaning.
-RESUMABLE_KEYS = ("resume", "progress", "logger", "device", "torch_threads")
-# Keys that reach a run only through loop.total_steps (checked there).
-BUDGET_SOURCES = ("env.total_steps", "env.mbpo.total_steps", "agent.total_steps")
-SHOWN_KEYS = 4  # changed keys a refused resume names (then a count of the others)
-# What a run writes besides its checkpoint and Hydra's job log; an earlier attempt's copies are
-# moved aside when a new run starts in the same folder.
-RUN_OUTPUTS = ("*.csv", "tensorboard", "wandb", "summary.json", ".hydra")
-
-
-class _Unset:
-    """A key one config has and the other lacks."""
-
-    def __repr__(self) -> str:
-        return "unset"
-
-
-_UNSET = _Unset()
-NULL_DEFAULTS = ((_UNSET, None), (None, _UNSET))  # a key one config lacks, null in the other
+from lipctl.logger import BACKENDS
+from lipctl.run_folders import accept_run, previous_state
+from lipctl.training import imitation_demos, train, train_seeds
 
 
 def validate(cfg: DictConfig) -> None:
@@ -250,269 +208,6 @@ def validate_imitation(cfg: DictConfig) -> None:
         require_number(cfg, f"agent.gail.{key}", 1, integer=True)
     instantiate_settings(cfg, "agent.gail")
     imitation_demos(cfg)
-
-
-def imitation_demos(cfg: DictConfig) -> Demos:
-    """The configured demonstrations, checked against the env (DemosError if they disagree)."""
-    return load_demos(cfg.demos, env=cfg.env.id, subsample=cfg.agent.demo_subsample,
-                      seed=cfg.seed, episodes=cfg.agent.demo_episodes)
-
-
-def batch_source(cfg: DictConfig, agent: Learner, buffer: ReplayBuffer, obs_dim: int,
-                 act_dim: int) -> BatchSource | None:
-    """MBPO's model-rollout source for model-based agents; None (real replay) otherwise."""
-    if "dynamics" not in cfg.agent:
-        return None
-    model = instantiate(cfg.agent.dynamics, obs_dim=obs_dim, act_dim=act_dim)
-    settings: MBPOSettings = instantiate_settings(cfg, "agent.mbpo")
-    return MBPOSource(buffer, model, termination_fn(cfg.env.id), agent, settings,
-                      seed=cfg.seed)
-
-
-def reward_source(cfg: DictConfig, buffer: ReplayBuffer, env: gym.Env) -> RewardSource | None:
-    """The discriminator's rewards for adversarial-imitation agents; None (env rewards) else."""
-    if "gail" not in cfg.agent:
-        return None
-    obs_dim, act_dim, low, high = env_spaces(env)
-    settings: GAILSettings = instantiate_settings(cfg, "agent.gail")
-    expert = expert_batch(imitation_demos(cfg), low, high, settings.absorbing, buffer.device)
-    discriminator = instantiate(cfg.agent.discriminator, obs_dim=obs_dim, act_dim=act_dim)
-    return GAILReward(expert, buffer, discriminator, settings, seed=cfg.seed)
-
-
-def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
-    """The run's end state in one JSON file: return, time breakdown, memory, certificates."""
-    seconds = {f"{name}_seconds": value for name, value in trainer.time_breakdown().items()}
-    peak = peak_rss_mb()
-    if path.exists():  # a resumed run: the peak may have been reached before the restart
-        peak = max(peak, json.loads(path.read_text()).get("peak_rss_mb", 0.0))
-    summary = {"env_steps": trainer.step, "eval_return": trainer.last_eval,
-               **seconds, "peak_rss_mb": peak, "certificates": trainer.certificates,
-               "critic_state_lipschitz": trainer.state_lipschitz}
-    atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
-
-
-def previous_state(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """The checkpoint `cfg` resumes (None: a new run); ConfigError if the folder holds a run
-    and resume=false, or if `cfg` changes the checkpoint's config (`check_resumable`)."""
-    path = run_dir / CHECKPOINT_NAME
-    if not path.exists():
-        if cfg.resume:
-            log.warning("resume=true but %s holds no checkpoint: starting a new run", run_dir)
-        return None
-    if not cfg.resume:
-        raise ConfigError("resume", f"{run_dir} already holds a run; pass resume=true to "
-                                    "continue it or set hydra.run.dir to start another")
-    state = load_checkpoint(path)
-    check_resumable(state["config"], OmegaConf.to_container(cfg, resolve=True), run_dir)
-    return state
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {dotted key: leaf value}; lists are leaves."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for name, child in tree.items():
-        flat.update(_flat(child, f"{prefix}.{name}" if prefix else str(name)))
-    return flat
-
-
-def check_resumable(saved: dict, config: dict, run_dir: Path) -> None:
-    """ConfigError naming the keys where the resolved `config` differs from the `saved` one of
-    the checkpoint it would resume. Free to change: RESUMABLE_KEYS, and loop.total_steps upwards
-    (the replay buffer grows with it, its rows kept in order); a key the saved config lacks is
-    unchanged where it is null (a setting added since, at its default)."""
-    old, new = _flat(saved), _flat(config)
-    free = RESUMABLE_KEYS + BUDGET_SOURCES
-    changed = [key for key in sorted(old.keys() | new.keys())
-               if old.get(key, _UNSET) != new.get(key, _UNSET)
-               and not any(key == k or key.startswith(f"{k}.") for k in free)
-               and (old.get(key, _UNSET), new.get(key, _UNSET)) not in NULL_DEFAULTS]
-    total = "loop.total_steps"
-    if total in changed and isinstance(old.get(total), int) and new[total] > old[total]:
-        changed.remove(total)
-    if changed:
-        shown, more = changed[:SHOWN_KEYS], len(changed) - SHOWN_KEYS
-        values = ", ".join(f"{key} {old.get(key, _UNSET)!r} -> {new.get(key, _UNSET)!r}"
-                           for key in shown)
-        keys = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-        raise ConfigError(keys, f"resume=true cannot change the config of the run in {run_dir} "
-                                f"({values}); only {', '.join(RESUMABLE_KEYS)} may change, and "
-                                f"loop.total_steps grow (set hydra.run.dir for a new run)")
-
-
-def accept_run(cfg: DictConfig, run_dir: Path, resumed: bool) -> None:
-    """Make `run_dir` the accepted run's folder: a new run moves an earlier attempt's outputs
-    aside (`set_aside`), then the config is written to .hydra/ as Hydra would have."""
-    if not resumed:
-        aside = set_aside(run_dir)
-        if aside is not None:
-            log.warning("%s held the logs of an earlier attempt but no checkpoint: moved them "
-                        "to %s; starting a new run", run_dir, aside)
-    hydra = HydraConfig.get()
-    folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, node in (("config.yaml", cfg), ("hydra.yaml", {"hydra": hydra}),
-                       ("overrides.yaml", hydra.overrides.task)):
-        text = OmegaConf.to_yaml(node)
-        atomic_write(folder / name, lambda f, text=text: f.write(text.encode()))
-
-
-def set_aside(run_dir: Path) -> Path | None:
-    """Move the RUN_OUTPUTS in `run_dir` into a new `previous-<n>/` inside it (nothing is
-    deleted); returns that folder, or None when there was nothing to move."""
-    outputs = sorted({path for pattern in RUN_OUTPUTS for path in run_dir.glob(pattern)})
-    if not outputs:
-        return None
-    n = 1
-    while (run_dir / f"previous-{n}").exists():
-        n += 1
-    aside = run_dir / f"previous-{n}"
-    aside.mkdir()
-    for path in outputs:
-        os.replace(path, aside / path.name)
-    return aside
-
-
-def build_run(cfg: DictConfig, run_dir: Path, state: dict | None, device: torch.device,
-              progress: bool) -> tuple[OffPolicyTrainer, Logger]:
-    """Env, agent, buffer, sources and logger of one seed's run in `run_dir`, and its loop,
-    resumed from the checkpoint `state` where given."""
-    seed_everything(cfg.seed)
-    env, eval_env = make_agent_env(cfg, seed=cfg.seed), make_agent_env(cfg)
-    obs_dim, act_dim, _, _ = env_spaces(env)
-    agent = instantiate(cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device=device)
-    settings = LoopSettings(**OmegaConf.to_container(cfg.loop, resolve=True))
-    capacity = min(cfg.agent.buffer_size, settings.total_steps)
-    buffer = ReplayBuffer(capacity, obs_dim, act_dim, device, seed=cfg.seed)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger = Logger(run_dir, cfg.logger.backends, resume_step=state and state["step"],
-                    config=resolved, run_name=run_name(cfg),
-                    wandb_project=cfg.logger.wandb_project, wandb_mode=cfg.logger.wandb_mode,
-                    wandb_id=state and state["extra"].get("wandb_id"))
-    trainer = OffPolicyTrainer(agent, env, eval_env, buffer, settings, logger,
-                               checkpoint_path=run_dir / CHECKPOINT_NAME, run_config=resolved,
-                               batch_source=batch_source(cfg, agent, buffer, obs_dim, act_dim),
-                               reward_source=reward_source(cfg, buffer, env),
-                               extra_state={"wandb_id": logger.wandb_id}, progress=progress)
-    if state is not None:
-        trainer.load_state_dict(state)
-        log.info("%s: resumed from step %d (%d transitions in the buffer)", run_dir,
-                 trainer.step, len(buffer))
-    return trainer, logger
-
-
-def close_run(trainer: OffPolicyTrainer, logger: Logger) -> None:
-    logger.close()
-    trainer.env.close()
-    trainer.eval_env.close()
-
-
-def train(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> float | None:
-    """Build env, agent, buffer and logger from `cfg` and run the loop in `run_dir`, from the
-    checkpoint `state` where given."""
-    reset_peak_rss()
-    torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
-    trainer, logger = build_run(cfg, run_dir, state, device, cfg.progress)
-    log.info("%s on %s | device %s, %d torch thread(s) | replay buffer %.1f MB | run dir %s",
-             cfg.agent.name, cfg.env.id, device, torch.get_num_threads(),
-             trainer.buffer.megabytes, run_dir)
-    try:
-        final = trainer.train()
-    finally:
-        close_run(trainer, logger)
-    write_summary(run_dir / "summary.json", trainer)
-    log.info("finished at step %d: eval return %.1f", trainer.step, final)
-    return final
-
-
-def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
-    """The config of the separate run of `seed`: `cfg` with seed=seed and no seeds list."""
-    config = OmegaConf.to_container(cfg, resolve=False)
-    config.update(seed=seed, seeds=None)
-    return OmegaConf.create(config)
-
-
-def seed_run_dir(cfg: DictConfig) -> Path:
-    """The folder Hydra would give the separate run of `cfg`: hydra.run.dir, or in a multirun
-    hydra.sweep.dir/hydra.sweep.subdir, resolved for its seed."""
-    hydra = HydraConfig.get()
-    raw = OmegaConf.to_container(hydra, resolve=False)
-    multirun = hydra.mode == RunMode.MULTIRUN
-    pattern = (f"{raw['sweep']['dir']}/{raw['sweep']['subdir']}" if multirun
-               else raw["run"]["dir"])
-    node = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=False), "hydra": raw,
-                             "_run_dir": pattern})
-    path = Path(str(OmegaConf.select(node, "_run_dir")))
-    return path if path.is_absolute() else Path(hydra.runtime.cwd) / path
-
-
-def stacked_runs(cfg: DictConfig) -> list[tuple[DictConfig, Path, dict | None]]:
-    """Each seed's config, run folder and checkpoint to resume (None: a new run); ConfigError
-    if the folders coincide or only some seeds have a checkpoint."""
-    configs = [seed_config(cfg, seed) for seed in cfg.seeds]
-    folders = [seed_run_dir(config) for config in configs]
-    if len(set(folders)) < len(folders):
-        raise ConfigError("seeds", f"hydra.run.dir gives the seeds the same folder "
-                                   f"({folders[0]}); put ${{seed}} in it")
-    if cfg.resume:
-        align_checkpoints(folders)
-    states = [previous_state(config, folder) for config, folder in zip(configs, folders,
-                                                                        strict=True)]
-    resumed = [state is not None for state in states]
-    if any(resumed) and not all(resumed):
-        have = [seed for seed, r in zip(cfg.seeds, resumed, strict=True) if r]
-        raise ConfigError("seeds", f"only seeds {have} have a checkpoint to resume: stacked "
-                                   "seeds resume together (run the others separately)")
-    return list(zip(configs, folders, states, strict=True))
-
-
-def align_checkpoints(folders: list[Path]) -> None:
-    """After a stacked run was killed while its seeds saved a step, put back the previous
-    checkpoint of each seed that had saved it, so that all resume from the same step."""
-    steps = {folder: load_checkpoint(folder / CHECKPOINT_NAME)["step"] for folder in folders
-             if (folder / CHECKPOINT_NAME).exists()}
-    if len(set(steps.values())) < 2:
-        return
-    common = min(steps.values())
-    for folder, step in steps.items():
-        previous = folder / PREVIOUS_CHECKPOINT
-        if step > common and previous.exists() and load_checkpoint(previous)["step"] == common:
-            os.replace(previous, folder / CHECKPOINT_NAME)
-            log.warning("%s: its checkpoint at step %d was saved after the other seeds' last "
-                        "one; resuming it from step %d with them", folder, step, common)
-
-
-def train_seeds(cfg: DictConfig) -> list[float | None]:
-    """The seeds of `cfg.seeds` trained stacked in one process (`StackedTrainer`), each in the
-    folder, files and checkpoint its separate run would have."""
-    runs = stacked_runs(cfg)
-    for config, folder, state in runs:
-        folder.mkdir(parents=True, exist_ok=True)
-        accept_run(config, folder, resumed=state is not None)
-    reset_peak_rss()
-    torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
-    built = [build_run(config, folder, state, device, cfg.progress and i == 0)
-             for i, (config, folder, state) in enumerate(runs)]
-    trainers = [trainer for trainer, _ in built]
-    obs_dim, act_dim, _, _ = env_spaces(trainers[0].env)
-    stacked = instantiate(cfg.agent.learner, obs_dim=obs_dim, act_dim=act_dim, device=device,
-                          seeds=len(runs))
-    log.info("%s on %s, seeds %s stacked | device %s, %d torch thread(s) | run dirs %s",
-             cfg.agent.name, cfg.env.id, list(cfg.seeds), device, torch.get_num_threads(),
-             ", ".join(str(folder) for _, folder, _ in runs))
-    try:
-        finals = StackedTrainer(stacked, trainers).train()
-    finally:
-        for trainer, logger in built:
-            close_run(trainer, logger)
-    for trainer, (_, folder, _) in zip(trainers, runs, strict=True):
-        write_summary(folder / "summary.json", trainer)
-    log.info("finished: eval returns %s", ", ".join(f"{value:.1f}" for value in finals))
-    return finals
 
 
 def main(cfg: DictConfig) -> float | list[float | None] | None:

@@ -18,9 +18,9 @@ import torch
 
 from lipctl.agents.buffer import ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
-from lipctl.commands.train import check_resumable, previous_state
 from lipctl.config import ConfigError, check_overrides
 from lipctl.logger import Logger
+from lipctl.run_folders import check_resumable, previous_state
 from tests.helpers import TINY_TRAIN, assert_user_error, lipctl
 
 GROUPS = ("train", "eval", "episode")
