@@ -13,7 +13,7 @@ from lipctl.control.models.certify import (
 from lipctl.control.models.convex import ICLRNN, ICRNN, InputConvexRNN
 from lipctl.control.models.io import TrainedModel, load_model, save_model
 from lipctl.control.models.registry import MODELS, build_model, register_model
-from lipctl.control.models.train import FitResult, fit, mse, mse_in
+from lipctl.control.models.train import FitResult, fit, fit_and_save, mse, mse_in
 
 __all__ = [
     "ICLRNN",
@@ -30,6 +30,7 @@ __all__ = [
     "casadi_model",
     "certify_model",
     "fit",
+    "fit_and_save",
     "load_model",
     "mse",
     "mse_in",

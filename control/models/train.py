@@ -1,17 +1,24 @@
-"""One trainer for every process model: Adam on the scaled MSE, early stopping on validation."""
+"""One trainer for every process model: Adam on the scaled MSE, early stopping on validation;
+and the one way a fitted model is certified and saved (`fit_and_save`)."""
 
 from __future__ import annotations
 
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lipctl.control.models.base import ProcessModel
+from lipctl.control.models.certify import certify_model
+from lipctl.control.models.io import save_model
 from lipctl.control.process_data import ProcessDataset, Scaler
+from lipctl.lipschitz.certificates import Certificate
+
+CERTIFY_SEQUENCES = 512  # test sequences the sampled lower bound of a saved model is taken on
 
 
 @dataclass(frozen=True)
@@ -131,3 +138,17 @@ def fit(model: ProcessModel, data: ProcessDataset, epochs: int = 200, lr: float 
     test = float(mse(model, z_test, y_test))
     return FitResult(history, test, best_epoch, time.perf_counter() - start,
                      persistence_mse(data, "test"))
+
+
+def fit_and_save(path: str | Path, model: ProcessModel, data: ProcessDataset, **settings: object
+                 ) -> tuple[FitResult, Certificate]:
+    """`fit` `model` on `data` (`settings`: fit's keywords), certify it (`certify_model` on the
+    first CERTIFY_SEQUENCES test sequences) and save it with its scalers and certificate to
+    `path` (`save_model`, its folder made): what `lipctl fit` and every benchmark that fits a
+    process model do."""
+    result = fit(model, data, **settings)
+    z_test, _ = data.sequences("test")
+    certificate = certify_model(model, torch.from_numpy(z_test[:CERTIFY_SEQUENCES]))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, model, data, certificate)
+    return result, certificate

@@ -42,11 +42,9 @@ from lipctl.config import ConfigError, require_number
 from lipctl.control.models import (
     MODELS,
     build_model,
-    certify_model,
-    fit,
+    fit_and_save,
     load_model,
     mse_in,
-    save_model,
 )
 from lipctl.control.mpc import SolverOptions
 from lipctl.control.process_data import (
@@ -155,14 +153,13 @@ def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out:
     torch.manual_seed(seed)
     kind, hparams = _architecture(exp, model)
     net = build_model(kind, len(data.state_names), len(data.input_names), **hparams)
-    result = fit(net, data, epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
-                 target_noise_sigma=sigma, seed=seed, patience=exp.patience)
-    z_test, _ = data.sequences("test")
-    certificate = certify_model(net, torch.from_numpy(z_test[:512]))
+    result, certificate = fit_and_save(model_path(Path(work), model, sigma, seed), net, data,
+                                       epochs=exp.epochs, lr=exp.lr, batch_size=exp.batch_size,
+                                       target_noise_sigma=sigma, seed=seed,
+                                       patience=exp.patience)
     train = data.rows("train")
     in_units = {f"test_mse_{kind}": mse_in(net, data, "test", fit_state_scaler(
         data.x0[train], data.targets[train], kind)) for kind in SCALERS}
-    save_model(model_path(Path(work), model, sigma, seed), net, data, certificate)
     constrained = getattr(net, "constrained", None)
     every = max(1, len(result.history) // HISTORY_ROWS)
     record = {

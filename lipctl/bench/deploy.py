@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from lipctl.bench.kit import machine_info, write_json
 from lipctl.config import ConfigError, require_number
 from lipctl.control.faults import FaultyController, FaultyPlant
-from lipctl.control.models import build_model, fit, save_model
+from lipctl.control.models import build_model, fit_and_save
 from lipctl.control.opcua_plant import OpcUaPlant, quiet_asyncua
 from lipctl.control.process_data import generate
 from lipctl.control.process_mpc import process_mpc
@@ -122,10 +122,9 @@ def fit_iclrnn(s: Settings, path: Path) -> Path:
         return path
     data = generate(CSTR, states_per_axis=15, inputs_per_axis=6, chains=64, periods=40,
                     seed=s.seed)
-    model = build_model("iclrnn", 2, 2, hidden=s.hidden)
-    result = fit(model, data, epochs=s.epochs, lr=0.01, batch_size=128, seed=s.seed,
-                 patience=s.patience)
-    save_model(path, model, data)
+    model = build_model("iclrnn", CSTR.state_size, CSTR.input_size, hidden=s.hidden)
+    result, _ = fit_and_save(path, model, data, epochs=s.epochs, lr=0.01, batch_size=128,
+                             seed=s.seed, patience=s.patience)
     print(f"fitted ICLRNN: test MSE {result.test_mse:.2e} in {result.seconds:.0f} s", flush=True)
     return path
 

@@ -28,10 +28,8 @@ from lipctl.control.models import (
     MODELS,
     TrainedModel,
     build_model,
-    certify_model,
-    fit,
+    fit_and_save,
     load_model,
-    save_model,
 )
 from lipctl.control.process_data import generate
 from lipctl.control.process_metrics import true_states
@@ -72,7 +70,6 @@ def _model_file(work: Path, setting: str, model: str, seed: int) -> Path:
 def fit_models(exp: DictConfig, process: Process, setting: str, work: Path) -> list[dict]:
     """Fit (or reuse) every model x seed of one setting; their rows for models.csv."""
     data = generate(process, seed=exp.data_seed, **OmegaConf.to_container(exp.data))
-    z_test, _ = data.sequences("test")
     rows = []
     for model in exp.models:
         for seed in exp.seeds:
@@ -81,11 +78,9 @@ def fit_models(exp: DictConfig, process: Process, setting: str, work: Path) -> l
                 torch.manual_seed(seed)
                 net = build_model(model, process.state_size, process.input_size,
                                   hidden=exp.hidden)
-                result = fit(net, data, epochs=exp.epochs, lr=exp.lr,
-                             batch_size=exp.batch_size, seed=seed, patience=exp.patience)
-                certificate = certify_model(net, torch.from_numpy(z_test[:512]))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_model(path, net, data, certificate)
+                result, _ = fit_and_save(path, net, data, epochs=exp.epochs, lr=exp.lr,
+                                         batch_size=exp.batch_size, seed=seed,
+                                         patience=exp.patience)
                 print(f"{setting} {model} seed {seed}: test MSE {result.test_mse:.2e} "
                       f"({result.seconds:.0f} s)", flush=True)
             trained = load_model(path, data, process)

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.config import ConfigError, process_of, require_number, user_errors
-from lipctl.control.models import MODELS, ProcessModel, certify_model, fit, save_model
+from lipctl.control.models import MODELS, ProcessModel, fit_and_save
 from lipctl.control.process_data import ProcessDataset, load_dataset
 from lipctl.envs.process import Process
 
@@ -62,11 +62,9 @@ def fit_model(cfg: DictConfig) -> None:
     data = read_data(cfg.data, process_of(cfg))
     torch.manual_seed(cfg.seed)  # the initial weights; fit's seed drives noise and batches
     model = build(cfg, data)
-    result = fit(model, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                 target_noise_sigma=cfg.noise, seed=cfg.seed, patience=cfg.patience)
-    z, _ = data.sequences("test")
-    certificate = certify_model(model, torch.from_numpy(z[:512]))
-    save_model(cfg.out, model, data, certificate)
+    result, certificate = fit_and_save(cfg.out, model, data, epochs=cfg.epochs, lr=cfg.lr,
+                                       batch_size=cfg.batch_size, target_noise_sigma=cfg.noise,
+                                       seed=cfg.seed, patience=cfg.patience)
     print(f"{cfg.out}: {cfg.model.name} of {data.plant_id}, noise {cfg.noise}, test MSE "
           f"{result.test_mse:.5f} (scaled; predicting no change: {result.baseline_mse:.5f}), "
           f"best epoch {result.best_epoch} of {len(result.history)} run, "
