@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ from lipctl.control.mpc import SolveFailed
 from lipctl.lipschitz.certificates import Certificate
 
 HOLD = "hold"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # end a run after the current step
 
 
 class DeploymentRefused(RuntimeError):
@@ -291,3 +293,45 @@ class Runtime:
             "solve_time": _percentiles([r["solve_time"] for r in self.records
                                         if r["solve_time"] is not None]),
         }
+
+
+def run_until_signalled(runtime: Runtime) -> tuple[dict[str, Any], int | None]:
+    """`runtime.run()` with SIGINT and SIGTERM ending it after the current step (their handlers
+    restored afterwards): its summary with `interrupted`, and the signal that stopped it (None
+    if it ran to the end). Call from the main thread."""
+    stop, received = threading.Event(), []
+
+    def request_stop(signum: int, _: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    handlers = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
+    try:
+        summary = runtime.run(stop)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return summary | {"interrupted": bool(received)}, received[0] if received else None
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{1e3 * seconds:.1f} ms"
+
+
+def describe_summary(summary: Mapping[str, Any]) -> str:
+    """A deployment's summary as one line: steps, deadline misses, fallbacks by cause, solve
+    and period percentiles, the plant link's failures, the final measurement's place."""
+    solve, period, ms = summary["solve_time"], summary["period"], _ms
+    causes = ", ".join(f"{k} {v}" for k, v in sorted(summary["fallbacks_by_cause"].items()))
+    line = (f"{summary['steps']} steps of {summary['period_s']:g} s; deadline misses "
+            f"{summary['deadline_misses']}; fallbacks {summary['fallbacks']}"
+            + (f" ({causes})" if causes else "")
+            + f"; solve p50 {ms(solve['p50'])}, p95 {ms(solve['p95'])}, max {ms(solve['max'])}"
+            + f"; measured period p50 {ms(period['p50'])}, max {ms(period['max'])}")
+    failures = {"failed reads": summary["failed_reads"], "failed writes": summary["failed_writes"],
+                "reconnects": summary.get("reconnects")}
+    if any(failures.values()):
+        line += "; " + ", ".join(f"{k} {v}" for k, v in failures.items() if v is not None)
+    if "final_in_target" in summary:
+        line += f"; final measurement in the target region: {summary['final_in_target']}"
+    return line + ("; interrupted" if summary.get("interrupted") else "")

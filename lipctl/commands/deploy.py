@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,14 @@ from lipctl.config import (
 from lipctl.control.opcua_plant import quiet_asyncua
 from lipctl.control.opcua_security import CLIENT_URI
 from lipctl.control.process_mpc import process_mpc
-from lipctl.control.runtime import HOLD, DeploymentRefused, Runtime, lipschitz_gate
+from lipctl.control.runtime import (
+    HOLD,
+    DeploymentRefused,
+    Runtime,
+    describe_summary,
+    lipschitz_gate,
+    run_until_signalled,
+)
 from lipctl.deployables import Deployment, PlantHandle, opcua_tags, security_config
 from lipctl.envs import make_env
 from lipctl.envs.files import atomic_write
@@ -49,7 +54,6 @@ OWN_KEYS = {  # keys deploy itself reads; the rest of each group are its builder
     "controller": ("name",),
     "plant": ("name", "kind", "process", "realtime", "stale_after_periods", "measurement_range"),
 }
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # end the run after the current step
 
 
 def plant_process(cfg: DictConfig) -> Process | None:
@@ -144,27 +148,6 @@ def build(cfg: DictConfig, group: str, deployment: Deployment) -> Any:
     return builder(deployment=deployment)
 
 
-def _ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{1e3 * seconds:.1f} ms"
-
-
-def _summary_line(summary: dict[str, Any]) -> str:
-    solve, period, ms = summary["solve_time"], summary["period"], _ms
-    causes = ", ".join(f"{k} {v}" for k, v in sorted(summary["fallbacks_by_cause"].items()))
-    line = (f"{summary['steps']} steps of {summary['period_s']:g} s; deadline misses "
-            f"{summary['deadline_misses']}; fallbacks {summary['fallbacks']}"
-            + (f" ({causes})" if causes else "")
-            + f"; solve p50 {ms(solve['p50'])}, p95 {ms(solve['p95'])}, max {ms(solve['max'])}"
-            + f"; measured period p50 {ms(period['p50'])}, max {ms(period['max'])}")
-    failures = {"failed reads": summary["failed_reads"], "failed writes": summary["failed_writes"],
-                "reconnects": summary["reconnects"]}
-    if any(failures.values()):
-        line += "; " + ", ".join(f"{k} {v}" for k, v in failures.items() if v is not None)
-    if "final_in_target" in summary:
-        line += f"; final measurement in the target region: {summary['final_in_target']}"
-    return line + ("; interrupted" if summary["interrupted"] else "")
-
-
 def deploy(cfg: DictConfig) -> dict[str, Any]:
     """Gate, build, run and summarise; the summary is also written to <out>/summary.json."""
     torch.set_num_threads(cfg.torch_threads)
@@ -202,24 +185,14 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         deadline_s=cfg.deadline_s, realtime=cfg.plant.realtime)
     print(f"deploying {cfg.controller.name} on {plant_env} ({cfg.plant.name}), period "
           f"{period:g} s, {cfg.steps} steps; step log {out / 'steps.jsonl'}", flush=True)
-    stop, received = threading.Event(), []
-
-    def request_stop(signum: int, _: object) -> None:
-        received.append(signum)
-        stop.set()
-
-    handlers = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
     try:
-        summary = runtime.run(stop)
+        summary, stopped_by = run_until_signalled(runtime)
     finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
         plant.close()
     summary |= {"controller": cfg.controller.name, "plant": cfg.plant.name, "env_id": plant_env,
                 "clipped_writes": getattr(plant, "clipped_writes", None),
                 "reconnects": getattr(plant, "reconnects", None),
-                "interrupted": bool(received),
-                "stopped_by_signal": received[0] if received else None,
+                "stopped_by_signal": stopped_by,
                 "certificate": None if certificate is None else certificate.to_dict()}
     valid = [r["measurement"] for r in runtime.records if r["fallback"] is None]
     if process is not None and valid:
@@ -227,7 +200,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         summary["final_in_target"] = bool(process.in_target(np.asarray(valid[-1]), x_ref))
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
     atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
-    print(_summary_line(summary))
+    print(describe_summary(summary))
     return summary
 
 
