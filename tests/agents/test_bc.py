@@ -56,6 +56,7 @@ def pair_ratios(policy: BCPolicy, x1: torch.Tensor, x2: torch.Tensor,
     return (change / gap)[gap >= min_gap]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bound,activation", [(2.0, "relu"), (15.0, "relu"), (15.0, "maxmin"),
                                               (None, "relu")])
 def test_certified_bound_holds_and_no_sampled_pair_exceeds_it(demos, bound, activation):

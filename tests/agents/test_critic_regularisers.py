@@ -29,6 +29,7 @@ def _fit(critic: TwinCritic, steps: int = 400) -> None:
         optimiser.step()
 
 
+@pytest.mark.slow
 def test_capped_critic_ends_smoother_than_the_unregularised_one():
     inputs = torch.cat([torch.randn(256, 3), torch.rand(256, 1)], -1)
     bounds = {}

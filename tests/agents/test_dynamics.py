@@ -73,6 +73,7 @@ def test_early_stopping_and_elites_are_the_best_holdout_members():
     assert from_member[:, 0].any() and from_member[:, 2].any()
 
 
+@pytest.mark.slow
 def test_probabilistic_model_learns_mean_and_variance_of_noisy_toy():
     torch.manual_seed(0)
     x, y, generator = toy_data(4000)

@@ -48,6 +48,7 @@ def linear_expert(rows: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return states, (states @ gain).astype(np.float32), np.arange(rows) // 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_bc_policy_of_every_family_learns_inside_its_certified_bound(monkeypatch, family):
     states, actions, episodes = linear_expert()

@@ -99,6 +99,7 @@ def _toy_discriminator(penalty: str, steps: int = 400) -> tuple[Discriminator, t
     return discriminator, input_gradient_norm(discriminator, points)
 
 
+@pytest.mark.slow
 def test_gradient_penalty_keeps_the_discriminator_near_unit_gradient_norm():
     tolerance = 0.1
     _, penalised = _toy_discriminator("interpolate")

@@ -149,6 +149,7 @@ def muon_trainer(tmp_path, **loop) -> OffPolicyTrainer:
                             checkpoint_path=tmp_path / "checkpoint.pt", progress=False)
 
 
+@pytest.mark.slow
 def test_resume_with_muon_is_deterministic(tmp_path):
     """Two trainers resumed from the same mid-run Muon checkpoint continue identically."""
     mid = muon_trainer(tmp_path / "mid", total_steps=300)
@@ -166,6 +167,7 @@ def test_resume_with_muon_is_deterministic(tmp_path):
     assert all(torch.equal(w, weights[1][k]) for k, w in weights[0].items())
 
 
+@pytest.mark.slow
 def test_muon_lowers_a_soft_capped_critic_loss():
     """SAC with Muon and soft-capped critics (L = 50) on a fixed Pendulum-sized batch whose
     rewards oscillate along the state: 150 updates cut the critic loss by at least a fifth."""

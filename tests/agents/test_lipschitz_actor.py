@@ -82,11 +82,13 @@ def assert_certified_and_unbroken(mlp: nn.Module) -> None:
     assert 0 < attack <= upper * (1 + 1e-6), (attack, upper)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sac_actor_of_every_family_is_certified_within_its_bound_after_training(family):
     assert_certified_and_unbroken(trained_policy_mlp(SAC, family))
 
 
+@pytest.mark.slow
 def test_td3_actor_is_certified_within_its_bound_after_training():
     assert_certified_and_unbroken(trained_policy_mlp(TD3, "soft_cap"))
 

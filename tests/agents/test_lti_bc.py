@@ -53,6 +53,7 @@ def test_critical_gain_of_a_scalar_system_is_closed_form(a, b):
     assert spectral_radius(np.array([[a]]) - np.array([[b]]) @ gain) < 1
 
 
+@pytest.mark.slow
 def test_critical_gain_is_zero_for_a_stable_system_and_stabilises_the_pendulum():
     assert least_stabilising_gain(np.diag([0.5, -0.9]), np.ones((2, 1)))[0] == 0.0
     integrator = double_integrator()  # both eigenvalues at 1: any small gain can stabilise it
@@ -64,6 +65,7 @@ def test_critical_gain_is_zero_for_a_stable_system_and_stabilises_the_pendulum()
     assert spectral_radius(system.a - 0.9 * system.b @ gain) > 1  # on the boundary
 
 
+@pytest.mark.slow
 def test_sequence_attack_raises_the_cost_more_than_noise_of_the_same_radius():
     system = double_integrator()
     loop = LTILoop(_expert(system), system)
@@ -91,6 +93,7 @@ def test_demonstrations_cover_the_noise_radius_with_expert_labels():
     np.testing.assert_allclose(coverage["std"], states.std(0))
 
 
+@pytest.mark.slow
 def test_a_clones_action_change_never_exceeds_its_certified_bound_times_the_perturbation():
     system = double_integrator()
     rng = np.random.default_rng(0)

@@ -207,6 +207,7 @@ def mbpo_trainer(tmp_path, loop: LoopSettings, mbpo: MBPOSettings, hidden=(64, 6
                             progress=False)
 
 
+@pytest.mark.slow
 def test_trainer_checkpoint_holds_the_mbpo_state(tmp_path):
     loop = LoopSettings(total_steps=200, warmup_steps=100, batch_size=32, eval_every=200,
                         eval_episodes=1, checkpoint_every=200, log_every=100)

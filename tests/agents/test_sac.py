@@ -92,6 +92,7 @@ def make_trainer(tmp_path, hidden=(32, 32), **loop) -> OffPolicyTrainer:
                             checkpoint_path=tmp_path / "checkpoint.pt", progress=False)
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_and_resume_is_deterministic(tmp_path):
     first = make_trainer(tmp_path / "a")
     first_return = first.train()
@@ -141,6 +142,7 @@ def critic_sensitivity_after_training(robust_weight: float) -> float:
         return float((q(held_out + delta) - q(held_out)).abs().mean())
 
 
+@pytest.mark.slow
 def test_adversarial_loss_makes_the_critic_change_less_under_pgd():
     plain = critic_sensitivity_after_training(0.0)
     robust = critic_sensitivity_after_training(50.0)

@@ -73,6 +73,7 @@ def assert_states_close(actual, expected, where=""):
         assert actual == expected, where
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [SAC, TD3])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_seed_k_of_a_stacked_learner_follows_its_separate_run(cls, variant):
@@ -122,6 +123,7 @@ def eval_rows(path) -> np.ndarray:
     return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
 
 
+@pytest.mark.slow
 def test_lipctl_train_seeds_writes_what_the_separate_runs_write(workdir):
     """Each seed of `lipctl train seeds=[0,1]` lands in the folder its separate run uses, with
     the same config, evaluations and weights (float tolerance)."""
@@ -141,6 +143,7 @@ def test_lipctl_train_seeds_writes_what_the_separate_runs_write(workdir):
     assert load_checkpoint(workdir / "stacked/seed0/checkpoint.pt")["config"]["seed"] == 0
 
 
+@pytest.mark.slow
 def test_stacked_seeds_resume_together(workdir):
     args = ["seeds=[0,1]", "hydra.run.dir=run/seed${seed}", *TINY_TRAIN]
     lipctl("train", *args, cwd=workdir, check=True)
@@ -155,6 +158,7 @@ def test_stacked_seeds_resume_together(workdir):
                       "lipctl train: error: seeds: only seeds [0] have a checkpoint to resume")
 
 
+@pytest.mark.slow
 def test_a_kill_between_two_seeds_saves_resumes_from_their_common_step(workdir):
     """Seed 0 had saved step 300 and seed 1 not yet (its checkpoint is at 200): seed 0's
     previous checkpoint goes back in place and both resume from 200."""
@@ -182,12 +186,14 @@ def test_a_seeds_list_that_cannot_stack_is_a_config_error(workdir, overrides, me
     assert config_error("train", *overrides, *TINY_TRAIN, cwd=workdir).startswith(message)
 
 
+@pytest.mark.slow
 def test_seeds_sharing_a_run_folder_are_refused_in_one_line(workdir):
     """Found once the seeds' run folders are resolved, at the start of the run."""
     result = lipctl("train", "seeds=[0,1]", "hydra.run.dir=run", *TINY_TRAIN, cwd=workdir)
     assert_user_error(result, "lipctl train: error: seeds: hydra.run.dir gives the seeds the same")
 
 
+@pytest.mark.slow
 def test_the_stacked_seeds_benchmark_times_every_way_and_replots(workdir):
     out = workdir / "out"
     lipctl("bench", "experiment=stacked_seeds", f"out={out}", f"work={workdir / 'work'}",

@@ -137,6 +137,7 @@ def test_invalid_td3_options_are_refused(workdir):
         "train", "agent=td3", "agent.learner.policy_delay=0", cwd=workdir)
 
 
+@pytest.mark.slow
 def test_learner_group_selects_td3_without_sac_keys(tmp_path):
     variant = tmp_path / "variant" / "gail_td3_check.yaml"
     variant.parent.mkdir()
@@ -185,6 +186,7 @@ def td3_run(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_td3_checkpoint_evaluates(td3_run):
     agent = load_checkpoint(td3_run / "run" / "checkpoint.pt")["agent"]
     assert agent["updates"] == 251 and "actor_target" in agent  # steps 50 to 300 update
@@ -194,6 +196,7 @@ def test_td3_checkpoint_evaluates(td3_run):
     assert sum(line.startswith("critic") for line in result.stdout.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_td3_checkpoint_exports(td3_run):
     lipctl("export", "checkpoint=run/checkpoint.pt", "format=onnx", cwd=td3_run, check=True)
     described = json.loads((td3_run / "run" / "checkpoint.onnx.json").read_text())
@@ -203,6 +206,7 @@ def test_td3_checkpoint_exports(td3_run):
     assert 0 < certificate["lower"] <= certificate["upper"]
 
 
+@pytest.mark.slow
 def test_td3_checkpoint_records_demonstrations_of_its_policy(td3_run):
     lipctl("demos", "env=inverted_pendulum", "expert=checkpoint", "episodes=2",
            "expert_checkpoint=run/checkpoint.pt", "out=td3.npz", cwd=td3_run, check=True)
@@ -214,6 +218,7 @@ def test_td3_checkpoint_records_demonstrations_of_its_policy(td3_run):
     np.testing.assert_allclose(recorded.actions[:20], expected.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_td3_checkpoint_robustness_report(td3_run):
     lipctl("robustness", "checkpoint=run/checkpoint.pt", "eps=[0.05]", "episodes=1",
            "attack_steps=2", "out=report.json", cwd=td3_run, check=True)
@@ -223,6 +228,7 @@ def test_td3_checkpoint_robustness_report(td3_run):
     assert len(report["rows"]) == 1
 
 
+@pytest.mark.slow
 def test_gail_trains_with_td3_as_its_learner(workdir):
     lipctl("train", "agent=gail", "agent/learner=td3", "env=inverted_pendulum",
            f"demos={DEMOS}", *TINY_TRAIN, "hydra.run.dir=run", cwd=workdir, check=True)

@@ -29,6 +29,7 @@ def composed(name: str, *overrides: str) -> DictConfig:
         return compose("bench", overrides=[f"experiment={name}", *overrides])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RESULTS))
 def test_the_default_results_are_the_committed_ones(name):
     cfg = composed(name)
@@ -61,6 +62,7 @@ def test_a_bad_setting_is_refused_naming_its_key(name, override, key):
     assert error.value.key == key
 
 
+@pytest.mark.slow
 def test_stacked_update_runs_end_to_end_and_replots(tmp_path):
     out = tmp_path / "out"
     tiny = ["experiment=stacked_update", "experiment.widths=[8]", "experiment.seed_counts=[1,3]",

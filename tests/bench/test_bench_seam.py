@@ -51,6 +51,7 @@ def toy_bench(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
     return lipctl_with_user_code(folder, "bench", "experiment=toy", *overrides)
 
 
+@pytest.mark.slow
 def test_a_new_benchmark_is_one_module_and_one_yaml(tmp_path):
     (tmp_path / "toy_bench.py").write_text(TOY_MODULE)
     (tmp_path / "conf" / "experiment").mkdir(parents=True)
@@ -98,6 +99,7 @@ def test_an_experiment_must_name_a_module_with_the_protocol(module, expected):
         bench.validate(cfg)
 
 
+@pytest.mark.slow
 def test_every_shipped_experiment_names_a_module_with_the_protocol():
     experiments = sorted(p.name.removesuffix(".yaml") for p in resources.files(
         "lipctl.conf").joinpath("experiment").iterdir() if p.name.endswith(".yaml"))

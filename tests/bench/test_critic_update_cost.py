@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -14,6 +15,7 @@ def experiment(*overrides: str) -> DictConfig:
         return compose("bench", overrides=["experiment=critic_update_cost", *overrides]).experiment
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_family_arm(tmp_path):
     exp = experiment("experiment.widths=[8,16]", "experiment.rounds=2", "experiment.updates=1",
                      "experiment.burn_in=1")

@@ -46,6 +46,7 @@ def test_the_preset_has_every_family_at_every_fraction_and_the_optimiser_arms():
                              "activation: relu}")
 
 
+@pytest.mark.slow
 def test_the_preset_composes_a_valid_train_config_for_every_arm():
     cfg = preset()
     bench.validate(cfg)  # composes and checks every arm's train config on every env
@@ -57,6 +58,7 @@ def test_the_preset_composes_a_valid_train_config_for_every_arm():
         "inverted_pendulum": critics, "pendulum": critics + policies}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "key"), [
     ("~experiment.critic_lipschitz.pendulum", "experiment.critic_lipschitz"),
     ("experiment.fractions=[0.3,0]", "fractions.1"),
@@ -76,6 +78,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
     out = workdir / "out"
     args = ["bench", "experiment=lipschitz_layers", f"out={out}", f"work={workdir / 'work'}",

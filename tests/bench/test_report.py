@@ -8,6 +8,7 @@ import pytest
 from lipctl.bench.report import interval_estimate, probability_of_improvement
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aggregate,expected", [("median", 5.5), ("iqm", 5.5), ("mean", 5.5)])
 def test_interval_estimate_brackets_the_aggregate(aggregate, expected):
     point, low, high = interval_estimate(np.arange(1.0, 11.0), aggregate)
@@ -30,6 +31,7 @@ def test_median_is_over_seeds_not_the_mean():
     assert interval_estimate([1.0, 2.0, 3.0, 4.0, 1000.0], "mean")[0] == pytest.approx(202.0)
 
 
+@pytest.mark.slow
 def test_iqm_trims_a_whole_number_of_seeds_from_each_end():
     # rliable's IQM is scipy's trim_mean(0.25): floor(n / 4) scores cut from each end, no
     # fractional weights. n = 5 cuts 1: mean(2, 3, 4) = 3.
@@ -40,12 +42,14 @@ def test_iqm_trims_a_whole_number_of_seeds_from_each_end():
     assert interval_estimate([100.0, 0.0, 20.0, 1.0, 10.0, 2.0], "iqm")[0] == pytest.approx(8.25)
 
 
+@pytest.mark.slow
 def test_probability_of_improvement_of_seeds():
     point, low, high = probability_of_improvement([5.0, 6.0, 7.0], [1.0, 2.0, 3.0])
     assert (point, low, high) == (1.0, 1.0, 1.0)
     assert probability_of_improvement([1.0, 2.0], [1.0, 2.0])[0] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_intervals_are_reproducible():
     values = [1.0, 5.0, 2.0, 8.0, 3.0, 9.0, 4.0]
     assert interval_estimate(values, "iqm") == interval_estimate(values, "iqm")

@@ -38,6 +38,7 @@ def fake_run(seed: int, final: float, wall: float, upper: float) -> dict:
                              "critic1": {"upper": upper + 1, "lower": 2.0}}}
 
 
+@pytest.mark.slow
 def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     runs = {("pendulum", "ensemble"): [fake_run(s, -200.0 - s, 40.0, 100.0) for s in range(3)],
             ("pendulum", "single"): [fake_run(s, -150.0 - s, 20.0, 50.0) for s in range(3)]}
@@ -154,6 +155,7 @@ def test_bad_solved_levels_are_one_line(override, message, workdir):
                                    f"out={workdir / 'out'}", override, cwd=workdir)
 
 
+@pytest.mark.slow
 def test_runs_are_timed_to_the_solved_level_of_their_env():
     exp = OmegaConf.create({"baseline": "single", "medians": ["wall_seconds"],
                             "last_train_metrics": [], "overrides": [], "solved": {"pendulum": -200},
@@ -228,6 +230,7 @@ MBPO_PRESETS = ["mbpo_vs_ensemble", "mbpo_vs_ensemble_paper", "mbpo_gap_pilot",
                 "mbpo_gap_pilot_long", "mbpo_strength_pilot"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", MBPO_PRESETS)
 def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(preset):
     """Overrides shared by every run must not turn the baselines into regularised critics; a
@@ -246,6 +249,7 @@ def test_each_variant_keeps_its_own_regularisers_under_the_preset_overrides(pres
         assert cfg.agent.dynamics.probabilistic == (name != "single_deterministic")
 
 
+@pytest.mark.slow
 def test_imitation_returns_are_normalised_by_the_expert_return():
     demos = Path(__file__).resolve().parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
     exp = OmegaConf.create({"baseline": "gail_no_penalty", "medians": ["wall_seconds"],
@@ -271,6 +275,7 @@ PENALTY_POINTS = {"gail_no_penalty": "none", "gail_spectral_hidden": "none",
                   "gail_gp_expert": "expert", "gail_gp_policy": "policy"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["gail_lipschitz", "gail_lipschitz_paper"])
 def test_gail_variants_keep_their_own_discriminator_settings(preset):
     """Every run has the reference discriminator recipe (and, in the paper preset, TD3);
@@ -288,6 +293,7 @@ def test_gail_variants_keep_their_own_discriminator_settings(preset):
         assert gail.penalty_one_sided == (variant != "gail_gp_two_sided"), variant
 
 
+@pytest.mark.slow
 def test_gail_paper_preset_passes_the_benchmark_validation(tmp_path):
     """Every run of the paper preset composes and passes `lipctl train`'s checks, given
     demonstrations of each env (here short ones of a zero-action policy)."""
@@ -322,6 +328,7 @@ def test_gail_paper_preset_passes_the_benchmark_validation(tmp_path):
     assert "loop.total_steps=1000000" in experiment.overrides
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", MBPO_PRESETS)
 def test_mbpo_presets_pass_the_benchmark_validation(preset):
     """Every run of the preset composes and passes `lipctl train`'s checks before any work."""
@@ -364,6 +371,7 @@ def test_stacked_seeds_split_only_to_keep_the_jobs_busy(seeds, variants, jobs, s
     assert seed_chunks(seeds, variants, jobs) == stacks
 
 
+@pytest.mark.slow
 def test_a_sweep_stacks_the_seeds_of_a_variant_that_stacks(workdir):
     """SAC's seeds train in one process (`seeds=[0,1]`), MBPO's one per process, into the same
     run folders; both reach the report."""

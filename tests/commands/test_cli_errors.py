@@ -58,6 +58,7 @@ def test_help_lists_commands(workdir):
     assert "train" in result.stdout and "eval" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_cfg_job_prints_resolved_groups(workdir):
     result = lipctl("train", "--cfg", "job", "env=hopper", "lipschitz=spectral_adversarial",
                     cwd=workdir, check=True)

@@ -175,6 +175,7 @@ def test_subsampling_keeps_every_kth_transition_from_an_offset(tmp_path):
         load_demos(tmp_path / "toy.npz", subsample=0)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_loadable_file(workdir):
     result = lipctl("demos", "env=inverted_pendulum", "expert=lqr", "episodes=2",
                     "out=demos/ip.npz", cwd=workdir, check=True)
@@ -209,6 +210,7 @@ def test_committed_demonstrations_load_against_their_env():
     np.testing.assert_array_equal(loaded.episode_returns, np.full(10, 1000.0))
 
 
+@pytest.mark.slow
 def test_trained_experts_are_recorded_from_their_files(workdir):
     """A lipctl agent checkpoint and a stable-baselines3 .zip both serve as experts; an expert
     made for another env is refused."""

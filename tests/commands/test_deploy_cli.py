@@ -45,6 +45,7 @@ def files(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_export_policy_to_onnx_and_process_model_to_torchscript(files):
     result = lipctl("export", "checkpoint=policy.pt", "format=onnx", cwd=files, check=True)
@@ -92,6 +93,7 @@ def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_deploy_first_principles_mpc_on_the_cstr(files):
     lipctl("deploy", "controller=mpc", "plant=cstr", "steps=20", "out=mpc_run", cwd=files,
            check=True)
@@ -102,6 +104,7 @@ def test_deploy_first_principles_mpc_on_the_cstr(files):
     assert records[0]["measurement"] == [1.5, -70.0]
 
 
+@pytest.mark.slow
 def test_deploy_policy_through_the_lipschitz_gate(files):
     upper = read_network(files / "policy.pt").certificate.upper
     lipctl("deploy", "controller=policy", "checkpoint=policy.pt", "plant=gym", "steps=5",
@@ -114,6 +117,7 @@ def test_deploy_policy_through_the_lipschitz_gate(files):
     assert not (files / "refused_run").exists()
 
 
+@pytest.mark.slow
 def test_deploy_over_opcua_against_lipctl_plant_serve(files):
     command = [sys.executable, "-m", "lipctl", "plant", "serve", "port=0", "period_s=0.1"]
     server = subprocess.Popen(command, cwd=files, stdout=subprocess.PIPE,
@@ -139,6 +143,7 @@ def test_deploy_over_opcua_against_lipctl_plant_serve(files):
     assert stopped[:2] == ["stopped", "at"] and CSTR.in_target(np.array(stopped[2:4], float))
 
 
+@pytest.mark.slow
 def test_deploy_mpc_on_the_quadruple_tank_to_another_operating_point(files):
     lipctl("deploy", "controller=mpc", "plant=quadtank", "controller.horizon=10",
            "controller.setpoint=high", "steps=40", "out=tank_run", cwd=files, check=True)
@@ -149,6 +154,7 @@ def test_deploy_mpc_on_the_quadruple_tank_to_another_operating_point(files):
     assert quadtank_process().in_target(final, high)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_deploy_with_a_summary_of_the_logged_steps(files):
     command = [sys.executable, "-m", "lipctl", "deploy", "steps=100000", "plant.realtime=true",
                "plant.period_s=0.02", "out=interrupted_run"]
@@ -182,6 +188,7 @@ def test_config_mistakes_are_refused_before_any_work(files, args, expected):
     assert expected in config_error(*args, cwd=files)
 
 
+@pytest.mark.slow
 def test_users_mistakes_are_one_line_and_exit_code_2(files):
     """Mistakes the config check does not find (a missing action word, files and a plant read
     at run time): still one line and exit code 2."""

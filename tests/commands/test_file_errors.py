@@ -285,6 +285,7 @@ def test_a_plant_log_given_as_a_dataset_points_to_the_log_import(tmp_path, data)
         load_dataset(tmp_path / "cut.npz")
 
 
+@pytest.mark.slow
 def test_fit_given_a_plant_log_is_one_line(workdir):
     (workdir / "log.csv").write_text("time,CA,T,F,Q\n0,0.5,350,5,0\n60,0.51,351,5,0\n")
     result = lipctl("fit", "model=iclrnn", "data=log.csv", "out=m.pt", cwd=workdir)
@@ -306,6 +307,7 @@ def test_every_cut_of_a_model_file_is_corrupt_or_truncated(tmp_path, model_file)
         load_model(cut)
 
 
+@pytest.mark.slow
 def test_mpc_given_a_truncated_model_file_is_one_line(workdir, model_file):
     raw = model_file.read_bytes()
     (workdir / "cut.pt").write_bytes(raw[:len(raw) // 2])

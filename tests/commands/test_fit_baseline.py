@@ -51,6 +51,7 @@ def test_persistence_mse_is_the_scaled_error_of_predicting_no_change():
     assert expected > 0
 
 
+@pytest.mark.slow
 def test_fit_prints_the_baseline_and_warns_below_it(tmp_path, lipctl_main):
     data = generate(PROCESS, states_per_axis=2, inputs_per_axis=2, chains=4, periods=10)
     save_dataset(data, tmp_path / "tiny.npz")
@@ -65,6 +66,7 @@ def test_fit_prints_the_baseline_and_warns_below_it(tmp_path, lipctl_main):
     assert (tmp_path / "tiny.pt").is_file()
 
 
+@pytest.mark.slow
 def test_default_fit_beats_no_change_on_a_two_hour_plant_log(tmp_path, lipctl_main):
     """720 periods of 10 s of the quadruple tank logged every 2-4 s (a few optimiser steps per
     epoch): early stopping after 20 epochs without progress leaves an ICLRNN worse than

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 
 from lipctl.logger import Logger
@@ -43,6 +44,7 @@ def test_tensorboard_backend_writes_events(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_wandb_offline_backend_writes_a_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = Logger(tmp_path, backends=["csv", "wandb"], config={"seed": 0}, run_name="t")

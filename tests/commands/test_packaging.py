@@ -69,6 +69,7 @@ def test_every_package_folder_is_installed_under_lipctl():
     assert set(PACKAGE_DIRS) == set(ALLOWED) | {"lipctl.conf"}
 
 
+@pytest.mark.slow
 def test_imports_follow_the_arrows_and_nothing_imports_scripts():
     violations = []
     for module, path in _modules().items():
@@ -160,6 +161,7 @@ def _python(code: str, cwd: Path, python: str = sys.executable) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_help_imports_neither_torch_nor_mujoco_nor_casadi(tmp_path):
     code = ("import sys, contextlib, io\nfrom lipctl.cli import main\n"
             "for args in (['--help'], ['train', '--help'], ['deploy', '--help']):\n"
@@ -170,6 +172,7 @@ def test_help_imports_neither_torch_nor_mujoco_nor_casadi(tmp_path):
     assert _python(code, tmp_path).strip() == "[]"
 
 
+@pytest.mark.slow
 def test_lipctl_and_python_control_import_side_by_side(tmp_path):
     """python-control's `control` and `lipctl.control` in one interpreter, and the pendulum
     expert's LQR gain checked against control.dlqr on the same linearisation."""

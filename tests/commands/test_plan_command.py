@@ -34,6 +34,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {"mbpo": root / "mbpo" / "checkpoint.pt", "sac": root / "sac" / "checkpoint.pt"}
 
 
+@pytest.mark.slow
 def test_plan_prints_return_planning_time_and_the_critic_certificate(checkpoints, tmp_path):
     result = lipctl("plan", f"checkpoint={checkpoints['mbpo']}", "episodes=1",
                     "planner.samples=64", "planner.horizon=2", "obs_noise=0.1", cwd=tmp_path,
@@ -47,6 +48,7 @@ def test_plan_prints_return_planning_time_and_the_critic_certificate(checkpoints
 USER_PLANNER = Path(__file__).parent / "user_planner"
 
 
+@pytest.mark.slow
 def test_a_planner_of_the_users_own_plans_by_config_alone(checkpoints, tmp_path):
     """A planner module and conf/planner/<name>.yaml outside lipctl: `lipctl plan` completes
     its factory with the checkpoint's model, value and termination."""
@@ -116,11 +118,13 @@ def test_bad_planner_settings_are_one_line(override, message, checkpoints, tmp_p
                                    cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_a_dynamics_model_is_one_line(checkpoints, tmp_path):
     assert_user_error(lipctl("plan", f"checkpoint={checkpoints['sac']}", cwd=tmp_path),
                       "holds no dynamics model")
 
 
+@pytest.mark.slow
 def test_deploy_runs_the_planner_against_a_gym_plant(checkpoints, tmp_path):
     lipctl("deploy", "controller=planner", "plant=gym", f"checkpoint={checkpoints['mbpo']}",
            "steps=5", "deadline_s=60", "controller.planner.samples=64", f"out={tmp_path}",
@@ -130,6 +134,7 @@ def test_deploy_runs_the_planner_against_a_gym_plant(checkpoints, tmp_path):
     assert summary["fallbacks"] == 0 and summary["certificate"] is None
 
 
+@pytest.mark.slow
 def test_deploying_a_planner_on_another_env_is_one_line(checkpoints, tmp_path):
     assert_user_error(lipctl("deploy", "controller=planner", "plant=gym",
                              "plant.id=InvertedPendulum-v5", f"checkpoint={checkpoints['mbpo']}",
@@ -137,6 +142,7 @@ def test_deploying_a_planner_on_another_env_is_one_line(checkpoints, tmp_path):
                       "plant: the MBPO agent checkpoint was made for Pendulum-v1")
 
 
+@pytest.mark.slow
 def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp_path):
     for variant in ("single", "single_soft_cap"):
         target = tmp_path / "checkpoints" / "pendulum" / variant / "seed0"
@@ -175,6 +181,7 @@ def test_planning_benchmark_refuses_missing_checkpoints(tmp_path):
         f"experiment.checkpoints={tmp_path}", cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_mbpo_trains_and_plans_with_a_td3_learner(tmp_path):
     """The model rollouts and the planner ask the learner (explore, value), not SAC's parts."""
     lipctl("train", *MBPO_TINY, "agent/learner=td3", "hydra.run.dir=run", cwd=tmp_path,

@@ -28,6 +28,7 @@ def fitted(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_fit_without_early_stopping_runs_every_epoch_of_a_stacked_model(fitted):
     result = lipctl("fit", "model=icrnn", "data=cstr.npz", "out=stacked.pt", "epochs=3",
                     "model.hidden=8", "model.layers=2", "patience=null", cwd=fitted, check=True)
@@ -36,12 +37,14 @@ def test_fit_without_early_stopping_runs_every_epoch_of_a_stacked_model(fitted):
     assert saved["hparams"]["layers"] == 2 and "W.1" in saved["state_dict"]
 
 
+@pytest.mark.slow
 def test_first_principles_mpc_reaches_the_target(workdir):
     result = lipctl("mpc", "model=first_principles", "steps=20", cwd=workdir, check=True)
     assert "target reached at step" in result.stdout
     assert "fallbacks 0" in result.stdout
 
 
+@pytest.mark.slow
 def test_mpc_on_a_fitted_model_runs_the_closed_loop(fitted):
     result = lipctl("mpc", "model=iclrnn", "model_file=iclrnn.pt", "steps=3", cwd=fitted,
                     check=True)
@@ -59,6 +62,7 @@ def test_mpc_on_a_fitted_model_runs_the_closed_loop(fitted):
     assert "planner mppi H=2 samples=64" in planned.stdout
 
 
+@pytest.mark.slow
 def test_the_quadruple_tank_from_the_same_commands(fitted):
     """data -> fit -> mpc for a second process, chosen by env=quadtank alone."""
     lipctl("data", "env=quadtank", "states_per_axis=2", "inputs_per_axis=2", "chains=4",
@@ -111,6 +115,7 @@ def test_bad_process_inputs_are_refused_before_any_work(bad_files, args, expecte
     assert expected in config_error(*args, cwd=bad_files)
 
 
+@pytest.mark.slow
 def test_bad_files_are_refused_when_read_in_one_line_with_exit_code_2(bad_files):
     cases = [(["mpc", "model=iclrnn", "model_file=other_plant.pt"], "model_file:"),
              (["mpc", "model=iclrnn", "model_file=garbage.pt"], "model_file:"),
@@ -135,6 +140,7 @@ def tiny_bench(work: str) -> list[str]:
     return ["bench", "experiment=cstr_mpc", "out=results/cstr_mpc", f"work={work}", *TINY_BENCH]
 
 
+@pytest.mark.slow
 def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     args = tiny_bench("work")
     lipctl(*args, cwd=workdir, check=True)
@@ -221,6 +227,7 @@ def test_bench_cstr_mpc_config_errors_are_one_line(workdir, args, expected):
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.slow
 def test_bench_presets_compose_as_documented(workdir):
     reference = lipctl("bench", "experiment=cstr_mpc_paper", "--cfg", "job", cwd=workdir,
                        check=True).stdout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lipctl.config import check_overrides
 from lipctl.logger import Logger, run_name
 
@@ -14,6 +16,7 @@ def name_of(tmp_path: Path, *overrides: str) -> str:
     return run_name(configs[0])
 
 
+@pytest.mark.slow
 def test_run_names_tell_runs_apart(tmp_path):
     runs = [[], ["seed=1"], ["agent=td3"], ["lipschitz=spectral"],
             ["lipschitz=spectral", "lipschitz.L=10"], ["variant=single_spectral"],
@@ -27,6 +30,7 @@ def test_run_names_tell_runs_apart(tmp_path):
     assert len(set(names)) == len(names)
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_carries_the_name(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     name = name_of(tmp_path, "seed=4", "lipschitz=spectral")

@@ -29,6 +29,7 @@ def last_step(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_loses_and_duplicates_nothing(workdir):
     run_dir = workdir / "run"
     args = [*TINY_TRAIN, "loop.total_steps=2000", "loop.checkpoint_every=200",
@@ -62,6 +63,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(workdir):
     assert episode_steps == sorted(set(episode_steps))
 
 
+@pytest.mark.slow
 def test_eval_prints_return_and_certificates(workdir):
     run_dir = workdir / "run"
     lipctl("train", *TINY_TRAIN, "lipschitz=spectral", "lipschitz.L=20",
@@ -74,6 +76,7 @@ def test_eval_prints_return_and_certificates(workdir):
     assert len(uppers) == 2 and all(u <= 20.0 for u in uppers)
 
 
+@pytest.mark.slow
 def test_mbpo_variant_trains_and_writes_its_time_breakdown(workdir):
     run_dir = workdir / "run"
     lipctl("train", "variant=single_spectral_adversarial", *TINY_TRAIN,
@@ -96,6 +99,7 @@ def test_mbpo_variant_trains_and_writes_its_time_breakdown(workdir):
     assert all(float(row["critic0_state_lipschitz"]) > 0 for row in evals)
 
 
+@pytest.mark.slow
 def test_multirun_with_the_local_parallel_launcher(workdir):
     sweep_dir = workdir / "sweep"
     lipctl("train", "-m", "seed=0,1", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
@@ -117,6 +121,7 @@ def test_multirun_through_submitit(workdir):
     assert (sweep_dir / "0" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_slurm_launcher_config_composes(workdir):
     result = lipctl("train", "hydra/launcher=slurm", "--cfg", "hydra", cwd=workdir,
                     check=True)
@@ -124,6 +129,7 @@ def test_slurm_launcher_config_composes(workdir):
     assert "cpus_per_task: 4" in result.stdout
 
 
+@pytest.mark.slow
 def test_training_stops_at_the_first_evaluation_reaching_the_target_return(workdir):
     """Any return reaches a target of -1e9: the run ends (checkpointed) at its first evaluation;
     an unreachable one runs the whole budget."""

@@ -69,6 +69,7 @@ def test_a_discrete_action_env_is_refused_before_the_run(tmp_path):
         check(tmp_path / "run", "env.id=CartPole-v1")
 
 
+@pytest.mark.slow
 def test_refused_train_exits_2_in_one_line_and_leaves_no_run_folder(workdir):
     for override, expected in [
         ("agent.learner.hidden=abc", "agent.learner.hidden: must be a non-empty list"),

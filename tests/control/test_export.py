@@ -27,6 +27,7 @@ def _process_model() -> tuple[torch.nn.Module, torch.Tensor]:
     return build_model("iclrnn", 2, 2, hidden=8).eval(), torch.randn(2, 5, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize("make", [_policy, _process_model], ids=["policy", "process_model"])
 def test_export_parity(tmp_path, make, format):

@@ -142,6 +142,7 @@ def test_a_model_fitted_on_an_imported_log_predicts_like_one_fitted_on_the_simul
             assert errors[0] < 0.3 * unchanged
 
 
+@pytest.mark.slow
 def test_short_gaps_are_interpolated_and_a_long_gap_splits_the_log(tmp_path, lipctl_data):
     nan_runs = ((100, 3, ("LT101",)), (300, 4, ("P2_V",)), (302, 2, ("LT104",)),
                 (500, 40, ("LT103",)))
@@ -161,6 +162,7 @@ def test_short_gaps_are_interpolated_and_a_long_gap_splits_the_log(tmp_path, lip
     assert list(data.split) == sorted(data.split)  # train, then val, then test, in time order
 
 
+@pytest.mark.slow
 def test_columns_named_like_the_process_need_no_map(tmp_path, lipctl_data):
     frame = write_log(tmp_path / "tags.csv", 60, seed=5, noise=0.0)
     names = {tag: name for name, tag in TAGS.items()} | {"stamp": "time"}
@@ -169,6 +171,7 @@ def test_columns_named_like_the_process_need_no_map(tmp_path, lipctl_data):
     assert "log.npz: " in result.stdout and len(load_dataset(tmp_path / "log.npz").x0) >= 55
 
 
+@pytest.mark.slow
 def test_bad_logs_are_one_line_and_exit_code_2(tmp_path, lipctl_data):
     frame = write_log(tmp_path / "good.csv", 60, seed=6, noise=0.0)
     frame.drop(columns="LT103").to_csv(tmp_path / "missing.csv", index=False)

@@ -44,6 +44,7 @@ def test_units_convert_by_the_table():
         convert([1.0], "inch", "cm")
 
 
+@pytest.mark.slow
 def test_a_log_in_mm_with_units_declared_imports_like_the_same_log_in_cm(
         tmp_path, lipctl_data):
     frame = write_log(tmp_path / "cm.csv", 120, seed=7, noise=0.02)
@@ -62,6 +63,7 @@ def test_a_log_in_mm_with_units_declared_imports_like_the_same_log_in_cm(
     assert_same_data(tmp_path / "cm.npz", tmp_path / "min.npz")
 
 
+@pytest.mark.slow
 def test_a_log_in_mm_without_units_is_refused_naming_the_column_and_mm(tmp_path, lipctl_data):
     frame = write_log(tmp_path / "cm.csv", 60, seed=8, noise=0.0)
     frame.assign(LT101=frame["LT101"] * 10).to_csv(tmp_path / "mm.csv", index=False)
@@ -104,6 +106,7 @@ def test_a_deviation_temperature_declared_in_degC_is_told_it_is_a_difference(tmp
     assert len(warned.warnings) == 1 and "column 'T'" in warned.warnings[0]
 
 
+@pytest.mark.slow
 def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path, lipctl_data):
     frame = write_log(tmp_path / "log.csv", 60, seed=9, noise=0.0)
     lipctl_data("env=quadtank", "import=log.csv", COLUMNS, "out=log.npz", check=True)
@@ -123,6 +126,7 @@ def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path, lipctl_data):
                                "12's with other values (only exact duplicate rows are dropped)")
 
 
+@pytest.mark.slow
 def test_inf_and_text_cells_are_counted_apart_and_read_as_gaps(tmp_path, lipctl_data):
     frame = write_log(tmp_path / "log.csv", 60, seed=10, noise=0.0)
     bad = frame.astype({"LT102": object})

@@ -38,6 +38,7 @@ def _linear_clone(system, factor: float) -> nn.Module:
     return LinearFeedback(gain, [-np.inf] * system.input_dim, [np.inf] * system.input_dim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["double_integrator", "inverted_pendulum_linear"])
 def test_both_bounds_hold_for_a_linear_clone_and_are_tight_where_they_should_be(name):
     system = LTI_SYSTEMS[name]()

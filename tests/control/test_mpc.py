@@ -53,6 +53,7 @@ def test_mpc_without_contraction_also_reaches_the_target():
     assert process_metrics(CSTR, trajectory, mpc.stats).fallbacks == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("horizon", [2, 10])
 def test_solve_time_by_horizon(horizon):
     mpc = MPC(CSTR.step, CSTR, horizon=horizon)
@@ -249,6 +250,7 @@ def test_solve_stats_count_solver_iterations(lmpc):
     assert skipped.iterations == 0 and skipped.fallback
 
 
+@pytest.mark.slow
 def test_quadruple_tank_mpc_follows_a_setpoint_change_without_leaving_bounds():
     """The generic MPC on a second process: no Lyapunov function, absolute levels, a reference
     switched mid-episode without rebuilding the problem."""

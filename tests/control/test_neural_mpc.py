@@ -180,6 +180,7 @@ def _closed_loop(mpc: MPC, start: list[float], steps: int = 30):
     return process_metrics(CSTR, trajectory, mpc.stats)
 
 
+@pytest.mark.slow
 def test_fitted_iclrnn_matches_torch(iclrnn):
     x, u = _points(100, seed=3)
     ours = _casadi_next(casadi_model(iclrnn), x, u)
@@ -218,6 +219,7 @@ def test_gauss_newton_hessian_is_exact_for_a_relu_network():
     assert largest > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [
     SolverOptions(symbolic="MX", method="sqp", hessian="gauss-newton"),
     SolverOptions(symbolic="MX", method="sqp", hessian="gauss-newton", jit=True),
@@ -235,6 +237,7 @@ def test_sqp_plans_what_ipopt_plans_on_a_network(iclrnn, options):
         assert not any(s.fallback for s in sqp.stats)  # reset clears stats: checked per start
 
 
+@pytest.mark.slow
 def test_iclrnn_mpc_solve_time_at_horizon_ten(iclrnn):
     mpc = MPC(casadi_model(iclrnn), CSTR, horizon=10)
     metrics = _closed_loop(mpc, STARTS[0], steps=20)
@@ -243,6 +246,7 @@ def test_iclrnn_mpc_solve_time_at_horizon_ten(iclrnn):
     assert metrics.reached_step is not None
 
 
+@pytest.mark.slow
 def test_mppi_on_the_fitted_iclrnn_reaches_the_target_from_every_published_start(iclrnn):
     """The torch face of the same fitted model that IPOPT plans on, planned on by MPPI."""
     factory = instantiate(OmegaConf.merge(OmegaConf.load(files("lipctl.conf") / "planner"

@@ -72,6 +72,7 @@ def _next_measurement(plant: OpcUaPlant, after: float) -> tuple[np.ndarray, floa
     raise AssertionError("the plant server did not step within 5 s")
 
 
+@pytest.mark.slow
 def test_client_reads_initial_state_and_written_input_changes_evolution(served: PlantServer):
     with OpcUaPlant(served.url, CSTR, timeout_s=2.0) as plant:
         plant.reset()
@@ -102,6 +103,7 @@ def _settled(records: list[dict], steps: int) -> bool:
         r["fallback"] is None and CSTR.in_target(np.array(r["measurement"])) for r in recent)
 
 
+@pytest.mark.slow
 def test_closed_loop_over_opcua_survives_a_server_restart(tmp_path: Path):
     """Runs until the loop has come back to the restarted server and settled in the target, so
     a slow restart (a loaded machine) lengthens the outage but cannot fail the test."""

@@ -88,6 +88,7 @@ def tanks() -> Iterator[PlantServer]:
         yield server
 
 
+@pytest.mark.slow
 def test_writes_outside_the_input_bounds_or_not_finite_are_refused(tanks: PlantServer):
     v1, v2 = ua.NodeId("Plant.v1", 2), ua.NodeId("Plant.v2", 2)
     double = lambda x: ua.DataValue(ua.Variant(x, ua.VariantType.Double))  # noqa: E731

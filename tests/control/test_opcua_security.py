@@ -63,6 +63,7 @@ def secured(request, certs) -> Iterator[PlantServer]:
         yield server
 
 
+@pytest.mark.slow
 def test_secured_client_reads_and_writes(secured: PlantServer, certs):
     with OpcUaPlant(secured.url, CSTR, timeout_s=5.0, reconnect_attempts=0,
                     security=_client_security(certs, secured.security.mode)) as plant:
@@ -140,6 +141,7 @@ def test_plant_serve_allow_remote_needs_security(tmp_path: Path):
         "plant", "serve", "allow_remote=true", "port=0", cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_encrypted_authenticated_closed_loop_leaks_no_password(tmp_path: Path, certs,
                                                                 monkeypatch):
     (tmp_path / "password").write_text(PASSWORD + "\n")

@@ -142,6 +142,7 @@ def _settled(records: list[dict], steps: int) -> bool:
         r["fallback"] is None and QUADTANK.in_target(np.array(r["measurement"])) for r in recent)
 
 
+@pytest.mark.slow
 def test_mpc_controls_a_vendor_server_through_a_tag_map(vendor: VendorServer, tmp_path: Path):
     plant = _client(vendor.url)
     runtime = Runtime(process_mpc(QUADTANK), plant, period_s=vendor.period_s, max_steps=3000,
@@ -165,6 +166,7 @@ def test_mpc_controls_a_vendor_server_through_a_tag_map(vendor: VendorServer, tm
     assert np.all((pumps >= 0.0) & (pumps <= 6.0))
 
 
+@pytest.mark.slow
 def test_inputs_outside_the_bounds_are_written_clipped_and_nan_never(vendor: VendorServer):
     with _client(vendor.url) as plant:
         plant.write(np.array([7.5, -1.0]))
@@ -181,6 +183,7 @@ def test_inputs_outside_the_bounds_are_written_clipped_and_nan_never(vendor: Ven
     assert [vendor.value(PUMPS["v1"]), vendor.value(PUMPS["v2"])] == [2.0, 3.0]
 
 
+@pytest.mark.slow
 def test_an_unknown_tag_is_named_at_connect(vendor: VendorServer):
     for node, problem in (("ns=2;s=QT.LT109.PV", "is not on the server (BadNodeIdUnknown)"),
                           ("2:QuadTank/2:LT109", "no such browse path"),
@@ -212,6 +215,7 @@ QUADTANK_PLANT = ["plant=opcua", "plant.process._target_=lipctl.envs.quadtank.qu
                   "plant.measurement_range=null", "plant.period_s=0.1"]
 
 
+@pytest.mark.slow
 def test_lipctl_deploy_controls_a_vendor_server_to_the_target(vendor: VendorServer,
                                                               tmp_path: Path):
     result = lipctl("deploy", *QUADTANK_PLANT, f"plant.url={vendor.url}", _tags_override(TAGS),

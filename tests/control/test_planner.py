@@ -108,6 +108,7 @@ def pendulum_dynamics(state, action):
     return torch.stack([torch.cos(theta), torch.sin(theta), speed], -1), reward
 
 
+@pytest.mark.slow
 def test_mppi_alone_on_the_true_pendulum_swings_up_and_balances_it():
     env = gym.make("Pendulum-v1")
     settings = PlannerSettings(horizon=25, samples=256, iterations=2, proposal_samples=0)

@@ -70,6 +70,7 @@ def _midpoint_gap(model: torch.nn.Module) -> torch.Tensor:
         return (net((z1 + z2) / 2) - (net(z1) + net(z2)) / 2).max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["iclrnn", "icrnn"])
 def test_input_convex_models_are_midpoint_convex_in_every_output(trained, name):
     assert _midpoint_gap(trained[name][0]) <= 1e-5
@@ -116,6 +117,7 @@ def test_every_model_learns_the_plant(trained, data, name):
     assert result.history[-1]["train_mse"] < result.history[0]["train_mse"]
 
 
+@pytest.mark.slow
 def test_target_noise_is_applied_and_the_clean_fit_survives_it(data):
     torch.manual_seed(0)
     model = build_model("iclrnn", 2, 2, hidden=HIDDEN)
@@ -151,6 +153,7 @@ def stacked(data):
     return models
 
 
+@pytest.mark.slow
 def test_without_early_stopping_every_epoch_runs_and_the_last_weights_are_kept(stacked):
     result = stacked["iclrnn"][1]
     assert len(result.history) == 25 and result.best_epoch == 25

@@ -58,6 +58,7 @@ def test_the_fitted_model_face_is_predict_in_torch_and_differentiable():
         process_step(QUADTANK, trained)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mppi", "cem"])
 def test_a_planner_on_the_ode_reaches_the_target_from_the_published_starts(method):
     for start in PUBLISHED_STARTS:
@@ -79,6 +80,7 @@ def test_a_non_finite_measurement_holds_the_plan_as_a_fallback():
     assert planner.stats == []
 
 
+@pytest.mark.slow
 def test_setpoint_changes_reach_the_plant_and_the_planner():
     setpoints = list(QUADTANK.operating_points)
     planner = ProcessPlanner(mppi(horizon=5), QUADTANK, process_step(QUADTANK))

@@ -61,6 +61,7 @@ def test_sphere_noise_lies_on_the_sphere_and_repeats_with_its_seed(norm):
     assert np.abs(deltas.mean(0)).max() < 0.03  # no preferred direction
 
 
+@pytest.mark.slow
 def test_adversary_with_zero_eps_changes_nothing(lqr):
     policy, _ = lqr
     assert not PGDAttack(policy, 0.0)(np.ones(4)).any()
@@ -96,6 +97,7 @@ def test_adversary_stays_in_the_ball_and_moves_the_action_more_than_noise(lqr, n
     assert (attack_changes >= noise_changes - 1e-6).mean() > 0.95
 
 
+@pytest.mark.slow
 def test_sweep_in_closed_loop_never_moves_an_action_more_than_the_lipschitz_bound(lqr):
     policy, gain = lqr
     report = robustness_sweep(policy, ENV_ID, [0.02], episodes=1, attack_steps=5, seed=0)
@@ -105,6 +107,7 @@ def test_sweep_in_closed_loop_never_moves_an_action_more_than_the_lipschitz_boun
     assert row.attack_action_change > 0.9 * gain * 0.02  # PGD finds the worst direction of -K
 
 
+@pytest.mark.slow
 def test_radii_in_units_of_a_state_scale_equal_raw_radii_times_it(lqr):
     """With state_scale c (every dimension), radius eps moves the state as far as radius
     c * eps in raw units: the same noise, the same returns and action changes."""
@@ -119,6 +122,7 @@ def test_radii_in_units_of_a_state_scale_equal_raw_radii_times_it(lqr):
             assert getattr(mine, field) == pytest.approx(getattr(theirs, field), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_state_scale_perturbs_each_dimension_in_its_own_units(lqr):
     """Only the first dimension scaled up: the attack then moves the action as far as the gain
     of that dimension allows, and never more than ||K diag(scale)|| * eps."""
@@ -150,6 +154,7 @@ def test_robustness_cli_errors_are_one_line(workdir, args, expected):
     assert expected in config_error("robustness", *args, cwd=workdir)
 
 
+@pytest.mark.slow
 def test_robustness_refuses_a_file_that_is_no_checkpoint_in_one_line(workdir):
     """Found when the checkpoint is read, at the start of the run."""
     garbage = workdir / "garbage.pt"

@@ -177,6 +177,7 @@ Runtime(slow, plant, 18.0, 10**6, {log!r}, initial_action=[0.0, 0.0]).run()
 """
 
 
+@pytest.mark.slow
 def test_killed_runtime_leaves_a_readable_log_of_every_step(tmp_path):
     log = tmp_path / "steps.jsonl"
     script = textwrap.dedent(KILLED_RUN).format(log=str(log))

@@ -83,6 +83,7 @@ def test_genuine_policy_acts_as_stable_baselines3_predicts(genuine):
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_crafted_zip_runs_no_code(genuine, workdir):
     """Every pickle of the crafted .zip would create a file when stable-baselines3 loads it;
     `lipctl demos expert=sb3` records its policy without creating it, and refuses a policy

@@ -112,6 +112,7 @@ def test_network_certifies_below_its_bound_on_every_tier(family, bound, ensemble
             assert uppers["product"] == pytest.approx(bound, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu", "groupsort"])
 @pytest.mark.parametrize("ensemble_size", [None, 2])
 @pytest.mark.parametrize("bound", [1.0, 5.0])
@@ -147,6 +148,7 @@ def test_frozen_export_matches_eval_and_certifies_the_same(family):
     assert certify(frozen, tier="product").upper == certify(net, tier="product").upper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ensemble_size", [None, 2])
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_short_regression_learns_through_the_reparametrisation(family, ensemble_size):

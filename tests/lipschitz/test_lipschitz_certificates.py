@@ -219,6 +219,7 @@ def test_spectral_layers_are_certified_with_exact_sigma():
     assert isinstance(net[0], SpectralLinear) and net.training
 
 
+@pytest.mark.slow
 def test_report_tiers_on_a_2x256_relu_mlp():
     """Prints what each tier gives on a random 2x256 ReLU MLP with 8 inputs (run with -s)."""
     net = mlp((8, 256, 256, 1), seed=0)

@@ -81,6 +81,7 @@ def regression(rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     return x, 8 * torch.sin(2 * x[:, :2]) + x[:, 2:4] ** 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_pgd_with_20_restarts_never_exceeds_the_certificate_of_a_trained_net(name, activation):

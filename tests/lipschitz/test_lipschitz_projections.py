@@ -289,6 +289,7 @@ def pgd_ratio(net: torch.nn.Module, data: torch.Tensor, member: int | None) -> f
                for seed in range(20))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("bound, level", [(1.0, False), (5.0, True)])
 @pytest.mark.parametrize("ensemble_size", [None, 2])
@@ -314,6 +315,7 @@ def test_trained_net_certifies_below_its_bound_and_pgd_never_exceeds_it(
         torch.testing.assert_close(frozen(x), net.eval()(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_level_soft_cap_mlp_certifies_within_its_level():
     net = lipschitz_mlp(4, 1, [64, 64], bound=50.0, level=True, layer="soft_cap")
     x, y = regression(None, 50.0)

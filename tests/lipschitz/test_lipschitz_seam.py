@@ -49,6 +49,7 @@ def toy_family():
     del FAMILIES["test_frobenius"]
 
 
+@pytest.mark.slow
 def test_a_family_defined_in_a_test_file_trains_a_certified_critic(toy_family):
     assert FAMILIES["test_frobenius"] is toy_family
     torch.manual_seed(0)
@@ -98,10 +99,10 @@ def free_critic_rmse() -> float:
     return fitted_rmse(ARMS["free relu"], REGRESSION_STEPS)[0]
 
 
-REGRESSION_STEPS = 25_000
+REGRESSION_STEPS = 25_000  # the layer_level benchmark's steps: these tests re-derive its claims
 
 
-@pytest.mark.slow
+@pytest.mark.full_size
 @pytest.mark.parametrize("arm", ["spectral cap maxmin", "orthogonal maxmin", "ldl relu",
                                  "sandwich relu"])
 def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, arm):
@@ -110,7 +111,7 @@ def test_a_critic_at_a_level_fits_as_well_as_a_free_one(free_critic_rmse, arm):
     assert constrained <= 2 * free_critic_rmse, (constrained, free_critic_rmse)
 
 
-@pytest.mark.slow
+@pytest.mark.full_size
 def test_a_soft_capped_critic_at_a_level_fits_within_three_times_a_free_one(free_critic_rmse):
     """The soft cap shrinks every large singular value at each step by about the update just
     made, so under Adam it fits slower than the other families: 2.1-2.7x the free critic's
@@ -165,6 +166,7 @@ def test_a_family_option_it_cannot_take_is_a_config_error(overrides, message):
     assert str(error.value).startswith(message)
 
 
+@pytest.mark.slow
 def test_the_level_benchmark_writes_every_arm_it_runs(tmp_path):
     with initialize_config_module(config_module="lipctl.conf", version_base=None):
         exp = compose("bench", overrides=["experiment=layer_level", "experiment.steps=3",

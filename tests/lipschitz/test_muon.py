@@ -179,6 +179,7 @@ def _fit(make_opt, bound: float | None, ensemble_size: int | None, steps: int = 
         return (net(x) - y).pow(2).mean().item(), net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bound, ensemble_size", [(None, None), (10.0, None), (10.0, 2)])
 def test_muon_trains_as_well_as_adam(bound, ensemble_size):
     """200 full-batch steps on a smooth regression (target variance 1.3): Muon (0.02) on the
