@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import assert_user_error, lipctl
+from tests.helpers import assert_user_error, config_error, lipctl
 
 BAD_INPUTS = [
     (["train", "env.id=NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),
@@ -45,11 +45,32 @@ if not torch.cuda.is_available():
     BAD_INPUTS.append((["train", "device=cuda"], "CUDA is not available"))
 
 
-@pytest.mark.parametrize(("args", "expected"), BAD_INPUTS, ids=lambda a: " ".join(a)
-                         if isinstance(a, list) else None)
+# The exit-code contract, by subprocess: a usage error, a composition error, a multirun sweep
+# value, an output path and a file read at run time; the rest is the same check in-process.
+BY_SUBPROCESS = {"frobnicate", "seed==", "lipschitz.L=1,-2", "hydra.run.dir=/proc/x",
+                 "checkpoint=garbage.pt"}
+
+
+def by_subprocess(args: list[str]) -> bool:
+    return args[-1] in BY_SUBPROCESS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "expected"), [case for case in BAD_INPUTS
+                                                if by_subprocess(case[0])],
+                         ids=lambda a: " ".join(a) if isinstance(a, list) else None)
 def test_bad_input_is_one_line_and_exit_code_2(workdir, args, expected):
     (workdir / "garbage.pt").write_bytes(b"not a checkpoint")
     assert_user_error(lipctl(*args, cwd=workdir, timeout=120), expected)
+    assert not (workdir / "runs").exists(), "work started before the config was checked"
+
+
+@pytest.mark.parametrize(("args", "expected"), [case for case in BAD_INPUTS
+                                                if not by_subprocess(case[0])],
+                         ids=lambda a: " ".join(a) if isinstance(a, list) else None)
+def test_bad_input_is_refused_before_any_work(workdir, args, expected):
+    (workdir / "garbage.pt").write_bytes(b"not a checkpoint")
+    assert expected in config_error(*args, cwd=workdir)
     assert not (workdir / "runs").exists(), "work started before the config was checked"
 
 

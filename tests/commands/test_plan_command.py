@@ -61,6 +61,7 @@ def test_a_planner_of_the_users_own_plans_by_config_alone(checkpoints, tmp_path)
     assert line.startswith("Pendulum-v1 | GreedyPlanner | terminal value on | 1 episodes"), line
 
 
+@pytest.mark.slow
 def test_a_bad_setting_of_the_users_own_planner_is_refused_by_the_config_check(
         checkpoints, tmp_path, monkeypatch):
     """The user's planner settings are checked before any work, their module and configs found

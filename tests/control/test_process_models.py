@@ -76,10 +76,12 @@ def test_input_convex_models_are_midpoint_convex_in_every_output(trained, name):
     assert _midpoint_gap(trained[name][0]) <= 1e-5
 
 
+@pytest.mark.slow
 def test_plain_rnn_violates_midpoint_convexity(trained):
     assert _midpoint_gap(trained["rnn"][0]) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["iclrnn", "icrnn"])
 def test_constrained_weights_are_non_negative_after_training(trained, name):
     model = trained[name][0]
@@ -87,6 +89,7 @@ def test_constrained_weights_are_non_negative_after_training(trained, name):
         assert (weight >= 0).all()
 
 
+@pytest.mark.slow
 def test_iclrnn_spectral_norms_stay_under_the_cap(trained):
     for weight in trained["iclrnn"][0].constrained():
         assert torch.linalg.matrix_norm(weight.double(), ord=2) <= 1.0
@@ -106,6 +109,7 @@ def test_projection_enforces_a_configured_cap():
         assert 0.5 * (1 - 1e-5) <= sigma <= 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_learns_the_plant(trained, data, name):
     result = trained[name][1]
@@ -160,6 +164,7 @@ def test_without_early_stopping_every_epoch_runs_and_the_last_weights_are_kept(s
     assert result.history[-1]["train_mse"] < 0.75 * result.history[0]["train_mse"]
 
 
+@pytest.mark.slow
 def test_stacked_iclrnn_is_convex_non_negative_and_capped(stacked):
     model = stacked["iclrnn"][0]
     assert len(model.W) == 2 and len(model.U) == 2
@@ -169,6 +174,7 @@ def test_stacked_iclrnn_is_convex_non_negative_and_capped(stacked):
         assert torch.linalg.matrix_norm(weight.double(), ord=2) <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["iclrnn", "rnn"])
 def test_stacked_certificate_holds_on_sampled_pairs(stacked, held_out_inputs, name):
     model = stacked[name][0]
@@ -186,6 +192,7 @@ def test_sequence_gain_matches_hand_computed_norms():
     assert sequence_gain(torch.eye(3), 2) == pytest.approx((1 + 5**0.5) / 2)  # [[1,0],[1,1]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["iclrnn", "icrnn", "rnn"])
 def test_certified_bound_holds_on_sampled_pairs(trained, held_out_inputs, name):
     model = trained[name][0]
@@ -194,12 +201,14 @@ def test_certified_bound_holds_on_sampled_pairs(trained, held_out_inputs, name):
         assert certificate.upper <= 2**0.5 * sequence_gain(torch.eye(1), 10)
 
 
+@pytest.mark.slow
 def test_lstm_has_a_sampled_lower_bound_but_no_weight_bound(trained, held_out_inputs):
     model = trained["lstm"][0]
     assert sequence_upper_bound(model, 10) == float("inf")
     assert sequence_lower_bound(model, held_out_inputs[:64], pairs=16, steps=10) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_save_load_round_trip_gives_identical_outputs(trained, data, held_out_inputs, name,
                                                       tmp_path: Path):
@@ -218,6 +227,7 @@ def test_save_load_round_trip_gives_identical_outputs(trained, data, held_out_in
     assert (np.abs(predicted - data.targets[rows]) < 0.25 * data.state_scaler.std).all()
 
 
+@pytest.mark.slow
 def test_a_model_for_another_plant_or_sizes_is_refused(trained, data, tmp_path: Path):
     path = tmp_path / "model.pt"
     save_model(path, trained["iclrnn"][0], data)
