@@ -47,7 +47,7 @@ class ProcessPlanner:
         self.set_setpoint(setpoint)
         self.planner = factory(dynamics=self.dynamics, action_low=process.input_low,
                                action_high=process.input_high, seed=seed)
-        self.stats: list[SolveStats] = []
+        self.reset()
 
     def set_setpoint(self, setpoint: str | None) -> None:
         """Plan towards the named operating point (None: the steady state)."""
@@ -61,18 +61,18 @@ class ProcessPlanner:
         return self.step(x, u), -self.process.stage_cost(x, u, x_ref, u_ref)
 
     def act(self, observation: np.ndarray) -> np.ndarray:
-        """The planned input; on a non-finite observation, the previous plan's next input (a
-        fallback, as MPC's)."""
+        """The planned input; on a non-finite observation, the last input applied (the steady
+        input before any), counted as a fallback: any planner factory's planner is held so."""
         start = time.perf_counter()
         if not np.all(np.isfinite(observation)):
-            action = self.planner.plan[0].cpu().numpy().astype(np.float64)
             self.stats.append(SolveStats(time.perf_counter() - start, "Non_Finite_Observation",
                                          True))
-            return action
-        action = self.planner.act(observation)
+            return self.last_action.copy()
+        self.last_action = np.asarray(self.planner.act(observation), dtype=np.float64)
         self.stats.append(SolveStats(time.perf_counter() - start, PLANNED, False))
-        return action
+        return self.last_action.copy()
 
     def reset(self) -> None:
         self.planner.reset()
         self.stats = []
+        self.last_action = self.process.steady_input.astype(np.float64)
