@@ -3,7 +3,6 @@ from its weights, run in closed loop, and saved with its summary."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lipctl.agents.trainer import MetricsLogger
 from lipctl.control import returns, run
 from lipctl.control.policy import ModuleController
 from lipctl.envs.demos import Demos
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_json
 
 log = logging.getLogger(__name__)
 RUN_KEYS = ("agent", "env", "lipschitz", "logger", "seed", "demos", "device", "torch_threads")
@@ -59,8 +58,7 @@ def clone(cfg: DictConfig, env: gym.Env, demos: Demos, run_dir: Path, device: to
         "within_bound": bound is None or certificate.upper <= bound,
         "eval_return": mean, "eval_return_std": std, "eval_episodes": cfg.agent.eval_episodes,
         "fit": fit.to_dict()}
-    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
-    atomic_write(run_dir / "summary.json", lambda f: f.write(text.encode()))
+    write_json(run_dir / "summary.json", summary, allow_nan=False)
     holdout = "n/a" if fit.holdout_mse is None else f"{fit.holdout_mse:.3g}"
     log.info("eval return %.1f +- %.1f over %d episodes | MSE train %.3g, holdout %s | "
              "Lipschitz upper %.4g (%s), sampled lower %.4g%s", mean, std,

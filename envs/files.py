@@ -3,13 +3,16 @@ back as plain arrays only, and its torch files as plain data only."""
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
+import json
 import os
 import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -90,6 +93,30 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def write_json(path: str | Path, data: object, indent: int = 2, allow_nan: bool = True) -> None:
+    """Write `data` as JSON (`indent` spaces, a final newline) to `path` with `atomic_write`;
+    allow_nan=False refuses NaN and infinities with a ValueError before anything is written."""
+    text = json.dumps(data, indent=indent, allow_nan=allow_nan) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
+    """Rows of equal keys as a CSV file with a header (the first row's keys, in order), written
+    with `atomic_write`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    text = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as written by `write_csv`."""
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_magic(path: str | Path, error: type[Exception], noun: str) -> bytes:

@@ -25,7 +25,7 @@ from lipctl.compute import peak_rss_mb, reset_peak_rss, resolve_device, seed_eve
 from lipctl.config import instantiate_settings
 from lipctl.envs import env_spaces
 from lipctl.envs.demos import Demos, load_demos
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_json
 from lipctl.logger import Logger, run_name
 from lipctl.run_folders import CHECKPOINT_NAME, accept_run, stacked_runs
 
@@ -69,7 +69,7 @@ def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:
     summary = {"env_steps": trainer.step, "eval_return": trainer.last_eval,
                **seconds, "peak_rss_mb": peak, "certificates": trainer.certificates,
                "critic_state_lipschitz": trainer.state_lipschitz}
-    atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    write_json(path, summary)
 
 
 def build_run(cfg: DictConfig, run_dir: Path, state: dict | None, device: torch.device,

@@ -37,7 +37,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.bench.kit import machine_info, write_bench_record
-from lipctl.bench.report import read_csv, write_csv
 from lipctl.config import ConfigError, require_number
 from lipctl.control.models import (
     MODELS,
@@ -63,7 +62,7 @@ from lipctl.envs.cstr import (
     STABILITY_LEVEL,
     TARGET_HALF_WIDTHS,
 )
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import read_csv, write_csv, write_json
 
 STAGES = ("models", "closed_loop", "solve_time", "budget")
 HISTORY_ROWS = 50  # history rows kept per run file
@@ -176,8 +175,7 @@ def fit_run(exp: dict, model: str, sigma: float, seed: int, data_path: str, out:
                                               if (len(result.history) - 1) % every else []),
     }
     path = Path(out) / "runs" / f"{run_name(model, sigma, seed)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    write_json(path, record, indent=1)
     return record
 
 
@@ -449,7 +447,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
     if "solve_time" in exp.stages:
         rows = solve_times(exp, work)
         write_csv(out / "solve_time.csv", rows)
-        Path(exp.solve_time_file).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(exp.solve_time_file, rows, indent=1)
     if "budget" in exp.stages:
         write_csv(out / "budget.csv", budgeted_runs(exp, work))
     write_bench_record(out / "summary.json", exp, time.perf_counter() - started,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench.kit import machine_info, write_json
+from lipctl.bench.kit import machine_info
 from lipctl.config import ConfigError, require_number
 from lipctl.control.faults import FaultyController, FaultyPlant
 from lipctl.control.models import build_model, fit_and_save
@@ -39,6 +39,7 @@ from lipctl.control.process_data import generate
 from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import Runtime
 from lipctl.envs.cstr import CSTR
+from lipctl.envs.files import write_json
 from lipctl.networks import read_network
 
 SCENARIOS = ("first_principles", "iclrnn", "iclrnn_faults")

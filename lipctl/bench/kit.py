@@ -4,7 +4,6 @@ integer settings."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.config import ConfigError
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_json
 
 
 def cpu_count() -> int:
@@ -49,11 +48,6 @@ def write_bench_record(path: Path, settings: DictConfig | dict, wall_seconds: fl
         settings = OmegaConf.to_container(settings, resolve=True)
     write_json(path, {"settings": settings, "machine": machine or machine_info(),
                       "wall_seconds": round(wall_seconds, 1), **extra})
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON to `path`, atomically (its folder made if missing)."""
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def require_integers(cfg: DictConfig, key: str, minimum: int) -> list[int]:

@@ -19,8 +19,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from lipctl.agents.critic_learner import TwinCritic
-from lipctl.bench.kit import machine_info, write_json
+from lipctl.bench.kit import machine_info
 from lipctl.config import ConfigError, require_number
+from lipctl.envs.files import write_json
 from lipctl.lipschitz import LipschitzSpec, certify, lower_bound, post_step
 from lipctl.lipschitz.muon import make_optimizer
 

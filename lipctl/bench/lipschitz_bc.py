@@ -29,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.bc import BCPolicy, BCSettings, fit_bc
 from lipctl.bench.kit import machine_info, write_bench_record
-from lipctl.bench.report import interval_estimate, read_csv, write_csv
+from lipctl.bench.report import interval_estimate
 from lipctl.compute import seed_everything
 from lipctl.config import ConfigError, require_number, require_seeds
 from lipctl.control.lti_bounds import deterioration_bound, linearity_residual, regret_bound
 from lipctl.control.lti_robustness import LTILoop, sequence_attack, sphere_deltas
 from lipctl.control.policy import LinearFeedback, sampled_lower_bound
+from lipctl.envs.files import read_csv, write_csv
 from lipctl.envs.lti import (
     LTI_SYSTEMS,
     LTISystem,

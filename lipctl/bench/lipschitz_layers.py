@@ -47,13 +47,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.bench import lipschitz_bc, variant_sweep
 from lipctl.bench.kit import write_bench_record
-from lipctl.bench.report import interval_estimate, write_csv
+from lipctl.bench.report import interval_estimate
 from lipctl.bench.variant_sweep import run_overrides
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, require_seeds
 from lipctl.control.robustness import robustness_sweep
 from lipctl.envs import make_env
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_csv, write_json
 from lipctl.networks import read_network
 
 
@@ -212,8 +212,7 @@ def attack_run(folder: Path, attack: dict, state_std: list[float]) -> None:
     report = robustness_sweep(network.module, network.env_id, attack["eps"], attack["episodes"],
                               attack["norm"], attack["steps"], attack["seed"],
                               network.certificate, state_scale=state_std)
-    text = json.dumps(report.to_dict(), indent=2) + "\n"
-    atomic_write(folder / ROBUSTNESS, lambda f: f.write(text.encode()))  # whole, or not at all
+    write_json(folder / ROBUSTNESS, report.to_dict())  # whole, or not at all
 
 
 def attack_runs(exp: DictConfig, work: Path) -> None:

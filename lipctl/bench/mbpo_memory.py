@@ -18,7 +18,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lipctl.bench.kit import machine_info, require_integers, write_json
+from lipctl.bench.kit import machine_info, require_integers
+from lipctl.envs.files import write_json
 
 MBRL_LIB_PEAK_MB = 860  # mbrl-lib 0.2.0 at the same settings and 100000 rollouts, measured here
 

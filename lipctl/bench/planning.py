@@ -25,11 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.saved import SavedAgent, load_agent
 from lipctl.bench.kit import machine_info, write_bench_record
-from lipctl.bench.report import interval_estimate, read_csv, write_csv
+from lipctl.bench.report import interval_estimate
 from lipctl.config import ConfigError, require_number
 from lipctl.control import NoisyMeasurements, TimedController, returns, run
 from lipctl.control.planner import PlannerFactory, PlannerSettings, sampling_planner
 from lipctl.envs import make_env
+from lipctl.envs.files import read_csv, write_csv
 
 POLICY, WITH_VALUE, WITHOUT_VALUE = "policy", "mppi+value", "mppi"
 EPISODE_SEED = 1000  # episode i of every controller starts from reset(seed=EPISODE_SEED + i)

@@ -22,7 +22,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.bench.kit import write_bench_record
-from lipctl.bench.report import write_csv
 from lipctl.config import ConfigError, require_number, require_seeds
 from lipctl.control.models import (
     MODELS,
@@ -34,7 +33,7 @@ from lipctl.control.models import (
 from lipctl.control.process_data import generate
 from lipctl.control.process_metrics import true_states
 from lipctl.control.process_mpc import FIRST_PRINCIPLES, mpc_episode, process_mpc
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_csv, write_json
 from lipctl.envs.process import Process
 from lipctl.envs.quadtank import SETTINGS, quadtank_process
 
@@ -164,9 +163,7 @@ def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:
                         continue
                     record = run_closed_loop(exp, process, setting, controller, trained, seed,
                                              noisy)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    text = json.dumps(record, indent=1) + "\n"
-                    atomic_write(path, lambda f, t=text: f.write(t.encode()))
+                    write_json(path, record, indent=1)
                     print(f"{path.relative_to(out)}: settling {record['settling_steps']}, "
                           f"solve {record['solve_ms_median']:.1f} ms", flush=True)
     out.mkdir(parents=True, exist_ok=True)

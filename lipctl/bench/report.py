@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
@@ -22,20 +20,6 @@ def _seeded_bootstrap() -> Iterator[None]:
         yield
     finally:
         np.random.set_state(state)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file with a header, as written by `write_csv`."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_csv(path: Path, rows: Sequence[dict]) -> None:
-    """Rows of equal keys as a CSV file with a header (the first row's keys, in order)."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def interval_estimate(values: Sequence[float], aggregate: str = "median",

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lipctl.bench.kit import machine_info, write_json
+from lipctl.bench.kit import machine_info
 from lipctl.config import ConfigError, require_number
+from lipctl.envs.files import write_json
 from lipctl.extras import require_extra
 
 

@@ -34,8 +34,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lipctl.bench.kit import machine_info, write_bench_record
-from lipctl.bench.report import read_csv, write_csv
 from lipctl.config import ConfigError, require_number
+from lipctl.envs.files import read_csv, write_csv, write_json
 
 WAYS = ("stacked_1core", "stacked_2core", "separate")
 
@@ -83,7 +83,7 @@ def _keep(folder: Path, target: Path, seeds: list[int], seconds: float) -> None:
         (target / f"seed{seed}").mkdir(parents=True, exist_ok=True)
         for name in ("train.csv", "summary.json"):
             shutil.copy(folder / f"seed{seed}" / name, target / f"seed{seed}" / name)
-    (target / "timing.json").write_text(json.dumps({"wall_seconds": seconds}) + "\n")
+    write_json(target / "timing.json", {"wall_seconds": seconds})
 
 
 def run_benchmark(exp: DictConfig, out: Path, work: Path) -> None:

@@ -21,9 +21,10 @@ from omegaconf import DictConfig
 
 from lipctl.agents.buffer import Batch
 from lipctl.agents.sac import SAC
-from lipctl.bench.kit import require_integers, write_json
+from lipctl.bench.kit import require_integers
 from lipctl.bench.timing import ACT_DIM, BATCH, OBS_DIM, quartiles, timed_updates
 from lipctl.config import ConfigError, require_number
+from lipctl.envs.files import write_json
 
 
 def batch(seeds: int, generator: torch.Generator) -> Batch:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from lipctl.control.runtime import (
 )
 from lipctl.deployables import Deployment, PlantHandle, opcua_tags, security_config
 from lipctl.envs import make_env
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_json
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import POLICY, PROCESS_MODEL, read_network
@@ -198,8 +197,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     if process is not None and valid:
         x_ref = getattr(controller, "x_ref", None)  # an MPC's setpoint, else the steady state
         summary["final_in_target"] = bool(process.in_target(np.asarray(valid[-1]), x_ref))
-    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
-    atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
+    write_json(out / "summary.json", summary, allow_nan=False)
     print(describe_summary(summary))
     return summary
 

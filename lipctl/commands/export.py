@@ -3,7 +3,6 @@ that runs without lipctl, with a parity check against torch and a JSON descripti
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from omegaconf import DictConfig
 from lipctl.agents.checkpoint import CheckpointError
 from lipctl.config import require_choice, require_number, user_errors
 from lipctl.control.export import FORMATS, export_module, export_parity
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_json
 from lipctl.lipschitz.certificates import TIERS
 from lipctl.networks import PROCESS_MODEL, read_network
 
@@ -59,8 +58,7 @@ def export(cfg: DictConfig) -> Path:
         "certificate": network.certificate.to_dict(),
         "parity_max_abs_diff": parity, "parity_inputs": len(network.probes),
     }
-    text = json.dumps(description, indent=2) + "\n"
-    atomic_write(out.with_name(out.name + ".json"), lambda f: f.write(text.encode()))
+    write_json(out.with_name(out.name + ".json"), description)
     certificate = network.certificate
     print(f"{out}: {network.kind} for {network.env_id}, {cfg.format}, input "
           f"{description['input']['shape']} -> output {output_shape}; max |exported - torch| "

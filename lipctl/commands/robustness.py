@@ -3,9 +3,6 @@ random and adversarial perturbations of its measured state."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from lipctl.agents.checkpoint import CheckpointError
 from lipctl.compute import seed_everything
 from lipctl.config import ConfigError, require_choice, require_number, user_errors
 from lipctl.control.robustness import RobustnessReport, robustness_sweep
-from lipctl.envs.files import atomic_write
+from lipctl.envs.files import write_csv, write_json
 from lipctl.lipschitz import TIERS
 from lipctl.lipschitz.regularizers import NORMS
 from lipctl.networks import POLICY, read_network
@@ -59,19 +56,13 @@ def table(report: RobustnessReport) -> str:
 def write_report(report: RobustnessReport, path: Path) -> None:
     """`.json`: the whole report; `.csv`: one row per eps with the nominal return and bounds."""
     if path.suffix == ".json":
-        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        write_json(path, report.to_dict())
     else:
         shared = {"env_id": report.env_id, "norm": report.norm, "episodes": report.episodes,
                   "attack_steps": report.attack_steps, "nominal_mean": report.nominal_mean,
                   "nominal_std": report.nominal_std, "lipschitz_upper": report.lipschitz_upper,
                   "lipschitz_lower": report.lipschitz_lower}
-        rows = [{**shared, **asdict(row)} for row in report.rows]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buffer.getvalue()
-    atomic_write(path, lambda f: f.write(text.encode()))
+        write_csv(path, [{**shared, **asdict(row)} for row in report.rows])
 
 
 def robustness(cfg: DictConfig) -> RobustnessReport:

@@ -6,6 +6,7 @@ clear line, never a traceback, a KeyError or numpy's advice to load them unsafel
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import resource
@@ -34,7 +35,7 @@ from lipctl.envs import make_env
 from lipctl.envs.cstr import CSTR
 from lipctl.envs.demos import DemosError, from_episodes, load_demos, save_demos
 from lipctl.envs.experts import make_expert
-from lipctl.envs.files import WriteError, atomic_write
+from lipctl.envs.files import WriteError, atomic_write, read_csv, write_csv, write_json
 from lipctl.logger import CsvWriter
 from tests.agents.test_checkpoint import COMPLETE
 from tests.helpers import TINY_TRAIN, assert_user_error, config_error, lipctl
@@ -86,7 +87,7 @@ def model_file(tmp_path_factory, data) -> Path:
 # ---------------------------------------------------------------- writes the system refuses
 
 
-@pytest.mark.parametrize("writer", ["checkpoint", "dataset", "model", "text"])
+@pytest.mark.parametrize("writer", ["checkpoint", "dataset", "model", "text", "json", "csv"])
 def test_a_refused_write_names_the_path_and_keeps_the_earlier_file(tmp_path, data, writer):
     small, large = {**COMPLETE, "step": 1}, {**COMPLETE, "step": 2, "w": torch.zeros(50_000)}
     big_data = generate(CSTR, states_per_axis=6, inputs_per_axis=4, chains=8, periods=20, seed=1)
@@ -100,6 +101,10 @@ def test_a_refused_write_names_the_path_and_keeps_the_earlier_file(tmp_path, dat
                   lambda p: load_model(p).model.hparams["hidden"]),
         "text": (lambda p, big: atomic_write(p, lambda f: f.write(b"x" * (10**6 if big else 10))),
                  lambda p: p.stat().st_size),
+        "json": (lambda p, big: write_json(p, {"rows": list(range(10**5 if big else 3))}),
+                 lambda p: len(json.loads(p.read_text())["rows"])),
+        "csv": (lambda p, big: write_csv(p, [{"step": i} for i in range(10**5 if big else 3)]),
+                lambda p: len(read_csv(p))),
     }[writer]
     path = tmp_path / "out" / "file"
     write(path, False)
@@ -197,6 +202,15 @@ def test_temp_files_of_interrupted_writes_go_when_the_file_is_next_written(tmp_p
     save_checkpoint(path, {**COMPLETE, "step": 3})
     assert load_checkpoint(path)["step"] == 3
     assert siblings(path) == sorted(["checkpoint.pt", *(p.name for p in kept)])
+
+
+def test_json_that_is_not_a_number_is_refused_before_the_file_is_touched(tmp_path):
+    path = tmp_path / "summary.json"
+    write_json(path, {"eval_return": 1.5})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_json(path, {"eval_return": float("nan")}, allow_nan=False)
+    assert json.loads(path.read_text()) == {"eval_return": 1.5}
+    assert siblings(path) == ["summary.json"]
 
 
 def test_a_write_into_a_glob_like_name_removes_only_its_own_temp_files(tmp_path):
