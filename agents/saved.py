@@ -1,7 +1,8 @@
 """Agents rebuilt from their own configs: a train config's behaviour-cloning policy, and a saved
 agent checkpoint reloaded whole (`load_agent`), with the faces other layers need: a controller
 (eval, demos, deploy), an exportable policy with its certificate, and for MBPO checkpoints the
-dynamics model and the learner's value for planners."""
+dynamics model and the learner's value for planners; and `load_exportable`, the network of
+any checkpoint or process model file ready to export or deploy."""
 
 from __future__ import annotations
 
@@ -15,22 +16,25 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
 from lipctl.agents.absorbing import AbsorbingIndicator, RealStatePolicy
 from lipctl.agents.bc import KIND as BC_KIND
 from lipctl.agents.bc import BCPolicy
-from lipctl.agents.checkpoint import CheckpointError, load_checkpoint
+from lipctl.agents.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
 from lipctl.agents.critic_learner import CriticLearner
 from lipctl.agents.dynamics import DynamicsEnsemble
 from lipctl.agents.termination import termination_fn
+from lipctl.control.export import POLICY, PROBES, Exportable
 from lipctl.control.loop import Controller
+from lipctl.control.models.io import FORMAT as MODEL_FORMAT
+from lipctl.control.models.io import trained_model
 from lipctl.control.planner import PlannerFactory
 from lipctl.control.policy import ModuleController, ScaledPolicy, policy_certificate
 from lipctl.envs import env_spaces, make_env
 from lipctl.envs.action_scale import ActionScale
+from lipctl.envs.files import load_data
 from lipctl.lipschitz import freeze
-from lipctl.lipschitz.certificates import Certificate
 
 
 def is_behaviour_cloning(run_cfg: DictConfig) -> bool:
@@ -137,20 +141,27 @@ class SavedAgent:
             return self.stored_certificates
         return {name: c.to_dict() for name, c in self.learner.critic_certificates().items()}
 
-    def exportable_policy(self, observations: Tensor, tier: str = "eclipse"
-                          ) -> tuple[nn.Module, Certificate]:
+    def exportable(self, tier: str = "eclipse", samples: int = 64) -> Exportable:
         """The deterministic policy as plain traceable layers on the env's own observations
-        [B, n] -> actions in the env's units, and its certificate (upper bound at `tier` from
-        the network as built, sampled lower bound started from `observations`)."""
+        [B, n] -> actions in the env's units, with its certificate: the upper bound at `tier`
+        (see lipschitz.certify) from the network as built, the sampled lower bound started from
+        `samples` of the env's initial observations."""
+        env = make_env(self.env_id)
+        observations = torch.as_tensor(
+            np.stack([env.reset(seed=i)[0] for i in range(samples)]), dtype=torch.float32)
+        env.close()
         if self.bc is not None:
             bc = self.bc.eval()
-            return freeze(bc), bc.certificate(observations, tier)
-        mlp = self.learner.policy().mlp.eval()  # as built: a chained family carries its LMI
-        policy = freeze(self.learner.policy()).eval()
-        if self.absorbing:
-            policy = RealStatePolicy(policy)
-        scaled = ScaledPolicy(policy, self.action_low, self.action_high)
-        return scaled, policy_certificate(mlp, scaled, observations, tier=tier)
+            module, certificate = freeze(bc), bc.certificate(observations, tier)
+        else:
+            mlp = self.learner.policy().mlp.eval()  # as built: a chained family carries its LMI
+            policy = freeze(self.learner.policy()).eval()
+            if self.absorbing:
+                policy = RealStatePolicy(policy)
+            module = ScaledPolicy(policy, self.action_low, self.action_high)
+            certificate = policy_certificate(mlp, module, observations, tier=tier)
+        return Exportable(POLICY, module, observations[:1],
+                          [row[None] for row in observations[:PROBES]], certificate, self.env_id)
 
     def planner(self, factory: PlannerFactory, terminal_value: bool = True,
                 proposal: bool = True, seed: int = 0) -> Any:
@@ -203,6 +214,21 @@ class LearnedModel:
         mean, _ = self.model.predict(members)
         step = mean[elites].transpose(0, 1).reshape(-1, mean.shape[-1])[:rows]
         return state + step[:, 1:], step[:, 0]
+
+
+def load_exportable(path: str | Path, tier: str = "eclipse") -> Exportable:
+    """The policy of an agent checkpoint or the network of a process model file at `path` (told
+    apart by the file's format), ready to export or deploy with its certificate; `tier` is a
+    policy's certificate tier. CheckpointError for a missing, unreadable or foreign file."""
+    path = Path(path)
+    state = load_data(path, (FORMAT_VERSION, MODEL_FORMAT), CheckpointError, "checkpoint",
+                      "a lipctl agent checkpoint or process model")
+    if state["format"] != MODEL_FORMAT:
+        return saved_agent(state, path).exportable(tier)
+    try:
+        return trained_model(state, path).exportable()
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def load_agent(path: str | Path, device: str | torch.device = "cpu") -> SavedAgent:

@@ -14,15 +14,42 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lipctl.envs.files import atomic_write
+from lipctl.lipschitz.certificates import Certificate
+
+if TYPE_CHECKING:
+    from lipctl.control.models.io import TrainedModel
 
 FORMATS = ("torchscript", "onnx")
+POLICY, PROCESS_MODEL = "policy", "process model"  # the kinds of network a checkpoint holds
+PROBES = 8  # inputs an export is checked on
+
+
+@dataclass(frozen=True)
+class Exportable:
+    """A saved network ready to export or deploy, with its Lipschitz certificate.
+
+    kind: POLICY (module: observations [1, n] -> actions [1, m] in the env's units) or
+    PROCESS_MODEL (module: scaled sequences [1, T, n + m] -> scaled states [1, T, n]; `trained`
+    holds the scalers). `example` is an input of the exported shape; `probes` are inputs of
+    that shape to check an export with; `env_id` is the env or plant it was made for.
+    """
+
+    kind: str
+    module: nn.Module
+    example: Tensor
+    probes: list[Tensor]
+    certificate: Certificate
+    env_id: str
+    trained: TrainedModel | None = None
 
 
 def _check_format(format: str) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from lipctl.agents.saved import load_agent
 from lipctl.config import ConfigError
+from lipctl.control.export import Exportable
 from lipctl.control.loop import Controller
 from lipctl.control.mpc import SolverOptions
 from lipctl.control.opcua_plant import OpcUaPlant, PlantUnavailable, TagError, TagMap, tag_map
@@ -35,7 +36,6 @@ from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import GymPlant, Plant
 from lipctl.envs import UnknownEnvError, env_spaces, make_env
 from lipctl.envs.process import Process
-from lipctl.networks import Network
 
 Built = tuple[Controller, str | None]
 """A controller and the env it was made for (None: not made for one)."""
@@ -48,7 +48,7 @@ class Deployment:
 
     process: Process | None
     checkpoint: str | None
-    network: Network | None
+    network: Exportable | None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lipctl.control.export import PROBES, PROCESS_MODEL, Exportable
 from lipctl.control.models.base import ProcessModel
+from lipctl.control.models.certify import certify_model
 from lipctl.control.models.registry import build_model
 from lipctl.control.process_data import ProcessDataset, Scaler, check_origin
 from lipctl.envs.files import atomic_write, load_data
@@ -59,6 +61,18 @@ class TrainedModel:
         mean, std = (torch.as_tensor(a, dtype=x0.dtype, device=x0.device)
                      for a in (self.state_scaler.mean, self.state_scaler.std))
         return y * std + mean
+
+    def exportable(self, samples: int = 64) -> Exportable:
+        """The network on scaled sequences, with the certificate saved when it was fitted
+        (computed from the weights, with a sampled lower bound from `samples` random scaled
+        sequences, only for a file that holds none)."""
+        generator = torch.Generator().manual_seed(0)
+        width = self.model.state_size + self.model.input_size
+        sequences = torch.randn(samples, self.substeps, width, generator=generator)
+        certificate = self.certificate or certify_model(self.model, sequences)
+        return Exportable(PROCESS_MODEL, self.model, sequences[:1],
+                          [row[None] for row in sequences[:PROBES]], certificate, self.plant_id,
+                          self)
 
     def next_state(self, x: Tensor, u: Tensor) -> Tensor:
         """The state [B, ns] one sampling period after x [B, ns] with u [B, nu] held (torch)."""

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from lipctl.agents.saved import load_exportable
 from lipctl.bench.kit import machine_info
 from lipctl.config import ConfigError, require_number
 from lipctl.control.faults import FaultyController, FaultyPlant
@@ -40,7 +41,6 @@ from lipctl.control.process_mpc import process_mpc
 from lipctl.control.runtime import Runtime
 from lipctl.envs.cstr import CSTR
 from lipctl.envs.files import write_json
-from lipctl.networks import read_network
 
 SCENARIOS = ("first_principles", "iclrnn", "iclrnn_faults")
 
@@ -145,7 +145,7 @@ def run_scenario(name: str, s: Settings, model_path: Path, log_path: Path,
     """One run of scenario `name`; the runtime summary plus reaching and reconnect figures."""
     faulty = name == "iclrnn_faults"
     server = PlantProcess(s.period_s, server_log)
-    network = None if name == "first_principles" else read_network(model_path)
+    network = None if name == "first_principles" else load_exportable(model_path)
     certificate = None if network is None else network.certificate
     controller = process_mpc(CSTR, None if network is None else network.trained, s.horizon,
                              strict=True)

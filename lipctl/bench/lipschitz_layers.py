@@ -45,6 +45,7 @@ from joblib import Parallel, delayed
 from matplotlib.ticker import NullFormatter
 from omegaconf import DictConfig, OmegaConf
 
+from lipctl.agents.saved import load_exportable
 from lipctl.bench import lipschitz_bc, variant_sweep
 from lipctl.bench.kit import write_bench_record
 from lipctl.bench.report import interval_estimate
@@ -54,7 +55,6 @@ from lipctl.config import ConfigError, check_overrides, require_number, require_
 from lipctl.control.robustness import robustness_sweep
 from lipctl.envs import make_env
 from lipctl.envs.files import write_csv, write_json
-from lipctl.networks import read_network
 
 
 def arm_name(family: str, fraction: float, optimizer: str | None = None,
@@ -208,7 +208,7 @@ def attack_run(folder: Path, attack: dict, state_std: list[float]) -> None:
     """The closed-loop attack of one run's final policy (`robustness_sweep`, radii in units of
     the states' std) -> folder/robustness.json."""
     torch.set_num_threads(1)
-    network = read_network(folder / "checkpoint.pt")
+    network = load_exportable(folder / "checkpoint.pt")
     report = robustness_sweep(network.module, network.env_id, attack["eps"], attack["episodes"],
                               attack["norm"], attack["steps"], attack["seed"],
                               network.certificate, state_scale=state_std)

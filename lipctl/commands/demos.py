@@ -13,14 +13,15 @@ import gymnasium as gym
 from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.agents.saved import load_exportable
 from lipctl.config import ConfigError, require_number, user_errors
 from lipctl.control import Controller, returns, run
+from lipctl.control.export import POLICY
 from lipctl.control.policy import ModuleController
 from lipctl.envs import make_env
 from lipctl.envs.demos import from_episodes, load_demos, save_demos
 from lipctl.envs.experts import SB3Expert, available_experts, make_expert, read_sb3_policy
 from lipctl.extras import require_extra
-from lipctl.networks import POLICY, read_network
 
 TRAINED = ("checkpoint", "sb3")  # experts read from `expert_checkpoint`
 SB3_ALGORITHMS = ("sac", "td3", "ddpg", "ppo", "a2c")
@@ -56,7 +57,7 @@ def build_expert(cfg: DictConfig, env: gym.Env) -> Controller:
         return make_expert(cfg.expert, env)
     if cfg.expert == "sb3":
         return SB3Expert(read_sb3_expert(cfg, env))
-    network = read_network(cfg.expert_checkpoint)
+    network = load_exportable(cfg.expert_checkpoint)
     if network.kind != POLICY or network.env_id != cfg.env.id:
         raise CheckpointError(f"{cfg.expert_checkpoint} holds a {network.kind} for "
                               f"'{network.env_id}', not a policy for '{cfg.env.id}'")

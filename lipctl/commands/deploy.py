@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.agents.saved import load_exportable
 from lipctl.config import (
     ConfigError,
     planner_factory,
@@ -26,6 +27,7 @@ from lipctl.config import (
     solver_options,
     user_errors,
 )
+from lipctl.control.export import POLICY, PROCESS_MODEL
 from lipctl.control.opcua_plant import quiet_asyncua
 from lipctl.control.opcua_security import CLIENT_URI
 from lipctl.control.process_mpc import process_mpc
@@ -42,7 +44,6 @@ from lipctl.envs import make_env
 from lipctl.envs.files import write_json
 from lipctl.envs.process import Process
 from lipctl.lipschitz.certificates import TIERS
-from lipctl.networks import POLICY, PROCESS_MODEL, read_network
 
 PLANNING_AGENT = "MBPO agent checkpoint"
 NEEDS_CHECKPOINT = {"policy": POLICY, "model_mpc": PROCESS_MODEL,  # controller -> file kind
@@ -152,7 +153,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.torch_threads)
     quiet_asyncua()
     expected = NEEDS_CHECKPOINT.get(cfg.controller.name)
-    network = (read_network(cfg.checkpoint, cfg.certificate_tier)
+    network = (load_exportable(cfg.checkpoint, cfg.certificate_tier)
                if expected in (POLICY, PROCESS_MODEL) else None)
     if network is not None and network.kind != expected:
         raise ConfigError("checkpoint", f"controller={cfg.controller.name} needs a {expected} "

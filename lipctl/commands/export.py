@@ -10,11 +10,11 @@ import torch
 from omegaconf import DictConfig
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.agents.saved import load_exportable
 from lipctl.config import require_choice, require_number, user_errors
-from lipctl.control.export import FORMATS, export_module, export_parity
+from lipctl.control.export import FORMATS, PROCESS_MODEL, export_module, export_parity
 from lipctl.envs.files import write_json
 from lipctl.lipschitz.certificates import TIERS
-from lipctl.networks import PROCESS_MODEL, read_network
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUTS = {  # what the exported input and output hold, by network kind
@@ -43,7 +43,7 @@ def output_path(cfg: DictConfig) -> Path:
 def export(cfg: DictConfig) -> Path:
     """Write the export and `<out>.json`; exit 1 if the export's parity is off."""
     torch.set_num_threads(cfg.torch_threads)
-    network = read_network(cfg.checkpoint, cfg.certificate_tier)
+    network = load_exportable(cfg.checkpoint, cfg.certificate_tier)
     out = output_path(cfg)
     export_module(network.module, network.example, out, cfg.format)
     parity = export_parity(network.module, out, cfg.format, network.probes)

@@ -10,13 +10,14 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from lipctl.agents.checkpoint import CheckpointError
+from lipctl.agents.saved import load_exportable
 from lipctl.compute import seed_everything
 from lipctl.config import ConfigError, require_choice, require_number, user_errors
+from lipctl.control.export import POLICY
 from lipctl.control.robustness import RobustnessReport, robustness_sweep
 from lipctl.envs.files import write_csv, write_json
 from lipctl.lipschitz import TIERS
 from lipctl.lipschitz.regularizers import NORMS
-from lipctl.networks import POLICY, read_network
 
 OUT_SUFFIXES = (".csv", ".json")
 
@@ -68,7 +69,7 @@ def write_report(report: RobustnessReport, path: Path) -> None:
 def robustness(cfg: DictConfig) -> RobustnessReport:
     torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
-    network = read_network(cfg.checkpoint, cfg.certificate_tier)
+    network = load_exportable(cfg.checkpoint, cfg.certificate_tier)
     if network.kind != POLICY:
         raise ConfigError("checkpoint", f"{cfg.checkpoint} holds a {network.kind}, not a policy")
     report = robustness_sweep(network.module, network.env_id, list(cfg.eps), cfg.episodes,

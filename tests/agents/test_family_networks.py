@@ -18,8 +18,8 @@ from lipctl.agents.buffer import Batch, ReplayBuffer
 from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.agents.discriminator import Discriminator
 from lipctl.agents.gail import GAILReward, GAILSettings
+from lipctl.agents.saved import load_exportable
 from lipctl.lipschitz import FAMILIES, LipschitzLinear, certify, lower_bound
-from lipctl.networks import read_network
 from tests.helpers import config_error
 
 DEMOS = Path(__file__).parents[2] / "demos" / "InvertedPendulum-v5-lqr.npz"
@@ -131,7 +131,7 @@ def test_a_bc_checkpoint_with_the_old_policy_bound_and_mode_still_rebuilds(tmp_p
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"config": OmegaConf.to_container(OmegaConf.create(config)),
                            "policy": old.state_dict()})
-    network = read_network(path)
+    network = load_exportable(path)
     states = torch.randn(64, 3)
     with torch.no_grad():
         assert torch.allclose(network.module(states), old.eval()(states), atol=1e-5)

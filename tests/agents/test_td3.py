@@ -11,13 +11,13 @@ from hydra import compose, initialize_config_module
 
 from lipctl.agents.buffer import ReplayBuffer
 from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.saved import load_exportable
 from lipctl.agents.td3 import TD3
 from lipctl.agents.trainer import LoopSettings, OffPolicyTrainer
 from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify
 from lipctl.logger import Logger
-from lipctl.networks import read_network
 from tests.agents.test_sac import random_batch
 from tests.helpers import TINY_TRAIN, config_error, lipctl
 
@@ -212,7 +212,7 @@ def test_td3_checkpoint_records_demonstrations_of_its_policy(td3_run):
            "expert_checkpoint=run/checkpoint.pt", "out=td3.npz", cwd=td3_run, check=True)
     recorded = load_demos(td3_run / "td3.npz", env=ENV_ID)
     assert recorded.num_episodes == 2 and recorded.expert == "checkpoint"
-    policy = read_network(td3_run / "run" / "checkpoint.pt").module
+    policy = load_exportable(td3_run / "run" / "checkpoint.pt").module
     with torch.no_grad():
         expected = policy(torch.as_tensor(recorded.observations[:20], dtype=torch.float32))
     np.testing.assert_allclose(recorded.actions[:20], expected.numpy(), atol=1e-5)
@@ -223,7 +223,7 @@ def test_td3_checkpoint_robustness_report(td3_run):
     lipctl("robustness", "checkpoint=run/checkpoint.pt", "eps=[0.05]", "episodes=1",
            "attack_steps=2", "out=report.json", cwd=td3_run, check=True)
     report = json.loads((td3_run / "report.json").read_text())
-    network = read_network(td3_run / "run" / "checkpoint.pt")
+    network = load_exportable(td3_run / "run" / "checkpoint.pt")
     assert report["lipschitz_upper"] == pytest.approx(network.certificate.upper)
     assert len(report["rows"]) == 1
 
@@ -236,7 +236,7 @@ def test_gail_trains_with_td3_as_its_learner(workdir):
     assert state["config"]["agent"]["learner"]["_target_"] == "lipctl.agents.td3.TD3"
     assert state["step"] == 300 and state["agent"]["updates"] == 251
     assert "discriminator" in state["certificates"]
-    network = read_network(workdir / "run" / "checkpoint.pt")  # without the absorbing indicator
+    network = load_exportable(workdir / "run" / "checkpoint.pt")  # without the absorbing indicator
     assert network.example.shape == (1, 4)
     assert 0 < network.certificate.lower <= network.certificate.upper
 

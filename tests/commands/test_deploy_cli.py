@@ -17,12 +17,12 @@ import torch
 
 from lipctl.agents.checkpoint import save_checkpoint
 from lipctl.agents.sac import SAC
+from lipctl.agents.saved import load_exportable
 from lipctl.control.models import build_model, certify_model, load_model, save_model
 from lipctl.control.models.certify import sequence_upper_bound
 from lipctl.control.process_data import generate
 from lipctl.envs.cstr import CSTR
 from lipctl.envs.quadtank import quadtank_process
-from lipctl.networks import read_network
 from tests.helpers import assert_user_error, config_error, lipctl
 
 
@@ -54,7 +54,7 @@ def test_export_policy_to_onnx_and_process_model_to_torchscript(files):
     assert described["input"]["shape"] == [1, 3] and described["output"]["shape"] == [1, 1]
     assert described["parity_max_abs_diff"] < 1e-5
     # the exported file computes the policy in the env's action units
-    network = read_network(files / "policy.pt")
+    network = load_exportable(files / "policy.pt")
     assert described["certificate"]["upper"] == pytest.approx(network.certificate.upper)
     session = onnxruntime.InferenceSession(str(files / "policy.onnx"),
                                            providers=["CPUExecutionProvider"])
@@ -81,10 +81,10 @@ def test_a_process_model_deploys_with_the_certificate_saved_at_fit_time(tmp_path
     z, _ = data.sequences("test")
     saved = certify_model(model, torch.from_numpy(z[:64]), pairs=16, steps=5, seed=3)
     save_model(tmp_path / "fitted.pt", model, data, saved)
-    network = read_network(tmp_path / "fitted.pt")
+    network = load_exportable(tmp_path / "fitted.pt")
     assert network.certificate == saved == load_model(tmp_path / "fitted.pt").certificate
     save_model(tmp_path / "bare.pt", model, data)  # a file that holds no certificate
-    computed = read_network(tmp_path / "bare.pt").certificate
+    computed = load_exportable(tmp_path / "bare.pt").certificate
     assert computed.upper == pytest.approx(sequence_upper_bound(model, data.substeps))
     assert 0 < computed.lower <= computed.upper
 
@@ -106,7 +106,7 @@ def test_deploy_first_principles_mpc_on_the_cstr(files):
 
 @pytest.mark.slow
 def test_deploy_policy_through_the_lipschitz_gate(files):
-    upper = read_network(files / "policy.pt").certificate.upper
+    upper = load_exportable(files / "policy.pt").certificate.upper
     lipctl("deploy", "controller=policy", "checkpoint=policy.pt", "plant=gym", "steps=5",
            f"lipschitz_max={1.01 * upper}", "out=policy_run", cwd=files, check=True)
     summary = json.loads((files / "policy_run" / "summary.json").read_text())
