@@ -84,7 +84,7 @@ class StackedTrainer:
                         trainer.metrics.update({name: value[k]
                                                 for name, value in metrics.items()})
                 for trainer in active:
-                    trainer.seconds["sac_update"] += (time.perf_counter() - started) / seeds
+                    trainer.seconds["learner_update"] += (time.perf_counter() - started) / seeds
             for trainer in active:
                 trainer.end_step()
             self._drop_previous_checkpoints()

@@ -26,6 +26,7 @@ from lipctl.lipschitz import Certificate
 PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"  # kept while a stacked run saves its seeds
 PROBE_STATES = 256  # buffer rows, evenly spaced at the first measurement, for the state constant
 CERTIFICATE_ROWS = 256  # buffer rows the sampled lower bounds start from
+EARLIER_TIMES = {"sac_update": "learner_update"}  # names of `seconds` in earlier checkpoints
 
 
 def certificate_inputs(buffer: ReplayBuffer) -> Tensor:
@@ -125,7 +126,7 @@ class OffPolicyTrainer:
         self.state_lipschitz: dict[str, float] = {}
         self.measured_step: int | None = None  # the step the two above were measured at
         self.probe: dict[str, Tensor] | None = None  # fixed states for the critics' state constant
-        self.seconds = {"wall": 0.0, "sac_update": 0.0}  # cumulative, kept across resumes
+        self.seconds = {"wall": 0.0, "learner_update": 0.0}  # cumulative, kept across resumes
         self._wall_origin = time.perf_counter()
         # called before the loop evaluates or saves its agent (a stacked run copies its seed in)
         self.before_agent_use: Callable[[], None] | None = None
@@ -149,7 +150,7 @@ class OffPolicyTrainer:
                 update_start = time.perf_counter()
                 for _ in range(self.settings.updates_per_step):
                     self.metrics.update(self.agent.update(self.sample_batch()))
-                self.seconds["sac_update"] += time.perf_counter() - update_start
+                self.seconds["learner_update"] += time.perf_counter() - update_start
             self.end_step()
         return self.close()
 
@@ -230,7 +231,7 @@ class OffPolicyTrainer:
         self.seconds["wall"] = time.perf_counter() - self._wall_origin
 
     def time_breakdown(self) -> dict[str, float]:
-        """Cumulative seconds by kind of work: wall, SAC updates and the sources' own work."""
+        """Cumulative seconds by kind of work: wall, learner updates and the sources' own work."""
         return {**self.seconds, **self.batch_source.seconds, **self.reward_source.seconds}
 
     def evaluate(self) -> float:
@@ -303,7 +304,8 @@ class OffPolicyTrainer:
         probe = state["probe"]
         self.probe = None if probe is None else {k: v.to(self.buffer.device)
                                                  for k, v in probe.items()}
-        self.seconds = dict(state["seconds"])
+        self.seconds = {EARLIER_TIMES.get(name, name): value
+                        for name, value in state["seconds"].items()}
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
 

@@ -20,7 +20,7 @@ from lipctl.agents.saved import make_agent_env
 from lipctl.agents.sources import BatchSource, RewardSource
 from lipctl.agents.stacked_trainer import StackedTrainer
 from lipctl.agents.termination import termination_fn
-from lipctl.agents.trainer import Learner, LoopSettings, OffPolicyTrainer
+from lipctl.agents.trainer import EARLIER_TIMES, Learner, LoopSettings, OffPolicyTrainer
 from lipctl.compute import peak_rss_mb, reset_peak_rss, resolve_device, seed_everything
 from lipctl.config import instantiate_settings
 from lipctl.envs import env_spaces
@@ -58,6 +58,13 @@ def reward_source(cfg: DictConfig, buffer: ReplayBuffer, env: gym.Env) -> Reward
     expert = expert_batch(imitation_demos(cfg), low, high, settings.absorbing, buffer.device)
     discriminator = instantiate(cfg.agent.discriminator, obs_dim=obs_dim, act_dim=act_dim)
     return GAILReward(expert, buffer, discriminator, settings, seed=cfg.seed)
+
+
+def read_summary(path: Path) -> dict:
+    """A run's summary.json, its times named as now (an earlier run's sac_update_seconds is
+    learner_update_seconds)."""
+    earlier = {f"{old}_seconds": f"{new}_seconds" for old, new in EARLIER_TIMES.items()}
+    return {earlier.get(key, key): value for key, value in json.loads(path.read_text()).items()}
 
 
 def write_summary(path: Path, trainer: OffPolicyTrainer) -> None:

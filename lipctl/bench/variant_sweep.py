@@ -28,7 +28,6 @@ time).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import subprocess
@@ -42,15 +41,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lipctl.bench.kit import write_bench_record
-from lipctl.bench.report import (
-    interval_estimate,
-    probability_of_improvement,
-    read_csv,
-    write_csv,
-)
+from lipctl.bench.report import interval_estimate, probability_of_improvement
 from lipctl.commands import train
 from lipctl.config import ConfigError, check_overrides, require_number, require_seeds
 from lipctl.envs.demos import load_demos
+from lipctl.envs.files import read_csv, write_csv
+from lipctl.training import read_summary
 
 TRAIN_ROWS = 200  # train.csv rows kept per run under out/runs/
 SOLVED_FRACTION = 0.9  # of the expert's return: the level imitation runs are timed to
@@ -279,7 +275,7 @@ def collect(exp: DictConfig, runs_dir: Path) -> dict[tuple[str, str], list[dict]
             for seed in seeds_of(exp, variant):
                 source = runs_dir / env / variant / f"seed{seed}"
                 evals = read_csv(source / "eval.csv")
-                summary = json.loads((source / "summary.json").read_text())
+                summary = read_summary(source / "summary.json")
                 train_rows = read_csv(source / "train.csv")
                 runs.setdefault((env, variant), []).append({
                     "seed": seed,

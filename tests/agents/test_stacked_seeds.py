@@ -11,7 +11,7 @@ from lipctl.agents.buffer import Batch
 from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.sac import SAC
 from lipctl.agents.td3 import TD3
-from lipctl.bench.report import read_csv
+from lipctl.envs.files import read_csv
 from tests.helpers import TINY_TRAIN, assert_user_error, config_error, lipctl
 
 OBS, ACT, HIDDEN, SEEDS, UPDATES = 5, 2, (32, 32), 3, 25

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lipctl.agents.buffer import ReplayBuffer
-from lipctl.agents.checkpoint import load_checkpoint
+from lipctl.agents.checkpoint import load_checkpoint, save_checkpoint
 from lipctl.config import ConfigError, check_overrides
 from lipctl.logger import Logger
 from lipctl.run_folders import check_resumable, previous_state
@@ -134,12 +134,20 @@ def test_refused_train_commands_leave_the_run_as_it_was(finished_run):
 
 @pytest.mark.slow
 def test_resume_extends_a_finished_run(finished_run, tmp_path):
+    """... and carries on the times of a checkpoint that names them as earlier versions did."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    first = load_checkpoint(run_dir / "checkpoint.pt")["buffer"]["fields"]["obs"]
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    first = state["buffer"]["fields"]["obs"]
+    earlier = state["seconds"].pop("learner_update")
+    state["seconds"]["sac_update"] = earlier
+    save_checkpoint(run_dir / "checkpoint.pt", state)
     lipctl("train", *TINY_TRAIN, "loop.total_steps=400", "resume=true", "hydra.run.dir=run",
            cwd=tmp_path, check=True)
-    buffer = load_checkpoint(run_dir / "checkpoint.pt")["buffer"]
+    resumed = load_checkpoint(run_dir / "checkpoint.pt")
+    assert set(resumed["seconds"]) == {"wall", "learner_update"}
+    assert resumed["seconds"]["learner_update"] > earlier
+    buffer = resumed["buffer"]
     assert buffer["size"] == 400
     assert torch.equal(buffer["fields"]["obs"][:300], first)
     assert (buffer["fields"]["obs"].abs().sum(-1) > 0).all(), "an unwritten row was kept"

@@ -14,7 +14,6 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from lipctl.bench.report import read_csv
 from lipctl.bench.variant_sweep import (
     arm_settings,
     run_overrides,
@@ -26,13 +25,15 @@ from lipctl.bench.variant_sweep import (
     variant_of,
 )
 from lipctl.commands import bench
+from lipctl.envs.files import read_csv
+from lipctl.training import read_summary
 from tests.helpers import config_error, lipctl
 
 
 def fake_run(seed: int, final: float, wall: float, upper: float) -> dict:
     return {"seed": seed, "steps": np.array([500, 1000]), "returns": np.array([-900.0, final]),
             "env_steps": 1000, "wall_seconds": wall, "model_train_seconds": wall / 10,
-            "rollout_seconds": 1.0, "sac_update_seconds": wall / 2, "peak_rss_mb": 300.0,
+            "rollout_seconds": 1.0, "learner_update_seconds": wall / 2, "peak_rss_mb": 300.0,
             "model_holdout_mse": 0.01, "state_lipschitz": np.array([2.0 * upper, upper]),
             "certificates": {"critic0": {"upper": upper, "lower": 1.0},
                              "critic1": {"upper": upper + 1, "lower": 2.0}}}
@@ -45,7 +46,7 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     exp = OmegaConf.create({"baseline": "ensemble", "last_train_metrics": ["model_holdout_mse"],
                             "overrides": [], "envs": {"pendulum": []},
                             "medians": ["wall_seconds", "model_train_seconds",
-                                        "sac_update_seconds", "peak_rss_mb"]})
+                                        "learner_update_seconds", "peak_rss_mb"]})
     rows = {row["variant"]: row for row in summarize(runs, exp)}
     assert rows["ensemble"]["final_return_mean"] == -201.0
     assert rows["single"]["final_return_iqm"] == -151.0
@@ -55,7 +56,7 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     assert rows["single"]["critic_lipschitz_upper"] == 51.0
     assert rows["single"]["critic_lipschitz_lower"] == 2.0
     assert rows["single"]["model_train_seconds_per_1k_steps"] == 2.0
-    assert rows["single"]["sac_update_seconds_per_1k_steps"] == 10.0
+    assert rows["single"]["learner_update_seconds_per_1k_steps"] == 10.0
     assert "expert_return" not in rows["single"]
     assert rows["single"]["p_improvement_vs_ensemble"] == 1.0  # every seed beats every seed
     assert rows["ensemble"]["p_improvement_vs_ensemble"] is None
@@ -64,6 +65,13 @@ def test_summary_has_one_row_per_env_and_variant_with_time_ratio():
     assert rows["single"]["critic_state_lipschitz_final_vs_ensemble"] == 0.5
     assert rows["single"]["critic_lipschitz_upper_vs_ensemble_sampled"] == 0.51
     assert rows["single"]["seeds"] == 3 and rows["single"]["env_steps"] == 1000
+
+
+def test_a_run_summary_of_an_earlier_version_reads_with_todays_time_names(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"wall_seconds": 9.0, "sac_update_seconds": 4.0, "env_steps": 10}))
+    assert read_summary(path) == {"wall_seconds": 9.0, "learner_update_seconds": 4.0,
+                                  "env_steps": 10}
 
 
 def test_variants_with_their_own_seeds_sweep_apart_from_the_rest():
@@ -183,7 +191,7 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     for row in rows.values():
         assert row["env"] == "pendulum" and row["env_steps"] == "300"
         assert float(row["model_train_seconds_per_1k_steps"]) > 0
-        assert float(row["sac_update_seconds_per_1k_steps"]) > 0
+        assert float(row["learner_update_seconds_per_1k_steps"]) > 0
         assert 0 < float(row["critic_state_lipschitz_final"]) <= float(
             row["critic_lipschitz_upper"])
     assert float(rows["single_soft_cap"]["p_improvement_ci_low"]) >= 0

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lipctl.bench import cstr_mpc
-from lipctl.bench.report import read_csv
+from lipctl.envs.files import read_csv
 from tests.helpers import assert_user_error, config_error, lipctl
 
 TINY_DATA = ["states_per_axis=5", "inputs_per_axis=3", "chains=8", "periods=5"]
