@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipctl.agents.saved import load_agent
+from lipctl.agents.saved import SavedAgent, load_agent
 from lipctl.control import run
 from tests.helpers import TINY_TRAIN, lipctl
 
@@ -35,12 +35,20 @@ def test_every_learner_trains_saves_reloads_and_resumes_with_every_source(
     overrides = [*SOURCES[(batches, rewards)], f"agent/learner={learner}", *TINY_TRAIN,
                  "hydra.run.dir=run"]
     lipctl("train", *overrides, cwd=tmp_path, check=True)
-    checkpoint = tmp_path / "run" / "checkpoint.pt"
-    saved = load_agent(checkpoint)
-    assert type(saved.learner).__name__ == learner.upper()
+    saved = check_reloaded(tmp_path / "run", learner.upper(), NETWORKS[rewards])
     assert (saved.dynamics is not None) == (batches == "model_rollouts")
+    # the same command with a longer budget resumes from the checkpoint instead of restarting
+    lipctl("train", *overrides, "loop.total_steps=400", "resume=true", cwd=tmp_path, check=True)
+    check_resumed(tmp_path / "run", 400)
+
+
+def check_reloaded(run_dir: Path, learner: str, networks: set[str]) -> SavedAgent:
+    """The run's checkpoint reloaded by `load_agent`: its learner is of class `learner`, it
+    certifies its critics and `networks`, and its controller acts inside the env's box."""
+    saved = load_agent(run_dir / "checkpoint.pt")
+    assert type(saved.learner).__name__ == learner
     certificates = saved.certificates()
-    assert {"critic0", "critic1"} | NETWORKS[rewards] <= set(certificates)
+    assert {"critic0", "critic1"} | networks <= set(certificates)
     for name, certificate in certificates.items():
         assert 0 <= certificate["lower"] <= certificate["upper"], name
     env = saved.env()
@@ -48,8 +56,10 @@ def test_every_learner_trains_saves_reloads_and_resumes_with_every_source(
     env.close()
     low, high = env.action_space.low, env.action_space.high
     assert np.all((trajectory.actions >= low) & (trajectory.actions <= high))
-    # the same command with a longer budget resumes from the checkpoint instead of restarting
-    lipctl("train", *overrides, "loop.total_steps=400", "resume=true", cwd=tmp_path, check=True)
-    assert load_agent(checkpoint).step == 400
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["env_steps"] == 400
+    return saved
+
+
+def check_resumed(run_dir: Path, steps: int) -> None:
+    """The run's checkpoint and summary both stand at `steps` env steps."""
+    assert load_agent(run_dir / "checkpoint.pt").step == steps
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == steps
