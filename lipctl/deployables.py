@@ -98,10 +98,12 @@ def initial_input(process: Process | None, low: np.ndarray, high: np.ndarray) ->
 
 
 def gym_plant(deployment: Deployment, id: str, period_s: float,
-              kwargs: Mapping[str, Any] | None = None, seed: int | None = 0) -> PlantHandle:
-    """A registered gymnasium env in-process, stepped once per control step."""
+              kwargs: Mapping[str, Any] | None = None, seed: int | None = 0,
+              env_kwargs: Mapping[str, Any] | None = None) -> PlantHandle:
+    """A registered gymnasium env in-process, stepped once per control step, made with
+    `env_kwargs` (an env config's own arguments) updated by the plant's `kwargs`."""
     try:
-        env = make_env(id, **(kwargs or {}))
+        env = make_env(id, **{**(env_kwargs or {}), **(kwargs or {})})
     except UnknownEnvError:
         raise
     except (TypeError, ValueError) as error:  # a keyword the env does not take, a bad value

@@ -1,4 +1,5 @@
-"""lipctl deploy controller=NAME plant=NAME: a controller against a plant through the runtime
+"""lipctl deploy controller=NAME plant=NAME env=NAME: a controller against a plant (the env's
+process simulated, over OPC UA, or any gymnasium env) through the runtime
 (Lipschitz gate, measurement checks, deadline, fallback), logging every step to
 <out>/steps.jsonl and the summary to <out>/summary.json."""
 
@@ -122,7 +123,7 @@ def validate(cfg: DictConfig) -> None:
     if needs_process and process is None:
         raise ConfigError("plant", f"{' and '.join(needs_process)} need a plant with a process "
                                    f"description (plant.process); plant {cfg.plant.name!r} has "
-                                   "none (use plant=cstr, plant=quadtank or plant=opcua)")
+                                   "none (use plant=sim or plant=opcua, with env=NAME)")
     if "mpc" in (controller, cfg.fallback) and not process.has_model:
         raise ConfigError("plant.process", f"process {process.name!r} has no first-principles "
                                            "model for controller=mpc or fallback=mpc")

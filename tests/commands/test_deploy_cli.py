@@ -95,7 +95,7 @@ def _records(folder: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_deploy_first_principles_mpc_on_the_cstr(files):
-    lipctl("deploy", "controller=mpc", "plant=cstr", "steps=20", "out=mpc_run", cwd=files,
+    lipctl("deploy", "controller=mpc", "steps=20", "out=mpc_run", cwd=files,
            check=True)
     summary = json.loads((files / "mpc_run" / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["fallbacks"] == 0 and summary["final_in_target"]
@@ -145,7 +145,7 @@ def test_deploy_over_opcua_against_lipctl_plant_serve(files):
 
 @pytest.mark.slow
 def test_deploy_mpc_on_the_quadruple_tank_to_another_operating_point(files):
-    lipctl("deploy", "controller=mpc", "plant=quadtank", "controller.horizon=10",
+    lipctl("deploy", "controller=mpc", "env=quadtank", "controller.horizon=10",
            "controller.setpoint=high", "steps=40", "out=tank_run", cwd=files, check=True)
     summary = json.loads((files / "tank_run" / "summary.json").read_text())
     assert summary["env_id"] == "lipctl/QuadTank-v0" and summary["final_in_target"]
@@ -199,7 +199,7 @@ def test_users_mistakes_are_one_line_and_exit_code_2(files):
         (["plant", "serve", "host=0.0.0.0"], "non-loopback host"),
         (["deploy", "controller=model_mpc", "checkpoint=quadtank-iclrnn.pt"],
          "models process 'quadtank', expected 'cstr'"),
-        (["deploy", "controller=mpc", "plant=quadtank", "controller.setpoint=top"],
+        (["deploy", "controller=mpc", "env=quadtank", "controller.setpoint=top"],
          "no operating point 'top'"),
     ]
     for args, expected in cases:

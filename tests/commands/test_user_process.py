@@ -1,5 +1,5 @@
-"""A user's own process, kept outside lipctl (tests/commands/user_process: one module, an env, a
-plant and a controller yaml on Hydra's search path): data -> fit -> mpc -> deploy, and deploy with
+"""A user's own process, kept outside lipctl (tests/commands/user_process: one module, an env and
+a controller yaml on Hydra's search path; the env's process is the plant, named once): data -> fit -> mpc -> deploy, and deploy with
 the user's own `_target_` controller, with no code of lipctl's changed."""
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ def test_a_users_process_goes_through_data_fit_mpc_and_deploy(tmp_path):
         assert mpc.stdout.startswith(f"toy_tank: {name} MPC"), mpc.stdout
         assert "input-bound violations 0" in mpc.stdout
     deploy = user_lipctl(tmp_path, "deploy", "controller=model_mpc", f"checkpoint={model}",
-                         "plant=toy_tank", "controller.horizon=3", "controller.setpoint=high",
+                         "env=toy_tank", "controller.horizon=3", "controller.setpoint=high",
                          "steps=5")
     assert "5 steps of 0.2 s" in deploy.stdout and "deadline misses 0" in deploy.stdout
     assert 0.0 <= last_step(deploy, tmp_path)["action"][0] <= 3.0
     # the user's own controller: full inflow from h = 0.6 fills toward 3 with time constant 2 h
-    own = user_lipctl(tmp_path, "deploy", "controller=constant_inflow", "plant=toy_tank",
+    own = user_lipctl(tmp_path, "deploy", "controller=constant_inflow", "env=toy_tank",
                       "steps=20")
     step = last_step(own, tmp_path)
     assert step["action"] == [3.0] and step["fallback"] is None

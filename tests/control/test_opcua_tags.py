@@ -211,7 +211,7 @@ def _tags_override(tags: TagMap) -> str:
             f"heartbeat:'{tags.heartbeat}'}}")
 
 
-QUADTANK_PLANT = ["plant=opcua", "plant.process._target_=lipctl.envs.quadtank.quadtank_process",
+QUADTANK_PLANT = ["plant=opcua", "env=quadtank",
                   "plant.measurement_range=null", "plant.period_s=0.1"]
 
 
