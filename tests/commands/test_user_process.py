@@ -1,6 +1,7 @@
 """A user's own process, kept outside lipctl (tests/commands/user_process: one module, an env and
-a controller yaml on Hydra's search path; the env's process is the plant, named once): data -> fit -> mpc -> deploy, and deploy with
-the user's own `_target_` controller, with no code of lipctl's changed."""
+a controller yaml on Hydra's search path; the env's process is the plant, named once): data ->
+fit -> mpc -> deploy, and deploy with the user's own `_target_` controller, with no code of
+lipctl's changed."""
 
 from __future__ import annotations
 
