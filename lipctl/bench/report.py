@@ -22,19 +22,29 @@ def _seeded_bootstrap() -> Iterator[None]:
         np.random.set_state(state)
 
 
+def iqm(scores: np.ndarray) -> float:
+    """rliable's `aggregate_iqm` (scipy's 25% `trim_mean` over all scores): the same arithmetic
+    in the same order, to the bit, without scipy's per-call argument handling, which made an
+    interval of 2000 bootstrap resamples about five times slower."""
+    flat = np.ravel(scores)
+    cut = int(0.25 * flat.size)
+    kept = np.partition(flat, (cut, flat.size - cut - 1))[cut:flat.size - cut]
+    return float(np.mean(kept))
+
+
 def interval_estimate(values: Sequence[float], aggregate: str = "median",
                       reps: int = 2000) -> tuple[float, float, float]:
     """(point, low, high): the median, IQM or mean over seeds of per-seed scores and its
     stratified-bootstrap 95% interval, from rliable. The scores are one task's runs (an
     [n, 1] matrix), so the IQM (rliable's 25% trimmed mean of all scores, trimming
-    floor(n / 4) from each end) and the mean are over seeds as rliable computes them; the
+    floor(n / 4) from each end: `iqm`) and the mean are over seeds as rliable computes them; the
     median is numpy's over the runs axis, because rliable's `aggregate_median` is the median
     over tasks of per-task means, which for one task is the mean."""
     from rliable import library as rly  # imports pandas and arch: only when tables are made
     from rliable import metrics
 
     function = {"median": lambda s: np.median(s, axis=0),
-                "iqm": lambda s: np.array([metrics.aggregate_iqm(s)]),
+                "iqm": lambda s: np.array([iqm(s)]),
                 "mean": lambda s: np.array([metrics.aggregate_mean(s)])}[aggregate]
     scores = {"x": np.asarray(values, dtype=np.float64).reshape(-1, 1)}
     with _seeded_bootstrap():

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipctl.bench.report import interval_estimate, probability_of_improvement
+from lipctl.bench.report import (
+    _seeded_bootstrap,
+    interval_estimate,
+    iqm,
+    probability_of_improvement,
+)
 
 
 @pytest.mark.slow
@@ -14,6 +19,21 @@ def test_interval_estimate_brackets_the_aggregate(aggregate, expected):
     point, low, high = interval_estimate(np.arange(1.0, 11.0), aggregate)
     assert point == pytest.approx(expected) and low < point < high
     assert 1 <= low and high <= 10
+
+
+def test_iqm_is_rliables_to_the_bit_and_so_is_its_interval():
+    from rliable import library as rly
+    from rliable import metrics
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 13):
+        scores = rng.normal(size=(n, 1)) * 10.0 ** rng.integers(-3, 4)
+        assert iqm(scores) == metrics.aggregate_iqm(scores), n
+    scores = rng.normal(size=(5, 1))
+    with _seeded_bootstrap():
+        point, interval = rly.get_interval_estimates(
+            {"x": scores}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000)
+    assert interval_estimate(scores.ravel(), "iqm") == (point["x"][0], *interval["x"][:, 0])
 
 
 def test_iqm_ignores_the_outer_quartiles():
