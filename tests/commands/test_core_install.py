@@ -29,8 +29,7 @@ def core_venv(tmp_path_factory) -> Path:
 
     venv = tmp_path_factory.mktemp("core") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    # --no-compile: no bytecode for the thousands of modules never imported (torch's above all)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile"]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     for step in ([f"torch=={torch.__version__.split('+')[0]}"], [str(ROOT)]):
         result = _run(pip + step, cwd=venv.parent)
         assert result.returncode == 0, result.stderr[-3000:]
