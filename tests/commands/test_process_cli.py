@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lipctl.bench import cstr_mpc
+from lipctl.bench import process_mpc
 from lipctl.envs.files import read_csv
 from tests.helpers import assert_user_error, config_error, lipctl
 
@@ -146,7 +146,8 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     args = tiny_bench("work")
     lipctl(*args, cwd=workdir, check=True)
     out = workdir / "results" / "cstr_mpc"
-    runs = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").glob("*/*"))
+    fits = out / "runs" / "nominal" / "models"
+    runs = sorted(p.relative_to(fits).as_posix() for p in fits.glob("*/*"))
     assert runs == ["iclrnn/sigma0.0-seed0.json", "iclrnn/sigma0.0-seed1.json",
                     "iclrnn/sigma0.5-seed0.json", "iclrnn/sigma0.5-seed1.json",
                     "iclrnn_1x64/sigma0.0-seed0.json", "rnn/sigma0.0-seed0.json",
@@ -158,13 +159,17 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
         ("2", "0.0", "2"), ("2", "0.5", "2")]
     assert all(float(r["test_mse_std"]) > 0 for r in stacked)
     # the preset scales as the reference does (min-max): its MSE is the data's, z-scores too
-    assert (workdir / "work" / "cstr-minmax.npz").is_file()
+    assert (workdir / "work" / "nominal" / "data-minmax.npz").is_file()
     for row in models:
         assert float(row["test_mse_minmax_mean"]) == pytest.approx(float(row["test_mse_mean"]),
                                                                   rel=1e-3)
         assert float(row["test_mse_standard_mean"]) > float(row["test_mse_minmax_mean"])
     closed_loop = read_csv(out / "closed_loop.csv")
     assert len(closed_loop) == 4 * 2 * 4  # 4 controllers x noise on/off x 4 starts
+    assert len(list((out / "runs" / "nominal" / "closed_loop").iterdir())) == 4 * 2 * 4
+    assert {r["start"] for r in closed_loop} == {"[1.5, -70.0]", "[-1.5, 70.0]", "[-1.25, 50.0]",
+                                                 "[1.25, -50.0]"}
+    assert {(r["seeds"], r["change_0"]) for r in closed_loop} == {("1", "steady state")}
     solve = read_csv(out / "solve_time.csv")
     assert {(r["model"], r["options"]) for r in solve} == {
         (m, o) for m in ("first_principles", "iclrnn", "iclrnn_1x64")
@@ -179,7 +184,7 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
         (r["model"], r["options"], float(r["solve_ms_median"])) for r in solve]
     budget = read_csv(out / "budget.csv")
     assert len(budget) == 2 * 4 * 4  # 2 builds x 4 controllers x 4 starts
-    assert {(r["build"], r["model"], r["options"]) for r in budget if r["start_CA"] == "1.5"} == {
+    assert {(r["build"], r["model"], r["options"]) for r in budget if r["scenario"] == "0"} == {
         ("ipopt", "first_principles", "sx"), ("sqp", "first_principles", "sqp"),
         *((b, m, o) for b, o in (("ipopt", "mx"), ("sqp", "sqp"))
           for m in ("iclrnn", "rnn", "iclrnn_1x64"))}
@@ -189,29 +194,37 @@ def test_bench_cstr_mpc_writes_its_results_and_resumes(workdir):
     again = lipctl(*args, "experiment.stages=[models]", cwd=workdir, check=True)
     assert "9 of 9 runs already done" in again.stdout
     (out / "models.csv").unlink()
+    (out / "closed_loop.csv").unlink()
     lipctl("bench", "experiment=cstr_mpc", "out=results/cstr_mpc", "replot=true", cwd=workdir,
            check=True)
     assert read_csv(out / "models.csv") == models
+    assert read_csv(out / "closed_loop.csv") == closed_loop
     # the MPC stages alone, without model files, fit only the models they plan on
     alone = lipctl(*tiny_bench("fresh"), "experiment.stages=[solve_time]", cwd=workdir,
                    check=True)
     assert "models: 0 of 3 runs already done" in alone.stdout
-    assert sorted(p.name for p in (workdir / "fresh" / "models").iterdir()) == [
+    assert sorted(p.name for p in (workdir / "fresh" / "nominal" / "models").iterdir()) == [
         "iclrnn-sigma0.0-seed0.pt", "iclrnn_1x64-sigma0.0-seed0.pt", "rnn-sigma0.0-seed0.pt"]
     assert len(read_csv(out / "models.csv")) == len(models)
 
 
 def test_bench_models_take_the_experiment_architecture_unless_an_extra_model_names_its_own():
     exp = OmegaConf.create({"extra_models": None, "hidden": 32, "layers": 1})  # the fast preset
-    assert cstr_mpc._architecture(exp, "iclrnn") == ("iclrnn", {"hidden": 32, "layers": 1})
+    assert process_mpc._architecture(exp, "iclrnn") == ("iclrnn", {"hidden": 32, "layers": 1})
     exp.extra_models = {"wide": {"name": "icrnn", "hidden": 64, "layers": 1}}
-    assert cstr_mpc._architecture(exp, "wide") == ("icrnn", {"hidden": 64, "layers": 1})
-    assert cstr_mpc._architecture(exp, "rnn") == ("rnn", {"hidden": 32, "layers": 1})
+    assert process_mpc._architecture(exp, "wide") == ("icrnn", {"hidden": 64, "layers": 1})
+    assert process_mpc._architecture(exp, "rnn") == ("rnn", {"hidden": 32, "layers": 1})
 
 
 @pytest.mark.parametrize("args,expected", [
     (["experiment.stages=[models,dance]"], "experiment.stages: must be a non-empty list"),
-    (["experiment.models=[gru]"], "experiment.models: unknown model(s) ['gru']"),
+    (["experiment.models=[gru]"], "experiment.models: needs known models, got ['gru']"),
+    (["experiment.settings.nominal.horizon=0"], "experiment.settings.nominal.horizon: must be"),
+    (["+experiment.settings.nominal.kwargs={substeps:0}"], "experiment.settings.nominal: "),
+    (["experiment.scenarios.1.start=[1.0]"], "experiment.scenarios.1: in setting nominal: "),
+    (["experiment.scenarios.0.start=high"],
+     "experiment.scenarios.0: in setting nominal: process 'cstr' has no operating point 'high'"),
+    (["~experiment.solve_time_file"], "experiment.solve_time_file: the solve_time stage needs"),
     (["experiment.data.scaler=robust"], "experiment.data.scaler: must be one of"),
     (["experiment.patience=0"], "experiment.patience: must be >= 1"),
     (["experiment.noise=[-0.1]"], "experiment.noise: must be a non-empty list of numbers >= 0"),
@@ -226,6 +239,61 @@ def test_bench_cstr_mpc_config_errors_are_one_line(workdir, args, expected):
     assert expected in config_error("bench", "experiment=cstr_mpc", "out=out", *args,
                                     cwd=workdir)
     assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["experiment.settings.minimum.kwargs.setting=odd"],
+     "experiment.settings.minimum: setting must be one of ('minimum', 'non_minimum')"),
+    (["experiment.steps=20"], "experiment.scenarios.0: in setting minimum: schedule step 30 is "
+                              "outside [0, 20)"),
+    (["experiment.scenarios=[{start:low,schedule:{5:high}}]"],
+     "experiment.scenarios.0: in setting minimum: its schedule must set the setpoint of step 0"),
+    (["experiment.scenarios=[]"], "experiment.scenarios: needs at least one closed loop"),
+])
+def test_bench_quadtank_mpc_config_errors_are_one_line(workdir, args, expected):
+    assert expected in config_error("bench", "experiment=quadtank_mpc", "out=out", *args,
+                                    cwd=workdir)
+
+
+TINY_QUADTANK = ["experiment.data.states_per_axis=2", "experiment.data.inputs_per_axis=2",
+                 "experiment.data.chains=4", "experiment.data.periods=5",
+                 "experiment.models=[iclrnn]", "experiment.seeds=[0,1]", "experiment.mpc_seeds=2",
+                 "experiment.epochs=2", "experiment.hidden=8", "experiment.steps=6",
+                 "experiment.scenarios=[{start:low,schedule:{0:low,3:high}}]",
+                 "experiment.settings.minimum.horizon=3",
+                 "experiment.settings.non_minimum.horizon=3"]
+
+
+@pytest.mark.slow
+def test_bench_quadtank_mpc_runs_every_setting_through_its_setpoint_changes(workdir):
+    """The same benchmark on another plant: two settings, a setpoint schedule, every seed's
+    models in closed loop; the tables rebuild from the run files."""
+    lipctl("bench", "experiment=quadtank_mpc", "out=res", "work=work", *TINY_QUADTANK,
+           cwd=workdir, check=True)
+    out = workdir / "res"
+    assert sorted(p.relative_to(out / "runs").as_posix()
+                  for p in (out / "runs").glob("*/models/*/*.json")) == [
+        f"{setting}/models/iclrnn/sigma0.0-seed{seed}.json"
+        for setting in ("minimum", "non_minimum") for seed in (0, 1)]
+    closed_loop = read_csv(out / "closed_loop.csv")
+    assert [(r["setting"], r["controller"], r["measurement_noise"], r["seeds"])
+            for r in closed_loop] == [
+        (setting, controller, noisy, seeds) for setting in ("minimum", "non_minimum")
+        for controller, seeds in (("first_principles", "1"), ("iclrnn", "2"))
+        for noisy in ("False", "True")]
+    assert {(r["change_0"], r["change_3"]) for r in closed_loop} == {("low", "high")}
+    fp = closed_loop[0]  # first-principles MPC settles after the change to "high"
+    assert fp["change_3_settled"] == "1" and int(fp["change_3_settle_steps_max"]) <= 3
+    record = json.loads((out / "runs" / "non_minimum" / "closed_loop" /
+                         "iclrnn-seed1-scenario0-noisy.json").read_text())
+    assert len(record["states"]) == 7 and len(record["inputs"]) == 6
+    assert record["horizon"] == 3 and record["schedule"] == {"0": "low", "3": "high"}
+    assert (out / "closed_loop.png").stat().st_size > 0
+    assert not (out / "robustness.png").exists()  # one noise level: no robustness curve
+    (out / "closed_loop.csv").unlink()
+    lipctl("bench", "experiment=quadtank_mpc", "out=res", "replot=true", cwd=workdir,
+           check=True)
+    assert read_csv(out / "closed_loop.csv") == closed_loop
 
 
 @pytest.mark.slow

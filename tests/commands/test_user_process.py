@@ -1,7 +1,7 @@
 """A user's own process, kept outside lipctl (tests/commands/user_process: one module, an env and
-a controller yaml on Hydra's search path; the env's process is the plant, named once): data ->
-fit -> mpc -> deploy, and deploy with the user's own `_target_` controller, with no code of
-lipctl's changed."""
+controller and benchmark yamls on Hydra's search path; the env's process is the plant, named
+once): data -> fit -> mpc -> deploy, deploy with the user's own `_target_` controller, and the
+process-MPC benchmark on it, with no code of lipctl's changed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lipctl.envs.files import read_csv
 from tests.helpers import lipctl_with_user_code
 
 USER = Path(__file__).resolve().parent / "user_process"
@@ -55,3 +56,13 @@ def test_a_users_process_goes_through_data_fit_mpc_and_deploy(tmp_path):
     assert step["action"] == [3.0] and step["fallback"] is None
     expected = 3.0 - 2.4 * math.exp(-step["time"] / 2.0)  # the measurement at the last step
     assert step["measurement"][0] == pytest.approx(expected, rel=1e-3)
+    # the process-MPC benchmark on the user's plant, from a yaml of the user's own
+    user_lipctl(tmp_path, "bench", "experiment=toy_tank_mpc", "out=results/toy")
+    loops = read_csv(tmp_path / "results" / "toy" / "closed_loop.csv")
+    assert [(r["controller"], r["measurement_noise"]) for r in loops] == [
+        (c, noisy) for c in ("first_principles", "iclrnn") for noisy in ("False", "True")]
+    exact = loops[0]  # MPC on the ODE settles at "high" within the 8 steps after the change
+    assert exact["change_4"] == "high" and exact["change_4_settled"] == "1"
+    fits = read_csv(tmp_path / "results" / "toy" / "models.csv")
+    assert [(r["setting"], r["model"], r["noise_sigma"]) for r in fits] == [
+        ("nominal", "iclrnn", "0.0"), ("nominal", "iclrnn", "0.2")]
