@@ -16,6 +16,8 @@ TINY_TRAIN = [
     "loop.total_steps=300", "loop.eval_every=150", "loop.eval_episodes=1",
     "loop.checkpoint_every=100", "loop.log_every=50", "progress=false",
 ]
+# Tiny benchmarks' tables: fewer bootstrap resamples per interval (coarser intervals, faster).
+REPS = "bootstrap_reps=200"
 
 def lipctl(*args: str, cwd: Path, timeout: float = 300, check: bool = False
            ) -> subprocess.CompletedProcess:

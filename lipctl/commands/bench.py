@@ -15,6 +15,7 @@ from types import ModuleType
 import torch
 from omegaconf import DictConfig
 
+from lipctl.bench.report import bootstrap_reps
 from lipctl.config import ConfigError, keys_under, require_number, user_errors
 
 PROTOCOL = ("validate", "run_benchmark", "report")
@@ -43,6 +44,7 @@ def report_source(cfg: DictConfig) -> Path:
 def validate(cfg: DictConfig) -> ModuleType:
     """The benchmark's module and, unless replotting, its settings; returns the module."""
     require_number(cfg, "torch_threads", 1, integer=True)
+    require_number(cfg, "bootstrap_reps", 10, integer=True)
     module = benchmark_module(cfg.experiment)
     if cfg.replot:
         if not report_source(cfg).exists():
@@ -59,9 +61,10 @@ def main(cfg: DictConfig) -> None:
     with user_errors("lipctl bench"):
         module = validate(cfg)
         torch.set_num_threads(cfg.torch_threads)
-        if cfg.replot:
-            module.report(cfg.experiment, Path(cfg.out))
-            print(f"tables and figures rebuilt from {report_source(cfg)}")
-            return
-        module.run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
+        with bootstrap_reps(cfg.bootstrap_reps):
+            if cfg.replot:
+                module.report(cfg.experiment, Path(cfg.out))
+                print(f"tables and figures rebuilt from {report_source(cfg)}")
+                return
+            module.run_benchmark(cfg.experiment, Path(cfg.out), Path(cfg.work))
         print(f"results written to {cfg.out}/")

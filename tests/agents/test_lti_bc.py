@@ -24,7 +24,7 @@ from lipctl.envs.lti import (
     least_stabilising_gain,
     spectral_radius,
 )
-from tests.helpers import lipctl
+from tests.helpers import REPS, lipctl
 
 UNBOUNDED = ([-np.inf], [np.inf])
 
@@ -121,7 +121,7 @@ def test_bench_lipschitz_bc_writes_runs_and_rebuilds_its_report(workdir):
             "~experiment.systems.double_integrator",
             "experiment.systems.inverted_pendulum_linear.expert_multiples=[1.0]",
             "experiment.systems.inverted_pendulum_linear.critical_multiples=[]"]
-    lipctl("bench", "experiment=lipschitz_bc", f"out={out}", *tiny, cwd=workdir, check=True,
+    lipctl("bench", "experiment=lipschitz_bc", REPS, f"out={out}", *tiny, cwd=workdir, check=True,
            timeout=600)
     with (out / "runs" / "inverted_pendulum_linear.csv").open() as f:
         runs = list(csv.DictReader(f))
@@ -143,7 +143,7 @@ def test_bench_lipschitz_bc_writes_runs_and_rebuilds_its_report(workdir):
     assert info["constants"]["inverted_pendulum_linear"]["critical_L"] > 0
     (out / "summary.csv").unlink()
     (out / "tradeoff_inverted_pendulum_linear.png").unlink()
-    lipctl("bench", "experiment=lipschitz_bc", f"out={out}", "replot=true", cwd=workdir,
+    lipctl("bench", "experiment=lipschitz_bc", REPS, f"out={out}", "replot=true", cwd=workdir,
            check=True)
     assert (out / "summary.csv").is_file() and (out / "tradeoff_inverted_pendulum_linear.png")\
         .is_file()
@@ -152,7 +152,7 @@ def test_bench_lipschitz_bc_writes_runs_and_rebuilds_its_report(workdir):
 @pytest.mark.slow
 def test_bench_lipschitz_bc_clones_every_family_at_the_same_bounds(workdir):
     out = workdir / "out"
-    lipctl("bench", "experiment=lipschitz_bc", f"out={out}", "experiment.seeds=[0]",
+    lipctl("bench", "experiment=lipschitz_bc", REPS, f"out={out}", "experiment.seeds=[0]",
            "experiment.initial_states=4", "experiment.eps=[0.5]", "experiment.demos.episodes=4",
            "experiment.fit.epochs=3", "experiment.attack_steps=5",
            "experiment.policy.hidden=[16,16]", "experiment.jobs=1",

@@ -109,3 +109,9 @@ def test_every_shipped_experiment_names_a_module_with_the_protocol():
             exp = compose("bench", overrides=[f"experiment={name}"]).experiment
             module = bench.benchmark_module(exp)
             assert module.__name__.startswith("lipctl.bench."), name
+
+
+@pytest.mark.parametrize("value", ["0", "2.5"])
+def test_bootstrap_reps_must_be_a_whole_number_of_at_least_ten(tmp_path, value):
+    assert "bootstrap_reps: must be" in config_error(
+        "bench", "experiment=lipschitz_bc", f"bootstrap_reps={value}", cwd=tmp_path)

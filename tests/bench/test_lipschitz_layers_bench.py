@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from lipctl.bench import lipschitz_layers
 from lipctl.commands import bench
 from lipctl.config import ConfigError
-from tests.helpers import lipctl
+from tests.helpers import REPS, lipctl
 
 
 def preset(*overrides: str) -> DictConfig:
@@ -97,7 +97,7 @@ def test_a_tiny_benchmark_certifies_every_arm_at_its_bound_and_replots(workdir):
             "~experiment.envs.inverted_pendulum",
             "experiment.envs.pendulum=['loop.total_steps=300','loop.warmup_steps=100',"
             "'agent.learner.hidden=[16,16]','loop.eval_every=100','loop.eval_episodes=1',"
-            "'loop.log_every=100']"]
+            "'loop.log_every=100']", REPS]
     lipctl(*args, cwd=workdir, check=True, timeout=900)
     rows = read_rows(out / "summary.csv")
     assert {row["arm"] for row in rows} == {"unconstrained", "spectral_0.5x", "soft_cap_0.5x",

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from lipctl.bench.report import (
+    DEFAULT_REPS,
     _seeded_bootstrap,
+    bootstrap_reps,
     interval_estimate,
     iqm,
     probability_of_improvement,
@@ -34,6 +36,21 @@ def test_iqm_is_rliables_to_the_bit_and_so_is_its_interval():
         point, interval = rly.get_interval_estimates(
             {"x": scores}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000)
     assert interval_estimate(scores.ravel(), "iqm") == (point["x"][0], *interval["x"][:, 0])
+
+
+def test_bootstrap_reps_sets_the_resamples_of_every_interval_inside_it():
+    from rliable import library as rly
+    from rliable import metrics
+
+    scores = np.random.default_rng(1).normal(size=(6, 1))
+    with _seeded_bootstrap():
+        _, interval = rly.get_interval_estimates(
+            {"x": scores}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=50)
+    default = interval_estimate(scores.ravel(), "iqm")
+    with bootstrap_reps(50):
+        assert interval_estimate(scores.ravel(), "iqm")[1:] == tuple(interval["x"][:, 0])
+    assert interval_estimate(scores.ravel(), "iqm") == default  # back to DEFAULT_REPS after
+    assert default[1:] != tuple(interval["x"][:, 0]) and DEFAULT_REPS == 2000
 
 
 def test_iqm_ignores_the_outer_quartiles():

@@ -27,7 +27,7 @@ from lipctl.bench.variant_sweep import (
 from lipctl.commands import bench
 from lipctl.envs.files import read_csv
 from lipctl.training import read_summary
-from tests.helpers import config_error, lipctl
+from tests.helpers import REPS, config_error, lipctl
 
 
 def fake_run(seed: int, final: float, wall: float, upper: float) -> dict:
@@ -177,7 +177,7 @@ def test_runs_are_timed_to_the_solved_level_of_their_env():
 @pytest.mark.slow
 def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     out = workdir / "out"
-    lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
+    lipctl("bench", "experiment=mbpo_vs_ensemble", REPS, f"out={out}", f"work={workdir / 'work'}",
            "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_soft_cap]",
            "+experiment.variant_seeds.single_soft_cap=[1]", "~experiment.envs",
            "+experiment.envs={pendulum:['env.mbpo.total_steps=300','env.mbpo.warmup_steps=200',"
@@ -213,7 +213,7 @@ def test_tiny_benchmark_runs_every_variant_through_the_launcher(workdir):
     for made in ("summary.csv", "curves.png", "lipschitz.png"):
         (out / made).unlink()
     shutil.rmtree(workdir / "work")  # the report needs out/runs only
-    lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", "replot=true",
+    lipctl("bench", "experiment=mbpo_vs_ensemble", REPS, f"out={out}", "replot=true",
            "experiment.seeds=[0,1]", "experiment.variants=[ensemble,single_soft_cap]",
            "+experiment.variant_seeds.single_soft_cap=[1]",
            "~experiment.envs", "+experiment.envs={pendulum:[]}", cwd=workdir, check=True)
@@ -384,7 +384,7 @@ def test_a_sweep_stacks_the_seeds_of_a_variant_that_stacks(workdir):
     """SAC's seeds train in one process (`seeds=[0,1]`), MBPO's one per process, into the same
     run folders; both reach the report."""
     out = workdir / "out"
-    lipctl("bench", "experiment=mbpo_vs_ensemble", f"out={out}", f"work={workdir / 'work'}",
+    lipctl("bench", "experiment=mbpo_vs_ensemble", REPS, f"out={out}", f"work={workdir / 'work'}",
            "experiment.seeds=[0,1]", "experiment.variants=[single,sac]", "experiment.jobs=1",
            "~experiment.envs",
            "+experiment.envs={pendulum:['loop.total_steps=300','loop.warmup_steps=100',"

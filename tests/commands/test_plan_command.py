@@ -18,7 +18,14 @@ from lipctl.agents.saved import LearnedModel, load_agent
 from lipctl.control import NoisyMeasurements, run
 from lipctl.control.planner import sampling_planner
 from lipctl.envs import make_env
-from tests.helpers import TINY_TRAIN, assert_user_error, config_error, lipctl, lipctl_with_user_code
+from tests.helpers import (
+    REPS,
+    TINY_TRAIN,
+    assert_user_error,
+    config_error,
+    lipctl,
+    lipctl_with_user_code,
+)
 
 MBPO_TINY = ["agent=mbpo", "env=pendulum", *TINY_TRAIN, "env.mbpo.total_steps=300",
              "env.mbpo.warmup_steps=100", "env.mbpo.rollouts_per_retrain=100",
@@ -155,7 +162,7 @@ def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp
                 "experiment.planner.samples=64", "experiment.speed_samples=[64]",
                 "experiment.jobs=1"]
     out = tmp_path / "out"
-    lipctl("bench", "experiment=planning", f"out={out}", *settings, cwd=tmp_path, check=True,
+    lipctl("bench", "experiment=planning", REPS, f"out={out}", *settings, cwd=tmp_path, check=True,
            timeout=600)
     with (out / "summary.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -172,7 +179,8 @@ def test_planning_benchmark_runs_and_replots_from_its_run_files(checkpoints, tmp
     before = (out / "summary.csv").read_text()
     (out / "summary.csv").unlink()
     (out / "planning.png").unlink()
-    lipctl("bench", "experiment=planning", f"out={out}", "replot=true", cwd=tmp_path, check=True)
+    lipctl("bench", "experiment=planning", REPS, f"out={out}", "replot=true", cwd=tmp_path,
+           check=True)
     assert (out / "summary.csv").read_text() == before and (out / "planning.png").exists()
 
 

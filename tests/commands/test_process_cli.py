@@ -92,7 +92,7 @@ BAD_PROCESS_INPUTS = [
     (["fit", "data=missing.npz"], "data file not found"),
     (["data", "env=pendulum"], "env.process: this env has no process description"),
     (["data", "scaler=robust"], "scaler: must be one of standard, minmax"),
-    (["bench", "experiment.horizons=[0]"], "experiment.horizons"),
+    (["bench", "experiment.mpc_seeds=0"], "experiment.mpc_seeds: must be"),
 ]
 
 
