@@ -34,6 +34,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +319,8 @@ def fit_models(exp: DictConfig, out: Path, work: Path, runs: list[Run]) -> None:
     print(f"models: {len(runs) - len(todo)} of {len(runs)} runs already done", flush=True)
     settings = OmegaConf.to_container(exp, resolve=True)
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=exp.jobs) as pool:
+    # fresh interpreters, not forks: the caller may hold threads (a forked lock stays locked)
+    with ProcessPoolExecutor(max_workers=exp.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(fit_run, settings, *r, str(data[r[0]]), str(out), str(work))
                    for r in todo]
         for done, future in enumerate(as_completed(futures), 1):
