@@ -155,12 +155,12 @@ class SavedAgent:
             module, certificate = freeze(bc), bc.certificate(observations, tier)
         else:
             mlp = self.learner.policy().mlp.eval()  # as built: a chained family carries its LMI
-            policy = freeze(self.learner.policy()).eval()
+            policy = freeze(self.learner.policy())
             if self.absorbing:
                 policy = RealStatePolicy(policy)
             module = ScaledPolicy(policy, self.action_low, self.action_high)
             certificate = policy_certificate(mlp, module, observations, tier=tier)
-        return Exportable(POLICY, module, observations[:1],
+        return Exportable(POLICY, module.eval(), observations[:1],
                           [row[None] for row in observations[:PROBES]], certificate, self.env_id)
 
     def planner(self, factory: PlannerFactory, terminal_value: bool = True,

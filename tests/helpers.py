@@ -1,11 +1,17 @@
-"""Running the `lipctl` CLI in a subprocess, and the tiny run settings tests share."""
+"""Running the `lipctl` CLI (in this process, or as a process of its own), and the tiny run
+settings tests share."""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
+import signal
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from lipctl import cli
@@ -21,13 +27,71 @@ REPS = "bootstrap_reps=200"
 
 def lipctl(*args: str, cwd: Path, timeout: float = 300, check: bool = False
            ) -> subprocess.CompletedProcess:
-    """Run `python -m lipctl ARGS` in `cwd` and capture its output."""
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    result = subprocess.run([sys.executable, "-m", "lipctl", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    """`lipctl ARGS` run in `cwd` by the CLI's own `main`, in this process (no interpreter
+    start-up and imports per call), its exit code and output captured as a CompletedProcess; a
+    run over `timeout` seconds is stopped with a TimeoutError. What the run changes in the
+    process (working folder, argv, environment, logging, warning filters) is put back after it.
+    The exit code and stderr of a real process are checked through `lipctl_process`."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _restored_process_state(), contextlib.chdir(cwd), _deadline(timeout), \
+            contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        os.environ.update(WANDB_SILENT="true", HYDRA_FULL_ERROR="0")
+        try:
+            cli.main(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            if isinstance(exit_.code, str):  # the interpreter would print it on exit
+                print(exit_.code, file=sys.stderr)
+    result = subprocess.CompletedProcess(["lipctl", *args], code, stdout.getvalue(),
+                                         stderr.getvalue())
     if check and result.returncode != 0:
         raise AssertionError(f"lipctl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@contextlib.contextmanager
+def _restored_process_state() -> Iterator[None]:
+    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate, logger.disabled)
+             for logger in loggers]
+    argv, environ = sys.argv[:], dict(os.environ)
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        for logger in logging.root.manager.loggerDict.values():  # loggers the run made
+            if isinstance(logger, logging.Logger) and logger not in loggers:
+                logger.handlers.clear()
+        for logger, handlers, level, propagate, disabled in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"lipctl ran over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def lipctl_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m lipctl ARGS` in `cwd` as a process of its own and capture its output."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "lipctl", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def lipctl_with_user_code(folder: Path, *args: str, timeout: float = 600

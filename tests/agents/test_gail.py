@@ -19,6 +19,7 @@ from lipctl.agents.checkpoint import load_checkpoint
 from lipctl.agents.discriminator import Discriminator, discriminator_loss, penalty_points
 from lipctl.agents.gail import GAILReward, GAILSettings, expert_batch
 from lipctl.agents.preconditioning import ForwardModel
+from lipctl.agents.saved import load_agent
 from lipctl.envs import make_env
 from lipctl.envs.demos import load_demos
 from lipctl.lipschitz import certify, input_gradient_norm
@@ -303,6 +304,8 @@ def test_gail_policy_exports_on_the_envs_own_observations(workdir):
                     check=True)
     description = json.loads((workdir / "run" / "checkpoint.onnx.json").read_text())
     assert description["input"]["shape"] == [1, 4], result.stdout
+    module = load_agent(workdir / "run" / "checkpoint.pt").exportable().module
+    assert not any(m.training for m in module.modules())  # exported as it acts, in eval mode
 
 
 def test_the_hard_label_variant_leaves_only_the_classification_loss():

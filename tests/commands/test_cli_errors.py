@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import assert_user_error, config_error, lipctl
+from tests.helpers import assert_user_error, config_error, lipctl, lipctl_process
 
 BAD_INPUTS = [
     (["train", "env.id=NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),
@@ -61,7 +61,7 @@ def by_subprocess(args: list[str]) -> bool:
                          ids=lambda a: " ".join(a) if isinstance(a, list) else None)
 def test_bad_input_is_one_line_and_exit_code_2(workdir, args, expected):
     (workdir / "garbage.pt").write_bytes(b"not a checkpoint")
-    assert_user_error(lipctl(*args, cwd=workdir, timeout=120), expected)
+    assert_user_error(lipctl_process(*args, cwd=workdir, timeout=120), expected)
     assert not (workdir / "runs").exists(), "work started before the config was checked"
 
 

@@ -4,42 +4,19 @@ MSE and warns when the model does not beat it; its defaults beat it on a 2-hour 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from lipctl.cli import main
 from lipctl.control.models.train import persistence_mse
 from lipctl.control.process_data import generate, load_dataset, save_dataset
 from lipctl.envs.quadtank import quadtank_process
 from tests.control.test_log_import import COLUMNS, write_log
+from tests.helpers import lipctl
 
 PROCESS = quadtank_process()
 REPORT = re.compile(r"test MSE ([\d.]+) \(scaled; predicting no change: ([\d.]+)\)")
 WARNING = "predicts worse than no change"
-
-
-@pytest.fixture
-def lipctl_main(tmp_path, monkeypatch, capsys):
-    """`lipctl ARGS` run in tmp_path by the CLI's own main, in this process; its result as a
-    CompletedProcess."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands its arguments to Hydra
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        out, err = capsys.readouterr()
-        assert code == 0, (args, out, err)
-        return subprocess.CompletedProcess(["lipctl", *args], code, out, err)
-
-    return run
 
 
 def test_persistence_mse_is_the_scaled_error_of_predicting_no_change():
@@ -52,11 +29,11 @@ def test_persistence_mse_is_the_scaled_error_of_predicting_no_change():
 
 
 @pytest.mark.slow
-def test_fit_prints_the_baseline_and_warns_below_it(tmp_path, lipctl_main):
+def test_fit_prints_the_baseline_and_warns_below_it(tmp_path):
     data = generate(PROCESS, states_per_axis=2, inputs_per_axis=2, chains=4, periods=10)
     save_dataset(data, tmp_path / "tiny.npz")
-    result = lipctl_main("fit", "env=quadtank", "data=tiny.npz", "epochs=1", "lr=1e-9",
-                         "out=tiny.pt")
+    result = lipctl("fit", "env=quadtank", "data=tiny.npz", "epochs=1", "lr=1e-9",
+                    "out=tiny.pt", cwd=tmp_path, check=True)
     test_mse, baseline = map(float, REPORT.search(result.stdout).groups())
     assert baseline == pytest.approx(persistence_mse(data, "test"), abs=1e-5)
     assert test_mse > baseline  # one epoch at lr 1e-9: the initial weights
@@ -67,17 +44,19 @@ def test_fit_prints_the_baseline_and_warns_below_it(tmp_path, lipctl_main):
 
 
 @pytest.mark.slow
-def test_default_fit_beats_no_change_on_a_two_hour_plant_log(tmp_path, lipctl_main):
+def test_default_fit_beats_no_change_on_a_two_hour_plant_log(tmp_path):
     """720 periods of 10 s of the quadruple tank logged every 2-4 s (a few optimiser steps per
     epoch): early stopping after 20 epochs without progress leaves an ICLRNN worse than
     predicting no change; the defaults (patience 150 of 500 epochs) beat it."""
     write_log(tmp_path / "log.csv", 720, seed=1, noise=0.02, iso=True)
-    lipctl_main("data", "env=quadtank", "import=log.csv", COLUMNS, "out=log.npz")
+    lipctl("data", "env=quadtank", "import=log.csv", COLUMNS, "out=log.npz", cwd=tmp_path,
+           check=True)
     baseline = persistence_mse(load_dataset(tmp_path / "log.npz", PROCESS), "test")
-    short = lipctl_main("fit", "env=quadtank", "data=log.npz", "epochs=200", "patience=20",
-                        "out=short.pt")
+    short = lipctl("fit", "env=quadtank", "data=log.npz", "epochs=200", "patience=20",
+                   "out=short.pt", cwd=tmp_path, check=True)
     assert WARNING in short.stderr
-    default = lipctl_main("fit", "env=quadtank", "data=log.npz", "out=default.pt")
+    default = lipctl("fit", "env=quadtank", "data=log.npz", "out=default.pt", cwd=tmp_path,
+                     check=True)
     test_mse, reported = map(float, REPORT.search(default.stdout).groups())
     assert reported == pytest.approx(baseline, abs=1e-5)
     assert test_mse < 0.8 * baseline and WARNING not in default.stderr, default

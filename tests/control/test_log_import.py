@@ -35,7 +35,7 @@ HOLD = (3, 9)  # periods a voltage pair is held
 
 @pytest.fixture
 def lipctl_data(tmp_path):
-    """`lipctl data ARGS` run in tmp_path as a subprocess; its CompletedProcess."""
+    """`lipctl data ARGS` run in tmp_path (in this process); its CompletedProcess."""
 
     def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
         return lipctl("data", *args, cwd=tmp_path, check=check)
