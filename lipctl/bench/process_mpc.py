@@ -295,10 +295,9 @@ def _usable(path: Path, load: Callable[[Path], Any], process: Process) -> bool:
     return True
 
 
-def _dataset(exp: DictConfig, setting: str, work: Path) -> Path:
+def _dataset(exp: DictConfig, setting: str, process: Process, work: Path) -> Path:
     """The setting's dataset file, generated unless a usable one is kept (one file per scaler,
     so a kept dataset is never read in the other's units)."""
-    process = setting_process(exp, setting)
     path = work / setting / f"data-{exp.data.get('scaler', 'standard')}.npz"
     if not _usable(path, load_dataset, process):
         save_dataset(generate(process, seed=exp.data_seed, **OmegaConf.to_container(exp.data)),
@@ -312,8 +311,10 @@ def _dataset(exp: DictConfig, setting: str, work: Path) -> Path:
 def fit_models(exp: DictConfig, out: Path, work: Path, runs: list[Run]) -> None:
     """Each of `runs` whose run file or usable model file is missing, `exp.jobs` processes at
     once."""
-    data = {setting: _dataset(exp, setting, work) for setting in dict.fromkeys(r[0] for r in runs)}
-    processes = {setting: setting_process(exp, setting) for setting in data}
+    processes = {setting: setting_process(exp, setting)
+                 for setting in dict.fromkeys(r[0] for r in runs)}
+    data = {setting: _dataset(exp, setting, process, work)
+            for setting, process in processes.items()}
     todo = [r for r in runs if not (fit_file(out, *r).is_file() and _usable(
         model_path(work, *r), load_model, processes[r[0]]))]
     print(f"models: {len(runs) - len(todo)} of {len(runs)} runs already done", flush=True)
@@ -442,10 +443,9 @@ def _controllers(exp: DictConfig, setting: str, work: Path, seeds: list[int]
                for m, seed in chosen}}
 
 
-def closed_loop_run(exp: DictConfig, setting: str, controller: str,
+def closed_loop_run(exp: DictConfig, setting: str, process: Process, controller: str,
                     trained: TrainedModel | None, seed: int, scenario: int, noisy: bool) -> dict:
     """One closed loop of a scenario; its record (metrics and the state path)."""
-    process = setting_process(exp, setting)
     horizon = exp.settings[setting].horizon
     schedule = targets_of(exp.scenarios[scenario])
     mpc = process_mpc(process, trained, horizon, solver=_own_solver(exp, controller),
@@ -475,6 +475,7 @@ def run_closed_loops(exp: DictConfig, out: Path, work: Path) -> None:
     """Every controller of every setting from every scenario, without and with measurement noise;
     a run whose file exists is not run again."""
     for setting in exp.settings:
+        process = setting_process(exp, setting)
         for (controller, seed), trained in _controllers(exp, setting, work,
                                                         _mpc_seeds(exp)).items():
             for scenario in range(len(exp.scenarios)):
@@ -483,8 +484,8 @@ def run_closed_loops(exp: DictConfig, out: Path, work: Path) -> None:
                             f"{controller}-seed{seed}-scenario{scenario}{'-noisy' * noisy}.json")
                     if path.is_file():
                         continue
-                    record = closed_loop_run(exp, setting, controller, trained, seed, scenario,
-                                             noisy)
+                    record = closed_loop_run(exp, setting, process, controller, trained, seed,
+                                             scenario, noisy)
                     write_json(path, record, indent=1)
                     print(f"{path.relative_to(out)}: settling {record['settling_steps']}, cost "
                           f"{record['integrated_cost']:.4g}, solve "
