@@ -56,6 +56,22 @@ def test_disabled_bar_writes_nothing(capsys):
     assert capsys.readouterr().err == ""
 
 
+def read_all(leader: int) -> str:
+    """Everything written to a pseudo-terminal whose other end is closed: one read may return
+    only part of it, so read until the end (Linux reports it as EIO) and close it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
 def test_terminal_bar_redraws_in_place(monkeypatch):
     leader, follower = os.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns
@@ -64,8 +80,7 @@ def test_terminal_bar_redraws_in_place(monkeypatch):
         bar = progress_bar(total=10, unit="step")
         bar.update(10)
         bar.close()
-    output = os.read(leader, 65536).decode()
-    os.close(leader)
+    output = read_all(leader)
     assert bar.mininterval < 1 and output.startswith("\r") and "10/10" in output
 
 
